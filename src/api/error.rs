@@ -1,0 +1,166 @@
+//! The one JSON error envelope every API error uses:
+//! `{"error": {"code": "snake_case", "message": "human sentence", ...}}`, and the mapping from
+//! each domain error to its HTTP status and stable code. Internal details (SQL, I/O) are logged,
+//! never sent.
+
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+use crate::fleet::FleetError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// Extra members of the error object (e.g. `field`).
+    pub extra: Map<String, Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            extra: Map::new(),
+        }
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> ApiError {
+        self.extra.insert(key.to_string(), value.into());
+        self
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn payload_too_large() -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is larger than the {} byte limit", super::BODY_LIMIT),
+        )
+    }
+
+    /// An unexpected failure: the cause goes to the log, the client gets a plain sentence.
+    pub fn internal(cause: &dyn std::fmt::Display) -> ApiError {
+        tracing::error!(error = %cause, "internal error while handling a request");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "an internal error occurred; the control plane log has the details",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = Map::new();
+        error.insert("code".into(), Value::from(self.code));
+        error.insert("message".into(), Value::from(self.message));
+        error.extend(self.extra);
+        (self.status, Json(json!({ "error": error }))).into_response()
+    }
+}
+
+impl From<FleetError> for ApiError {
+    fn from(e: FleetError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            FleetError::Invalid { field, .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message).with("field", field)
+            }
+            FleetError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "node_not_found", message),
+            FleetError::Unauthorized(_) => ApiError::unauthorized(message),
+            FleetError::Terminated(_) => ApiError::new(StatusCode::NOT_FOUND, "node_terminated", message),
+            FleetError::NameTaken(_) => ApiError::new(StatusCode::CONFLICT, "name_taken", message),
+            FleetError::NotRegistered(_) => ApiError::new(StatusCode::CONFLICT, "not_registered", message),
+            FleetError::Store(e) => match e {
+                crate::store::StoreError::Sqlx(sqlx::Error::PoolTimedOut) => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database_unavailable",
+                    "the database is not answering; try again shortly",
+                ),
+                other => ApiError::internal(&other),
+            },
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> ApiError {
+        match rejection {
+            JsonRejection::JsonDataError(e) => {
+                let detail = e.body_text();
+                let detail = detail
+                    .strip_prefix("Failed to deserialize the JSON body into the target type: ")
+                    .unwrap_or(&detail)
+                    .to_string();
+                let mut err = ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_body",
+                    format!("the request body is not valid: {detail}"),
+                );
+                if let Some(field) = field_of(&detail) {
+                    err = err.with("field", field);
+                }
+                err
+            }
+            JsonRejection::JsonSyntaxError(e) => ApiError::bad_request(
+                "invalid_json",
+                format!("the request body is not valid JSON: {}", e.body_text()),
+            ),
+            JsonRejection::MissingJsonContentType(_) => ApiError::bad_request(
+                "missing_content_type",
+                "send the request body as JSON with `Content-Type: application/json`",
+            ),
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large(),
+            other => ApiError::bad_request("invalid_body", other.body_text()),
+        }
+    }
+}
+
+/// The field a serde error is about: `missing field `x`` or a `path.to.field: ...` prefix.
+fn field_of(detail: &str) -> Option<String> {
+    if let Some(rest) = detail.split("missing field `").nth(1) {
+        return rest.split('`').next().map(str::to_string);
+    }
+    if let Some(rest) = detail.split("unknown field `").nth(1) {
+        return rest.split('`').next().map(str::to_string);
+    }
+    let (path, _) = detail.split_once(": ")?;
+    let looks_like_path = !path.is_empty()
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']'));
+    looks_like_path.then(|| path.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::field_of;
+
+    #[test]
+    fn field_is_found_in_serde_messages() {
+        assert_eq!(field_of("missing field `health_score` at line 1 column 2").as_deref(), Some("health_score"));
+        assert_eq!(
+            field_of("health_score: invalid type: string \"x\", expected f64 at line 1 column 22").as_deref(),
+            Some("health_score")
+        );
+        assert_eq!(field_of("gpu.count: invalid value").as_deref(), Some("gpu.count"));
+        assert_eq!(field_of("invalid type: map, expected a string").as_deref(), None);
+    }
+}

@@ -1,0 +1,73 @@
+//! Request extractors that answer in our JSON error envelope: the JSON body, the admin token and
+//! a node's bearer token.
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::HeaderMap;
+use axum::Json;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use crate::app::AppState;
+use crate::fleet::token;
+
+/// A JSON body whose rejections become [`ApiError`]s naming the bad field.
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<T>::from_request(req, state).await?;
+        Ok(ApiJson(value))
+    }
+}
+
+/// Proof that the request carried the admin token.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let given = bearer(&parts.headers).or_else(|| {
+            parts
+                .headers
+                .get("x-admin-token")
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        });
+        match given {
+            Some(given) if token::secrets_equal(given, &state.admin_token) => Ok(Admin),
+            Some(_) => Err(ApiError::unauthorized("the admin token is not valid")),
+            None => Err(ApiError::unauthorized(
+                "this endpoint needs the admin token: send `Authorization: Bearer <token>` or `X-Admin-Token: <token>`",
+            )),
+        }
+    }
+}
+
+/// The bearer token of an agent request; which node it is checked against is the handler's job.
+pub struct NodeBearer(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for NodeBearer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        bearer(&parts.headers)
+            .map(|t| NodeBearer(t.to_string()))
+            .ok_or_else(|| {
+                ApiError::unauthorized("agent endpoints need the node's token: send `Authorization: Bearer <node token>`")
+            })
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}

@@ -1,0 +1,90 @@
+//! The HTTP surface: every route in one place, the body-size limit, request metrics, and the
+//! JSON fallbacks for unknown routes and methods.
+
+pub mod error;
+pub mod extract;
+pub mod nodes;
+pub mod system;
+
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::app::AppState;
+use error::ApiError;
+
+/// Request bodies over this many bytes are refused with 413.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(system::ui_index))
+        .route("/healthz", get(system::healthz))
+        .route("/metrics", get(system::metrics))
+        .route("/admin/nodes", get(nodes::list_nodes).post(nodes::create_node))
+        .route("/admin/nodes/register", post(nodes::register_node))
+        .route("/admin/nodes/{id}", get(nodes::get_node).delete(nodes::delete_node))
+        .route("/admin/nodes/{id}/drain", post(nodes::drain_node))
+        .route("/admin/nodes/{id}/heartbeat", post(nodes::heartbeat))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(refuse_large_bodies))
+        .layer(middleware::from_fn_with_state(state.clone(), record_request))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not accept that HTTP method",
+    )
+}
+
+/// Refuses a declared-too-large body before reading any of it; streamed bodies are cut off by
+/// `DefaultBodyLimit` and refused by the JSON extractor.
+async fn refuse_large_bodies(req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        return ApiError::payload_too_large().into_response();
+    }
+    next.run(req).await
+}
+
+async fn record_request(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = req.method().to_string();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    state.metrics.inc(
+        "skylaunch_http_requests_total",
+        "HTTP requests handled, by route, method and status.",
+        &[("route", &route), ("method", &method), ("status", &status)],
+    );
+    state.metrics.observe(
+        "skylaunch_http_request_duration_seconds",
+        "HTTP request latency in seconds, by route.",
+        &[("route", &route)],
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}

@@ -1,0 +1,101 @@
+//! Node endpoints: admin CRUD and the two agent endpoints (register, heartbeat). Thin: parse,
+//! call the fleet, shape the answer.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::extract::{Admin, ApiJson, NodeBearer};
+use crate::app::AppState;
+use crate::fleet::node::{HeartbeatReport, NewNode, Node, NodeEvent, Registration};
+
+const RECENT_EVENTS: i64 = 50;
+
+#[derive(Serialize)]
+struct NodeWithEvents {
+    #[serde(flatten)]
+    node: Node,
+    events: Vec<NodeEvent>,
+}
+
+pub async fn create_node(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiJson(new): ApiJson<NewNode>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let (node, token) = state.fleet.create_node(new, None).await?;
+    let mut body = serde_json::to_value(&node).map_err(|e| ApiError::internal(&e))?;
+    body["node_id"] = json!(node.id);
+    body["token"] = json!(token);
+    body["agent_env"] = json!({
+        "SKYLAUNCH_CONTROL_PLANE_URL": state.public_url,
+        "SKYLAUNCH_NODE_ID": node.id,
+    });
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+pub async fn list_nodes(State(state): State<AppState>, _: Admin) -> Json<Value> {
+    Json(json!({ "nodes": state.fleet.list().await }))
+}
+
+pub async fn get_node(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let node = state.fleet.get(&id).await?;
+    let events = state.fleet.events(&id, RECENT_EVENTS).await?;
+    Ok(Json(json!(NodeWithEvents { node, events })))
+}
+
+pub async fn drain_node(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<Node>, ApiError> {
+    Ok(Json(state.fleet.drain(&id, "drained by an admin").await?))
+}
+
+pub async fn delete_node(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<Node>, ApiError> {
+    Ok(Json(state.fleet.terminate(&id, "deleted by an admin").await?))
+}
+
+pub async fn register_node(
+    State(state): State<AppState>,
+    NodeBearer(token): NodeBearer,
+    Query(query): Query<HashMap<String, String>>,
+    ApiJson(reg): ApiJson<Registration>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(id) = query.get("node_id").filter(|id| !id.is_empty()) else {
+        return Err(ApiError::bad_request(
+            "missing_node_id",
+            "the `node_id` query parameter is required: POST /admin/nodes/register?node_id=<id>",
+        ));
+    };
+    let ack = state.fleet.register(id, &token, reg).await?;
+    Ok(Json(json!({
+        "status": "registered",
+        "node_id": ack.node_id,
+        "node_status": ack.status,
+        "desired": ack.desired,
+        "heartbeat_interval_s": ack.heartbeat_interval_s,
+    })))
+}
+
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    NodeBearer(token): NodeBearer,
+    Path(id): Path<String>,
+    ApiJson(report): ApiJson<HeartbeatReport>,
+) -> Result<Json<crate::fleet::AgentAck>, ApiError> {
+    Ok(Json(state.fleet.heartbeat(&id, &token, report).await?))
+}

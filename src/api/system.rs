@@ -1,0 +1,31 @@
+//! Unauthenticated service endpoints: liveness, Prometheus metrics, and the embedded web UI.
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{Html, IntoResponse};
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::app::AppState;
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let nodes = state
+        .fleet
+        .count_by_status()
+        .await
+        .into_iter()
+        .map(|(status, n)| (vec![("status", status.as_str().to_string())], n as f64))
+        .collect();
+    let text = state
+        .metrics
+        .render(&[("skylaunch_nodes", "Nodes by status.", nodes)]);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+}
+
+pub async fn ui_index() -> Html<&'static str> {
+    Html(include_str!("../../web/index.html"))
+}

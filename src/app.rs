@@ -1,0 +1,156 @@
+//! Wiring: builds the store, the fleet, its background tasks and the router from a
+//! [`ServeConfig`], binds the listener, and owns graceful shutdown. The one place where the parts
+//! meet; tests start the real service through [`Running::start`] on port 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::admin_token;
+use crate::config::ServeConfig;
+use crate::fleet::sweeper::FleetTasks;
+use crate::fleet::{Fleet, FleetError};
+use crate::metrics::Metrics;
+use crate::store::{redact_url, Store, StoreError};
+
+pub struct AppInner {
+    pub fleet: Arc<Fleet>,
+    pub metrics: Arc<Metrics>,
+    pub admin_token: String,
+    pub public_url: String,
+}
+
+pub type AppState = Arc<AppInner>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot use data dir {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot read or create the admin token: {0}")]
+    AdminToken(std::io::Error),
+    #[error("cannot open the database {url}: {source}")]
+    Database { url: String, source: StoreError },
+    #[error("cannot load nodes: {0}")]
+    Fleet(#[from] FleetError),
+    #[error("cannot listen on {addr}: {source} (is another skylaunch running? use --listen)")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A started control plane.
+pub struct Running {
+    addr: SocketAddr,
+    admin_token: admin_token::AdminToken,
+    database: String,
+    stop_server: oneshot::Sender<()>,
+    server: JoinHandle<std::io::Result<()>>,
+    tasks: FleetTasks,
+    store: Store,
+    shutdown_timeout: std::time::Duration,
+}
+
+impl Running {
+    pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let token = admin_token::resolve(config.admin_token.as_ref().map(|s| s.0.as_str()), &config.data_dir)
+            .map_err(StartError::AdminToken)?;
+        let url = config
+            .database_url
+            .clone()
+            .unwrap_or_else(|| Store::sqlite_url_for(&config.data_dir));
+        let store = Store::connect(&url).await.map_err(|source| StartError::Database {
+            url: redact_url(&url),
+            source,
+        })?;
+        let metrics = Arc::new(Metrics::default());
+        let fleet = Arc::new(Fleet::load(store.clone(), config.health_policy(), metrics.clone()).await?);
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let public_url = config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
+        let state = Arc::new(AppInner {
+            fleet: fleet.clone(),
+            metrics,
+            admin_token: token.value.clone(),
+            public_url,
+        });
+        let tasks = FleetTasks::spawn(fleet, config.sweep_interval, config.telemetry_flush_interval);
+        let (stop_server, stopped) = oneshot::channel::<()>();
+        let router = crate::api::router(state);
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Ok(Running {
+            addr,
+            admin_token: token,
+            database: redact_url(&url),
+            stop_server,
+            server,
+            tasks,
+            store,
+            shutdown_timeout: config.shutdown_timeout,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn admin_token(&self) -> &admin_token::AdminToken {
+        &self.admin_token
+    }
+
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// Graceful stop: no new connections, in-flight requests finish (up to the shutdown
+    /// timeout), pending telemetry is written, the database is closed.
+    pub async fn shutdown(self) {
+        let _ = self.stop_server.send(());
+        let mut server = self.server;
+        match tokio::time::timeout(self.shutdown_timeout, &mut server).await {
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "server stopped with an error"),
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!("in-flight requests did not finish within the shutdown timeout; closing them");
+                server.abort();
+            }
+        }
+        self.tasks.shutdown().await;
+        self.store.close().await;
+        tracing::info!("skylaunch stopped");
+    }
+
+    /// Stops everything at once without flushing, as a crash or `kill -9` would (for tests).
+    pub async fn abort(self) {
+        self.server.abort();
+        let _ = self.server.await;
+        self.tasks.abort();
+        self.store.close().await;
+    }
+}

@@ -1,0 +1,48 @@
+//! Wall-clock time as Unix milliseconds (what the database stores) and its RFC 3339 form
+//! (what the API shows).
+
+use time::macros::format_description;
+use time::OffsetDateTime;
+
+pub fn now_ms() -> i64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// RFC 3339 in UTC with millisecond precision, e.g. `2026-11-22T20:42:45.123Z`.
+pub fn rfc3339(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+            ))
+            .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// Serialises optional millisecond timestamps as RFC 3339 strings (or null).
+pub mod serde_opt_rfc3339 {
+    pub fn serialize<S: serde::Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+        match ms {
+            Some(ms) => s.serialize_str(&super::rfc3339(*ms)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+/// Serialises millisecond timestamps as RFC 3339 strings.
+pub mod serde_rfc3339 {
+    pub fn serialize<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::rfc3339(*ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_renders_utc_milliseconds() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::rfc3339(1_795_000_000_123), "2026-11-18T08:26:40.123Z");
+    }
+}

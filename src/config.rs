@@ -1,0 +1,176 @@
+//! Every setting of `skylaunch serve`: flag, environment variable and default in one place.
+//! `skylaunch serve --help` prints them; the README's configuration table mirrors this file.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::fleet::status::HealthPolicy;
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeConfig {
+    /// Address and port to listen on.
+    #[arg(long, env = "SKYLAUNCH_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory for the SQLite database and the generated admin token.
+    #[arg(long, env = "SKYLAUNCH_DATA_DIR", default_value = "./skylaunch-data")]
+    pub data_dir: PathBuf,
+
+    /// sqlite://PATH or postgres://USER@HOST/DB (default: SQLite file in the data dir).
+    #[arg(long, env = "SKYLAUNCH_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Admin token (default: generated on first start and kept in <data-dir>/admin-token).
+    #[arg(long, env = "SKYLAUNCH_ADMIN_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    pub admin_token: Option<Secret>,
+
+    /// Address agents on VMs use to reach this service (default: http://<listen>).
+    #[arg(long, env = "SKYLAUNCH_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// Path of the `sky` executable used for SkyPilot launches.
+    #[arg(long, env = "SKYLAUNCH_SKY_BIN", default_value = "sky")]
+    pub sky_bin: String,
+
+    /// Log format: human-readable lines or one JSON object per line.
+    #[arg(long, env = "SKYLAUNCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
+    /// How often agents send heartbeats (told to each agent when it registers).
+    #[arg(long, env = "SKYLAUNCH_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// Heartbeat intervals missed in a row before a ready node becomes unhealthy.
+    #[arg(long, env = "SKYLAUNCH_MISSED_HEARTBEATS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub missed_heartbeats: u32,
+
+    /// Silence after which a node becomes offline.
+    #[arg(long, env = "SKYLAUNCH_OFFLINE_AFTER", default_value = "60s", value_parser = parse_duration)]
+    pub offline_after: Duration,
+
+    /// Lowest health score (0..1) at which a node is ready.
+    #[arg(long, env = "SKYLAUNCH_MIN_HEALTH_SCORE", default_value_t = 0.5, value_parser = parse_score)]
+    pub min_health_score: f64,
+
+    /// How often the sweeper checks for silent nodes.
+    #[arg(long, env = "SKYLAUNCH_SWEEP_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub sweep_interval: Duration,
+
+    /// How often heartbeat telemetry is written to the database (a crash loses at most this much).
+    #[arg(long, env = "SKYLAUNCH_TELEMETRY_FLUSH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub telemetry_flush_interval: Duration,
+
+    /// How long shutdown waits for in-flight requests before closing them.
+    #[arg(long, env = "SKYLAUNCH_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+impl ServeConfig {
+    /// The defaults of every setting, as `serve` with no flags and no environment would have.
+    pub fn defaults() -> ServeConfig {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: ServeConfig,
+        }
+        let parsed = <Wrapper as clap::Parser>::try_parse_from(["skylaunch"]);
+        parsed.expect("every setting has a default").config
+    }
+
+    pub fn health_policy(&self) -> HealthPolicy {
+        HealthPolicy {
+            heartbeat_interval: self.heartbeat_interval,
+            missed_heartbeats: self.missed_heartbeats,
+            offline_after: self.offline_after,
+            min_health_score: self.min_health_score,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// A secret setting; its `Debug` never shows the value.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+fn parse_secret(s: &str) -> Result<Secret, String> {
+    if s.trim().len() < 16 {
+        return Err("must be at least 16 characters".to_string());
+    }
+    Ok(Secret(s.trim().to_string()))
+}
+
+/// Parses `250ms`, `5s`, `2m` or `1h` (a bare number means seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: use e.g. 500ms, 5s, 2m, 1h"))?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("unknown duration unit {other:?}: use ms, s, m or h")),
+    };
+    if !seconds.is_finite() || seconds <= 0.0 {
+        return Err(format!("{s:?} must be a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn parse_score(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} must be a number from 0.0 to 1.0")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_common_units() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("0.2s").unwrap(), Duration::from_millis(200));
+        for bad in ["", "0s", "-1s", "5 parsecs", "fast"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = ServeConfig::defaults();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.data_dir, PathBuf::from("./skylaunch-data"));
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(5));
+        assert_eq!(c.missed_heartbeats, 3);
+        assert_eq!(c.offline_after, Duration::from_secs(60));
+        assert_eq!(c.min_health_score, 0.5);
+    }
+
+    #[test]
+    fn secret_debug_hides_the_value() {
+        assert_eq!(format!("{:?}", Secret("supersecretvalue123".into())), "Secret(***)");
+    }
+}

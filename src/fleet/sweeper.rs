@@ -1,0 +1,76 @@
+//! The fleet's background work: the sweeper that applies the silence rules on a timer, and the
+//! flusher that writes batched heartbeat telemetry. Both stop on shutdown, after one last flush.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::Fleet;
+use crate::clock::now_ms;
+
+pub struct FleetTasks {
+    stop: watch::Sender<bool>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl FleetTasks {
+    pub fn spawn(fleet: Arc<Fleet>, sweep_every: Duration, flush_every: Duration) -> FleetTasks {
+        let (stop, stopped) = watch::channel(false);
+        let sweeper = {
+            let fleet = fleet.clone();
+            let mut stopped = stopped.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(sweep_every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => { fleet.sweep(now_ms()).await; }
+                        _ = stopped.changed() => break,
+                    }
+                }
+            })
+        };
+        let flusher = {
+            let mut stopped = stopped.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(flush_every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    let stopping = tokio::select! {
+                        _ = tick.tick() => false,
+                        _ = stopped.changed() => true,
+                    };
+                    match fleet.flush_telemetry().await {
+                        Ok(n) if n > 0 => tracing::debug!(nodes = n, "flushed heartbeat telemetry"),
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(error = %e, "could not flush heartbeat telemetry; will retry"),
+                    }
+                    if stopping {
+                        break;
+                    }
+                }
+            })
+        };
+        FleetTasks {
+            stop,
+            handles: vec![sweeper, flusher],
+        }
+    }
+
+    /// Stops both loops; the flusher writes what is pending before it returns.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for handle in self.handles {
+            let _ = handle.await;
+        }
+    }
+
+    /// Stops both loops without the final flush, as a crash would.
+    pub fn abort(self) {
+        for handle in self.handles {
+            handle.abort();
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! skylaunch: a control plane that launches GPU VMs for LLM model servers, keeps each node's
+//! health from its agent's heartbeats, and routes traffic only to healthy nodes.
+
+pub mod admin_token;
+pub mod api;
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod fleet;
+pub mod metrics;
+pub mod store;

@@ -1,0 +1,93 @@
+//! The `skylaunch` command line.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use skylaunch::app::Running;
+use skylaunch::config::{LogFormat, ServeConfig};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "skylaunch", version, about = "Launch GPU VMs for LLM model servers and keep them serving")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane: admin API, node registry, health sweeper and web UI.
+    Serve(ServeConfig),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(config) => {
+            init_logging(config.log_format);
+            let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
+            match runtime.block_on(serve(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    tracing::error!("{message}");
+                    eprintln!("skylaunch: {message}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn serve(config: ServeConfig) -> Result<(), String> {
+    let running = Running::start(config).await.map_err(|e| e.to_string())?;
+    let token = running.admin_token();
+    let token_source = match (&token.file, token.generated) {
+        (Some(file), true) => format!("generated and stored in {}", file.display()),
+        (Some(file), false) => format!("stored in {}", file.display()),
+        (None, _) => "from SKYLAUNCH_ADMIN_TOKEN".to_string(),
+    };
+    tracing::info!(
+        ui = %format!("{}/", running.base_url()),
+        database = %running.database(),
+        admin_token = %token_source,
+        "skylaunch is up"
+    );
+    println!("skylaunch is up: open {}/ in your browser", running.base_url());
+    println!("admin token: {token_source}");
+    // The token itself goes only to an interactive terminal, never into a captured log.
+    if token.generated && std::io::stdout().is_terminal() {
+        println!("admin token (shown once here): {}", token.value);
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

@@ -1,0 +1,141 @@
+//! Prometheus metrics: labelled counters and latency histograms kept in memory and rendered in
+//! the text exposition format at `/metrics`. Gauges that describe current state (nodes by
+//! status) are computed at scrape time by their owners and passed in.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+struct Family<T> {
+    help: &'static str,
+    series: BTreeMap<Labels, T>,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    counters: Mutex<BTreeMap<&'static str, Family<u64>>>,
+    histograms: Mutex<BTreeMap<&'static str, Family<Histogram>>>,
+}
+
+impl Metrics {
+    /// Declares a counter series so it shows as 0 before its first increment.
+    pub fn declare_counter(&self, name: &'static str, help: &'static str, labels: &[(&'static str, &str)]) {
+        self.add(name, help, labels, 0);
+    }
+
+    pub fn inc(&self, name: &'static str, help: &'static str, labels: &[(&'static str, &str)]) {
+        self.add(name, help, labels, 1);
+    }
+
+    fn add(&self, name: &'static str, help: &'static str, labels: &[(&'static str, &str)], n: u64) {
+        let mut counters = self.counters.lock().expect("metrics lock is never poisoned");
+        let family = counters.entry(name).or_insert_with(|| Family {
+            help,
+            series: BTreeMap::new(),
+        });
+        *family.series.entry(owned(labels)).or_insert(0) += n;
+    }
+
+    pub fn observe(&self, name: &'static str, help: &'static str, labels: &[(&'static str, &str)], seconds: f64) {
+        let mut histograms = self.histograms.lock().expect("metrics lock is never poisoned");
+        let family = histograms.entry(name).or_insert_with(|| Family {
+            help,
+            series: BTreeMap::new(),
+        });
+        let h = family.series.entry(owned(labels)).or_default();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                h.counts[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += seconds;
+    }
+
+    /// The exposition text; `gauges` are (name, help, [(labels, value)]) computed by the caller.
+    pub fn render(&self, gauges: &[(&str, &str, Vec<(Labels, f64)>)]) -> String {
+        let mut out = String::new();
+        for (name, help, series) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for (labels, value) in series {
+                let _ = writeln!(out, "{name}{} {value}", fmt_labels(labels, None));
+            }
+        }
+        for (name, family) in self.counters.lock().expect("metrics lock is never poisoned").iter() {
+            let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} counter", family.help);
+            for (labels, value) in &family.series {
+                let _ = writeln!(out, "{name}{} {value}", fmt_labels(labels, None));
+            }
+        }
+        for (name, family) in self.histograms.lock().expect("metrics lock is never poisoned").iter() {
+            let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} histogram", family.help);
+            for (labels, h) in &family.series {
+                for (i, bound) in BUCKETS.iter().enumerate() {
+                    let le = bound.to_string();
+                    let _ = writeln!(out, "{name}_bucket{} {}", fmt_labels(labels, Some(&le)), h.counts[i]);
+                }
+                let _ = writeln!(out, "{name}_bucket{} {}", fmt_labels(labels, Some("+Inf")), h.count);
+                let _ = writeln!(out, "{name}_sum{} {}", fmt_labels(labels, None), h.sum);
+                let _ = writeln!(out, "{name}_count{} {}", fmt_labels(labels, None), h.count);
+            }
+        }
+        out
+    }
+}
+
+fn owned(labels: &[(&'static str, &str)]) -> Labels {
+    labels.iter().map(|(k, v)| (*k, v.to_string())).collect()
+}
+
+fn fmt_labels(labels: &Labels, le: Option<&str>) -> String {
+    let mut parts: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+        .collect();
+    if let Some(le) = le {
+        parts.push(format!("le=\"{le}\""));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", parts.join(","))
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_histograms_and_gauges_in_text_format() {
+        let m = Metrics::default();
+        m.inc("x_total", "Things.", &[("kind", "a\"b")]);
+        m.inc("x_total", "Things.", &[("kind", "a\"b")]);
+        m.observe("lat_seconds", "Latency.", &[], 0.003);
+        let text = m.render(&[("g", "Gauge.", vec![(vec![("s", "ready".into())], 2.0)])]);
+        assert!(text.contains("# TYPE x_total counter\nx_total{kind=\"a\\\"b\"} 2\n"), "{text}");
+        assert!(text.contains("lat_seconds_bucket{le=\"0.0025\"} 0\n"), "{text}");
+        assert!(text.contains("lat_seconds_bucket{le=\"0.005\"} 1\n"), "{text}");
+        assert!(text.contains("lat_seconds_bucket{le=\"+Inf\"} 1\n"), "{text}");
+        assert!(text.contains("lat_seconds_count 1\n"), "{text}");
+        assert!(text.contains("g{s=\"ready\"} 2\n"), "{text}");
+    }
+}

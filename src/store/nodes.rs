@@ -1,0 +1,233 @@
+//! SQL for nodes and their events. Every status change is written together with its event in
+//! one transaction; heartbeat telemetry is written in batches by the fleet's flusher.
+
+use std::collections::BTreeMap;
+
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+
+use super::{Store, StoreError};
+use crate::fleet::node::{HeartbeatReport, Node, NodeEvent};
+use crate::fleet::status::NodeStatus;
+
+/// One status change as stored in `node_events`.
+pub struct StatusChange<'a> {
+    pub kind: &'a str,
+    pub from: Option<NodeStatus>,
+    pub to: NodeStatus,
+    pub reason: &'a str,
+}
+
+/// The latest measurements of a node, as the flusher writes them.
+pub struct Telemetry {
+    pub node_id: String,
+    pub health_score: Option<f64>,
+    pub last_heartbeat_at: Option<i64>,
+    pub last_heartbeat: Option<String>,
+    pub updated_at: i64,
+}
+
+const NODE_COLUMNS: &str = "id, name, model_name, endpoint_url, provider, region, zone, gpu_type, \
+     gpu_count, instance_type, spot_instance, labels, agent_version, status, status_reason, \
+     token_hash, launch_job_id, health_score, last_heartbeat_at, last_heartbeat, registered_at, \
+     created_at, updated_at";
+
+impl Store {
+    /// Inserts a new node and its creation event. A live node with the same name is a
+    /// unique-index violation, returned as the database error.
+    pub async fn insert_node(&self, node: &Node, change: StatusChange<'_>) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(&format!(
+            "INSERT INTO nodes ({NODE_COLUMNS}) VALUES \
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
+        ))
+        .bind(&node.id)
+        .bind(&node.name)
+        .bind(&node.model_name)
+        .bind(&node.endpoint_url)
+        .bind(&node.provider)
+        .bind(&node.region)
+        .bind(&node.zone)
+        .bind(&node.gpu_type)
+        .bind(node.gpu_count)
+        .bind(&node.instance_type)
+        .bind(i64::from(node.spot_instance))
+        .bind(labels_json(&node.labels))
+        .bind(&node.agent_version)
+        .bind(node.status.as_str())
+        .bind(&node.status_reason)
+        .bind(&node.token_hash)
+        .bind(&node.launch_job_id)
+        .bind(node.health_score)
+        .bind(node.last_heartbeat_at)
+        .bind(heartbeat_json(node.last_heartbeat.as_ref()))
+        .bind(node.registered_at)
+        .bind(node.created_at)
+        .bind(node.updated_at)
+        .execute(&mut *tx)
+        .await?;
+        insert_event(&mut tx, &node.id, node.updated_at, &change).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every node, oldest first.
+    pub async fn load_nodes(&self) -> Result<Vec<Node>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY created_at, id"))
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(node_from_row).collect()
+    }
+
+    /// Writes the whole node row (registration fields, status, telemetry) and, when the status
+    /// changed, its event, in one transaction.
+    pub async fn save_node(&self, node: &Node, change: Option<StatusChange<'_>>) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(
+            "UPDATE nodes SET model_name = $2, endpoint_url = $3, provider = $4, region = $5, \
+             zone = $6, gpu_type = $7, gpu_count = $8, instance_type = $9, spot_instance = $10, \
+             labels = $11, agent_version = $12, status = $13, status_reason = $14, \
+             health_score = $15, last_heartbeat_at = $16, last_heartbeat = $17, \
+             registered_at = $18, updated_at = $19 WHERE id = $1",
+        )
+        .bind(&node.id)
+        .bind(&node.model_name)
+        .bind(&node.endpoint_url)
+        .bind(&node.provider)
+        .bind(&node.region)
+        .bind(&node.zone)
+        .bind(&node.gpu_type)
+        .bind(node.gpu_count)
+        .bind(&node.instance_type)
+        .bind(i64::from(node.spot_instance))
+        .bind(labels_json(&node.labels))
+        .bind(&node.agent_version)
+        .bind(node.status.as_str())
+        .bind(&node.status_reason)
+        .bind(node.health_score)
+        .bind(node.last_heartbeat_at)
+        .bind(heartbeat_json(node.last_heartbeat.as_ref()))
+        .bind(node.registered_at)
+        .bind(node.updated_at)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(change) = change {
+            insert_event(&mut tx, &node.id, node.updated_at, &change).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Writes the latest telemetry of many nodes in one transaction.
+    pub async fn save_telemetry(&self, batch: &[Telemetry]) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        for t in batch {
+            sqlx::query(
+                "UPDATE nodes SET health_score = $2, last_heartbeat_at = $3, last_heartbeat = $4, \
+                 updated_at = $5 WHERE id = $1",
+            )
+            .bind(&t.node_id)
+            .bind(t.health_score)
+            .bind(t.last_heartbeat_at)
+            .bind(&t.last_heartbeat)
+            .bind(t.updated_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The newest events of a node, newest first.
+    pub async fn recent_node_events(&self, node_id: &str, limit: i64) -> Result<Vec<NodeEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, kind, from_status, to_status, reason FROM node_events \
+             WHERE node_id = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(node_id)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(NodeEvent {
+                    id: row.try_get("id")?,
+                    at: row.try_get("at")?,
+                    kind: row.try_get("kind")?,
+                    from_status: row.try_get("from_status")?,
+                    to_status: row.try_get("to_status")?,
+                    reason: row.try_get("reason")?,
+                })
+            })
+            .collect()
+    }
+}
+
+async fn insert_event(
+    tx: &mut Transaction<'_, Any>,
+    node_id: &str,
+    at: i64,
+    change: &StatusChange<'_>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO node_events (node_id, at, kind, from_status, to_status, reason) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(node_id)
+    .bind(at)
+    .bind(change.kind)
+    .bind(change.from.map(NodeStatus::as_str))
+    .bind(change.to.as_str())
+    .bind(change.reason)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn labels_json(labels: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(labels).expect("a string map always serialises")
+}
+
+fn heartbeat_json(hb: Option<&HeartbeatReport>) -> Option<String> {
+    hb.map(|hb| serde_json::to_string(hb).expect("heartbeat reports always serialise"))
+}
+
+fn node_from_row(row: &AnyRow) -> Result<Node, StoreError> {
+    let status: String = row.try_get("status")?;
+    let labels: String = row.try_get("labels")?;
+    let last_heartbeat: Option<String> = row.try_get("last_heartbeat")?;
+    let id: String = row.try_get("id")?;
+    Ok(Node {
+        status: NodeStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("node {id} has unknown status {status:?}")))?,
+        labels: serde_json::from_str(&labels)
+            .map_err(|e| StoreError::Corrupt(format!("node {id} labels: {e}")))?,
+        last_heartbeat: match last_heartbeat {
+            Some(json) => Some(
+                serde_json::from_str(&json)
+                    .map_err(|e| StoreError::Corrupt(format!("node {id} heartbeat: {e}")))?,
+            ),
+            None => None,
+        },
+        name: row.try_get("name")?,
+        model_name: row.try_get("model_name")?,
+        endpoint_url: row.try_get("endpoint_url")?,
+        provider: row.try_get("provider")?,
+        region: row.try_get("region")?,
+        zone: row.try_get("zone")?,
+        gpu_type: row.try_get("gpu_type")?,
+        gpu_count: row.try_get("gpu_count")?,
+        instance_type: row.try_get("instance_type")?,
+        spot_instance: row.try_get::<i64, _>("spot_instance")? != 0,
+        agent_version: row.try_get("agent_version")?,
+        status_reason: row.try_get("status_reason")?,
+        token_hash: row.try_get("token_hash")?,
+        launch_job_id: row.try_get("launch_job_id")?,
+        health_score: row.try_get("health_score")?,
+        last_heartbeat_at: row.try_get("last_heartbeat_at")?,
+        registered_at: row.try_get("registered_at")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        id,
+    })
+}
