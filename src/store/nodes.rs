@@ -1,5 +1,9 @@
 //! SQL for nodes and their events. Every status change is written together with its event in
 //! one transaction; heartbeat telemetry is written in batches by the fleet's flusher.
+//!
+//! Nullable floats are never bound as NULL: sqlx 0.8's Any driver sends a NULL `f64` to
+//! PostgreSQL typed as `float4`, and the cached statement then rejects a later real `f64`
+//! ("incorrect binary data format"). `health_score` is bound as a value plus a 0/1 presence flag.
 
 use std::collections::BTreeMap;
 
@@ -39,7 +43,8 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         sqlx::query(&format!(
             "INSERT INTO nodes ({NODE_COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             CASE WHEN $24 = 1 THEN $18 ELSE NULL END, $19, $20, $21, $22, $23)"
         ))
         .bind(&node.id)
         .bind(&node.name)
@@ -58,12 +63,13 @@ impl Store {
         .bind(&node.status_reason)
         .bind(&node.token_hash)
         .bind(&node.launch_job_id)
-        .bind(node.health_score)
+        .bind(node.health_score.unwrap_or(0.0))
         .bind(node.last_heartbeat_at)
         .bind(heartbeat_json(node.last_heartbeat.as_ref()))
         .bind(node.registered_at)
         .bind(node.created_at)
         .bind(node.updated_at)
+        .bind(i64::from(node.health_score.is_some()))
         .execute(&mut *tx)
         .await?;
         insert_event(&mut tx, &node.id, node.updated_at, &change).await?;
@@ -87,8 +93,8 @@ impl Store {
             "UPDATE nodes SET model_name = $2, endpoint_url = $3, provider = $4, region = $5, \
              zone = $6, gpu_type = $7, gpu_count = $8, instance_type = $9, spot_instance = $10, \
              labels = $11, agent_version = $12, status = $13, status_reason = $14, \
-             health_score = $15, last_heartbeat_at = $16, last_heartbeat = $17, \
-             registered_at = $18, updated_at = $19 WHERE id = $1",
+             health_score = CASE WHEN $20 = 1 THEN $15 ELSE NULL END, last_heartbeat_at = $16, \
+             last_heartbeat = $17, registered_at = $18, updated_at = $19 WHERE id = $1",
         )
         .bind(&node.id)
         .bind(&node.model_name)
@@ -104,11 +110,12 @@ impl Store {
         .bind(&node.agent_version)
         .bind(node.status.as_str())
         .bind(&node.status_reason)
-        .bind(node.health_score)
+        .bind(node.health_score.unwrap_or(0.0))
         .bind(node.last_heartbeat_at)
         .bind(heartbeat_json(node.last_heartbeat.as_ref()))
         .bind(node.registered_at)
         .bind(node.updated_at)
+        .bind(i64::from(node.health_score.is_some()))
         .execute(&mut *tx)
         .await?;
         if let Some(change) = change {
@@ -123,14 +130,15 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         for t in batch {
             sqlx::query(
-                "UPDATE nodes SET health_score = $2, last_heartbeat_at = $3, last_heartbeat = $4, \
-                 updated_at = $5 WHERE id = $1",
+                "UPDATE nodes SET health_score = CASE WHEN $6 = 1 THEN $2 ELSE NULL END, \
+                 last_heartbeat_at = $3, last_heartbeat = $4, updated_at = $5 WHERE id = $1",
             )
             .bind(&t.node_id)
-            .bind(t.health_score)
+            .bind(t.health_score.unwrap_or(0.0))
             .bind(t.last_heartbeat_at)
             .bind(&t.last_heartbeat)
             .bind(t.updated_at)
+            .bind(i64::from(t.health_score.is_some()))
             .execute(&mut *tx)
             .await?;
         }

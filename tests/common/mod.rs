@@ -1,0 +1,290 @@
+//! Test harness: starts the real control plane on 127.0.0.1:0 against a fresh SQLite file or a
+//! fresh PostgreSQL schema, with HTTP helpers named after the routes. Shared by the server's and
+//! the agent's integration tests (`#[path]`-included there).
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use skylaunch::app::Running;
+use skylaunch::config::{Secret, ServeConfig};
+use sqlx::Connection;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs an async test body once per backend, as `<name>::sqlite` and `<name>::postgres`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::common::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::common::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+fn postgres_admin_url() -> String {
+    std::env::var("SKYLAUNCH_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// A fresh, empty database for one test; a PostgreSQL schema is dropped when it goes away.
+pub struct TestDb {
+    pub url: String,
+    pub data_dir: tempfile::TempDir,
+    schema: Option<String>,
+}
+
+impl TestDb {
+    /// `None` when PostgreSQL is unreachable outside CI (after a loud message); under `CI=true`
+    /// a missing PostgreSQL fails the test.
+    pub async fn new(backend: Backend) -> Option<TestDb> {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        match backend {
+            Backend::Sqlite => Some(TestDb {
+                url: format!("sqlite://{}?mode=rwc", data_dir.path().join("test.db").display()),
+                data_dir,
+                schema: None,
+            }),
+            Backend::Postgres => {
+                let admin = postgres_admin_url();
+                let mut conn = match tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&admin)).await {
+                    Ok(Ok(conn)) => conn,
+                    failure => {
+                        let why = match failure {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => "timed out".to_string(),
+                        };
+                        if in_ci() {
+                            panic!("PostgreSQL is required under CI=true but {admin} is not reachable: {why}");
+                        }
+                        eprintln!("\n!!! SKIPPED: PostgreSQL test, {admin} is not reachable ({why}); set SKYLAUNCH_TEST_POSTGRES_URL or start PostgreSQL\n");
+                        return None;
+                    }
+                };
+                let schema = format!("sl_test_{}", uuid::Uuid::new_v4().simple());
+                sqlx::query(&format!("CREATE SCHEMA {schema}"))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create test schema");
+                let sep = if admin.contains('?') { '&' } else { '?' };
+                Some(TestDb {
+                    url: format!("{admin}{sep}options=-c%20search_path%3D{schema}"),
+                    data_dir,
+                    schema: Some(schema),
+                })
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(schema) = self.schema.take() else { return };
+        // Drop runs outside any runtime guarantee, so use a private one on its own thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
+                    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Settings for tests: fast health timings so the sweeper acts within a second or two.
+pub fn test_config(db: &TestDb) -> ServeConfig {
+    let mut config = ServeConfig::defaults();
+    config.listen = "127.0.0.1:0".parse().expect("addr");
+    config.data_dir = db.data_dir.path().to_path_buf();
+    config.database_url = Some(db.url.clone());
+    config.admin_token = Some(Secret(ADMIN_TOKEN.to_string()));
+    config.heartbeat_interval = Duration::from_millis(200);
+    config.missed_heartbeats = 3;
+    config.offline_after = Duration::from_millis(1500);
+    config.sweep_interval = Duration::from_millis(50);
+    config.telemetry_flush_interval = Duration::from_millis(200);
+    config.shutdown_timeout = Duration::from_secs(5);
+    config
+}
+
+pub struct TestApp {
+    pub running: Option<Running>,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub config: ServeConfig,
+    pub db: TestDb,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn error_code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("<no error code>")
+    }
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Option<TestApp> {
+        let db = TestDb::new(backend).await?;
+        let config = test_config(&db);
+        Some(TestApp::start(db, config).await)
+    }
+
+    pub async fn start(db: TestDb, config: ServeConfig) -> TestApp {
+        // Server logs appear in a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("info,sqlx=warn")
+            .with_test_writer()
+            .try_init();
+        let running = Running::start(config.clone()).await.expect("control plane starts");
+        TestApp {
+            base: running.base_url(),
+            running: Some(running),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("client"),
+            config,
+            db,
+        }
+    }
+
+    /// Graceful stop, then a fresh process-equivalent start on the same database.
+    pub async fn restart(mut self) -> TestApp {
+        self.running.take().expect("running").shutdown().await;
+        TestApp::start(self.db, self.config).await
+    }
+
+    /// Stop without flushing anything (as `kill -9` would), then start again.
+    pub async fn crash_and_restart(mut self) -> TestApp {
+        self.running.take().expect("running").abort().await;
+        TestApp::start(self.db, self.config).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
+        let res = req.send().await.expect("request reaches the server");
+        let status = res.status();
+        let text = res.text().await.expect("body");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Reply { status, body }
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        let mut req = self.client.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        self.send(req).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> Reply {
+        let mut req = self.client.post(self.url(path)).json(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        self.send(req).await
+    }
+
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> Reply {
+        let mut req = self.client.delete(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        self.send(req).await
+    }
+
+    /// Creates a bring-your-own node; returns (id, token).
+    pub async fn create_node(&self, name: &str) -> (String, String) {
+        let r = self
+            .post("/admin/nodes", Some(ADMIN_TOKEN), &json!({"name": name, "model_name": "test/model"}))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        (
+            r.body["node_id"].as_str().expect("node_id").to_string(),
+            r.body["token"].as_str().expect("token").to_string(),
+        )
+    }
+
+    pub async fn register(&self, id: &str, token: &str) -> Reply {
+        self.post(&format!("/admin/nodes/register?node_id={id}"), Some(token), &registration())
+            .await
+    }
+
+    pub async fn heartbeat(&self, id: &str, token: &str, body: &Value) -> Reply {
+        self.post(&format!("/admin/nodes/{id}/heartbeat"), Some(token), body).await
+    }
+
+    pub async fn node(&self, id: &str) -> Value {
+        let r = self.get(&format!("/admin/nodes/{id}"), Some(ADMIN_TOKEN)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        r.body
+    }
+
+    /// Polls (bounded) until the node has `status`; returns the node.
+    pub async fn wait_for_status(&self, id: &str, status: &str) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..200 {
+            last = self.node(id).await;
+            if last["status"] == status {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("node {id} never reached status {status}; last seen: {last}");
+    }
+
+    /// A node that has registered and sent one healthy heartbeat.
+    pub async fn ready_node(&self, name: &str) -> (String, String) {
+        let (id, token) = self.create_node(name).await;
+        assert_eq!(self.register(&id, &token).await.status, StatusCode::OK);
+        let r = self.heartbeat(&id, &token, &healthy()).await;
+        assert_eq!(r.body["status"], "ready", "{}", r.body);
+        (id, token)
+    }
+}
+
+pub fn registration() -> Value {
+    json!({
+        "provider": "aws", "region": "us-east-1", "zone": "us-east-1a",
+        "model_name": "test/model", "endpoint_url": "http://127.0.0.1:8000",
+        "gpu_type": "L4", "instance_type": "g6.xlarge", "spot_instance": true,
+        "gpu_count": 1, "agent_version": "0.1.0"
+    })
+}
+
+pub fn healthy() -> Value {
+    json!({"health_score": 0.95, "model_server": {"ready": true, "probe_latency_ms": 3.0}})
+}
