@@ -11,7 +11,14 @@ const BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
-type Labels = Vec<(&'static str, String)>;
+pub type Labels = Vec<(&'static str, String)>;
+
+/// A gauge computed by its owner at scrape time: name, help, and a value per label set.
+pub struct Gauge<'a> {
+    pub name: &'a str,
+    pub help: &'a str,
+    pub series: Vec<(Labels, f64)>,
+}
 
 #[derive(Default)]
 struct Histogram {
@@ -66,10 +73,10 @@ impl Metrics {
         h.sum += seconds;
     }
 
-    /// The exposition text; `gauges` are (name, help, [(labels, value)]) computed by the caller.
-    pub fn render(&self, gauges: &[(&str, &str, Vec<(Labels, f64)>)]) -> String {
+    /// The exposition text, with the caller's current gauges first.
+    pub fn render(&self, gauges: &[Gauge<'_>]) -> String {
         let mut out = String::new();
-        for (name, help, series) in gauges {
+        for Gauge { name, help, series } in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
             for (labels, value) in series {
                 let _ = writeln!(out, "{name}{} {value}", fmt_labels(labels, None));
@@ -130,7 +137,11 @@ mod tests {
         m.inc("x_total", "Things.", &[("kind", "a\"b")]);
         m.inc("x_total", "Things.", &[("kind", "a\"b")]);
         m.observe("lat_seconds", "Latency.", &[], 0.003);
-        let text = m.render(&[("g", "Gauge.", vec![(vec![("s", "ready".into())], 2.0)])]);
+        let text = m.render(&[Gauge {
+            name: "g",
+            help: "Gauge.",
+            series: vec![(vec![("s", "ready".into())], 2.0)],
+        }]);
         assert!(text.contains("# TYPE x_total counter\nx_total{kind=\"a\\\"b\"} 2\n"), "{text}");
         assert!(text.contains("lat_seconds_bucket{le=\"0.0025\"} 0\n"), "{text}");
         assert!(text.contains("lat_seconds_bucket{le=\"0.005\"} 1\n"), "{text}");

@@ -7,6 +7,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use crate::app::AppState;
+use crate::metrics::Gauge;
 
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
@@ -20,9 +21,11 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         .into_iter()
         .map(|(status, n)| (vec![("status", status.as_str().to_string())], n as f64))
         .collect();
-    let text = state
-        .metrics
-        .render(&[("skylaunch_nodes", "Nodes by status.", nodes)]);
+    let text = state.metrics.render(&[Gauge {
+        name: "skylaunch_nodes",
+        help: "Nodes by status.",
+        series: nodes,
+    }]);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
 }
 
