@@ -39,7 +39,10 @@ pub fn resolve(configured: Option<&str>, data_dir: &Path) -> io::Result<AdminTok
         }
         Ok(_) => Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("{} is empty; delete it to generate a new admin token", file.display()),
+            format!(
+                "{} is empty; delete it to generate a new admin token",
+                file.display()
+            ),
         )),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let value = token::generate();
@@ -71,7 +74,10 @@ mod tests {
         let first = resolve(None, dir.path()).unwrap();
         assert!(first.generated);
         let file = first.file.clone().unwrap();
-        assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let second = resolve(None, dir.path()).unwrap();
         assert!(!second.generated);
         assert_eq!(first.value, second.value);

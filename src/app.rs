@@ -29,7 +29,10 @@ pub type AppState = Arc<AppInner>;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot use data dir {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot read or create the admin token: {0}")]
     AdminToken(std::io::Error),
     #[error("cannot open the database {url}: {source}")]
@@ -37,7 +40,10 @@ pub enum StartError {
     #[error("cannot load nodes: {0}")]
     Fleet(#[from] FleetError),
     #[error("cannot listen on {addr}: {source} (is another skylaunch running? use --listen)")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A started control plane.
@@ -58,24 +64,31 @@ impl Running {
             path: config.data_dir.clone(),
             source,
         })?;
-        let token = admin_token::resolve(config.admin_token.as_ref().map(|s| s.0.as_str()), &config.data_dir)
-            .map_err(StartError::AdminToken)?;
+        let token = admin_token::resolve(
+            config.admin_token.as_ref().map(|s| s.0.as_str()),
+            &config.data_dir,
+        )
+        .map_err(StartError::AdminToken)?;
         let url = config
             .database_url
             .clone()
             .unwrap_or_else(|| Store::sqlite_url_for(&config.data_dir));
-        let store = Store::connect(&url).await.map_err(|source| StartError::Database {
-            url: redact_url(&url),
-            source,
-        })?;
-        let metrics = Arc::new(Metrics::default());
-        let fleet = Arc::new(Fleet::load(store.clone(), config.health_policy(), metrics.clone()).await?);
-        let listener = TcpListener::bind(config.listen)
+        let store = Store::connect(&url)
             .await
-            .map_err(|source| StartError::Listen {
-                addr: config.listen,
+            .map_err(|source| StartError::Database {
+                url: redact_url(&url),
                 source,
             })?;
+        let metrics = Arc::new(Metrics::default());
+        let fleet =
+            Arc::new(Fleet::load(store.clone(), config.health_policy(), metrics.clone()).await?);
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
         let addr = listener.local_addr().map_err(|source| StartError::Listen {
             addr: config.listen,
             source,
@@ -90,7 +103,11 @@ impl Running {
             admin_token: token.value.clone(),
             public_url,
         });
-        let tasks = FleetTasks::spawn(fleet, config.sweep_interval, config.telemetry_flush_interval);
+        let tasks = FleetTasks::spawn(
+            fleet,
+            config.sweep_interval,
+            config.telemetry_flush_interval,
+        );
         let (stop_server, stopped) = oneshot::channel::<()>();
         let router = crate::api::router(state);
         let server = tokio::spawn(async move {
@@ -137,7 +154,9 @@ impl Running {
             Ok(Ok(Err(e))) => tracing::error!(error = %e, "server stopped with an error"),
             Ok(_) => {}
             Err(_) => {
-                tracing::warn!("in-flight requests did not finish within the shutdown timeout; closing them");
+                tracing::warn!(
+                    "in-flight requests did not finish within the shutdown timeout; closing them"
+                );
                 server.abort();
             }
         }

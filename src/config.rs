@@ -117,7 +117,9 @@ fn parse_secret(s: &str) -> Result<Secret, String> {
 /// Parses `250ms`, `5s`, `2m` or `1h` (a bare number means seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
     let value: f64 = number
         .parse()
@@ -127,7 +129,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        other => return Err(format!("unknown duration unit {other:?}: use ms, s, m or h")),
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?}: use ms, s, m or h"
+            ))
+        }
     };
     if !seconds.is_finite() || seconds <= 0.0 {
         return Err(format!("{s:?} must be a positive duration"));
@@ -171,6 +177,9 @@ mod tests {
 
     #[test]
     fn secret_debug_hides_the_value() {
-        assert_eq!(format!("{:?}", Secret("supersecretvalue123".into())), "Secret(***)");
+        assert_eq!(
+            format!("{:?}", Secret("supersecretvalue123".into())),
+            "Secret(***)"
+        );
     }
 }

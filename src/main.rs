@@ -9,7 +9,11 @@ use skylaunch::config::{LogFormat, ServeConfig};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "skylaunch", version, about = "Launch GPU VMs for LLM model servers and keep them serving")]
+#[command(
+    name = "skylaunch",
+    version,
+    about = "Launch GPU VMs for LLM model servers and keep them serving"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,7 +57,10 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
         admin_token = %token_source,
         "skylaunch is up"
     );
-    println!("skylaunch is up: open {}/ in your browser", running.base_url());
+    println!(
+        "skylaunch is up: open {}/ in your browser",
+        running.base_url()
+    );
     println!("admin token: {token_source}");
     // The token itself goes only to an interactive terminal, never into a captured log.
     if token.generated && std::io::stdout().is_terminal() {
@@ -84,8 +91,11 @@ async fn shutdown_signal() {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

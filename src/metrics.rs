@@ -40,7 +40,12 @@ pub struct Metrics {
 
 impl Metrics {
     /// Declares a counter series so it shows as 0 before its first increment.
-    pub fn declare_counter(&self, name: &'static str, help: &'static str, labels: &[(&'static str, &str)]) {
+    pub fn declare_counter(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+    ) {
         self.add(name, help, labels, 0);
     }
 
@@ -49,7 +54,10 @@ impl Metrics {
     }
 
     fn add(&self, name: &'static str, help: &'static str, labels: &[(&'static str, &str)], n: u64) {
-        let mut counters = self.counters.lock().expect("metrics lock is never poisoned");
+        let mut counters = self
+            .counters
+            .lock()
+            .expect("metrics lock is never poisoned");
         let family = counters.entry(name).or_insert_with(|| Family {
             help,
             series: BTreeMap::new(),
@@ -57,8 +65,17 @@ impl Metrics {
         *family.series.entry(owned(labels)).or_insert(0) += n;
     }
 
-    pub fn observe(&self, name: &'static str, help: &'static str, labels: &[(&'static str, &str)], seconds: f64) {
-        let mut histograms = self.histograms.lock().expect("metrics lock is never poisoned");
+    pub fn observe(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+        seconds: f64,
+    ) {
+        let mut histograms = self
+            .histograms
+            .lock()
+            .expect("metrics lock is never poisoned");
         let family = histograms.entry(name).or_insert_with(|| Family {
             help,
             series: BTreeMap::new(),
@@ -82,20 +99,44 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{} {value}", fmt_labels(labels, None));
             }
         }
-        for (name, family) in self.counters.lock().expect("metrics lock is never poisoned").iter() {
+        for (name, family) in self
+            .counters
+            .lock()
+            .expect("metrics lock is never poisoned")
+            .iter()
+        {
             let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} counter", family.help);
             for (labels, value) in &family.series {
                 let _ = writeln!(out, "{name}{} {value}", fmt_labels(labels, None));
             }
         }
-        for (name, family) in self.histograms.lock().expect("metrics lock is never poisoned").iter() {
-            let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} histogram", family.help);
+        for (name, family) in self
+            .histograms
+            .lock()
+            .expect("metrics lock is never poisoned")
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {}\n# TYPE {name} histogram",
+                family.help
+            );
             for (labels, h) in &family.series {
                 for (i, bound) in BUCKETS.iter().enumerate() {
                     let le = bound.to_string();
-                    let _ = writeln!(out, "{name}_bucket{} {}", fmt_labels(labels, Some(&le)), h.counts[i]);
+                    let _ = writeln!(
+                        out,
+                        "{name}_bucket{} {}",
+                        fmt_labels(labels, Some(&le)),
+                        h.counts[i]
+                    );
                 }
-                let _ = writeln!(out, "{name}_bucket{} {}", fmt_labels(labels, Some("+Inf")), h.count);
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{} {}",
+                    fmt_labels(labels, Some("+Inf")),
+                    h.count
+                );
                 let _ = writeln!(out, "{name}_sum{} {}", fmt_labels(labels, None), h.sum);
                 let _ = writeln!(out, "{name}_count{} {}", fmt_labels(labels, None), h.count);
             }
@@ -124,7 +165,9 @@ fn fmt_labels(labels: &Labels, le: Option<&str>) -> String {
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -142,10 +185,22 @@ mod tests {
             help: "Gauge.",
             series: vec![(vec![("s", "ready".into())], 2.0)],
         }]);
-        assert!(text.contains("# TYPE x_total counter\nx_total{kind=\"a\\\"b\"} 2\n"), "{text}");
-        assert!(text.contains("lat_seconds_bucket{le=\"0.0025\"} 0\n"), "{text}");
-        assert!(text.contains("lat_seconds_bucket{le=\"0.005\"} 1\n"), "{text}");
-        assert!(text.contains("lat_seconds_bucket{le=\"+Inf\"} 1\n"), "{text}");
+        assert!(
+            text.contains("# TYPE x_total counter\nx_total{kind=\"a\\\"b\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lat_seconds_bucket{le=\"0.0025\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lat_seconds_bucket{le=\"0.005\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lat_seconds_bucket{le=\"+Inf\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("lat_seconds_count 1\n"), "{text}");
         assert!(text.contains("g{s=\"ready\"} 2\n"), "{text}");
     }

@@ -51,7 +51,10 @@ impl ApiError {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("request body is larger than the {} byte limit", super::BODY_LIMIT),
+            format!(
+                "request body is larger than the {} byte limit",
+                super::BODY_LIMIT
+            ),
         )
     }
 
@@ -81,13 +84,20 @@ impl From<FleetError> for ApiError {
         let message = e.to_string();
         match e {
             FleetError::Invalid { field, .. } => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message).with("field", field)
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message)
+                    .with("field", field)
             }
-            FleetError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "node_not_found", message),
+            FleetError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "node_not_found", message)
+            }
             FleetError::Unauthorized(_) => ApiError::unauthorized(message),
-            FleetError::Terminated(_) => ApiError::new(StatusCode::NOT_FOUND, "node_terminated", message),
+            FleetError::Terminated(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "node_terminated", message)
+            }
             FleetError::NameTaken(_) => ApiError::new(StatusCode::CONFLICT, "name_taken", message),
-            FleetError::NotRegistered(_) => ApiError::new(StatusCode::CONFLICT, "not_registered", message),
+            FleetError::NotRegistered(_) => {
+                ApiError::new(StatusCode::CONFLICT, "not_registered", message)
+            }
             FleetError::Store(e) => match e {
                 crate::store::StoreError::Sqlx(sqlx::Error::PoolTimedOut) => ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -127,7 +137,9 @@ impl From<JsonRejection> for ApiError {
                 "missing_content_type",
                 "send the request body as JSON with `Content-Type: application/json`",
             ),
-            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large(),
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::payload_too_large()
+            }
             other => ApiError::bad_request("invalid_body", other.body_text()),
         }
     }
@@ -155,12 +167,22 @@ mod tests {
 
     #[test]
     fn field_is_found_in_serde_messages() {
-        assert_eq!(field_of("missing field `health_score` at line 1 column 2").as_deref(), Some("health_score"));
         assert_eq!(
-            field_of("health_score: invalid type: string \"x\", expected f64 at line 1 column 22").as_deref(),
+            field_of("missing field `health_score` at line 1 column 2").as_deref(),
             Some("health_score")
         );
-        assert_eq!(field_of("gpu.count: invalid value").as_deref(), Some("gpu.count"));
-        assert_eq!(field_of("invalid type: map, expected a string").as_deref(), None);
+        assert_eq!(
+            field_of("health_score: invalid type: string \"x\", expected f64 at line 1 column 22")
+                .as_deref(),
+            Some("health_score")
+        );
+        assert_eq!(
+            field_of("gpu.count: invalid value").as_deref(),
+            Some("gpu.count")
+        );
+        assert_eq!(
+            field_of("invalid type: map, expected a string").as_deref(),
+            None
+        );
     }
 }

@@ -26,16 +26,25 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(system::ui_index))
         .route("/healthz", get(system::healthz))
         .route("/metrics", get(system::metrics))
-        .route("/admin/nodes", get(nodes::list_nodes).post(nodes::create_node))
+        .route(
+            "/admin/nodes",
+            get(nodes::list_nodes).post(nodes::create_node),
+        )
         .route("/admin/nodes/register", post(nodes::register_node))
-        .route("/admin/nodes/{id}", get(nodes::get_node).delete(nodes::delete_node))
+        .route(
+            "/admin/nodes/{id}",
+            get(nodes::get_node).delete(nodes::delete_node),
+        )
         .route("/admin/nodes/{id}/drain", post(nodes::drain_node))
         .route("/admin/nodes/{id}/heartbeat", post(nodes::heartbeat))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(refuse_large_bodies))
-        .layer(middleware::from_fn_with_state(state.clone(), record_request))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_request,
+        ))
         .with_state(state)
 }
 

@@ -66,7 +66,9 @@ pub async fn delete_node(
     _: Admin,
     Path(id): Path<String>,
 ) -> Result<Json<Node>, ApiError> {
-    Ok(Json(state.fleet.terminate(&id, "deleted by an admin").await?))
+    Ok(Json(
+        state.fleet.terminate(&id, "deleted by an admin").await?,
+    ))
 }
 
 pub async fn register_node(

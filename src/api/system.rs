@@ -26,7 +26,13 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         help: "Nodes by status.",
         series: nodes,
     }]);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
 }
 
 pub async fn ui_index() -> Html<&'static str> {

@@ -36,7 +36,9 @@ pub enum FleetError {
     Terminated(String),
     #[error("a node named {0:?} already exists")]
     NameTaken(String),
-    #[error("node {0} has not registered yet: the agent must call POST /admin/nodes/register first")]
+    #[error(
+        "node {0} has not registered yet: the agent must call POST /admin/nodes/register first"
+    )]
     NotRegistered(String),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -79,7 +81,11 @@ const HEARTBEATS_HELP: &str = "Heartbeats received, by result.";
 impl Fleet {
     /// Loads every node from the store. Live nodes get a full silence window from now before the
     /// sweeper may act, so a control-plane restart does not flap healthy nodes.
-    pub async fn load(store: Store, policy: HealthPolicy, metrics: Arc<Metrics>) -> Result<Fleet, FleetError> {
+    pub async fn load(
+        store: Store,
+        policy: HealthPolicy,
+        metrics: Arc<Metrics>,
+    ) -> Result<Fleet, FleetError> {
         let started = now_ms();
         let nodes = store
             .load_nodes()
@@ -94,10 +100,18 @@ impl Fleet {
             })
             .collect();
         for to in NodeStatus::ALL {
-            metrics.declare_counter("skylaunch_node_transitions_total", TRANSITIONS_HELP, &[("to", to.as_str())]);
+            metrics.declare_counter(
+                "skylaunch_node_transitions_total",
+                TRANSITIONS_HELP,
+                &[("to", to.as_str())],
+            );
         }
         for result in ["accepted", "rejected"] {
-            metrics.declare_counter("skylaunch_heartbeats_total", HEARTBEATS_HELP, &[("result", result)]);
+            metrics.declare_counter(
+                "skylaunch_heartbeats_total",
+                HEARTBEATS_HELP,
+                &[("result", result)],
+            );
         }
         Ok(Fleet {
             store,
@@ -131,7 +145,11 @@ impl Fleet {
     }
 
     /// Adds a node whose agent will register later; returns it with its one-time token.
-    pub async fn create_node(&self, new: NewNode, launch_job_id: Option<String>) -> Result<(Node, String), FleetError> {
+    pub async fn create_node(
+        &self,
+        new: NewNode,
+        launch_job_id: Option<String>,
+    ) -> Result<(Node, String), FleetError> {
         new.validate()?;
         let token = token::generate();
         let now = now_ms();
@@ -170,13 +188,18 @@ impl Fleet {
         match self.store.insert_node(&node, change).await {
             Ok(()) => {}
             Err(StoreError::Sqlx(e))
-                if e.as_database_error().is_some_and(|d| d.is_unique_violation()) =>
+                if e.as_database_error()
+                    .is_some_and(|d| d.is_unique_violation()) =>
             {
                 return Err(FleetError::NameTaken(node.name));
             }
             Err(e) => return Err(e.into()),
         }
-        self.metrics.inc("skylaunch_node_transitions_total", TRANSITIONS_HELP, &[("to", "launching")]);
+        self.metrics.inc(
+            "skylaunch_node_transitions_total",
+            TRANSITIONS_HELP,
+            &[("to", "launching")],
+        );
         tracing::info!(node_id = %node.id, name = %node.name, "node created");
         let live = LiveNode {
             node: node.clone(),
@@ -202,7 +225,12 @@ impl Fleet {
         Ok(entry)
     }
 
-    pub async fn register(&self, id: &str, token: &str, reg: Registration) -> Result<AgentAck, FleetError> {
+    pub async fn register(
+        &self,
+        id: &str,
+        token: &str,
+        reg: Registration,
+    ) -> Result<AgentAck, FleetError> {
         let entry = self.authorised(id, token).await?;
         reg.validate()?;
         let mut live = entry.lock().await;
@@ -250,14 +278,32 @@ impl Fleet {
         Ok(self.ack(&live.node))
     }
 
-    pub async fn heartbeat(&self, id: &str, token: &str, report: HeartbeatReport) -> Result<AgentAck, FleetError> {
+    pub async fn heartbeat(
+        &self,
+        id: &str,
+        token: &str,
+        report: HeartbeatReport,
+    ) -> Result<AgentAck, FleetError> {
         let result = self.apply_heartbeat(id, token, report).await;
-        let outcome = if result.is_ok() { "accepted" } else { "rejected" };
-        self.metrics.inc("skylaunch_heartbeats_total", HEARTBEATS_HELP, &[("result", outcome)]);
+        let outcome = if result.is_ok() {
+            "accepted"
+        } else {
+            "rejected"
+        };
+        self.metrics.inc(
+            "skylaunch_heartbeats_total",
+            HEARTBEATS_HELP,
+            &[("result", outcome)],
+        );
         result
     }
 
-    async fn apply_heartbeat(&self, id: &str, token: &str, report: HeartbeatReport) -> Result<AgentAck, FleetError> {
+    async fn apply_heartbeat(
+        &self,
+        id: &str,
+        token: &str,
+        report: HeartbeatReport,
+    ) -> Result<AgentAck, FleetError> {
         let entry = self.authorised(id, token).await?;
         report.validate()?;
         let mut live = entry.lock().await;
@@ -296,7 +342,14 @@ impl Fleet {
     }
 
     /// Persists `node` with the transition applied, then makes it the live state.
-    async fn apply(&self, live: &mut LiveNode, mut node: Node, t: &Transition, kind: &str, now: i64) -> Result<(), FleetError> {
+    async fn apply(
+        &self,
+        live: &mut LiveNode,
+        mut node: Node,
+        t: &Transition,
+        kind: &str,
+        now: i64,
+    ) -> Result<(), FleetError> {
         let from = node.status;
         node.status = t.to;
         node.status_reason = Some(t.reason.clone());
@@ -319,8 +372,11 @@ impl Fleet {
     }
 
     fn count_transition(&self, t: &Transition) {
-        self.metrics
-            .inc("skylaunch_node_transitions_total", TRANSITIONS_HELP, &[("to", t.to.as_str())]);
+        self.metrics.inc(
+            "skylaunch_node_transitions_total",
+            TRANSITIONS_HELP,
+            &[("to", t.to.as_str())],
+        );
     }
 
     fn ack(&self, node: &Node) -> AgentAck {
@@ -338,15 +394,22 @@ impl Fleet {
 
     /// Admin: stop sending new traffic to a node.
     pub async fn drain(&self, id: &str, reason: &str) -> Result<Node, FleetError> {
-        self.admin_transition(id, NodeStatus::Draining, reason).await
+        self.admin_transition(id, NodeStatus::Draining, reason)
+            .await
     }
 
     /// Admin: mark a node terminated (the VM itself is torn down by its launch provider).
     pub async fn terminate(&self, id: &str, reason: &str) -> Result<Node, FleetError> {
-        self.admin_transition(id, NodeStatus::Terminated, reason).await
+        self.admin_transition(id, NodeStatus::Terminated, reason)
+            .await
     }
 
-    async fn admin_transition(&self, id: &str, to: NodeStatus, reason: &str) -> Result<Node, FleetError> {
+    async fn admin_transition(
+        &self,
+        id: &str,
+        to: NodeStatus,
+        reason: &str,
+    ) -> Result<Node, FleetError> {
         let entry = self.entry(id)?;
         let mut live = entry.lock().await;
         match live.node.status {
@@ -368,7 +431,8 @@ impl Fleet {
         let mut made = Vec::new();
         for entry in self.entries() {
             let mut live = entry.lock().await;
-            let silent = Duration::from_millis(now_ms.saturating_sub(live.last_seen_ms).max(0) as u64);
+            let silent =
+                Duration::from_millis(now_ms.saturating_sub(live.last_seen_ms).max(0) as u64);
             let Some(t) = status::after_silence(live.node.status, silent, &self.policy) else {
                 continue;
             };
@@ -385,9 +449,10 @@ impl Fleet {
 
     /// Writes the telemetry of every node that heartbeated since the last flush.
     pub async fn flush_telemetry(&self) -> Result<usize, FleetError> {
-        let ids: Vec<String> = std::mem::take(&mut *self.dirty.lock().expect("dirty set lock is never poisoned"))
-            .into_iter()
-            .collect();
+        let ids: Vec<String> =
+            std::mem::take(&mut *self.dirty.lock().expect("dirty set lock is never poisoned"))
+                .into_iter()
+                .collect();
         if ids.is_empty() {
             return Ok(0);
         }
@@ -399,11 +464,9 @@ impl Fleet {
                 node_id: id.clone(),
                 health_score: live.node.health_score,
                 last_heartbeat_at: live.node.last_heartbeat_at,
-                last_heartbeat: live
-                    .node
-                    .last_heartbeat
-                    .as_ref()
-                    .map(|hb| serde_json::to_string(hb).expect("heartbeat reports always serialise")),
+                last_heartbeat: live.node.last_heartbeat.as_ref().map(|hb| {
+                    serde_json::to_string(hb).expect("heartbeat reports always serialise")
+                }),
                 updated_at: live.node.updated_at,
             });
         }

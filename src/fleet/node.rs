@@ -175,10 +175,16 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), FleetError> {
         return Err(invalid(field, format!("`{field}` must not be empty")));
     }
     if value.len() > max {
-        return Err(invalid(field, format!("`{field}` is longer than {max} characters")));
+        return Err(invalid(
+            field,
+            format!("`{field}` is longer than {max} characters"),
+        ));
     }
     if value.chars().any(char::is_control) {
-        return Err(invalid(field, format!("`{field}` contains control characters")));
+        return Err(invalid(
+            field,
+            format!("`{field}` contains control characters"),
+        ));
     }
     Ok(())
 }
@@ -209,7 +215,11 @@ pub fn check_endpoint_url(field: &str, url: &str) -> Result<(), FleetError> {
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"));
     match rest {
-        Some(rest) if !rest.is_empty() && !rest.starts_with('/') && !url.contains(char::is_whitespace) => Ok(()),
+        Some(rest)
+            if !rest.is_empty() && !rest.starts_with('/') && !url.contains(char::is_whitespace) =>
+        {
+            Ok(())
+        }
         _ => Err(invalid(
             field,
             format!("`{field}` must be an http:// or https:// URL with a host, got {url:?}"),
@@ -230,7 +240,9 @@ pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), FleetError>
         if !key_ok {
             return Err(invalid(
                 "labels",
-                format!("label key {key:?} is invalid: use 1-63 letters, digits, '-', '_', '.' or '/'"),
+                format!(
+                    "label key {key:?} is invalid: use 1-63 letters, digits, '-', '_', '.' or '/'"
+                ),
             ));
         }
         if value.len() > 256 || value.chars().any(char::is_control) {
@@ -324,7 +336,14 @@ mod tests {
     fn endpoint_urls_need_http_scheme_and_host() {
         assert!(check_endpoint_url("endpoint_url", "http://10.0.0.5:8000").is_ok());
         assert!(check_endpoint_url("endpoint_url", "https://x.example/v1").is_ok());
-        for bad in ["", "ftp://x", "http://", "http:///x", "10.0.0.5:8000", "http://a b"] {
+        for bad in [
+            "",
+            "ftp://x",
+            "http://",
+            "http:///x",
+            "10.0.0.5:8000",
+            "http://a b",
+        ] {
             assert!(check_endpoint_url("endpoint_url", bad).is_err(), "{bad:?}");
         }
     }

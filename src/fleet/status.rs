@@ -263,17 +263,32 @@ mod tests {
 
     #[test]
     fn same_status_is_no_transition() {
-        assert_eq!(after_heartbeat(NodeStatus::Ready, &hb(0.9), &policy()), None);
+        assert_eq!(
+            after_heartbeat(NodeStatus::Ready, &hb(0.9), &policy()),
+            None
+        );
     }
 
     #[test]
     fn heartbeat_never_overrides_draining_or_terminated() {
-        assert_eq!(after_heartbeat(NodeStatus::Draining, &hb(1.0), &policy()), None);
-        assert_eq!(after_heartbeat(NodeStatus::Terminated, &hb(1.0), &policy()), None);
+        assert_eq!(
+            after_heartbeat(NodeStatus::Draining, &hb(1.0), &policy()),
+            None
+        );
+        assert_eq!(
+            after_heartbeat(NodeStatus::Terminated, &hb(1.0), &policy()),
+            None
+        );
         let mut notice = hb(1.0);
         notice.spot_notice = Some("aws: terminate".into());
-        assert_eq!(after_heartbeat(NodeStatus::Terminated, &notice, &policy()), None);
-        assert_eq!(after_heartbeat(NodeStatus::Draining, &notice, &policy()), None);
+        assert_eq!(
+            after_heartbeat(NodeStatus::Terminated, &notice, &policy()),
+            None
+        );
+        assert_eq!(
+            after_heartbeat(NodeStatus::Draining, &notice, &policy()),
+            None
+        );
     }
 
     #[test]
@@ -282,7 +297,11 @@ mod tests {
         signal.spot_notice = Some("aws: terminate at 2026-11-22T20:00:00Z".into());
         let t = after_heartbeat(NodeStatus::Ready, &signal, &policy()).unwrap();
         assert_eq!(t.to, NodeStatus::Draining);
-        assert!(t.reason.starts_with("spot interruption notice"), "{}", t.reason);
+        assert!(
+            t.reason.starts_with("spot interruption notice"),
+            "{}",
+            t.reason
+        );
     }
 
     #[test]
@@ -296,7 +315,10 @@ mod tests {
     #[test]
     fn three_missed_intervals_make_ready_node_unhealthy() {
         let p = policy();
-        assert_eq!(after_silence(NodeStatus::Ready, Duration::from_millis(14_999), &p), None);
+        assert_eq!(
+            after_silence(NodeStatus::Ready, Duration::from_millis(14_999), &p),
+            None
+        );
         let t = after_silence(NodeStatus::Ready, Duration::from_secs(15), &p).unwrap();
         assert_eq!(t.to, NodeStatus::Unhealthy);
         assert_eq!(t.reason, "missed 3 heartbeats");
@@ -305,7 +327,11 @@ mod tests {
     #[test]
     fn a_minute_of_silence_takes_node_offline() {
         let p = policy();
-        for status in [NodeStatus::Registered, NodeStatus::Ready, NodeStatus::Unhealthy] {
+        for status in [
+            NodeStatus::Registered,
+            NodeStatus::Ready,
+            NodeStatus::Unhealthy,
+        ] {
             let t = after_silence(status, Duration::from_secs(60), &p).unwrap();
             assert_eq!(t.to, NodeStatus::Offline);
             assert_eq!(t.reason, "no heartbeat for 60 s");

@@ -45,7 +45,9 @@ impl FleetTasks {
                     match fleet.flush_telemetry().await {
                         Ok(n) if n > 0 => tracing::debug!(nodes = n, "flushed heartbeat telemetry"),
                         Ok(_) => {}
-                        Err(e) => tracing::error!(error = %e, "could not flush heartbeat telemetry; will retry"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "could not flush heartbeat telemetry; will retry")
+                        }
                     }
                     if stopping {
                         break;

@@ -12,11 +12,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 /// Migrations compiled into the binary, in order. `{{AUTO_ID}}` is the one backend-specific piece.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "nodes",
-    include_str!("../../migrations/0001_nodes.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "nodes", include_str!("../../migrations/0001_nodes.sql"))];
 
 /// Which database a URL points at; the few backend-specific statements branch on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,17 +53,19 @@ impl Store {
         let options = AnyConnectOptions::from_str(url)?;
         let pool_options = match backend {
             // SQLite has one writer at a time; a few connections let readers run beside it.
-            Backend::Sqlite => AnyPoolOptions::new().max_connections(4).after_connect(|conn, _| {
-                Box::pin(async move {
-                    // WAL lets readers run during writes; NORMAL sync in WAL mode still never
-                    // corrupts the database and only risks the last commit on power loss.
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
-                    conn.execute("PRAGMA synchronous = NORMAL").await?;
-                    conn.execute("PRAGMA busy_timeout = 5000").await?;
-                    conn.execute("PRAGMA foreign_keys = ON").await?;
-                    Ok(())
-                })
-            }),
+            Backend::Sqlite => AnyPoolOptions::new()
+                .max_connections(4)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        // WAL lets readers run during writes; NORMAL sync in WAL mode still never
+                        // corrupts the database and only risks the last commit on power loss.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        conn.execute("PRAGMA busy_timeout = 5000").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        Ok(())
+                    })
+                }),
             Backend::Postgres => AnyPoolOptions::new().max_connections(16),
         };
         let pool = pool_options
@@ -80,7 +79,10 @@ impl Store {
 
     /// The default database: a SQLite file in the data dir.
     pub fn sqlite_url_for(data_dir: &Path) -> String {
-        format!("sqlite://{}?mode=rwc", data_dir.join("skylaunch.db").display())
+        format!(
+            "sqlite://{}?mode=rwc",
+            data_dir.join("skylaunch.db").display()
+        )
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -133,12 +135,14 @@ impl Store {
             let sql = sql.replace("{{AUTO_ID}}", auto_id);
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             sqlx::raw_sql(&sql).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
-                .bind(*version)
-                .bind(*name)
-                .bind(crate::clock::now_ms())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+            )
+            .bind(*version)
+            .bind(*name)
+            .bind(crate::clock::now_ms())
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             tracing::info!(version, name, "applied database migration");
         }

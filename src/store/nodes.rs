@@ -39,39 +39,27 @@ const NODE_COLUMNS: &str = "id, name, model_name, endpoint_url, provider, region
 impl Store {
     /// Inserts a new node and its creation event. A live node with the same name is a
     /// unique-index violation, returned as the database error.
-    pub async fn insert_node(&self, node: &Node, change: StatusChange<'_>) -> Result<(), StoreError> {
+    pub async fn insert_node(
+        &self,
+        node: &Node,
+        change: StatusChange<'_>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
-        sqlx::query(&format!(
-            "INSERT INTO nodes ({NODE_COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             CASE WHEN $24 = 1 THEN $18 ELSE NULL END, $19, $20, $21, $22, $23)"
-        ))
+        sqlx::query(
+            "INSERT INTO nodes (id, name, model_name, provider, status, token_hash, launch_job_id, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+        )
         .bind(&node.id)
         .bind(&node.name)
         .bind(&node.model_name)
-        .bind(&node.endpoint_url)
         .bind(&node.provider)
-        .bind(&node.region)
-        .bind(&node.zone)
-        .bind(&node.gpu_type)
-        .bind(node.gpu_count)
-        .bind(&node.instance_type)
-        .bind(i64::from(node.spot_instance))
-        .bind(labels_json(&node.labels))
-        .bind(&node.agent_version)
         .bind(node.status.as_str())
-        .bind(&node.status_reason)
         .bind(&node.token_hash)
         .bind(&node.launch_job_id)
-        .bind(node.health_score.unwrap_or(0.0))
-        .bind(node.last_heartbeat_at)
-        .bind(heartbeat_json(node.last_heartbeat.as_ref()))
-        .bind(node.registered_at)
         .bind(node.created_at)
-        .bind(node.updated_at)
-        .bind(i64::from(node.health_score.is_some()))
         .execute(&mut *tx)
         .await?;
+        update_node_row(&mut tx, node).await?;
         insert_event(&mut tx, &node.id, node.updated_at, &change).await?;
         tx.commit().await?;
         Ok(())
@@ -79,45 +67,23 @@ impl Store {
 
     /// Every node, oldest first.
     pub async fn load_nodes(&self) -> Result<Vec<Node>, StoreError> {
-        let rows = sqlx::query(&format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY created_at, id"))
-            .fetch_all(self.pool())
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {NODE_COLUMNS} FROM nodes ORDER BY created_at, id"
+        ))
+        .fetch_all(self.pool())
+        .await?;
         rows.iter().map(node_from_row).collect()
     }
 
     /// Writes the whole node row (registration fields, status, telemetry) and, when the status
     /// changed, its event, in one transaction.
-    pub async fn save_node(&self, node: &Node, change: Option<StatusChange<'_>>) -> Result<(), StoreError> {
+    pub async fn save_node(
+        &self,
+        node: &Node,
+        change: Option<StatusChange<'_>>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
-        sqlx::query(
-            "UPDATE nodes SET model_name = $2, endpoint_url = $3, provider = $4, region = $5, \
-             zone = $6, gpu_type = $7, gpu_count = $8, instance_type = $9, spot_instance = $10, \
-             labels = $11, agent_version = $12, status = $13, status_reason = $14, \
-             health_score = CASE WHEN $20 = 1 THEN $15 ELSE NULL END, last_heartbeat_at = $16, \
-             last_heartbeat = $17, registered_at = $18, updated_at = $19 WHERE id = $1",
-        )
-        .bind(&node.id)
-        .bind(&node.model_name)
-        .bind(&node.endpoint_url)
-        .bind(&node.provider)
-        .bind(&node.region)
-        .bind(&node.zone)
-        .bind(&node.gpu_type)
-        .bind(node.gpu_count)
-        .bind(&node.instance_type)
-        .bind(i64::from(node.spot_instance))
-        .bind(labels_json(&node.labels))
-        .bind(&node.agent_version)
-        .bind(node.status.as_str())
-        .bind(&node.status_reason)
-        .bind(node.health_score.unwrap_or(0.0))
-        .bind(node.last_heartbeat_at)
-        .bind(heartbeat_json(node.last_heartbeat.as_ref()))
-        .bind(node.registered_at)
-        .bind(node.updated_at)
-        .bind(i64::from(node.health_score.is_some()))
-        .execute(&mut *tx)
-        .await?;
+        update_node_row(&mut tx, node).await?;
         if let Some(change) = change {
             insert_event(&mut tx, &node.id, node.updated_at, &change).await?;
         }
@@ -147,7 +113,11 @@ impl Store {
     }
 
     /// The newest events of a node, newest first.
-    pub async fn recent_node_events(&self, node_id: &str, limit: i64) -> Result<Vec<NodeEvent>, StoreError> {
+    pub async fn recent_node_events(
+        &self,
+        node_id: &str,
+        limit: i64,
+    ) -> Result<Vec<NodeEvent>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, at, kind, from_status, to_status, reason FROM node_events \
              WHERE node_id = $1 ORDER BY id DESC LIMIT $2",
@@ -169,6 +139,40 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Writes every mutable column of a node's row.
+async fn update_node_row(tx: &mut Transaction<'_, Any>, node: &Node) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE nodes SET model_name = $2, endpoint_url = $3, provider = $4, region = $5, \
+             zone = $6, gpu_type = $7, gpu_count = $8, instance_type = $9, spot_instance = $10, \
+             labels = $11, agent_version = $12, status = $13, status_reason = $14, \
+             health_score = CASE WHEN $20 = 1 THEN $15 ELSE NULL END, last_heartbeat_at = $16, \
+             last_heartbeat = $17, registered_at = $18, updated_at = $19 WHERE id = $1",
+    )
+    .bind(&node.id)
+    .bind(&node.model_name)
+    .bind(&node.endpoint_url)
+    .bind(&node.provider)
+    .bind(&node.region)
+    .bind(&node.zone)
+    .bind(&node.gpu_type)
+    .bind(node.gpu_count)
+    .bind(&node.instance_type)
+    .bind(i64::from(node.spot_instance))
+    .bind(labels_json(&node.labels))
+    .bind(&node.agent_version)
+    .bind(node.status.as_str())
+    .bind(&node.status_reason)
+    .bind(node.health_score.unwrap_or(0.0))
+    .bind(node.last_heartbeat_at)
+    .bind(heartbeat_json(node.last_heartbeat.as_ref()))
+    .bind(node.registered_at)
+    .bind(node.updated_at)
+    .bind(i64::from(node.health_score.is_some()))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 async fn insert_event(
@@ -206,8 +210,9 @@ fn node_from_row(row: &AnyRow) -> Result<Node, StoreError> {
     let last_heartbeat: Option<String> = row.try_get("last_heartbeat")?;
     let id: String = row.try_get("id")?;
     Ok(Node {
-        status: NodeStatus::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("node {id} has unknown status {status:?}")))?,
+        status: NodeStatus::parse(&status).ok_or_else(|| {
+            StoreError::Corrupt(format!("node {id} has unknown status {status:?}"))
+        })?,
         labels: serde_json::from_str(&labels)
             .map_err(|e| StoreError::Corrupt(format!("node {id} labels: {e}")))?,
         last_heartbeat: match last_heartbeat {
