@@ -17,13 +17,20 @@ macro_rules! app {
 }
 
 async fn event_count(app: &TestApp, id: &str) -> usize {
-    app.node(id).await["events"].as_array().expect("events").len()
+    app.node(id).await["events"]
+        .as_array()
+        .expect("events")
+        .len()
 }
 
 async fn created_node_has_one_time_token_and_waits_for_agent(backend: Backend) {
     let app = app!(backend);
     let r = app
-        .post("/admin/nodes", Some(ADMIN_TOKEN), &json!({"name": "byo-1", "model_name": "m/x", "labels": {"team": "ml"}}))
+        .post(
+            "/admin/nodes",
+            Some(ADMIN_TOKEN),
+            &json!({"name": "byo-1", "model_name": "m/x", "labels": {"team": "ml"}}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let token = r.body["token"].as_str().unwrap();
@@ -33,15 +40,32 @@ async fn created_node_has_one_time_token_and_waits_for_agent(backend: Backend) {
     assert_eq!(r.body["agent_env"]["SKYLAUNCH_NODE_ID"], r.body["node_id"]);
     let id = r.body["node_id"].as_str().unwrap();
     let shown = app.node(id).await;
-    assert!(!shown.to_string().contains(token), "token is shown only once");
+    assert!(
+        !shown.to_string().contains(token),
+        "token is shown only once"
+    );
     let list = app.get("/admin/nodes", Some(ADMIN_TOKEN)).await;
     assert!(!list.body.to_string().contains(token));
     let node = &list.body["nodes"][0];
     for field in [
-        "id", "name", "status", "model_name", "endpoint_url", "provider", "region", "gpu_type",
-        "instance_type", "spot_instance", "health_score", "last_heartbeat_at", "launch_job_id",
+        "id",
+        "name",
+        "status",
+        "model_name",
+        "endpoint_url",
+        "provider",
+        "region",
+        "gpu_type",
+        "instance_type",
+        "spot_instance",
+        "health_score",
+        "last_heartbeat_at",
+        "launch_job_id",
     ] {
-        assert!(node.get(field).is_some(), "node list entry lacks {field}: {node}");
+        assert!(
+            node.get(field).is_some(),
+            "node list entry lacks {field}: {node}"
+        );
     }
 }
 
@@ -49,7 +73,11 @@ async fn duplicate_live_name_conflicts(backend: Backend) {
     let app = app!(backend);
     app.create_node("dup").await;
     let r = app
-        .post("/admin/nodes", Some(ADMIN_TOKEN), &json!({"name": "dup", "model_name": "m"}))
+        .post(
+            "/admin/nodes",
+            Some(ADMIN_TOKEN),
+            &json!({"name": "dup", "model_name": "m"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
     assert_eq!(r.error_code(), "name_taken");
@@ -58,21 +86,40 @@ async fn duplicate_live_name_conflicts(backend: Backend) {
 async fn name_of_terminated_node_can_be_reused(backend: Backend) {
     let app = app!(backend);
     let (id, _) = app.create_node("reuse").await;
-    assert_eq!(app.delete(&format!("/admin/nodes/{id}"), Some(ADMIN_TOKEN)).await.status, StatusCode::OK);
+    assert_eq!(
+        app.delete(&format!("/admin/nodes/{id}"), Some(ADMIN_TOKEN))
+            .await
+            .status,
+        StatusCode::OK
+    );
     app.create_node("reuse").await;
 }
 
 async fn invalid_new_node_is_422_and_creates_nothing(backend: Backend) {
     let app = app!(backend);
     for (body, field) in [
-        (json!({"name": "bad name; rm -rf /", "model_name": "m"}), "name"),
+        (
+            json!({"name": "bad name; rm -rf /", "model_name": "m"}),
+            "name",
+        ),
         (json!({"name": "ok", "model_name": ""}), "model_name"),
-        (json!({"name": "ok", "model_name": "m", "endpoint_url": "ftp://x"}), "endpoint_url"),
+        (
+            json!({"name": "ok", "model_name": "m", "endpoint_url": "ftp://x"}),
+            "endpoint_url",
+        ),
         (json!({"model_name": "m"}), "name"),
-        (json!({"name": "ok", "model_name": "m", "surprise": 1}), "surprise"),
+        (
+            json!({"name": "ok", "model_name": "m", "surprise": 1}),
+            "surprise",
+        ),
     ] {
         let r = app.post("/admin/nodes", Some(ADMIN_TOKEN), &body).await;
-        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {}", r.body);
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {}",
+            r.body
+        );
         assert_eq!(r.body["error"]["field"], field, "{}", r.body);
         assert!(r.body["error"]["message"].as_str().unwrap().len() > 10);
     }
@@ -87,14 +134,24 @@ async fn admin_endpoints_need_the_admin_token(backend: Backend) {
         let r = app.get("/admin/nodes", token).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "token {token:?}");
         assert_eq!(r.error_code(), "unauthorized");
-        let r = app.post(&format!("/admin/nodes/{id}/drain"), token, &json!({})).await;
+        let r = app
+            .post(&format!("/admin/nodes/{id}/drain"), token, &json!({}))
+            .await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
         let r = app.delete(&format!("/admin/nodes/{id}"), token).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     }
-    assert_eq!(app.node(&id).await["status"], "launching", "nothing changed");
+    assert_eq!(
+        app.node(&id).await["status"],
+        "launching",
+        "nothing changed"
+    );
     let r = app
-        .send(app.client.get(app.url("/admin/nodes")).header("X-Admin-Token", ADMIN_TOKEN))
+        .send(
+            app.client
+                .get(app.url("/admin/nodes"))
+                .header("X-Admin-Token", ADMIN_TOKEN),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "X-Admin-Token is accepted");
 }
@@ -102,12 +159,20 @@ async fn admin_endpoints_need_the_admin_token(backend: Backend) {
 async fn agent_endpoints_refuse_the_admin_token(backend: Backend) {
     let app = app!(backend);
     let (id, token) = app.create_node("n").await;
-    let r = app.post(&format!("/admin/nodes/register?node_id={id}"), Some(ADMIN_TOKEN), &registration()).await;
+    let r = app
+        .post(
+            &format!("/admin/nodes/register?node_id={id}"),
+            Some(ADMIN_TOKEN),
+            &registration(),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(app.register(&id, &token).await.status, StatusCode::OK);
     let r = app.heartbeat(&id, ADMIN_TOKEN, &healthy()).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    let r = app.post(&format!("/admin/nodes/{id}/heartbeat"), None, &healthy()).await;
+    let r = app
+        .post(&format!("/admin/nodes/{id}/heartbeat"), None, &healthy())
+        .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(app.node(&id).await["status"], "registered");
 }
@@ -119,7 +184,13 @@ async fn heartbeat_with_other_nodes_token_is_rejected(backend: Backend) {
     assert_eq!(app.register(&b, &b_token).await.status, StatusCode::OK);
     let r = app.heartbeat(&b, &a_token, &healthy()).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    let r = app.post(&format!("/admin/nodes/register?node_id={b}"), Some(&a_token), &registration()).await;
+    let r = app
+        .post(
+            &format!("/admin/nodes/register?node_id={b}"),
+            Some(&a_token),
+            &registration(),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(app.node(&b).await["status"], "registered", "b unchanged");
     assert_eq!(app.node(&a).await["status"], "ready", "a unchanged");
@@ -128,10 +199,18 @@ async fn heartbeat_with_other_nodes_token_is_rejected(backend: Backend) {
 async fn register_unknown_node_is_404(backend: Backend) {
     let app = app!(backend);
     let (_, token) = app.create_node("n").await;
-    let r = app.post("/admin/nodes/register?node_id=no-such-node", Some(&token), &registration()).await;
+    let r = app
+        .post(
+            "/admin/nodes/register?node_id=no-such-node",
+            Some(&token),
+            &registration(),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.error_code(), "node_not_found");
-    let r = app.post("/admin/nodes/register", Some(&token), &registration()).await;
+    let r = app
+        .post("/admin/nodes/register", Some(&token), &registration())
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.error_code(), "missing_node_id");
 }
@@ -146,8 +225,18 @@ async fn malformed_registration_names_the_field_and_changes_nothing(backend: Bac
     wrong_type["spot_instance"] = json!("yes");
     let mut bad_url = registration();
     bad_url["endpoint_url"] = json!("not a url");
-    for (body, field) in [(missing, "endpoint_url"), (wrong_type, "spot_instance"), (bad_url, "endpoint_url")] {
-        let r = app.post(&format!("/admin/nodes/register?node_id={id}"), Some(&token), &body).await;
+    for (body, field) in [
+        (missing, "endpoint_url"),
+        (wrong_type, "spot_instance"),
+        (bad_url, "endpoint_url"),
+    ] {
+        let r = app
+            .post(
+                &format!("/admin/nodes/register?node_id={id}"),
+                Some(&token),
+                &body,
+            )
+            .await;
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
         assert_eq!(r.body["error"]["field"], field, "{}", r.body);
     }
@@ -174,7 +263,13 @@ async fn registering_again_is_idempotent(backend: Backend) {
     assert_eq!(node["gpu_type"], "L4");
     assert_eq!(node["region"], "us-east-1");
     assert_eq!(node["spot_instance"], true);
-    assert_eq!(app.get("/admin/nodes", Some(ADMIN_TOKEN)).await.body["nodes"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        app.get("/admin/nodes", Some(ADMIN_TOKEN)).await.body["nodes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 async fn bad_health_scores_are_422_and_change_nothing(backend: Backend) {
@@ -189,7 +284,12 @@ async fn bad_health_scores_are_422_and_change_nothing(backend: Backend) {
         json!({"model_server": {"ready": true}}),
     ] {
         let r = app.heartbeat(&id, &token, &body).await;
-        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {}", r.body);
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {}",
+            r.body
+        );
         assert_eq!(r.body["error"]["field"], "health_score", "{}", r.body);
     }
     let after = app.node(&id).await;
@@ -201,7 +301,13 @@ async fn heartbeats_move_node_between_ready_and_unhealthy_with_reasons(backend: 
     let app = app!(backend);
     let (id, token) = app.create_node("n").await;
     app.register(&id, &token).await;
-    let r = app.heartbeat(&id, &token, &json!({"health_score": 0.31, "model_server": {"ready": true}})).await;
+    let r = app
+        .heartbeat(
+            &id,
+            &token,
+            &json!({"health_score": 0.31, "model_server": {"ready": true}}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["status"], "unhealthy");
     assert_eq!(r.body["desired"], "run");
@@ -210,9 +316,18 @@ async fn heartbeats_move_node_between_ready_and_unhealthy_with_reasons(backend: 
     assert_eq!(node["events"][0]["reason"], "health score 0.31 < 0.5");
     let r = app.heartbeat(&id, &token, &healthy()).await;
     assert_eq!(r.body["status"], "ready");
-    let r = app.heartbeat(&id, &token, &json!({"health_score": 0.9, "model_server": {"ready": false}})).await;
+    let r = app
+        .heartbeat(
+            &id,
+            &token,
+            &json!({"health_score": 0.9, "model_server": {"ready": false}}),
+        )
+        .await;
     assert_eq!(r.body["status"], "unhealthy");
-    assert_eq!(app.node(&id).await["status_reason"], "model server not ready");
+    assert_eq!(
+        app.node(&id).await["status_reason"],
+        "model server not ready"
+    );
 }
 
 async fn spot_notice_drains_and_later_heartbeats_keep_it_draining(backend: Backend) {
@@ -225,27 +340,56 @@ async fn spot_notice_drains_and_later_heartbeats_keep_it_draining(backend: Backe
     assert_eq!(r.body["desired"], "drain");
     let node = app.node(&id).await;
     assert_eq!(node["events"][0]["kind"], "spot_interruption");
-    assert!(node["status_reason"].as_str().unwrap().contains("spot interruption notice (aws: terminate"));
+    assert!(node["status_reason"]
+        .as_str()
+        .unwrap()
+        .contains("spot interruption notice (aws: terminate"));
     let r = app.heartbeat(&id, &token, &healthy()).await;
-    assert_eq!(r.body["status"], "draining", "a healthy heartbeat does not undo draining");
+    assert_eq!(
+        r.body["status"], "draining",
+        "a healthy heartbeat does not undo draining"
+    );
 }
 
 async fn admin_drain_and_delete(backend: Backend) {
     let app = app!(backend);
     let (id, token) = app.ready_node("n").await;
-    let r = app.post(&format!("/admin/nodes/{id}/drain"), Some(ADMIN_TOKEN), &json!({})).await;
+    let r = app
+        .post(
+            &format!("/admin/nodes/{id}/drain"),
+            Some(ADMIN_TOKEN),
+            &json!({}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["status"], "draining");
-    assert_eq!(app.heartbeat(&id, &token, &healthy()).await.body["desired"], "drain");
-    let r = app.delete(&format!("/admin/nodes/{id}"), Some(ADMIN_TOKEN)).await;
+    assert_eq!(
+        app.heartbeat(&id, &token, &healthy()).await.body["desired"],
+        "drain"
+    );
+    let r = app
+        .delete(&format!("/admin/nodes/{id}"), Some(ADMIN_TOKEN))
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["status"], "terminated");
     let r = app.heartbeat(&id, &token, &healthy()).await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND, "the agent learns its node is gone");
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_FOUND,
+        "the agent learns its node is gone"
+    );
     assert_eq!(r.error_code(), "node_terminated");
-    let r = app.post(&format!("/admin/nodes/{id}/drain"), Some(ADMIN_TOKEN), &json!({})).await;
+    let r = app
+        .post(
+            &format!("/admin/nodes/{id}/drain"),
+            Some(ADMIN_TOKEN),
+            &json!({}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    let r = app.delete(&format!("/admin/nodes/{id}"), Some(ADMIN_TOKEN)).await;
+    let r = app
+        .delete(&format!("/admin/nodes/{id}"), Some(ADMIN_TOKEN))
+        .await;
     assert_eq!(r.status, StatusCode::OK, "deleting twice is harmless");
     let r = app.get("/admin/nodes/nope", Some(ADMIN_TOKEN)).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
@@ -263,20 +407,38 @@ async fn malformed_and_oversized_bodies_are_refused_in_json(backend: Backend) {
     let app = app!(backend);
     let (id, token) = app.ready_node("n").await;
     let r = app
-        .send(app.client.post(app.url(&format!("/admin/nodes/{id}/heartbeat"))).bearer_auth(&token)
-            .header("content-type", "application/json").body("{not json"))
+        .send(
+            app.client
+                .post(app.url(&format!("/admin/nodes/{id}/heartbeat")))
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body("{not json"),
+        )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.error_code(), "invalid_json");
     let r = app
-        .send(app.client.post(app.url(&format!("/admin/nodes/{id}/heartbeat"))).bearer_auth(&token).body("{}"))
+        .send(
+            app.client
+                .post(app.url(&format!("/admin/nodes/{id}/heartbeat")))
+                .bearer_auth(&token)
+                .body("{}"),
+        )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.error_code(), "missing_content_type");
-    let big = format!("{{\"health_score\": 0.9, \"pad\": \"{}\"}}", "x".repeat(1024 * 1024 + 10));
+    let big = format!(
+        "{{\"health_score\": 0.9, \"pad\": \"{}\"}}",
+        "x".repeat(1024 * 1024 + 10)
+    );
     let r = app
-        .send(app.client.post(app.url(&format!("/admin/nodes/{id}/heartbeat"))).bearer_auth(&token)
-            .header("content-type", "application/json").body(big))
+        .send(
+            app.client
+                .post(app.url(&format!("/admin/nodes/{id}/heartbeat")))
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body(big),
+        )
         .await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(r.error_code(), "payload_too_large");
@@ -294,10 +456,27 @@ async fn healthz_metrics_and_ui_need_no_auth(backend: Backend) {
     let r = app.get("/healthz", None).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body, json!({"status": "ok"}));
-    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("skylaunch_nodes{status=\"ready\"} 1"), "{metrics}");
-    assert!(metrics.contains("skylaunch_heartbeats_total{result=\"accepted\"} 1"), "{metrics}");
-    assert!(metrics.contains("skylaunch_http_request_duration_seconds_bucket"), "{metrics}");
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("skylaunch_nodes{status=\"ready\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("skylaunch_heartbeats_total{result=\"accepted\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("skylaunch_http_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
     let ui = app.client.get(app.url("/")).send().await.unwrap();
     assert_eq!(ui.status(), StatusCode::OK);
     assert!(ui.text().await.unwrap().contains("skylaunch"));
@@ -313,15 +492,27 @@ async fn sweeper_marks_silent_nodes_unhealthy_then_offline(backend: Backend) {
     assert_eq!(node["status_reason"], "no heartbeat for 1500 ms");
     assert_eq!(node["events"][0]["kind"], "sweeper");
     let r = app.heartbeat(&id, &token, &healthy()).await;
-    assert_eq!(r.body["status"], "ready", "a node that comes back is ready again");
+    assert_eq!(
+        r.body["status"], "ready",
+        "a node that comes back is ready again"
+    );
 }
 
 async fn going_away_heartbeat_takes_node_offline(backend: Backend) {
     let app = app!(backend);
     let (id, token) = app.ready_node("n").await;
-    let r = app.heartbeat(&id, &token, &json!({"health_score": 0.9, "going_away": true})).await;
+    let r = app
+        .heartbeat(
+            &id,
+            &token,
+            &json!({"health_score": 0.9, "going_away": true}),
+        )
+        .await;
     assert_eq!(r.body["status"], "offline");
-    assert_eq!(app.node(&id).await["status_reason"], "agent is shutting down");
+    assert_eq!(
+        app.node(&id).await["status_reason"],
+        "agent is shutting down"
+    );
 }
 
 async fn restart_keeps_nodes_statuses_and_telemetry(backend: Backend) {
@@ -331,14 +522,31 @@ async fn restart_keeps_nodes_statuses_and_telemetry(backend: Backend) {
     let app = app.restart().await;
     let (ready, ready_token) = app.ready_node("ready-one").await;
     let (drained, _) = app.ready_node("drained-one").await;
-    app.post(&format!("/admin/nodes/{drained}/drain"), Some(ADMIN_TOKEN), &json!({})).await;
-    app.heartbeat(&ready, &ready_token, &json!({"health_score": 0.77, "model_server": {"ready": true}})).await;
+    app.post(
+        &format!("/admin/nodes/{drained}/drain"),
+        Some(ADMIN_TOKEN),
+        &json!({}),
+    )
+    .await;
+    app.heartbeat(
+        &ready,
+        &ready_token,
+        &json!({"health_score": 0.77, "model_server": {"ready": true}}),
+    )
+    .await;
     let app = app.restart().await;
     let node = app.node(&ready).await;
     assert_eq!(node["status"], "ready");
-    assert_eq!(node["health_score"], 0.77, "graceful shutdown flushes telemetry");
+    assert_eq!(
+        node["health_score"], 0.77,
+        "graceful shutdown flushes telemetry"
+    );
     assert_eq!(app.node(&drained).await["status"], "draining");
-    assert_eq!(app.heartbeat(&ready, &ready_token, &healthy()).await.status, StatusCode::OK, "tokens survive");
+    assert_eq!(
+        app.heartbeat(&ready, &ready_token, &healthy()).await.status,
+        StatusCode::OK,
+        "tokens survive"
+    );
 }
 
 async fn crash_never_loses_registrations_or_status_changes(backend: Backend) {
@@ -349,13 +557,22 @@ async fn crash_never_loses_registrations_or_status_changes(backend: Backend) {
     let app = app.restart().await;
     let (id, token) = app.create_node("n").await;
     app.register(&id, &token).await;
-    app.heartbeat(&id, &token, &json!({"health_score": 0.2, "model_server": {"ready": true}})).await;
+    app.heartbeat(
+        &id,
+        &token,
+        &json!({"health_score": 0.2, "model_server": {"ready": true}}),
+    )
+    .await;
     let app = app.crash_and_restart().await;
     let node = app.node(&id).await;
     assert_eq!(node["status"], "unhealthy");
     assert_eq!(node["status_reason"], "health score 0.2 < 0.5");
     assert_eq!(node["region"], "us-east-1");
-    assert_eq!(node["events"].as_array().unwrap().len(), 3, "created, registered, unhealthy");
+    assert_eq!(
+        node["events"].as_array().unwrap().len(),
+        3,
+        "created, registered, unhealthy"
+    );
 }
 
 on_both_backends!(

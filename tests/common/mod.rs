@@ -59,13 +59,21 @@ impl TestDb {
         let data_dir = tempfile::tempdir().expect("temp dir");
         match backend {
             Backend::Sqlite => Some(TestDb {
-                url: format!("sqlite://{}?mode=rwc", data_dir.path().join("test.db").display()),
+                url: format!(
+                    "sqlite://{}?mode=rwc",
+                    data_dir.path().join("test.db").display()
+                ),
                 data_dir,
                 schema: None,
             }),
             Backend::Postgres => {
                 let admin = postgres_admin_url();
-                let mut conn = match tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&admin)).await {
+                let mut conn = match tokio::time::timeout(
+                    Duration::from_secs(5),
+                    sqlx::PgConnection::connect(&admin),
+                )
+                .await
+                {
                     Ok(Ok(conn)) => conn,
                     failure => {
                         let why = match failure {
@@ -97,10 +105,15 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let Some(schema) = self.schema.take() else { return };
+        let Some(schema) = self.schema.take() else {
+            return;
+        };
         // Drop runs outside any runtime guarantee, so use a private one on its own thread.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
             rt.block_on(async {
                 if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
                     let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
@@ -144,7 +157,9 @@ pub struct Reply {
 
 impl Reply {
     pub fn error_code(&self) -> &str {
-        self.body["error"]["code"].as_str().unwrap_or("<no error code>")
+        self.body["error"]["code"]
+            .as_str()
+            .unwrap_or("<no error code>")
     }
 }
 
@@ -161,7 +176,9 @@ impl TestApp {
             .with_env_filter("info,sqlx=warn")
             .with_test_writer()
             .try_init();
-        let running = Running::start(config.clone()).await.expect("control plane starts");
+        let running = Running::start(config.clone())
+            .await
+            .expect("control plane starts");
         TestApp {
             base: running.base_url(),
             running: Some(running),
@@ -229,7 +246,11 @@ impl TestApp {
     /// Creates a bring-your-own node; returns (id, token).
     pub async fn create_node(&self, name: &str) -> (String, String) {
         let r = self
-            .post("/admin/nodes", Some(ADMIN_TOKEN), &json!({"name": name, "model_name": "test/model"}))
+            .post(
+                "/admin/nodes",
+                Some(ADMIN_TOKEN),
+                &json!({"name": name, "model_name": "test/model"}),
+            )
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
         (
@@ -239,16 +260,23 @@ impl TestApp {
     }
 
     pub async fn register(&self, id: &str, token: &str) -> Reply {
-        self.post(&format!("/admin/nodes/register?node_id={id}"), Some(token), &registration())
-            .await
+        self.post(
+            &format!("/admin/nodes/register?node_id={id}"),
+            Some(token),
+            &registration(),
+        )
+        .await
     }
 
     pub async fn heartbeat(&self, id: &str, token: &str, body: &Value) -> Reply {
-        self.post(&format!("/admin/nodes/{id}/heartbeat"), Some(token), body).await
+        self.post(&format!("/admin/nodes/{id}/heartbeat"), Some(token), body)
+            .await
     }
 
     pub async fn node(&self, id: &str) -> Value {
-        let r = self.get(&format!("/admin/nodes/{id}"), Some(ADMIN_TOKEN)).await;
+        let r = self
+            .get(&format!("/admin/nodes/{id}"), Some(ADMIN_TOKEN))
+            .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
         r.body
     }

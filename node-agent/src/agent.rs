@@ -1,0 +1,236 @@
+//! The agent's life: find out what this VM is, register (retrying while the control plane is
+//! unreachable), then heartbeat every interval with fresh measurements, at once when a spot
+//! notice arrives, and one last time when asked to stop.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::client::{Ack, CallError, ControlPlane, Registration};
+use crate::config::Config;
+use crate::discover::{self, Identity};
+use crate::spot::SpotNotice;
+use crate::{gpu, probe, score};
+
+/// Why the agent stopped.
+#[derive(Debug)]
+pub enum Stop {
+    /// SIGTERM/SIGINT: a clean exit.
+    Signalled,
+    /// The control plane refused the token, or the node is gone, or the request was refused.
+    Fatal(CallError),
+}
+
+pub struct Agent {
+    config: Config,
+    control_plane: ControlPlane,
+    /// For the local model server and the metadata service: never through a proxy.
+    local: reqwest::Client,
+}
+
+impl Agent {
+    pub fn new(config: Config) -> Result<Agent, reqwest::Error> {
+        Ok(Agent {
+            control_plane: ControlPlane::new(
+                &config.control_plane_url,
+                &config.node_id,
+                &config.node_token,
+            )?,
+            local: reqwest::Client::builder().no_proxy().build()?,
+            config,
+        })
+    }
+
+    pub async fn run(&self, mut stop: watch::Receiver<bool>) -> Stop {
+        let identity = discover::identity(
+            &self.local,
+            &self.config.provider,
+            self.imds(),
+            self.config.probe_timeout,
+        )
+        .await;
+        tracing::info!(provider = %identity.provider, region = ?identity.region, instance_type = ?identity.instance_type, "identified this machine");
+        let (mut ack, mut model_name) = tokio::select! {
+            r = self.register_with_retries(&identity) => match r {
+                Ok(done) => done,
+                Err(e) => return Stop::Fatal(e),
+            },
+            _ = stop.changed() => return Stop::Signalled,
+        };
+        let mut notice = crate::spot::watch_for_notice(
+            self.local.clone(),
+            identity.provider.clone(),
+            self.imds().to_string(),
+            self.config.spot_poll_interval,
+            self.config.probe_timeout,
+        );
+        let mut watching_spot = true;
+        let mut next = Instant::now();
+        let mut desired = ack.desired.clone();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                changed = notice.changed(), if watching_spot => {
+                    // The watcher stops after its first notice (or at once off-cloud).
+                    watching_spot = false;
+                    if changed.is_err() && notice.borrow().is_none() {
+                        continue;
+                    }
+                }
+                _ = stop.changed() => {
+                    self.say_goodbye().await;
+                    return Stop::Signalled;
+                }
+            }
+            let spot = notice.borrow().clone();
+            let report = self.measure(&model_name, spot).await;
+            match self.control_plane.heartbeat(&report).await {
+                Ok(new_ack) => {
+                    if new_ack.desired != desired {
+                        tracing::info!(desired = ?new_ack.desired, "control plane changed what it wants from this node");
+                        desired = new_ack.desired.clone();
+                    }
+                    if new_ack.desired.as_deref() == Some("stop") {
+                        return Stop::Fatal(CallError::Gone);
+                    }
+                    ack = new_ack;
+                }
+                Err(CallError::NotRegistered) => {
+                    tracing::warn!(
+                        "control plane says this node is not registered; registering again"
+                    );
+                    match self.register_with_retries(&identity).await {
+                        Ok((new_ack, name)) => {
+                            ack = new_ack;
+                            model_name = name;
+                        }
+                        Err(e) => return Stop::Fatal(e),
+                    }
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, "heartbeat failed; will try again at the next interval");
+                }
+                Err(e) => return Stop::Fatal(e),
+            }
+            next = Instant::now() + ack.interval();
+        }
+    }
+
+    fn imds(&self) -> &str {
+        self.config.imds_url.trim_end_matches('/')
+    }
+
+    async fn register_with_retries(&self, identity: &Identity) -> Result<(Ack, String), CallError> {
+        let attempt = AtomicU32::new(0);
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(self.config.register_max_backoff)
+            .with_jitter()
+            .without_max_times();
+        (|| async {
+            attempt.fetch_add(1, Ordering::Relaxed);
+            let body = self.registration(identity).await?;
+            let ack = self.control_plane.register(&body).await?;
+            Ok((ack, body.model_name))
+        })
+        .retry(backoff)
+        .when(CallError::is_transient)
+        .notify(|e: &CallError, wait: Duration| {
+            tracing::warn!(attempt = attempt.load(Ordering::Relaxed), error = %e, retry_in_ms = wait.as_millis() as u64, "registration failed; retrying");
+        })
+        .await
+        .inspect(|(ack, model)| {
+            tracing::info!(node_id = %self.config.node_id, model = %model, heartbeat_interval_s = ack.heartbeat_interval_s, "registered with the control plane");
+        })
+    }
+
+    /// The registration body: configured values first, then what this machine reports.
+    async fn registration(&self, identity: &Identity) -> Result<Registration, CallError> {
+        let c = &self.config;
+        let model_name = match &c.model_name {
+            Some(m) => m.clone(),
+            None => {
+                let report =
+                    probe::model_server(&self.local, &c.model_server_url, None, c.probe_timeout)
+                        .await;
+                report.models.into_iter().next().ok_or_else(|| {
+                    CallError::Transient(format!(
+                        "waiting for the model server at {} to list its model (set SKYLAUNCH_MODEL_NAME to skip)",
+                        c.model_server_url
+                    ))
+                })?
+            }
+        };
+        let gpu = gpu::query(&c.nvidia_smi, c.probe_timeout).await;
+        let endpoint_url = c.endpoint_url.clone().unwrap_or_else(|| {
+            let ip = identity.private_ip.as_deref().unwrap_or("127.0.0.1");
+            format!("http://{ip}:{}", discover::url_port(&c.model_server_url))
+        });
+        Ok(Registration {
+            provider: identity.provider.clone(),
+            region: c
+                .region
+                .clone()
+                .or_else(|| identity.region.clone())
+                .unwrap_or_else(|| "local".into()),
+            zone: c.zone.clone().or_else(|| identity.zone.clone()),
+            model_name,
+            endpoint_url,
+            gpu_type: c
+                .gpu_type
+                .clone()
+                .or_else(|| gpu.short_type())
+                .unwrap_or_else(|| "none".into()),
+            instance_type: c
+                .instance_type
+                .clone()
+                .or_else(|| identity.instance_type.clone())
+                .unwrap_or_else(|| "unknown".into()),
+            spot_instance: c.spot_instance.or(identity.spot).unwrap_or(false),
+            gpu_count: c.gpu_count.or(gpu.count),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            labels: serde_json::Map::new(),
+        })
+    }
+
+    /// Probes everything at once and builds the heartbeat body.
+    async fn measure(&self, model_name: &str, spot: Option<SpotNotice>) -> Value {
+        let c = &self.config;
+        let (model, queue, gpu) = tokio::join!(
+            probe::model_server(
+                &self.local,
+                &c.model_server_url,
+                Some(model_name),
+                c.probe_timeout
+            ),
+            probe::vllm_queue(&self.local, &c.model_server_url, c.probe_timeout),
+            gpu::query(&c.nvidia_smi, c.probe_timeout),
+        );
+        let health_score = score::health_score(&model, &gpu, queue.as_ref());
+        json!({
+            "health_score": health_score,
+            "model_server": model,
+            "gpu": gpu,
+            "queue": queue,
+            "spot_interruption": spot,
+            "going_away": false,
+            "agent_version": env!("CARGO_PKG_VERSION"),
+        })
+    }
+
+    /// The last heartbeat, telling the control plane to stop routing here now.
+    async fn say_goodbye(&self) {
+        let body = json!({"health_score": 0.0, "going_away": true, "agent_version": env!("CARGO_PKG_VERSION")});
+        match tokio::time::timeout(Duration::from_secs(3), self.control_plane.heartbeat(&body))
+            .await
+        {
+            Ok(Ok(_)) => tracing::info!("told the control plane this agent is going away"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not send the going-away heartbeat"),
+            Err(_) => tracing::warn!("the going-away heartbeat timed out"),
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The agent's settings: every flag has a `SKYLAUNCH_*` environment variable. Registration fields
+//! left unset are discovered (see `discover`).
+
+use std::fmt;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Parser, Clone)]
+#[command(
+    name = "skylaunch-agent",
+    version,
+    about = "skylaunch node agent: registers this VM and reports its health"
+)]
+pub struct Config {
+    /// Base URL of the skylaunch control plane.
+    #[arg(long, env = "SKYLAUNCH_CONTROL_PLANE_URL")]
+    pub control_plane_url: String,
+    /// This node's id (from the launch job or `POST /admin/nodes`).
+    #[arg(long, env = "SKYLAUNCH_NODE_ID")]
+    pub node_id: String,
+    /// This node's token; never logged.
+    #[arg(long, env = "SKYLAUNCH_NODE_TOKEN", hide_env_values = true)]
+    pub node_token: String,
+    /// The local model server (vLLM or any OpenAI-compatible server).
+    #[arg(
+        long,
+        env = "SKYLAUNCH_MODEL_SERVER_URL",
+        default_value = "http://127.0.0.1:8000"
+    )]
+    pub model_server_url: String,
+    /// Cloud provider: `auto` probes AWS then Azure instance metadata, else `local`.
+    #[arg(long, env = "SKYLAUNCH_PROVIDER", default_value = "auto")]
+    pub provider: String,
+    #[arg(long, env = "SKYLAUNCH_REGION")]
+    pub region: Option<String>,
+    #[arg(long, env = "SKYLAUNCH_ZONE")]
+    pub zone: Option<String>,
+    #[arg(long, env = "SKYLAUNCH_INSTANCE_TYPE")]
+    pub instance_type: Option<String>,
+    /// GPU type (default: from nvidia-smi, or `none`).
+    #[arg(long, env = "SKYLAUNCH_GPU_TYPE")]
+    pub gpu_type: Option<String>,
+    #[arg(long, env = "SKYLAUNCH_GPU_COUNT")]
+    pub gpu_count: Option<u32>,
+    #[arg(long, env = "SKYLAUNCH_SPOT_INSTANCE")]
+    pub spot_instance: Option<bool>,
+    /// Model served (default: the first model the model server lists at /v1/models).
+    #[arg(long, env = "SKYLAUNCH_MODEL_NAME")]
+    pub model_name: Option<String>,
+    /// URL the control plane routes traffic to (default: http://<private IP>:<model server port>).
+    #[arg(long, env = "SKYLAUNCH_ENDPOINT_URL")]
+    pub endpoint_url: Option<String>,
+    /// Base URL of the instance metadata service (AWS IMDSv2 and Azure IMDS).
+    #[arg(
+        long,
+        env = "SKYLAUNCH_IMDS_URL",
+        default_value = "http://169.254.169.254"
+    )]
+    pub imds_url: String,
+    /// nvidia-smi executable.
+    #[arg(long, env = "SKYLAUNCH_NVIDIA_SMI", default_value = "nvidia-smi")]
+    pub nvidia_smi: String,
+    /// How often to poll for a spot interruption notice (aws and azure only).
+    #[arg(long, env = "SKYLAUNCH_SPOT_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub spot_poll_interval: Duration,
+    /// Timeout of each probe (model server, metrics, IMDS, nvidia-smi).
+    #[arg(long, env = "SKYLAUNCH_PROBE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub probe_timeout: Duration,
+    /// Longest wait between registration attempts while the control plane is unreachable.
+    #[arg(long, env = "SKYLAUNCH_REGISTER_MAX_BACKOFF", default_value = "30s", value_parser = parse_duration)]
+    pub register_max_backoff: Duration,
+    #[arg(long, env = "SKYLAUNCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("control_plane_url", &self.control_plane_url)
+            .field("node_id", &self.node_id)
+            .field("node_token", &"***")
+            .field("model_server_url", &self.model_server_url)
+            .field("provider", &self.provider)
+            .field("imds_url", &self.imds_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses `250ms`, `5s`, `2m` or `1h` (a bare number means seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: use e.g. 500ms, 5s, 2m"))?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?}: use ms, s, m or h"
+            ))
+        }
+    };
+    if !seconds.is_finite() || seconds <= 0.0 {
+        return Err(format!("{s:?} must be a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_common_units() {
+        assert_eq!(parse_duration("100ms").unwrap(), Duration::from_millis(100));
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        for bad in ["", "0s", "x", "3 weeks"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let c = Config::try_parse_from([
+            "skylaunch-agent",
+            "--control-plane-url",
+            "http://127.0.0.1:8080",
+            "--node-id",
+            "n1",
+            "--node-token",
+            "very-secret-token-value",
+        ])
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("very-secret-token-value"), "{shown}");
+        assert!(shown.contains("***"));
+    }
+}

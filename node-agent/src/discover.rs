@@ -1,0 +1,163 @@
+//! What the agent can find out about its VM by itself: cloud, region, zone, instance type and
+//! spot-ness from the instance metadata service (AWS IMDSv2, Azure IMDS), and its private IP.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Identity {
+    pub provider: String,
+    pub region: Option<String>,
+    pub zone: Option<String>,
+    pub instance_type: Option<String>,
+    pub spot: Option<bool>,
+    pub private_ip: Option<String>,
+}
+
+/// Finds the identity for `provider` (`auto` tries AWS, then Azure, then settles on `local`).
+pub async fn identity(
+    http: &reqwest::Client,
+    provider: &str,
+    imds: &str,
+    timeout: Duration,
+) -> Identity {
+    let found = match provider {
+        "auto" => match aws(http, imds, timeout).await {
+            Some(id) => Some(id),
+            None => azure(http, imds, timeout).await,
+        },
+        "aws" => aws(http, imds, timeout).await,
+        "azure" => azure(http, imds, timeout).await,
+        _ => None,
+    };
+    found.unwrap_or_else(|| Identity {
+        provider: if provider == "auto" {
+            "local".into()
+        } else {
+            provider.into()
+        },
+        ..Identity::default()
+    })
+}
+
+/// An IMDSv2 session token, or `None` when this is not an AWS VM.
+pub async fn aws_token(http: &reqwest::Client, imds: &str, timeout: Duration) -> Option<String> {
+    let res = http
+        .put(format!("{imds}/latest/api/token"))
+        .header("X-aws-ec2-metadata-token-ttl-seconds", "21600")
+        .timeout(timeout)
+        .send()
+        .await
+        .ok()?;
+    if !res.status().is_success() {
+        return None;
+    }
+    res.text().await.ok().filter(|t| !t.is_empty())
+}
+
+async fn aws(http: &reqwest::Client, imds: &str, timeout: Duration) -> Option<Identity> {
+    let token = aws_token(http, imds, timeout).await?;
+    let get = |path: &'static str| {
+        let token = token.clone();
+        async move {
+            let res = http
+                .get(format!("{imds}/latest/meta-data/{path}"))
+                .header("X-aws-ec2-metadata-token", token)
+                .timeout(timeout)
+                .send()
+                .await
+                .ok()?;
+            if !res.status().is_success() {
+                return None;
+            }
+            res.text()
+                .await
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+        }
+    };
+    Some(Identity {
+        provider: "aws".into(),
+        region: get("placement/region").await,
+        zone: get("placement/availability-zone").await,
+        instance_type: get("instance-type").await,
+        spot: get("instance-life-cycle").await.map(|l| l == "spot"),
+        private_ip: get("local-ipv4").await,
+    })
+}
+
+async fn azure(http: &reqwest::Client, imds: &str, timeout: Duration) -> Option<Identity> {
+    let res = http
+        .get(format!("{imds}/metadata/instance?api-version=2021-02-01"))
+        .header("Metadata", "true")
+        .timeout(timeout)
+        .send()
+        .await
+        .ok()?;
+    if !res.status().is_success() {
+        return None;
+    }
+    Some(parse_azure_instance(&res.json().await.ok()?))
+}
+
+pub fn parse_azure_instance(v: &Value) -> Identity {
+    let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_string);
+    let compute = &v["compute"];
+    Identity {
+        provider: "azure".into(),
+        region: text(&compute["location"]),
+        zone: text(&compute["zone"]),
+        instance_type: text(&compute["vmSize"]),
+        spot: compute["priority"]
+            .as_str()
+            .map(|p| p.eq_ignore_ascii_case("spot")),
+        private_ip: text(&v["network"]["interface"][0]["ipv4"]["ipAddress"][0]["privateIpAddress"]),
+    }
+}
+
+/// The port of a URL like `http://host:8000/x` (80/443 by default).
+pub fn url_port(url: &str) -> u16 {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
+    let authority = rest.split('/').next().unwrap_or("");
+    authority
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(if scheme == "https" { 443 } else { 80 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn azure_instance_metadata_is_read() {
+        let v = serde_json::json!({
+            "compute": {"location": "eastus", "zone": "1", "vmSize": "Standard_NC24ads_A100_v4", "priority": "Spot"},
+            "network": {"interface": [{"ipv4": {"ipAddress": [{"privateIpAddress": "10.0.0.4"}]}}]}
+        });
+        let id = parse_azure_instance(&v);
+        assert_eq!(id.region.as_deref(), Some("eastus"));
+        assert_eq!(id.zone.as_deref(), Some("1"));
+        assert_eq!(
+            id.instance_type.as_deref(),
+            Some("Standard_NC24ads_A100_v4")
+        );
+        assert_eq!(id.spot, Some(true));
+        assert_eq!(id.private_ip.as_deref(), Some("10.0.0.4"));
+        let regular = parse_azure_instance(
+            &serde_json::json!({"compute": {"location": "westus", "zone": "", "priority": "Regular"}}),
+        );
+        assert_eq!(regular.spot, Some(false));
+        assert_eq!(regular.zone, None);
+    }
+
+    #[test]
+    fn url_ports() {
+        assert_eq!(url_port("http://127.0.0.1:8000"), 8000);
+        assert_eq!(url_port("http://localhost:9000/v1"), 9000);
+        assert_eq!(url_port("http://host"), 80);
+        assert_eq!(url_port("https://host/x"), 443);
+    }
+}

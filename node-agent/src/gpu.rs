@@ -1,0 +1,148 @@
+//! GPU measurements from `nvidia-smi`. A host without a GPU (or without the tool) reports
+//! `present: false`; that is information, not a failure.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GpuReport {
+    pub present: bool,
+    pub name: Option<String>,
+    pub count: Option<u32>,
+    pub utilization_pct: Option<f64>,
+    pub memory_used_mib: Option<f64>,
+    pub memory_total_mib: Option<f64>,
+    /// The hottest GPU's temperature.
+    pub temperature_c: Option<f64>,
+}
+
+impl GpuReport {
+    pub fn absent() -> GpuReport {
+        GpuReport {
+            present: false,
+            name: None,
+            count: None,
+            utilization_pct: None,
+            memory_used_mib: None,
+            memory_total_mib: None,
+            temperature_c: None,
+        }
+    }
+
+    /// The short type name the control plane uses: "NVIDIA L4" → "L4".
+    pub fn short_type(&self) -> Option<String> {
+        let name = self.name.as_deref()?;
+        let name = name.strip_prefix("NVIDIA ").unwrap_or(name);
+        let name = name.strip_prefix("Tesla ").unwrap_or(name);
+        name.split_whitespace().next().map(str::to_string)
+    }
+}
+
+const QUERY: &str = "--query-gpu=name,utilization.gpu,memory.used,memory.total,temperature.gpu";
+
+pub async fn query(nvidia_smi: &str, timeout: Duration) -> GpuReport {
+    let run = tokio::process::Command::new(nvidia_smi)
+        .args([QUERY, "--format=csv,noheader,nounits"])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(timeout, run).await {
+        Ok(Ok(out)) if out.status.success() => {
+            parse(&String::from_utf8_lossy(&out.stdout)).unwrap_or_else(GpuReport::absent)
+        }
+        _ => GpuReport::absent(),
+    }
+}
+
+/// One CSV line per GPU: name, utilisation %, memory used MiB, memory total MiB, temperature °C.
+pub fn parse(csv: &str) -> Option<GpuReport> {
+    let mut names = Vec::new();
+    let (mut util, mut used, mut total, mut temp) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for line in csv.lines().filter(|l| !l.trim().is_empty()) {
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        if fields.len() != 5 || fields[0].is_empty() {
+            return None;
+        }
+        names.push(fields[0].to_string());
+        let num = |s: &str| s.parse::<f64>().ok();
+        util.extend(num(fields[1]));
+        used.extend(num(fields[2]));
+        total.extend(num(fields[3]));
+        temp.extend(num(fields[4]));
+    }
+    if names.is_empty() {
+        return None;
+    }
+    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    let sum = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>());
+    Some(GpuReport {
+        present: true,
+        count: Some(names.len() as u32),
+        name: names.into_iter().next(),
+        utilization_pct: mean(&util),
+        memory_used_mib: sum(&used),
+        memory_total_mib: sum(&total),
+        temperature_c: temp.iter().copied().reduce(f64::max),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_gpu() {
+        let g = parse("NVIDIA L4, 37, 20000, 23034, 61\n").unwrap();
+        assert_eq!(g.name.as_deref(), Some("NVIDIA L4"));
+        assert_eq!(g.short_type().as_deref(), Some("L4"));
+        assert_eq!(g.count, Some(1));
+        assert_eq!(g.utilization_pct, Some(37.0));
+        assert_eq!(g.memory_total_mib, Some(23034.0));
+        assert_eq!(g.temperature_c, Some(61.0));
+    }
+
+    #[test]
+    fn eight_gpus_are_aggregated() {
+        let csv: String = (0..8)
+            .map(|i| {
+                format!(
+                    "NVIDIA H100 80GB HBM3, {}, 1000, 81559, {}\n",
+                    i * 10,
+                    50 + i
+                )
+            })
+            .collect();
+        let g = parse(&csv).unwrap();
+        assert_eq!(g.count, Some(8));
+        assert_eq!(g.short_type().as_deref(), Some("H100"));
+        assert_eq!(g.utilization_pct, Some(35.0));
+        assert_eq!(g.memory_used_mib, Some(8000.0));
+        assert_eq!(g.temperature_c, Some(57.0), "the hottest GPU");
+    }
+
+    #[test]
+    fn not_available_values_are_null() {
+        let g = parse("Tesla T4, [N/A], [N/A], 15360, 40\n").unwrap();
+        assert_eq!(g.short_type().as_deref(), Some("T4"));
+        assert_eq!(g.utilization_pct, None);
+        assert_eq!(g.memory_used_mib, None);
+        assert_eq!(g.memory_total_mib, Some(15360.0));
+    }
+
+    #[test]
+    fn garbage_is_no_gpu() {
+        assert_eq!(parse(""), None);
+        assert_eq!(
+            parse("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_nvidia_smi_reports_absent_gpu() {
+        let g = query("/nonexistent/nvidia-smi", Duration::from_secs(1)).await;
+        assert!(!g.present);
+    }
+}
