@@ -34,13 +34,20 @@ fn parse_args() -> Args {
             "--url" => args.url = value,
             "--admin-token" => args.admin_token = value,
             "--nodes" => args.nodes = value.parse().expect("--nodes N"),
-            "--interval-ms" => args.interval = Duration::from_millis(value.parse().expect("--interval-ms N")),
-            "--duration-s" => args.duration = Duration::from_secs(value.parse().expect("--duration-s N")),
+            "--interval-ms" => {
+                args.interval = Duration::from_millis(value.parse().expect("--interval-ms N"))
+            }
+            "--duration-s" => {
+                args.duration = Duration::from_secs(value.parse().expect("--duration-s N"))
+            }
             "--server-pid" => args.server_pid = Some(value.parse().expect("--server-pid N")),
             other => panic!("unknown flag {other}"),
         }
     }
-    assert!(args.url.starts_with("http://127.") || args.url.starts_with("http://[::1]"), "loopback only");
+    assert!(
+        args.url.starts_with("http://127.") || args.url.starts_with("http://[::1]"),
+        "loopback only"
+    );
     args
 }
 
@@ -76,9 +83,11 @@ async fn setup_node(client: &reqwest::Client, args: &Args, i: usize) -> (String,
     let r = client
         .post(format!("{}/admin/nodes/register?node_id={id}", args.url))
         .bearer_auth(&token)
-        .json(&json!({"provider": "aws", "region": "us-east-1", "model_name": "bench/model",
+        .json(
+            &json!({"provider": "aws", "region": "us-east-1", "model_name": "bench/model",
             "endpoint_url": "http://127.0.0.1:9", "gpu_type": "L4", "instance_type": "g6.xlarge",
-            "spot_instance": true}))
+            "spot_instance": true}),
+        )
         .send()
         .await
         .expect("register");
@@ -178,16 +187,26 @@ async fn main() {
     let errors = errors.load(Ordering::Relaxed);
     println!("nodes:            {}", args.nodes);
     println!("interval:         {} ms", args.interval.as_millis());
-    println!("measured:         {:.0} s (after {} ms warm-up)", elapsed, warmup.as_millis());
+    println!(
+        "measured:         {:.0} s (after {} ms warm-up)",
+        elapsed,
+        warmup.as_millis()
+    );
     println!("heartbeats ok:    {}", lat.len());
     println!("errors:           {errors}");
-    println!("sustained rate:   {:.0} heartbeats/s", lat.len() as f64 / elapsed);
+    println!(
+        "sustained rate:   {:.0} heartbeats/s",
+        lat.len() as f64 / elapsed
+    );
     println!("latency p50:      {:.2} ms", pct(0.50));
     println!("latency p99:      {:.2} ms", pct(0.99));
     println!("latency max:      {:.2} ms", pct(1.0));
     let before = *usage_before.lock().unwrap();
     if let (Some((cpu0, _)), Some((cpu1, rss))) = (before, usage_after) {
-        println!("server CPU:       {:.0}% of one core", (cpu1 - cpu0) / elapsed * 100.0);
+        println!(
+            "server CPU:       {:.0}% of one core",
+            (cpu1 - cpu0) / elapsed * 100.0
+        );
         println!("server peak RSS:  {rss:.0} MiB");
     }
 }

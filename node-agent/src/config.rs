@@ -93,31 +93,15 @@ impl fmt::Debug for Config {
     }
 }
 
-/// Parses `250ms`, `5s`, `2m` or `1h` (a bare number means seconds).
+/// Parses a positive duration such as `500ms`, `5s`, `2m` or `1h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration: use e.g. 500ms, 5s, 2m"))?;
-    let seconds = match unit.trim() {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown duration unit {other:?}: use ms, s, m or h"
-            ))
-        }
-    };
-    if !seconds.is_finite() || seconds <= 0.0 {
-        return Err(format!("{s:?} must be a positive duration"));
+    match humantime::parse_duration(s.trim()) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err(format!("{s:?} must be a positive duration")),
+        Err(e) => Err(format!(
+            "{s:?} is not a duration ({e}): use e.g. 500ms, 5s, 2m, 1h"
+        )),
     }
-    Ok(Duration::from_secs_f64(seconds))
 }
 
 #[cfg(test)]
@@ -129,7 +113,7 @@ mod tests {
         assert_eq!(parse_duration("100ms").unwrap(), Duration::from_millis(100));
         assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        for bad in ["", "0s", "x", "3 weeks"] {
+        for bad in ["", "0s", "x", "3 parsecs"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
     }

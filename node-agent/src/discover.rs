@@ -41,43 +41,41 @@ pub async fn identity(
     })
 }
 
-/// An IMDSv2 session token, or `None` when this is not an AWS VM.
-pub async fn aws_token(http: &reqwest::Client, imds: &str, timeout: Duration) -> Option<String> {
-    let res = http
-        .put(format!("{imds}/latest/api/token"))
-        .header("X-aws-ec2-metadata-token-ttl-seconds", "21600")
-        .timeout(timeout)
-        .send()
-        .await
-        .ok()?;
+/// The body of a successful answer; `None` for a failed request, a non-2xx status or an empty
+/// body. Local endpoints (metadata, model server) either answer quickly or not at all.
+pub async fn fetch_text(req: reqwest::RequestBuilder, timeout: Duration) -> Option<String> {
+    let res = req.timeout(timeout).send().await.ok()?;
     if !res.status().is_success() {
         return None;
     }
-    res.text().await.ok().filter(|t| !t.is_empty())
+    res.text().await.ok().filter(|t| !t.trim().is_empty())
+}
+
+/// An IMDSv2 session token, or `None` when this is not an AWS VM.
+pub async fn aws_token(http: &reqwest::Client, imds: &str, timeout: Duration) -> Option<String> {
+    let req = http
+        .put(format!("{imds}/latest/api/token"))
+        .header("X-aws-ec2-metadata-token-ttl-seconds", "21600");
+    fetch_text(req, timeout).await
+}
+
+/// An AWS metadata value, read with an IMDSv2 session token.
+pub async fn aws_metadata(
+    http: &reqwest::Client,
+    imds: &str,
+    token: &str,
+    path: &str,
+    timeout: Duration,
+) -> Option<String> {
+    let req = http
+        .get(format!("{imds}/latest/meta-data/{path}"))
+        .header("X-aws-ec2-metadata-token", token);
+    fetch_text(req, timeout).await.map(|t| t.trim().to_string())
 }
 
 async fn aws(http: &reqwest::Client, imds: &str, timeout: Duration) -> Option<Identity> {
     let token = aws_token(http, imds, timeout).await?;
-    let get = |path: &'static str| {
-        let token = token.clone();
-        async move {
-            let res = http
-                .get(format!("{imds}/latest/meta-data/{path}"))
-                .header("X-aws-ec2-metadata-token", token)
-                .timeout(timeout)
-                .send()
-                .await
-                .ok()?;
-            if !res.status().is_success() {
-                return None;
-            }
-            res.text()
-                .await
-                .ok()
-                .map(|t| t.trim().to_string())
-                .filter(|t| !t.is_empty())
-        }
-    };
+    let get = |path: &'static str| aws_metadata(http, imds, &token, path, timeout);
     Some(Identity {
         provider: "aws".into(),
         region: get("placement/region").await,
@@ -89,17 +87,11 @@ async fn aws(http: &reqwest::Client, imds: &str, timeout: Duration) -> Option<Id
 }
 
 async fn azure(http: &reqwest::Client, imds: &str, timeout: Duration) -> Option<Identity> {
-    let res = http
+    let req = http
         .get(format!("{imds}/metadata/instance?api-version=2021-02-01"))
-        .header("Metadata", "true")
-        .timeout(timeout)
-        .send()
-        .await
-        .ok()?;
-    if !res.status().is_success() {
-        return None;
-    }
-    Some(parse_azure_instance(&res.json().await.ok()?))
+        .header("Metadata", "true");
+    let body = fetch_text(req, timeout).await?;
+    Some(parse_azure_instance(&serde_json::from_str(&body).ok()?))
 }
 
 pub fn parse_azure_instance(v: &Value) -> Identity {

@@ -106,16 +106,8 @@ pub async fn vllm_queue(
     base: &str,
     timeout: Duration,
 ) -> Option<QueueReport> {
-    let res = http
-        .get(format!("{}/metrics", base.trim_end_matches('/')))
-        .timeout(timeout)
-        .send()
-        .await
-        .ok()?;
-    if !res.status().is_success() {
-        return None;
-    }
-    parse_vllm_metrics(&res.text().await.ok()?)
+    let req = http.get(format!("{}/metrics", base.trim_end_matches('/')));
+    parse_vllm_metrics(&crate::discover::fetch_text(req, timeout).await?)
 }
 
 /// Sums `vllm:num_requests_running` and `vllm:num_requests_waiting` over label sets and takes the

@@ -7,6 +7,8 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::discover::{aws_metadata, aws_token, fetch_text};
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SpotNotice {
     pub source: String,
@@ -53,33 +55,17 @@ pub async fn poll(
 ) -> Option<SpotNotice> {
     match provider {
         "aws" => {
-            let token = crate::discover::aws_token(http, imds, timeout).await?;
-            let res = http
-                .get(format!("{imds}/latest/meta-data/spot/instance-action"))
-                .header("X-aws-ec2-metadata-token", token)
-                .timeout(timeout)
-                .send()
-                .await
-                .ok()?;
-            if !res.status().is_success() {
-                return None;
-            }
-            parse_aws_instance_action(&res.text().await.ok()?)
+            let token = aws_token(http, imds, timeout).await?;
+            let body = aws_metadata(http, imds, &token, "spot/instance-action", timeout).await?;
+            parse_aws_instance_action(&body)
         }
         "azure" => {
-            let res = http
+            let req = http
                 .get(format!(
                     "{imds}/metadata/scheduledevents?api-version=2020-07-01"
                 ))
-                .header("Metadata", "true")
-                .timeout(timeout)
-                .send()
-                .await
-                .ok()?;
-            if !res.status().is_success() {
-                return None;
-            }
-            parse_azure_scheduled_events(&res.text().await.ok()?)
+                .header("Metadata", "true");
+            parse_azure_scheduled_events(&fetch_text(req, timeout).await?)
         }
         _ => None,
     }

@@ -16,7 +16,10 @@ fn bootstrap(root: &Path, token: Option<&str>) -> std::process::Output {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("SKYLAUNCH_BOOTSTRAP_ROOT", root)
         .env("SKYLAUNCH_BOOTSTRAP_NO_SYSTEMCTL", "1")
-        .env("SKYLAUNCH_AGENT_BINARY", env!("CARGO_BIN_EXE_skylaunch-agent"))
+        .env(
+            "SKYLAUNCH_AGENT_BINARY",
+            env!("CARGO_BIN_EXE_skylaunch-agent"),
+        )
         .env("SKYLAUNCH_CONTROL_PLANE_URL", "http://127.0.0.1:8080")
         .env("SKYLAUNCH_NODE_ID", "node-123")
         .env("SKYLAUNCH_MODEL_SERVER_URL", "http://127.0.0.1:8000");
@@ -32,18 +35,34 @@ fn installs_binary_private_env_file_and_unit() {
     let out = bootstrap(root.path(), Some("secret-node-token-abc"));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(!stderr.contains("secret-node-token-abc"), "the token is never printed");
+    assert!(
+        !stderr.contains("secret-node-token-abc"),
+        "the token is never printed"
+    );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("secret-node-token-abc"));
 
     let env_file = root.path().join("etc/skylaunch/agent.env");
-    assert_eq!(std::fs::metadata(&env_file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&env_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let env = std::fs::read_to_string(&env_file).unwrap();
-    assert!(env.contains("SKYLAUNCH_NODE_TOKEN=secret-node-token-abc"), "{env}");
+    assert!(
+        env.contains("SKYLAUNCH_NODE_TOKEN=secret-node-token-abc"),
+        "{env}"
+    );
     assert!(env.contains("SKYLAUNCH_NODE_ID=node-123"));
     assert!(env.contains("SKYLAUNCH_MODEL_SERVER_URL=http://127.0.0.1:8000"));
-    assert!(!env.contains("SKYLAUNCH_BOOTSTRAP"), "bootstrap settings stay out: {env}");
+    assert!(
+        !env.contains("SKYLAUNCH_BOOTSTRAP"),
+        "bootstrap settings stay out: {env}"
+    );
 
-    let unit = std::fs::read_to_string(root.path().join("etc/systemd/system/skylaunch-agent.service")).unwrap();
+    let unit = std::fs::read_to_string(
+        root.path()
+            .join("etc/systemd/system/skylaunch-agent.service"),
+    )
+    .unwrap();
     assert!(unit.contains("EnvironmentFile=/etc/skylaunch/agent.env"));
     assert!(unit.contains("RestartPreventExitStatus=3 4"));
     assert!(unit.contains("ExecStart=/usr/local/bin/skylaunch-agent"));
@@ -60,6 +79,13 @@ fn missing_token_fails_clearly_and_writes_nothing() {
     let out = bootstrap(root.path(), None);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("SKYLAUNCH_NODE_TOKEN is not set"), "{stderr}");
-    assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "nothing was written");
+    assert!(
+        stderr.contains("SKYLAUNCH_NODE_TOKEN is not set"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_dir(root.path()).unwrap().count(),
+        0,
+        "nothing was written"
+    );
 }
