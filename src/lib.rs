@@ -7,5 +7,6 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod fleet;
+pub mod launch;
 pub mod metrics;
 pub mod store;

@@ -316,3 +316,25 @@ pub fn registration() -> Value {
 pub fn healthy() -> Value {
     json!({"health_score": 0.95, "model_server": {"ready": true, "probe_latency_ms": 3.0}})
 }
+
+/// The Python interpreter of the test venv that has `skypilot==0.14.1` (set by scripts/test as
+/// SKYLAUNCH_TEST_PYTHON). `None` outside CI when it is missing (after a loud message); under
+/// CI=true a missing venv fails the test.
+pub fn sky_python() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("SKYLAUNCH_TEST_PYTHON").map(std::path::PathBuf::from);
+    let usable = path.as_ref().is_some_and(|p| {
+        std::process::Command::new(p)
+            .args(["-c", "import sky"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if usable {
+        return path;
+    }
+    let why = "SKYLAUNCH_TEST_PYTHON does not point at a Python with skypilot installed (scripts/test sets it up)";
+    if in_ci() {
+        panic!("the real SkyPilot is required under CI=true: {why}");
+    }
+    eprintln!("\n!!! SKIPPED: SkyPilot test: {why}\n");
+    None
+}

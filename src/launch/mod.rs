@@ -1,0 +1,9 @@
+//! Launch jobs: validation, task rendering, stages, the error taxonomy, and the providers that
+//! create VMs (SkyPilot, AWS, Azure, local) behind one interface.
+
+pub mod catalog;
+pub mod error;
+pub mod providers;
+pub mod spec;
+pub mod stage;
+pub mod task;

@@ -1,0 +1,3 @@
+//! Launch providers, one folder each.
+
+pub mod skypilot;

@@ -1,0 +1,255 @@
+//! Builds the SkyPilot task for a launch as typed data and serialises it to YAML (SkyPilot 0.14
+//! schema, reference §1). User values never become YAML or shell text: the model id and user envs
+//! go under `envs`, the node token under `secrets`, and the template's scripts read them as
+//! environment variables.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::spec::LaunchSpec;
+
+/// A skylaunch template (`task-templates/<name>.yaml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Template {
+    pub description: String,
+    /// The port the model server listens on.
+    pub port: u16,
+    pub setup: String,
+    pub run: String,
+}
+
+const VLLM: &str = include_str!("../../task-templates/vllm.yaml");
+
+pub fn template(name: &str) -> Option<Template> {
+    let text = match name {
+        "vllm" => VLLM,
+        _ => return None,
+    };
+    Some(serde_norway::from_str(text).expect("embedded templates are valid (tested)"))
+}
+
+/// What the node needs to find its control plane.
+pub struct NodeIdentity<'a> {
+    pub control_plane_url: &'a str,
+    pub agent_url: &'a str,
+    pub node_id: &'a str,
+    pub node_token: &'a str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SkyTask {
+    pub name: String,
+    pub resources: Resources,
+    pub envs: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, String>,
+    pub setup: String,
+    pub run: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Resources {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accelerators: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub infra: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub use_spot: Option<bool>,
+    pub disk_size: u32,
+    pub ports: Vec<u16>,
+    /// Placements in order of preference (regions, then spot before on-demand).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ordered: Option<Vec<Candidate>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Candidate {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub infra: Option<String>,
+    pub use_spot: bool,
+}
+
+/// Placements in the order they should be tried: every region spot first, then every region
+/// on-demand when falling back is allowed.
+pub fn candidates(spec: &LaunchSpec) -> Vec<Candidate> {
+    let places: Vec<Option<String>> = if spec.regions.is_empty() {
+        vec![spec.cloud.clone()]
+    } else {
+        spec.regions
+            .iter()
+            .map(|r| {
+                let cloud = spec
+                    .cloud
+                    .clone()
+                    .or_else(|| super::catalog::cloud_of_region(r).map(str::to_string));
+                Some(match cloud {
+                    Some(c) => format!("{c}/{r}"),
+                    None => format!("*/{r}"),
+                })
+            })
+            .collect()
+    };
+    let markets: &[bool] = match (spec.use_spot, spec.fallback_to_on_demand) {
+        (true, true) => &[true, false],
+        (true, false) => &[true],
+        (false, _) => &[false],
+    };
+    markets
+        .iter()
+        .flat_map(|spot| {
+            places.iter().map(|infra| Candidate {
+                infra: infra.clone(),
+                use_spot: *spot,
+            })
+        })
+        .collect()
+}
+
+pub fn render(
+    spec: &LaunchSpec,
+    template: &Template,
+    task_name: &str,
+    node: &NodeIdentity<'_>,
+) -> SkyTask {
+    let mut envs = spec.envs.clone();
+    envs.insert("MODEL_ID".into(), spec.model.clone());
+    envs.insert("MODEL_PORT".into(), template.port.to_string());
+    envs.insert("GPU_COUNT".into(), spec.gpu_count.to_string());
+    envs.insert(
+        "SKYLAUNCH_CONTROL_PLANE_URL".into(),
+        node.control_plane_url.to_string(),
+    );
+    envs.insert("SKYLAUNCH_AGENT_URL".into(), node.agent_url.to_string());
+    envs.insert("SKYLAUNCH_NODE_ID".into(), node.node_id.to_string());
+    let mut secrets = BTreeMap::new();
+    secrets.insert("SKYLAUNCH_NODE_TOKEN".into(), node.node_token.to_string());
+    let mut candidates = candidates(spec);
+    let (infra, use_spot, ordered) = if candidates.len() == 1 {
+        let only = candidates.remove(0);
+        (only.infra, Some(only.use_spot), None)
+    } else {
+        (None, None, Some(candidates))
+    };
+    SkyTask {
+        name: task_name.to_string(),
+        resources: Resources {
+            accelerators: spec.gpu.as_ref().map(|g| format!("{g}:{}", spec.gpu_count)),
+            infra,
+            use_spot,
+            disk_size: spec.disk_gb,
+            ports: vec![template.port],
+            ordered,
+        },
+        envs,
+        secrets,
+        setup: template.setup.clone(),
+        run: template.run.clone(),
+    }
+}
+
+pub fn to_yaml(task: &SkyTask) -> String {
+    serde_norway::to_string(task).expect("a task of strings, numbers and maps always serialises")
+}
+
+/// A SkyPilot cluster name for a job: valid for SkyPilot (`[a-zA-Z]([-_.a-zA-Z0-9]*[a-zA-Z0-9])?`)
+/// and short enough for every cloud's limit once SkyPilot adds its suffix.
+pub fn cluster_name(job_id: &str) -> String {
+    let hex: String = job_id
+        .chars()
+        .filter(|c| c.is_ascii_hexdigit())
+        .take(12)
+        .collect();
+    format!("sl-{}", hex.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::launch::spec::LaunchRequest;
+
+    fn spec(json: serde_json::Value) -> LaunchSpec {
+        serde_json::from_value::<LaunchRequest>(json)
+            .unwrap()
+            .validate("node-1")
+            .unwrap()
+    }
+
+    fn node() -> NodeIdentity<'static> {
+        NodeIdentity {
+            control_plane_url: "http://cp:8080",
+            agent_url: "http://cp:8080/downloads/skylaunch-agent",
+            node_id: "node-1",
+            node_token: "tok-secret",
+        }
+    }
+
+    #[test]
+    fn embedded_templates_parse() {
+        let t = template("vllm").unwrap();
+        assert_eq!(t.port, 8000);
+        assert!(t.run.contains("$MODEL_ID"));
+    }
+
+    #[test]
+    fn spot_with_fallback_tries_every_region_spot_then_on_demand() {
+        let s = spec(
+            serde_json::json!({"model": "m/x", "provider": "skypilot", "gpu": "L4", "use_spot": true,
+            "spot_fallback": "on_demand", "regions": ["us-east-1", "us-west-2"]}),
+        );
+        let c = candidates(&s);
+        let shown: Vec<(String, bool)> = c
+            .iter()
+            .map(|c| (c.infra.clone().unwrap(), c.use_spot))
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                ("aws/us-east-1".into(), true),
+                ("aws/us-west-2".into(), true),
+                ("aws/us-east-1".into(), false),
+                ("aws/us-west-2".into(), false)
+            ]
+        );
+    }
+
+    #[test]
+    fn single_placement_goes_on_resources_directly() {
+        let s = spec(
+            serde_json::json!({"model": "m/x", "provider": "skypilot", "gpu": "A100-80GB", "gpu_count": 8, "cloud": "aws"}),
+        );
+        let task = render(&s, &template("vllm").unwrap(), "sl-1", &node());
+        assert_eq!(task.resources.infra.as_deref(), Some("aws"));
+        assert_eq!(task.resources.use_spot, Some(false));
+        assert_eq!(task.resources.accelerators.as_deref(), Some("A100-80GB:8"));
+        assert!(task.resources.ordered.is_none());
+    }
+
+    #[test]
+    fn user_values_stay_in_envs_and_the_token_in_secrets() {
+        let s = spec(
+            serde_json::json!({"model": "org/model-1", "provider": "skypilot", "gpu": "L4",
+            "envs": {"HF_TOKEN": "hf_abc", "QUOTE": "it's \"fine\"\nnext: line"}}),
+        );
+        let task = render(&s, &template("vllm").unwrap(), "sl-1", &node());
+        let yaml = to_yaml(&task);
+        let back: serde_norway::Value = serde_norway::from_str(&yaml).unwrap();
+        assert_eq!(back["envs"]["MODEL_ID"].as_str(), Some("org/model-1"));
+        assert_eq!(
+            back["envs"]["QUOTE"].as_str(),
+            Some("it's \"fine\"\nnext: line")
+        );
+        assert_eq!(
+            back["secrets"]["SKYLAUNCH_NODE_TOKEN"].as_str(),
+            Some("tok-secret")
+        );
+        assert!(back["envs"].get("SKYLAUNCH_NODE_TOKEN").is_none());
+        assert!(!task.setup.contains("org/model-1") && !task.run.contains("org/model-1"));
+    }
+
+    #[test]
+    fn cluster_names_are_valid_for_skypilot() {
+        let name = cluster_name("5F3C2A1B-0D9E-4C7A-8B6F-123456789ABC");
+        assert_eq!(name, "sl-5f3c2a1b0d9e");
+    }
+}
