@@ -16,11 +16,16 @@ use crate::discover::{self, Identity};
 use crate::spot::SpotNotice;
 use crate::{gpu, probe, score};
 
+/// How long the last heartbeat may take on SIGTERM; well inside the unit's `TimeoutStopSec`.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Why the agent stopped.
 #[derive(Debug)]
 pub enum Stop {
     /// SIGTERM/SIGINT: a clean exit.
     Signalled,
+    /// A heartbeat answer said `desired: stop`.
+    Told,
     /// The control plane refused the token, or the node is gone, or the request was refused.
     Fatal(CallError),
 }
@@ -38,7 +43,7 @@ impl Agent {
             control_plane: ControlPlane::new(
                 &config.control_plane_url,
                 &config.node_id,
-                &config.node_token,
+                config.node_token.expose(),
             )?,
             local: reqwest::Client::builder().no_proxy().build()?,
             config,
@@ -53,14 +58,20 @@ impl Agent {
             self.config.probe_timeout,
         )
         .await;
-        tracing::info!(provider = %identity.provider, region = ?identity.region, instance_type = ?identity.instance_type, "identified this machine");
-        let (mut ack, mut model_name) = tokio::select! {
-            r = self.register_with_retries(&identity) => match r {
-                Ok(done) => done,
-                Err(e) => return Stop::Fatal(e),
-            },
-            _ = stop.changed() => return Stop::Signalled,
-        };
+        tracing::info!(
+            node_id = %self.config.node_id,
+            provider = %identity.provider,
+            region = ?identity.region,
+            zone = ?identity.zone,
+            instance_type = ?identity.instance_type,
+            spot = ?identity.spot,
+            "identified this machine"
+        );
+        let (mut ack, mut model_name) =
+            match self.register_unless_stopped(&identity, &mut stop).await {
+                Ok(registered) => registered,
+                Err(stopped) => return stopped,
+            };
         let mut notice = crate::spot::watch_for_notice(
             self.local.clone(),
             identity.provider.clone(),
@@ -73,7 +84,13 @@ impl Agent {
         let mut desired = ack.desired.clone();
         loop {
             tokio::select! {
-                _ = tokio::time::sleep_until(next) => {}
+                // A stop request wins over a due heartbeat, so SIGTERM is never held up by one
+                // more round of probes.
+                biased;
+                Ok(_) = stop.wait_for(|stopping| *stopping) => {
+                    self.say_goodbye(notice.borrow().clone()).await;
+                    return Stop::Signalled;
+                }
                 changed = notice.changed(), if watching_spot => {
                     // The watcher stops after its first notice (or at once off-cloud).
                     watching_spot = false;
@@ -81,42 +98,52 @@ impl Agent {
                         continue;
                     }
                 }
-                _ = stop.changed() => {
-                    self.say_goodbye().await;
-                    return Stop::Signalled;
-                }
+                _ = tokio::time::sleep_until(next) => {}
             }
             let spot = notice.borrow().clone();
             let report = self.measure(&model_name, spot).await;
             match self.control_plane.heartbeat(&report).await {
                 Ok(new_ack) => {
                     if new_ack.desired != desired {
-                        tracing::info!(desired = ?new_ack.desired, "control plane changed what it wants from this node");
+                        tracing::info!(node_id = %self.config.node_id, desired = ?new_ack.desired, "control plane changed what it wants from this node");
                         desired = new_ack.desired.clone();
                     }
                     if new_ack.desired.as_deref() == Some("stop") {
-                        return Stop::Fatal(CallError::Gone);
+                        return Stop::Told;
                     }
                     ack = new_ack;
                 }
                 Err(CallError::NotRegistered) => {
                     tracing::warn!(
+                        node_id = %self.config.node_id,
                         "control plane says this node is not registered; registering again"
                     );
-                    match self.register_with_retries(&identity).await {
-                        Ok((new_ack, name)) => {
-                            ack = new_ack;
-                            model_name = name;
-                        }
-                        Err(e) => return Stop::Fatal(e),
-                    }
+                    (ack, model_name) =
+                        match self.register_unless_stopped(&identity, &mut stop).await {
+                            Ok(registered) => registered,
+                            Err(stopped) => return stopped,
+                        };
                 }
                 Err(e) if e.is_transient() => {
-                    tracing::warn!(error = %e, "heartbeat failed; will try again at the next interval");
+                    tracing::warn!(node_id = %self.config.node_id, error = %e, "heartbeat failed; will try again at the next interval");
                 }
                 Err(e) => return Stop::Fatal(e),
             }
             next = Instant::now() + ack.interval();
+        }
+    }
+
+    /// Registers, retrying as long as it takes, unless a stop request comes first. Nothing was
+    /// routed here yet, so stopping during registration needs no going-away heartbeat.
+    async fn register_unless_stopped(
+        &self,
+        identity: &Identity,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(Ack, String), Stop> {
+        tokio::select! {
+            biased;
+            Ok(_) = stop.wait_for(|stopping| *stopping) => Err(Stop::Signalled),
+            registered = self.register_with_retries(identity) => registered.map_err(Stop::Fatal),
         }
     }
 
@@ -140,7 +167,7 @@ impl Agent {
         .retry(backoff)
         .when(CallError::is_transient)
         .notify(|e: &CallError, wait: Duration| {
-            tracing::warn!(attempt = attempt.load(Ordering::Relaxed), error = %e, retry_in_ms = wait.as_millis() as u64, "registration failed; retrying");
+            tracing::warn!(node_id = %self.config.node_id, attempt = attempt.load(Ordering::Relaxed), error = %e, retry_in_ms = wait.as_millis() as u64, "registration failed; retrying");
         })
         .await
         .inspect(|(ack, model)| {
@@ -154,10 +181,9 @@ impl Agent {
         let model_name = match &c.model_name {
             Some(m) => m.clone(),
             None => {
-                let report =
-                    probe::model_server(&self.local, &c.model_server_url, None, c.probe_timeout)
-                        .await;
-                report.models.into_iter().next().ok_or_else(|| {
+                let models =
+                    probe::served_models(&self.local, &c.model_server_url, c.probe_timeout).await;
+                models.into_iter().next().ok_or_else(|| {
                     CallError::Transient(format!(
                         "waiting for the model server at {} to list its model (set SKYLAUNCH_MODEL_NAME to skip)",
                         c.model_server_url
@@ -222,15 +248,29 @@ impl Agent {
         })
     }
 
-    /// The last heartbeat, telling the control plane to stop routing here now.
-    async fn say_goodbye(&self) {
-        let body = json!({"health_score": 0.0, "going_away": true, "agent_version": env!("CARGO_PKG_VERSION")});
-        match tokio::time::timeout(Duration::from_secs(3), self.control_plane.heartbeat(&body))
-            .await
-        {
-            Ok(Ok(_)) => tracing::info!("told the control plane this agent is going away"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not send the going-away heartbeat"),
-            Err(_) => tracing::warn!("the going-away heartbeat timed out"),
+    /// The last heartbeat, telling the control plane to stop routing here now. No probes: the
+    /// answer must go out before systemd's stop timeout, and the score no longer matters. A spot
+    /// notice already seen is repeated so the control plane keeps the reason.
+    async fn say_goodbye(&self, spot: Option<SpotNotice>) {
+        let body = json!({
+            "health_score": 0.0,
+            "spot_interruption": spot,
+            "going_away": true,
+            "agent_version": env!("CARGO_PKG_VERSION"),
+        });
+        let node_id = &self.config.node_id;
+        match tokio::time::timeout(GOODBYE_TIMEOUT, self.control_plane.heartbeat(&body)).await {
+            Ok(Ok(_)) => {
+                tracing::info!(%node_id, "told the control plane this agent is going away")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%node_id, error = %e, "could not send the going-away heartbeat")
+            }
+            Err(_) => tracing::warn!(
+                %node_id,
+                timeout_ms = GOODBYE_TIMEOUT.as_millis() as u64,
+                "the going-away heartbeat timed out"
+            ),
         }
     }
 }

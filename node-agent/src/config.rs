@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-#[derive(Parser, Clone)]
+#[derive(Parser, Clone, Debug)]
 #[command(
     name = "skylaunch-agent",
     version,
@@ -21,7 +21,7 @@ pub struct Config {
     pub node_id: String,
     /// This node's token; never logged.
     #[arg(long, env = "SKYLAUNCH_NODE_TOKEN", hide_env_values = true)]
-    pub node_token: String,
+    pub node_token: NodeToken,
     /// The local model server (vLLM or any OpenAI-compatible server).
     #[arg(
         long,
@@ -80,16 +80,26 @@ pub enum LogFormat {
     Json,
 }
 
-impl fmt::Debug for Config {
+/// The node's bearer token. A newtype so that `Debug` (and so any log of the config) can never
+/// show it; the one place that needs the value calls `expose`.
+#[derive(Clone)]
+pub struct NodeToken(String);
+
+impl NodeToken {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for NodeToken {
+    fn from(token: String) -> NodeToken {
+        NodeToken(token)
+    }
+}
+
+impl fmt::Debug for NodeToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("control_plane_url", &self.control_plane_url)
-            .field("node_id", &self.node_id)
-            .field("node_token", &"***")
-            .field("model_server_url", &self.model_server_url)
-            .field("provider", &self.provider)
-            .field("imds_url", &self.imds_url)
-            .finish_non_exhaustive()
+        f.write_str("NodeToken(***)")
     }
 }
 
@@ -110,7 +120,7 @@ mod tests {
 
     #[test]
     fn durations_accept_common_units() {
-        assert_eq!(parse_duration("100ms").unwrap(), Duration::from_millis(100));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         for bad in ["", "0s", "x", "3 parsecs"] {
@@ -132,6 +142,10 @@ mod tests {
         .unwrap();
         let shown = format!("{c:?}");
         assert!(!shown.contains("very-secret-token-value"), "{shown}");
-        assert!(shown.contains("***"));
+        assert!(shown.contains("NodeToken(***)"), "{shown}");
+        assert!(
+            shown.contains("http://127.0.0.1:8080"),
+            "the other settings are still shown: {shown}"
+        );
     }
 }

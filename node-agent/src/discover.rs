@@ -15,6 +15,10 @@ pub struct Identity {
     pub private_ip: Option<String>,
 }
 
+/// How long `auto` waits for each metadata service to answer at all. Off-cloud, 169.254.169.254
+/// is usually a black hole, so this bounds how long a local start is delayed.
+const DETECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Finds the identity for `provider` (`auto` tries AWS, then Azure, then settles on `local`).
 pub async fn identity(
     http: &reqwest::Client,
@@ -22,12 +26,13 @@ pub async fn identity(
     imds: &str,
     timeout: Duration,
 ) -> Identity {
+    let detect = timeout.min(DETECT_TIMEOUT);
     let found = match provider {
-        "auto" => match aws(http, imds, timeout).await {
+        "auto" => match aws(http, imds, detect, timeout).await {
             Some(id) => Some(id),
-            None => azure(http, imds, timeout).await,
+            None => azure(http, imds, detect).await,
         },
-        "aws" => aws(http, imds, timeout).await,
+        "aws" => aws(http, imds, timeout, timeout).await,
         "azure" => azure(http, imds, timeout).await,
         _ => None,
     };
@@ -73,16 +78,30 @@ pub async fn aws_metadata(
     fetch_text(req, timeout).await.map(|t| t.trim().to_string())
 }
 
-async fn aws(http: &reqwest::Client, imds: &str, timeout: Duration) -> Option<Identity> {
-    let token = aws_token(http, imds, timeout).await?;
+/// `detect` bounds the first request (is this AWS at all?); once it answers, the reads get the
+/// full probe timeout.
+async fn aws(
+    http: &reqwest::Client,
+    imds: &str,
+    detect: Duration,
+    timeout: Duration,
+) -> Option<Identity> {
+    let token = aws_token(http, imds, detect).await?;
     let get = |path: &'static str| aws_metadata(http, imds, &token, path, timeout);
+    let (region, zone, instance_type, life_cycle, private_ip) = tokio::join!(
+        get("placement/region"),
+        get("placement/availability-zone"),
+        get("instance-type"),
+        get("instance-life-cycle"),
+        get("local-ipv4"),
+    );
     Some(Identity {
         provider: "aws".into(),
-        region: get("placement/region").await,
-        zone: get("placement/availability-zone").await,
-        instance_type: get("instance-type").await,
-        spot: get("instance-life-cycle").await.map(|l| l == "spot"),
-        private_ip: get("local-ipv4").await,
+        region,
+        zone,
+        instance_type,
+        spot: life_cycle.map(|l| l == "spot"),
+        private_ip,
     })
 }
 
@@ -146,7 +165,7 @@ mod tests {
     }
 
     #[test]
-    fn url_ports() {
+    fn endpoint_port_comes_from_the_model_server_url_or_its_scheme() {
         assert_eq!(url_port("http://127.0.0.1:8000"), 8000);
         assert_eq!(url_port("http://localhost:9000/v1"), 9000);
         assert_eq!(url_port("http://host"), 80);

@@ -66,11 +66,10 @@ pub fn parse(csv: &str) -> Option<GpuReport> {
             return None;
         }
         names.push(fields[0].to_string());
-        let num = |s: &str| s.parse::<f64>().ok();
-        util.extend(num(fields[1]));
-        used.extend(num(fields[2]));
-        total.extend(num(fields[3]));
-        temp.extend(num(fields[4]));
+        util.extend(reading(fields[1])?);
+        used.extend(reading(fields[2])?);
+        total.extend(reading(fields[3])?);
+        temp.extend(reading(fields[4])?);
     }
     if names.is_empty() {
         return None;
@@ -88,12 +87,26 @@ pub fn parse(csv: &str) -> Option<GpuReport> {
     })
 }
 
+/// One numeric field: `Some(None)` for a value the GPU does not report (`[N/A]`,
+/// `[Not Supported]`), `None` when the field is not a reading at all, so that output that only
+/// happens to have five comma-separated fields is not mistaken for a GPU.
+fn reading(field: &str) -> Option<Option<f64>> {
+    if field.starts_with('[') && field.ends_with(']') || field == "N/A" {
+        return Some(None);
+    }
+    field
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite())
+        .map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn one_gpu() {
+    fn one_gpu_is_reported_with_its_short_type() {
         let g = parse("NVIDIA L4, 37, 20000, 23034, 61\n").unwrap();
         assert_eq!(g.name.as_deref(), Some("NVIDIA L4"));
         assert_eq!(g.short_type().as_deref(), Some("L4"));
@@ -123,26 +136,38 @@ mod tests {
     }
 
     #[test]
-    fn not_available_values_are_null() {
+    fn unavailable_readings_are_null_not_failures() {
         let g = parse("Tesla T4, [N/A], [N/A], 15360, 40\n").unwrap();
         assert_eq!(g.short_type().as_deref(), Some("T4"));
         assert_eq!(g.utilization_pct, None);
         assert_eq!(g.memory_used_mib, None);
         assert_eq!(g.memory_total_mib, Some(15360.0));
+        let g = parse("NVIDIA A10G, [Not Supported], 100, 23028, 45\n").unwrap();
+        assert_eq!(g.utilization_pct, None);
+        assert_eq!(g.temperature_c, Some(45.0));
     }
 
     #[test]
-    fn garbage_is_no_gpu() {
+    fn garbage_output_means_no_gpu() {
         assert_eq!(parse(""), None);
         assert_eq!(
             parse("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."),
             None
         );
+        assert_eq!(parse("a, b, c, d, e\n"), None, "five fields are not enough");
+        assert_eq!(parse("NVIDIA L4, 37, 20000\n"), None, "a short line");
     }
 
     #[tokio::test]
     async fn missing_nvidia_smi_reports_absent_gpu() {
         let g = query("/nonexistent/nvidia-smi", Duration::from_secs(1)).await;
         assert!(!g.present);
+    }
+
+    #[tokio::test]
+    async fn failing_nvidia_smi_reports_absent_gpu() {
+        // `false` stands in for nvidia-smi on a VM whose driver is not loaded (exit status 9).
+        let g = query("false", Duration::from_secs(1)).await;
+        assert_eq!(g, GpuReport::absent());
     }
 }

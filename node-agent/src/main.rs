@@ -1,5 +1,6 @@
 //! `skylaunch-agent`: runs on each VM beside the model server. Exit codes: 0 stopped by a signal,
-//! 1 other failure, 2 bad configuration, 3 token rejected, 4 node deleted on the control plane.
+//! 1 other failure, 2 bad configuration, 3 token rejected, 4 node deleted on the control plane (or
+//! told to stop by it).
 
 mod agent;
 mod client;
@@ -56,6 +57,11 @@ async fn run(config: Config) -> ExitCode {
         Stop::Fatal(CallError::Gone) => fail(
             EXIT_NODE_GONE,
             &format!("node {node_id} no longer exists on the control plane (deleted); stopping"),
+        ),
+        // Same exit as a deleted node: systemd must not restart an agent it was told to stop.
+        Stop::Told => fail(
+            EXIT_NODE_GONE,
+            &format!("the control plane asked node {node_id} to stop; stopping"),
         ),
         Stop::Fatal(e) => fail(EXIT_FAILURE, &e.to_string()),
     }

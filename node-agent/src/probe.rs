@@ -89,6 +89,18 @@ pub async fn model_server(
     }
 }
 
+/// The models the server lists at `/v1/models`, for discovering the model name before the
+/// first registration. Unlike the readiness probe this does not need `/health`: a server that
+/// lists its model has finished loading it.
+pub async fn served_models(http: &reqwest::Client, base: &str, timeout: Duration) -> Vec<String> {
+    let req = http.get(format!("{}/v1/models", base.trim_end_matches('/')));
+    crate::discover::fetch_text(req, timeout)
+        .await
+        .and_then(|body| serde_json::from_str(&body).ok())
+        .map(|body| listed_models(&body))
+        .unwrap_or_default()
+}
+
 pub fn listed_models(body: &serde_json::Value) -> Vec<String> {
     body["data"]
         .as_array()

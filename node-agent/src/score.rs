@@ -66,7 +66,7 @@ mod tests {
     }
 
     #[test]
-    fn not_ready_is_zero() {
+    fn model_server_not_ready_scores_zero() {
         let mut m = ready(1.0);
         m.ready = false;
         assert_eq!(health_score(&m, &GpuReport::absent(), None), 0.0);
@@ -98,7 +98,7 @@ mod tests {
     }
 
     #[test]
-    fn a_long_queue_and_full_cache_lower_the_score_but_not_below_half() {
+    fn a_long_queue_and_a_full_cache_lower_the_score() {
         let q = QueueReport {
             running: 10.0,
             waiting: 32.0,
@@ -117,5 +117,49 @@ mod tests {
             health_score(&ready(1.0), &GpuReport::absent(), Some(&q)),
             0.48
         );
+    }
+
+    #[test]
+    fn factors_multiply_and_the_result_has_three_decimals() {
+        // 1000 ms: 1 − 500/4500 = 0.8888…; 85 °C: × 0.7; 16 waiting: × 0.9.
+        let q = QueueReport {
+            running: 1.0,
+            waiting: 16.0,
+            kv_cache_usage: None,
+        };
+        assert_eq!(
+            health_score(&ready(1000.0), &GpuReport::absent(), None),
+            0.889
+        );
+        assert_eq!(health_score(&ready(1000.0), &gpu(85.0), Some(&q)), 0.56);
+    }
+
+    #[test]
+    fn temperature_counts_only_when_a_gpu_is_present() {
+        let stale = GpuReport {
+            present: false,
+            ..gpu(95.0)
+        };
+        assert_eq!(health_score(&ready(1.0), &stale, None), 1.0);
+    }
+
+    #[test]
+    fn cache_just_below_the_threshold_does_not_count() {
+        let q = QueueReport {
+            running: 1.0,
+            waiting: 0.0,
+            kv_cache_usage: Some(0.979),
+        };
+        assert_eq!(
+            health_score(&ready(1.0), &GpuReport::absent(), Some(&q)),
+            1.0
+        );
+    }
+
+    #[test]
+    fn an_unmeasured_latency_does_not_lower_a_ready_score() {
+        let mut m = ready(0.0);
+        m.probe_latency_ms = None;
+        assert_eq!(health_score(&m, &GpuReport::absent(), None), 1.0);
     }
 }
