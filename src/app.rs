@@ -2,6 +2,7 @@
 //! [`ServeConfig`], binds the listener, and owns graceful shutdown. The one place where the parts
 //! meet; tests start the real service through [`Running::start`] on port 0.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,14 +15,24 @@ use crate::admin_token;
 use crate::config::ServeConfig;
 use crate::fleet::sweeper::FleetTasks;
 use crate::fleet::{Fleet, FleetError};
+use crate::launch::events::JobEvents;
+use crate::launch::providers::local::LocalProvider;
+use crate::launch::providers::LaunchProvider;
+use crate::launch::runner::{JobRunner, RunnerSettings};
+use crate::launch::spec::Provider;
 use crate::metrics::Metrics;
 use crate::store::{redact_url, Store, StoreError};
 
 pub struct AppInner {
     pub fleet: Arc<Fleet>,
     pub metrics: Arc<Metrics>,
+    pub store: Store,
+    pub runner: Arc<JobRunner>,
+    pub events: JobEvents,
     pub admin_token: String,
     pub public_url: String,
+    pub agent_url: String,
+    pub agent_bin: PathBuf,
 }
 
 pub type AppState = Arc<AppInner>;
@@ -54,6 +65,8 @@ pub struct Running {
     stop_server: oneshot::Sender<()>,
     server: JoinHandle<std::io::Result<()>>,
     tasks: FleetTasks,
+    stop_runner: tokio::sync::watch::Sender<bool>,
+    runner: JoinHandle<()>,
     store: Store,
     shutdown_timeout: std::time::Duration,
 }
@@ -97,11 +110,61 @@ impl Running {
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{addr}"));
+        let exe_dir = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.to_path_buf()))
+            .unwrap_or_default();
+        let agent_bin = config
+            .agent_bin
+            .clone()
+            .unwrap_or_else(|| exe_dir.join("skylaunch-agent"));
+        let skylaunch_bin = config
+            .skylaunch_bin
+            .clone()
+            .or_else(|| std::env::current_exe().ok())
+            .unwrap_or_else(|| exe_dir.join("skylaunch"));
+        let agent_url = config.agent_url.clone().unwrap_or_else(|| {
+            format!(
+                "{}/downloads/skylaunch-agent",
+                public_url.trim_end_matches('/')
+            )
+        });
+        let events = JobEvents::default();
+        let mut providers: HashMap<Provider, Arc<dyn LaunchProvider>> = HashMap::new();
+        providers.insert(
+            Provider::Local,
+            Arc::new(LocalProvider {
+                skylaunch_bin,
+                agent_bin: agent_bin.clone(),
+            }),
+        );
+        let runner = JobRunner::new(
+            store.clone(),
+            fleet.clone(),
+            events.clone(),
+            providers,
+            RunnerSettings {
+                lease: config.job_lease,
+                poll_interval: std::time::Duration::from_secs(1),
+                max_concurrent: config.max_concurrent_launches as usize,
+                registration_timeout: config.registration_timeout,
+                ready_timeout: config.ready_timeout,
+                control_plane_url: public_url.clone(),
+                agent_url: agent_url.clone(),
+            },
+        );
+        let (stop_runner, runner_stopped) = tokio::sync::watch::channel(false);
+        let runner_task = tokio::spawn(runner.clone().run(runner_stopped));
         let state = Arc::new(AppInner {
             fleet: fleet.clone(),
             metrics,
+            store: store.clone(),
+            runner,
+            events,
             admin_token: token.value.clone(),
             public_url,
+            agent_url,
+            agent_bin,
         });
         let tasks = FleetTasks::spawn(
             fleet,
@@ -124,6 +187,8 @@ impl Running {
             stop_server,
             server,
             tasks,
+            stop_runner,
+            runner: runner_task,
             store,
             shutdown_timeout: config.shutdown_timeout,
         })
@@ -160,6 +225,10 @@ impl Running {
                 server.abort();
             }
         }
+        // Launches in flight stop with the process; their leases expire and the next start
+        // fails them with a reason and tears down what they created.
+        let _ = self.stop_runner.send(true);
+        let _ = self.runner.await;
         self.tasks.shutdown().await;
         self.store.close().await;
         tracing::info!("skylaunch stopped");
@@ -169,6 +238,7 @@ impl Running {
     pub async fn abort(self) {
         self.server.abort();
         let _ = self.server.await;
+        self.runner.abort();
         self.tasks.abort();
         self.store.close().await;
     }

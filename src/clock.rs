@@ -31,6 +31,18 @@ pub mod serde_opt_rfc3339 {
     }
 }
 
+/// Reads back what `serde_opt_rfc3339` wrote (stored JSON documents round-trip).
+pub fn de_opt_rfc3339<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::Deserialize;
+    let text: Option<String> = Option::deserialize(d)?;
+    text.map(|t| {
+        time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
+            .map(|dt| (dt.unix_timestamp_nanos() / 1_000_000) as i64)
+            .map_err(serde::de::Error::custom)
+    })
+    .transpose()
+}
+
 /// Serialises millisecond timestamps as RFC 3339 strings.
 pub mod serde_rfc3339 {
     pub fn serialize<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {

@@ -64,6 +64,34 @@ pub struct ServeConfig {
     #[arg(long, env = "SKYLAUNCH_TELEMETRY_FLUSH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub telemetry_flush_interval: Duration,
 
+    /// How long a launched node's agent may take to register before the launch fails and its VM is torn down.
+    #[arg(long, env = "SKYLAUNCH_REGISTRATION_TIMEOUT", default_value = "15m", value_parser = parse_duration)]
+    pub registration_timeout: Duration,
+
+    /// How long the model server may take to become healthy after the agent registered.
+    #[arg(long, env = "SKYLAUNCH_READY_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
+    pub ready_timeout: Duration,
+
+    /// Launch jobs this process runs at once.
+    #[arg(long, env = "SKYLAUNCH_MAX_CONCURRENT_LAUNCHES", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_launches: u32,
+
+    /// How long a process's claim on a running launch job lasts without renewal.
+    #[arg(long, env = "SKYLAUNCH_JOB_LEASE", default_value = "30s", value_parser = parse_duration)]
+    pub job_lease: Duration,
+
+    /// The skylaunch-agent binary (local launches run it; VMs download it from /downloads/skylaunch-agent).
+    #[arg(long, env = "SKYLAUNCH_AGENT_BIN")]
+    pub agent_bin: Option<PathBuf>,
+
+    /// Where launched VMs download the agent (default: <public-url>/downloads/skylaunch-agent).
+    #[arg(long, env = "SKYLAUNCH_AGENT_URL")]
+    pub agent_url: Option<String>,
+
+    /// The skylaunch executable that runs the echo model server for local launches (default: this one).
+    #[arg(long, env = "SKYLAUNCH_BIN")]
+    pub skylaunch_bin: Option<PathBuf>,
+
     /// How long shutdown waits for in-flight requests before closing them.
     #[arg(long, env = "SKYLAUNCH_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,

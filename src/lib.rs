@@ -6,6 +6,7 @@ pub mod api;
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod echo_server;
 pub mod fleet;
 pub mod launch;
 pub mod metrics;

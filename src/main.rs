@@ -22,16 +22,34 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the control plane: admin API, node registry, health sweeper and web UI.
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
+    /// Run the built-in echo model server (OpenAI-compatible; echoes prompts, not a real model).
+    EchoServer {
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        model: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::EchoServer { listen, model } => {
+            init_logging(LogFormat::Human);
+            let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
+            match runtime.block_on(skylaunch::echo_server::serve(listen, &model)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("skylaunch echo-server: cannot listen on {listen}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve(config) => {
             init_logging(config.log_format);
             let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
-            match runtime.block_on(serve(config)) {
+            match runtime.block_on(serve(*config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(message) => {
                     tracing::error!("{message}");

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod jobs;
 pub mod nodes;
 pub mod system;
 
@@ -37,6 +38,16 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/admin/nodes/{id}/drain", post(nodes::drain_node))
         .route("/admin/nodes/{id}/heartbeat", post(nodes::heartbeat))
+        .route(
+            "/admin/launch-jobs",
+            get(jobs::list_jobs).post(jobs::create_job),
+        )
+        .route("/admin/launch-jobs/{id}", get(jobs::get_job))
+        .route("/admin/launch-jobs/{id}/logs", get(jobs::job_logs))
+        .route("/admin/launch-jobs/{id}/events", get(jobs::job_events))
+        .route("/admin/launch-jobs/{id}/cancel", post(jobs::cancel_job))
+        .route("/admin/task-yaml/preview", post(jobs::preview_task))
+        .route("/downloads/skylaunch-agent", get(jobs::download_agent))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -12,7 +12,10 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::extract::{Admin, ApiJson, NodeBearer};
 use crate::app::AppState;
+use crate::clock::now_ms;
 use crate::fleet::node::{HeartbeatReport, NewNode, Node, NodeEvent, Registration};
+use crate::fleet::status::NodeStatus;
+use crate::fleet::FleetError;
 
 const RECENT_EVENTS: i64 = 50;
 
@@ -61,11 +64,40 @@ pub async fn drain_node(
     Ok(Json(state.fleet.drain(&id, "drained by an admin").await?))
 }
 
+/// Terminates a node. For a node skylaunch launched, its launch is cancelled (if still running)
+/// or what it created is torn down first, so nothing keeps billing.
 pub async fn delete_node(
     State(state): State<AppState>,
     _: Admin,
     Path(id): Path<String>,
 ) -> Result<Json<Node>, ApiError> {
+    let node = state.fleet.get(&id).await?;
+    if let Some(job_id) = &node.launch_job_id {
+        let job = state
+            .store
+            .job(job_id)
+            .await
+            .map_err(|e| ApiError::from(FleetError::Store(e)))?;
+        match job {
+            Some(job) if !job.status.is_terminal() => {
+                let _ = state.store.request_cancel(job_id, now_ms()).await;
+                state.runner.signal_cancel(job_id);
+            }
+            Some(job) if node.status != NodeStatus::Terminated => {
+                if let Err(e) = state.runner.teardown(&job).await {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "teardown_failed",
+                        format!(
+                            "could not tear down what the node's launch created: {}",
+                            e.message
+                        ),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
     Ok(Json(
         state.fleet.terminate(&id, "deleted by an admin").await?,
     ))

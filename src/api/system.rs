@@ -21,11 +21,29 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         .into_iter()
         .map(|(status, n)| (vec![("status", status.as_str().to_string())], n as f64))
         .collect();
-    let text = state.metrics.render(&[Gauge {
-        name: "skylaunch_nodes",
-        help: "Nodes by status.",
-        series: nodes,
-    }]);
+    let counts = state.store.count_jobs_by_status().await.unwrap_or_default();
+    let jobs = crate::launch::job::JobStatus::ALL
+        .into_iter()
+        .map(|s| {
+            let n = counts
+                .iter()
+                .find(|(name, _)| name == s.as_str())
+                .map_or(0, |(_, n)| *n);
+            (vec![("status", s.as_str().to_string())], n as f64)
+        })
+        .collect();
+    let text = state.metrics.render(&[
+        Gauge {
+            name: "skylaunch_nodes",
+            help: "Nodes by status.",
+            series: nodes,
+        },
+        Gauge {
+            name: "skylaunch_launch_jobs",
+            help: "Launch jobs by status (succeeded, failed and cancelled are outcomes).",
+            series: jobs,
+        },
+    ]);
     (
         [(
             header::CONTENT_TYPE,

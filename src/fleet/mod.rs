@@ -212,6 +212,18 @@ impl Fleet {
         Ok((node, token))
     }
 
+    /// Issues a new token for a node (the old one stops working) and returns it. Launch jobs call
+    /// this when they start, so a token's plaintext only ever lives in the running launch.
+    pub async fn rotate_token(&self, id: &str) -> Result<String, FleetError> {
+        let entry = self.entry(id)?;
+        let mut live = entry.lock().await;
+        let token = token::generate();
+        let hash = token::hash(&token);
+        self.store.set_node_token_hash(id, &hash).await?;
+        live.node.token_hash = hash;
+        Ok(token)
+    }
+
     /// Checks a node token; the node must exist and the token must be that node's.
     async fn authorised(&self, id: &str, token: &str) -> Result<Arc<Mutex<LiveNode>>, FleetError> {
         let entry = self.entry(id)?;

@@ -3,7 +3,10 @@
 
 pub mod catalog;
 pub mod error;
+pub mod events;
+pub mod job;
 pub mod providers;
+pub mod runner;
 pub mod spec;
 pub mod stage;
 pub mod task;

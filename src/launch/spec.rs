@@ -38,7 +38,7 @@ pub struct LaunchRequest {
     pub name: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Provider {
     Skypilot,
@@ -106,19 +106,21 @@ impl LaunchRequest {
         let provider = match self.provider.trim().to_ascii_lowercase().as_str() {
             "skypilot" => Provider::Skypilot,
             "local" => Provider::Local,
-            "aws" | "azure" => return Err(SpecError {
-                suggestions: vec![
+            "aws" | "azure" => {
+                return Err(SpecError {
+                    suggestions: vec![
                     "use provider \"skypilot\" (which launches on AWS and Azure too) or \"local\""
                         .into(),
                 ],
-                ..invalid(
-                    "provider",
-                    format!(
-                        "provider {:?} is not available in this build yet",
-                        self.provider
-                    ),
-                )
-            }),
+                    ..invalid(
+                        "provider",
+                        format!(
+                            "provider {:?} is not available in this build yet",
+                            self.provider
+                        ),
+                    )
+                })
+            }
             other => {
                 return Err(SpecError {
                     suggestions: catalog::closest(other, ["skypilot", "aws", "azure", "local"]),

@@ -2,6 +2,7 @@
 //! SQL for each resource (next to the types it fills). Both backends go through sqlx's `Any`
 //! driver with portable SQL, so one query serves both; timestamps are Unix milliseconds.
 
+pub mod jobs;
 pub mod nodes;
 
 use std::path::Path;
@@ -12,8 +13,14 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 /// Migrations compiled into the binary, in order. `{{AUTO_ID}}` is the one backend-specific piece.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "nodes", include_str!("../../migrations/0001_nodes.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "nodes", include_str!("../../migrations/0001_nodes.sql")),
+    (
+        2,
+        "launch_jobs",
+        include_str!("../../migrations/0002_launch_jobs.sql"),
+    ),
+];
 
 /// Which database a URL points at; the few backend-specific statements branch on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -91,6 +91,15 @@ impl Store {
         Ok(())
     }
 
+    pub async fn set_node_token_hash(&self, id: &str, token_hash: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE nodes SET token_hash = $2 WHERE id = $1")
+            .bind(id)
+            .bind(token_hash)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
     /// Writes the latest telemetry of many nodes in one transaction.
     pub async fn save_telemetry(&self, batch: &[Telemetry]) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;

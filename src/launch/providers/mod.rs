@@ -1,3 +1,48 @@
-//! Launch providers, one folder each.
+//! Launch providers behind one interface: each creates what a node needs (a VM, or processes on
+//! this machine), reports progress through the [`JobRun`](crate::launch::runner::JobRun), and
+//! can tear everything down again from the job's stored state, also after a crash.
 
+pub mod local;
 pub mod skypilot;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use super::error::LaunchError;
+use super::job::Job;
+use super::runner::JobRun;
+
+/// Removes terminal escape sequences (colors, cursor moves) and carriage returns from a line.
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    // CSI: parameters, then one final byte in @..~
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+            }
+            '\r' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+pub trait LaunchProvider: Send + Sync {
+    /// Creates the node's machine and starts its model server and agent. Returns once they are
+    /// started; the runner then waits for the agent to register and the node to become ready.
+    fn launch<'a>(&'a self, run: &'a JobRun) -> BoxFuture<'a, Result<(), LaunchError>>;
+
+    /// Removes everything the job created. Idempotent; works from `job.provider_state` alone.
+    fn teardown<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<(), LaunchError>>;
+}

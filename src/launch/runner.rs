@@ -1,0 +1,568 @@
+//! The job runner: claims launch jobs with a lease, runs each through its provider, waits for the
+//! node's agent to register and the node to become ready, and on any failure or cancel tears down
+//! what was created so no VM keeps billing for a launch that failed.
+//!
+//! Every change (stage, attempt, log line, outcome) is written to the database before it is sent
+//! to live watchers. A job found running after a restart (its lease expired with its process) is
+//! failed with a clear reason and torn down from its stored provider state.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::{watch, Mutex, Notify};
+
+use super::error::{ErrorCode, LaunchError};
+use super::events::JobEvents;
+use super::job::{Job, JobStatus};
+use super::providers::LaunchProvider;
+use super::spec::Provider;
+use super::stage::{Attempt, Stage};
+use super::task::{self, NodeIdentity};
+use crate::clock::now_ms;
+use crate::fleet::status::NodeStatus;
+use crate::fleet::Fleet;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct RunnerSettings {
+    /// How long a claim lasts without renewal (renewed every third of it).
+    pub lease: Duration,
+    pub poll_interval: Duration,
+    pub max_concurrent: usize,
+    /// How long the agent may take to register once the VM is started.
+    pub registration_timeout: Duration,
+    /// How long the model server may take to become healthy once the agent registered.
+    pub ready_timeout: Duration,
+    pub control_plane_url: String,
+    pub agent_url: String,
+}
+
+/// Writes a job's log lines and narrates them to watchers; cheap to clone into output readers.
+#[derive(Clone)]
+pub struct JobLog {
+    store: Store,
+    events: JobEvents,
+    job_id: String,
+}
+
+impl JobLog {
+    pub async fn line(&self, stream: &str, line: &str) {
+        let at = now_ms();
+        if let Err(e) = self
+            .store
+            .append_logs(&self.job_id, &[(at, stream, line)])
+            .await
+        {
+            tracing::error!(job_id = %self.job_id, error = %e, "could not store a log line");
+            return;
+        }
+        self.events.send(
+            &self.job_id,
+            "log",
+            json!({"at": crate::clock::rfc3339(at), "stream": stream, "line": line}),
+        );
+    }
+}
+
+/// One job while it runs: what providers read and how they report progress.
+pub struct JobRun {
+    job: Mutex<Job>,
+    store: Store,
+    events: JobEvents,
+    pub log: JobLog,
+    cancel: watch::Receiver<bool>,
+    node_token: String,
+    task_yaml: String,
+    pub settings: RunnerSettings,
+}
+
+impl JobRun {
+    pub async fn snapshot(&self) -> Job {
+        self.job.lock().await.clone()
+    }
+
+    pub fn node_token(&self) -> &str {
+        &self.node_token
+    }
+
+    /// The task with the real node token (for the provider only; the job shows it redacted).
+    pub fn task_yaml(&self) -> &str {
+        &self.task_yaml
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        *self.cancel.borrow()
+    }
+
+    pub async fn cancelled(&self) {
+        let mut rx = self.cancel.clone();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
+    async fn save(&self, job: &mut Job, kind: &'static str, data: serde_json::Value) {
+        job.updated_at = now_ms();
+        if let Err(e) = self.store.save_job(job).await {
+            tracing::error!(job_id = %job.id, error = %e, "could not save job progress");
+        }
+        self.events.send(&job.id, kind, data);
+    }
+
+    pub async fn stage(&self, stage: Stage, detail: Option<String>) {
+        let mut job = self.job.lock().await;
+        if job.activate(stage, detail, now_ms()) {
+            tracing::info!(job_id = %job.id, stage = stage.as_str(), "launch stage");
+            let stages = json!(job.stages);
+            self.save(&mut job, "stage", json!({"stage": stage, "stages": stages}))
+                .await;
+        }
+    }
+
+    pub async fn attempt_started(&self, attempt: Attempt) {
+        let mut job = self.job.lock().await;
+        tracing::info!(job_id = %job.id, cloud = %attempt.cloud, region = ?attempt.region, zone = ?attempt.zone, "placement attempt");
+        job.attempts.push(attempt);
+        let data = json!({"attempt": job.attempts.len(), "attempts": job.attempts});
+        self.save(&mut job, "attempt", data).await;
+    }
+
+    /// Records the outcome of the latest attempt.
+    pub async fn attempt_finished(&self, outcome: &str, reason: Option<String>) {
+        let mut job = self.job.lock().await;
+        let Some(last) = job.attempts.last_mut() else {
+            return;
+        };
+        last.outcome = outcome.to_string();
+        last.reason = reason;
+        let data = json!({"attempt": job.attempts.len(), "attempts": job.attempts});
+        self.save(&mut job, "attempt", data).await;
+    }
+
+    /// Remembers what the provider created, so a later teardown (even after a crash) finds it.
+    pub async fn set_provider_state(&self, state: serde_json::Value) {
+        let mut job = self.job.lock().await;
+        job.provider_state = state;
+        job.updated_at = now_ms();
+        if let Err(e) = self.store.save_job(&job).await {
+            tracing::error!(job_id = %job.id, error = %e, "could not save provider state");
+        }
+    }
+}
+
+pub struct JobRunner {
+    store: Store,
+    fleet: Arc<Fleet>,
+    events: JobEvents,
+    providers: HashMap<Provider, Arc<dyn LaunchProvider>>,
+    settings: RunnerSettings,
+    owner: String,
+    wake: Notify,
+    running: AtomicUsize,
+    cancels: StdMutex<HashMap<String, watch::Sender<bool>>>,
+}
+
+impl JobRunner {
+    pub fn new(
+        store: Store,
+        fleet: Arc<Fleet>,
+        events: JobEvents,
+        providers: HashMap<Provider, Arc<dyn LaunchProvider>>,
+        settings: RunnerSettings,
+    ) -> Arc<JobRunner> {
+        Arc::new(JobRunner {
+            store,
+            fleet,
+            events,
+            providers,
+            settings,
+            owner: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+            wake: Notify::new(),
+            running: AtomicUsize::new(0),
+            cancels: StdMutex::new(HashMap::new()),
+        })
+    }
+
+    /// A new job is queued: look now rather than at the next poll.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Asks a job this process runs to stop; other processes notice at their next lease renewal.
+    pub fn signal_cancel(&self, job_id: &str) {
+        if let Some(tx) = self.cancels.lock().expect("cancel map lock").get(job_id) {
+            let _ = tx.send(true);
+        }
+    }
+
+    pub fn provider(&self, name: &str) -> Option<Arc<dyn LaunchProvider>> {
+        let p = match name {
+            "skypilot" => Provider::Skypilot,
+            "local" => Provider::Local,
+            "aws" => Provider::Aws,
+            "azure" => Provider::Azure,
+            _ => return None,
+        };
+        self.providers.get(&p).cloned()
+    }
+
+    /// Claims and runs jobs until `stop` turns true.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            while self.running.load(Ordering::SeqCst) < self.settings.max_concurrent {
+                let now = now_ms();
+                let lease_until = now + self.settings.lease.as_millis() as i64;
+                match self.store.claim_job(&self.owner, lease_until, now).await {
+                    Ok(Some(claimed)) => {
+                        self.running.fetch_add(1, Ordering::SeqCst);
+                        let runner = self.clone();
+                        tokio::spawn(async move {
+                            let id = claimed.job.id.clone();
+                            runner
+                                .clone()
+                                .run_claimed(claimed.job, claimed.reclaimed)
+                                .await;
+                            runner.cancels.lock().expect("cancel map lock").remove(&id);
+                            runner.running.fetch_sub(1, Ordering::SeqCst);
+                            runner.wake();
+                        });
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not claim launch jobs");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    async fn run_claimed(self: Arc<Self>, job: Job, reclaimed: bool) {
+        let job_id = job.id.clone();
+        let span = tracing::info_span!("launch_job", job_id = %job_id, provider = %job.provider);
+        let _enter = span.enter();
+        drop(_enter);
+        let (cancel_tx, cancel_rx) = watch::channel(job.cancel_requested);
+        self.cancels
+            .lock()
+            .expect("cancel map lock")
+            .insert(job_id.clone(), cancel_tx.clone());
+        let lost_lease = Arc::new(Notify::new());
+        let renewer =
+            self.clone()
+                .spawn_lease_renewal(job_id.clone(), cancel_tx, lost_lease.clone());
+
+        let log = JobLog {
+            store: self.store.clone(),
+            events: self.events.clone(),
+            job_id: job_id.clone(),
+        };
+        let outcome = if reclaimed {
+            Err(LaunchError::new(
+                ErrorCode::Internal,
+                "The control plane restarted during this launch",
+                "skylaunch stopped while this launch was running. To be sure nothing keeps billing, it tore down what the launch had created.",
+            )
+            .suggest("Launch again: nothing from this attempt is left running."))
+        } else {
+            match self.prepare(job.clone(), log.clone(), cancel_rx).await {
+                Ok(run) => {
+                    let result = tokio::select! {
+                        r = self.launch_and_wait(&run) => r,
+                        _ = lost_lease.notified() => {
+                            tracing::warn!(job_id = %job_id, "lost the lease on this job to another process; stopping here");
+                            renewer.abort();
+                            return;
+                        }
+                    };
+                    let job = run.snapshot().await;
+                    self.finish(job, result, &log).await;
+                    renewer.abort();
+                    return;
+                }
+                Err(e) => Err(e),
+            }
+        };
+        let job = match self.store.job(&job_id).await {
+            Ok(Some(j)) => j,
+            _ => job,
+        };
+        self.finish(job, outcome, &log).await;
+        renewer.abort();
+    }
+
+    fn spawn_lease_renewal(
+        self: Arc<Self>,
+        job_id: String,
+        cancel: watch::Sender<bool>,
+        lost: Arc<Notify>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let every = self.settings.lease / 3;
+            loop {
+                tokio::time::sleep(every).await;
+                let until = now_ms() + self.settings.lease.as_millis() as i64;
+                match self.store.renew_lease(&job_id, &self.owner, until).await {
+                    Ok(Some(cancel_requested)) => {
+                        if cancel_requested {
+                            let _ = cancel.send(true);
+                        }
+                    }
+                    Ok(None) => {
+                        lost.notify_one();
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(job_id = %job_id, error = %e, "could not renew the job lease; retrying")
+                    }
+                }
+            }
+        })
+    }
+
+    /// Validate and render stages: mint the node token, render the task.
+    async fn prepare(
+        &self,
+        mut job: Job,
+        log: JobLog,
+        cancel: watch::Receiver<bool>,
+    ) -> Result<JobRun, LaunchError> {
+        let now = now_ms();
+        job.activate(Stage::Validate, Some("request is valid".into()), now);
+        job.activate(Stage::RenderTask, None, now);
+        let node_id = job.node_id.clone().ok_or_else(|| {
+            LaunchError::new(
+                ErrorCode::Internal,
+                "The launch has no node",
+                "this launch job was created without its node record",
+            )
+        })?;
+        let node_token = self.fleet.rotate_token(&node_id).await.map_err(|e| {
+            LaunchError::new(
+                ErrorCode::Internal,
+                "Could not issue the node's token",
+                e.to_string(),
+            )
+        })?;
+        let template = task::template(&job.spec.template).ok_or_else(|| {
+            LaunchError::new(
+                ErrorCode::InvalidRequest,
+                "Unknown template",
+                format!("template {:?} does not exist", job.spec.template),
+            )
+        })?;
+        let identity = NodeIdentity {
+            control_plane_url: &self.settings.control_plane_url,
+            agent_url: &self.settings.agent_url,
+            node_id: &node_id,
+            node_token: &node_token,
+        };
+        let task_yaml = task::to_yaml(&task::render(
+            &job.spec,
+            &template,
+            &job.cluster_name,
+            &identity,
+        ));
+        job.task_yaml = Some(task_yaml.replace(&node_token, "<secret>"));
+        job.detail(
+            Stage::RenderTask,
+            format!("template {} ({})", job.spec.template, template.description),
+        );
+        job.updated_at = now_ms();
+        self.store
+            .save_job(&job)
+            .await
+            .map_err(|e| store_failure(&e))?;
+        self.events.send(
+            &job.id,
+            "stage",
+            json!({"stage": Stage::RenderTask, "stages": job.stages}),
+        );
+        Ok(JobRun {
+            job: Mutex::new(job),
+            store: self.store.clone(),
+            events: self.events.clone(),
+            log,
+            cancel,
+            node_token,
+            task_yaml,
+            settings: self.settings.clone(),
+        })
+    }
+
+    async fn launch_and_wait(&self, run: &JobRun) -> Result<(), LaunchError> {
+        let job = run.snapshot().await;
+        let provider = self.provider(&job.provider).ok_or_else(|| {
+            LaunchError::new(
+                ErrorCode::InvalidRequest,
+                "Provider not available",
+                format!("provider {:?} is not available in this build", job.provider),
+            )
+        })?;
+        tokio::select! {
+            r = provider.launch(run) => r?,
+            _ = run.cancelled() => return Err(cancelled()),
+        }
+        tokio::select! {
+            r = self.wait_for_ready(run) => r,
+            _ = run.cancelled() => Err(cancelled()),
+        }
+    }
+
+    async fn wait_for_ready(&self, run: &JobRun) -> Result<(), LaunchError> {
+        let job = run.snapshot().await;
+        let node_id = job.node_id.clone().unwrap_or_default();
+        run.stage(
+            Stage::Register,
+            Some("waiting for the node agent to register".into()),
+        )
+        .await;
+        let started = tokio::time::Instant::now();
+        let mut registered_at = None;
+        loop {
+            let node = self.fleet.get(&node_id).await.map_err(|e| {
+                LaunchError::new(
+                    ErrorCode::Internal,
+                    "The node record is gone",
+                    e.to_string(),
+                )
+            })?;
+            match node.status {
+                NodeStatus::Ready => return Ok(()),
+                NodeStatus::Terminated => {
+                    return Err(LaunchError::new(
+                        ErrorCode::Cancelled,
+                        "The node was deleted",
+                        "the node was deleted while it was launching",
+                    ))
+                }
+                NodeStatus::Registered
+                | NodeStatus::Unhealthy
+                | NodeStatus::Offline
+                | NodeStatus::Draining
+                    if registered_at.is_none() && node.registered_at.is_some() =>
+                {
+                    registered_at = Some(tokio::time::Instant::now());
+                    run.stage(
+                        Stage::Ready,
+                        Some(
+                            "agent registered; waiting for the model server to become healthy"
+                                .into(),
+                        ),
+                    )
+                    .await;
+                }
+                _ => {}
+            }
+            match registered_at {
+                None if started.elapsed() >= self.settings.registration_timeout => {
+                    return Err(LaunchError::new(
+                        ErrorCode::RegistrationTimeout,
+                        "The node agent never registered",
+                        format!(
+                            "the VM was started but its agent did not register within {}; the VM has been torn down",
+                            crate::fleet::status::fmt_duration(self.settings.registration_timeout)
+                        ),
+                    )
+                    .suggest("Check that the VM can reach the control plane at SKYLAUNCH_PUBLIC_URL (firewall, security group, public address)")
+                    .suggest("Look at the job's logs for setup errors (GET /admin/launch-jobs/<id>/logs)"));
+                }
+                Some(at) if at.elapsed() >= self.settings.ready_timeout => {
+                    let why = node
+                        .last_heartbeat
+                        .as_ref()
+                        .and_then(|hb| hb.model_server.as_ref())
+                        .and_then(|m| m.error.clone())
+                        .unwrap_or_else(|| node.status_reason.clone().unwrap_or_default());
+                    return Err(LaunchError::new(
+                        ErrorCode::ModelServerFailed,
+                        "The model server never became healthy",
+                        format!(
+                            "the agent registered but the model server was not ready within {}: {why}",
+                            crate::fleet::status::fmt_duration(self.settings.ready_timeout)
+                        ),
+                    )
+                    .suggest("Check the model id and that the GPU has enough memory for it")
+                    .suggest("Gated models need HF_TOKEN in the launch's envs"));
+                }
+                _ => {}
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Records the outcome; on failure tears down first, so nothing is left billing.
+    async fn finish(&self, mut job: Job, outcome: Result<(), LaunchError>, log: &JobLog) {
+        let now = now_ms();
+        match outcome {
+            Ok(()) => {
+                job.succeed(now);
+                tracing::info!(job_id = %job.id, "launch succeeded: node is ready");
+            }
+            Err(error) => {
+                log.line(
+                    "skylaunch",
+                    &format!("launch failed: {} ({})", error.title, error.code.as_str()),
+                )
+                .await;
+                if let Some(provider) = self.provider(&job.provider) {
+                    log.line("skylaunch", "tearing down what this launch created")
+                        .await;
+                    if let Err(e) = provider.teardown(&job).await {
+                        log.line("skylaunch", &format!("teardown failed: {}", e.message))
+                            .await;
+                        tracing::error!(job_id = %job.id, error = %e.message, "teardown failed; resources may be left running");
+                    }
+                }
+                if let Some(node_id) = &job.node_id {
+                    let _ = self
+                        .fleet
+                        .terminate(node_id, &format!("launch {}: {}", job.id, error.title))
+                        .await;
+                }
+                let status = if error.code == ErrorCode::Cancelled {
+                    JobStatus::Cancelled
+                } else {
+                    JobStatus::Failed
+                };
+                tracing::warn!(job_id = %job.id, code = error.code.as_str(), "launch did not succeed");
+                job.finish_unsuccessfully(status, error, now);
+            }
+        }
+        job.updated_at = now;
+        if let Err(e) = self.store.save_job(&job).await {
+            tracing::error!(job_id = %job.id, error = %e, "could not save the job's outcome");
+        }
+        self.events.send(&job.id, "job", json!(job));
+    }
+
+    /// Tears down what a finished job created (when its node is deleted).
+    pub async fn teardown(&self, job: &Job) -> Result<(), LaunchError> {
+        match self.provider(&job.provider) {
+            Some(provider) => provider.teardown(job).await,
+            None => Ok(()),
+        }
+    }
+}
+
+pub fn cancelled() -> LaunchError {
+    LaunchError::new(
+        ErrorCode::Cancelled,
+        "Launch cancelled",
+        "the launch was cancelled; what it had created was torn down",
+    )
+}
+
+fn store_failure(e: &StoreError) -> LaunchError {
+    LaunchError::new(
+        ErrorCode::Internal,
+        "The database is not answering",
+        e.to_string(),
+    )
+}
