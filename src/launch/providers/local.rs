@@ -190,7 +190,7 @@ async fn spawn_group(
         tokio::spawn(async move {
             let mut lines = BufReader::new(reader).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                log.line(stream, &crate::launch::providers::strip_ansi(&line))
+                log.line(stream, &crate::launch::providers::skypilot::parse::strip_ansi(&line))
                     .await;
             }
         });

@@ -2,4 +2,9 @@
 //! explains its failures.
 
 pub mod errors;
+#[cfg(test)]
+mod fixture_tests;
 pub mod parse;
+pub mod provider;
+
+pub use provider::SkypilotProvider;

@@ -1,0 +1,278 @@
+//! Runs `sky launch -y -c <cluster> --detach-run <task>` (SkyPilot 0.14) under `tokio::process`,
+//! with stdin closed and `PYTHONUNBUFFERED=1`, reading stdout and stderr line by line as they come.
+//! The parser turns the lines into stages and attempts; a non-zero exit is explained by the error
+//! mapper. The task file holds the node token (a SkyPilot secret), so it is private to the
+//! process and deleted once `sky launch` returns.
+//!
+//! Cancelling kills the whole `sky` process group, but that alone does not stop a SkyPilot
+//! launch: the request keeps running inside SkyPilot's API server (reference §0.5). Teardown
+//! therefore always runs `sky down -y <cluster>`, which waits for the cluster's lock behind the
+//! running launch and then removes whatever it created.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+
+use super::errors::{explain, FailureContext};
+use super::parse::{SkyEvent, SkyOutputParser, Stream};
+use crate::launch::error::{ErrorCode, LaunchError};
+use crate::launch::job::Job;
+use crate::launch::providers::{BoxFuture, LaunchProvider};
+use crate::launch::runner::JobRun;
+use crate::launch::stage::Stage;
+
+pub struct SkypilotProvider {
+    pub sky_bin: String,
+    /// Where task files are written (inside the data dir).
+    pub work_dir: PathBuf,
+    /// How long `sky down` may take.
+    pub teardown_timeout: Duration,
+}
+
+/// Kills a process group when dropped (a cancelled launch drops the future that owns it).
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pgid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Deletes the task file (it holds the node token) however the launch ends.
+struct FileGuard(PathBuf);
+
+impl Drop for FileGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl LaunchProvider for SkypilotProvider {
+    fn launch<'a>(&'a self, run: &'a JobRun) -> BoxFuture<'a, Result<(), LaunchError>> {
+        Box::pin(self.sky_launch(run))
+    }
+
+    fn teardown<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<(), LaunchError>> {
+        Box::pin(self.sky_down(job))
+    }
+}
+
+impl SkypilotProvider {
+    fn write_task_file(&self, job_id: &str, yaml: &str) -> Result<FileGuard, LaunchError> {
+        let failed = |e: std::io::Error| {
+            LaunchError::new(
+                ErrorCode::Internal,
+                "Could not write the task file",
+                e.to_string(),
+            )
+        };
+        std::fs::create_dir_all(&self.work_dir).map_err(failed)?;
+        let path = self.work_dir.join(format!("{job_id}.task.yaml"));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(failed)?;
+        std::io::Write::write_all(&mut file, yaml.as_bytes()).map_err(failed)?;
+        Ok(FileGuard(path))
+    }
+
+    async fn sky_launch(&self, run: &JobRun) -> Result<(), LaunchError> {
+        let job = run.snapshot().await;
+        let task_file = self.write_task_file(&job.id, run.task_yaml())?;
+        // Remembered before anything starts, so a teardown after a crash knows the cluster.
+        run.set_provider_state(json!({"cluster": job.cluster_name}))
+            .await;
+        run.stage(
+            Stage::Provision,
+            Some("sky launch: looking for resources".into()),
+        )
+        .await;
+        let mut cmd = Command::new(&self.sky_bin);
+        cmd.args(["launch", "-y", "-c", &job.cluster_name, "--detach-run"])
+            .arg(&task_file.0)
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = cmd.spawn().map_err(|e| {
+            LaunchError::new(
+                ErrorCode::ProviderUnavailable,
+                "SkyPilot is not installed here",
+                format!("could not run {:?}: {e}", self.sky_bin),
+            )
+            .suggest("Install SkyPilot on the control-plane host (pip install \"skypilot[aws]==0.14.1\") or set SKYLAUNCH_SKY_BIN")
+            .suggest("Or launch with provider \"local\" to try skylaunch without a cloud")
+        })?;
+        let mut guard = GroupGuard(child.id());
+        run.set_provider_state(json!({"cluster": job.cluster_name, "sky_pgid": child.id()}))
+            .await;
+
+        let (tx, mut rx) = mpsc::channel::<(Stream, String)>(1024);
+        for (stream, reader) in [
+            (
+                Stream::Stdout,
+                child
+                    .stdout
+                    .take()
+                    .map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            ),
+            (
+                Stream::Stderr,
+                child
+                    .stderr
+                    .take()
+                    .map(|e| Box::new(e) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            ),
+        ] {
+            let Some(reader) = reader else { continue };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(reader).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if tx.send((stream, line)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(tx);
+
+        let mut parser = SkyOutputParser::new();
+        while let Some((stream, line)) = rx.recv().await {
+            let clean = super::parse::strip_ansi(&line);
+            let name = if stream == Stream::Stdout {
+                "stdout"
+            } else {
+                "stderr"
+            };
+            if !clean.trim().is_empty() {
+                run.log.line(name, &clean).await;
+            }
+            for event in parser.feed(stream, &line) {
+                match event {
+                    SkyEvent::StageActive { stage, detail } => run.stage(stage, detail).await,
+                    SkyEvent::AttemptStarted(attempt) => {
+                        let detail = format!(
+                            "trying {} {}{}{}",
+                            attempt.cloud,
+                            attempt.region.as_deref().unwrap_or(""),
+                            attempt
+                                .zone
+                                .as_deref()
+                                .map(|z| format!(" ({z})"))
+                                .unwrap_or_default(),
+                            if attempt.market == crate::launch::stage::Market::Spot {
+                                ", spot"
+                            } else {
+                                ", on-demand"
+                            },
+                        );
+                        run.attempt_started(attempt).await;
+                        run.stage(Stage::Provision, Some(detail)).await;
+                    }
+                    SkyEvent::AttemptFailed { reason } => {
+                        run.attempt_finished("failed", Some(reason)).await
+                    }
+                    SkyEvent::Detail(text) => run.log.line("skylaunch", &text).await,
+                    SkyEvent::JobFinished { status } => {
+                        run.log
+                            .line("skylaunch", &format!("job finished: {status}"))
+                            .await
+                    }
+                }
+            }
+        }
+        let status = child.wait().await.map_err(|e| {
+            LaunchError::new(
+                ErrorCode::Internal,
+                "Lost track of sky launch",
+                e.to_string(),
+            )
+        })?;
+        guard.0 = None;
+        drop(task_file);
+        if status.success() {
+            if let Some(last) = run.snapshot().await.attempts.last() {
+                if last.outcome == "trying" {
+                    run.attempt_finished("succeeded", None).await;
+                }
+            }
+            return Ok(());
+        }
+        if let Some(last) = run.snapshot().await.attempts.last() {
+            if last.outcome == "trying" {
+                run.attempt_finished("failed", parser.failure_reasons().last().cloned())
+                    .await;
+            }
+        }
+        let gpu = job.spec.gpu.clone().unwrap_or_default();
+        let ctx = FailureContext {
+            gpu: &gpu,
+            regions: &job.spec.regions,
+            use_spot: job.spec.use_spot,
+        };
+        Err(explain(
+            status.code(),
+            parser.stderr(),
+            parser.failure_reasons(),
+            &parser.tail(30),
+            &ctx,
+        ))
+    }
+
+    async fn sky_down(&self, job: &Job) -> Result<(), LaunchError> {
+        if let Some(pgid) = job.provider_state["sky_pgid"].as_u64() {
+            drop(GroupGuard(Some(pgid as u32)));
+        }
+        let Some(cluster) = job.provider_state["cluster"].as_str() else {
+            return Ok(());
+        };
+        let run = Command::new(&self.sky_bin)
+            .args(["down", "-y", cluster])
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(self.teardown_timeout, run)
+            .await
+            .map_err(|_| {
+                LaunchError::new(
+                    ErrorCode::ProviderUnavailable,
+                    "Teardown timed out",
+                    format!("`sky down -y {cluster}` did not finish in time; check `sky status` and remove the cluster by hand"),
+                )
+            })?
+            .map_err(|e| LaunchError::new(ErrorCode::ProviderUnavailable, "Could not run sky down", e.to_string()))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // A cluster that never came up does not exist: nothing is left to remove.
+        if out.status.success() || stderr.contains("does not exist") || stderr.contains("not found")
+        {
+            tracing::info!(job_id = %job.id, cluster, "cluster torn down");
+            return Ok(());
+        }
+        Err(LaunchError::new(
+            ErrorCode::ProviderUnavailable,
+            "sky down failed",
+            format!(
+                "`sky down -y {cluster}` failed; the cluster may still be running: {}",
+                stderr.trim()
+            ),
+        )
+        .with_raw(stderr.to_string()))
+    }
+}
