@@ -1,0 +1,198 @@
+//! Launch jobs through the SkyPilot provider, end to end. No cloud VM can exist here, so `sky` is
+//! a realistic stand-in (tests/fake-sky/fake_sky.py) that replays recorded SkyPilot 0.14.1
+//! output with pacing and, on success, plays the VM: it starts the real agent with the task
+//! file's envs and secrets. The control plane, runner, parser, error mapper and agent are real.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Backend, TestApp, ADMIN_TOKEN};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+struct FakeSky {
+    state: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+impl FakeSky {
+    fn calls(&self) -> Vec<Vec<String>> {
+        std::fs::read_to_string(self.state.path().join("calls.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ours = here.join("tests/fixtures/skypilot").join(name);
+    if ours.exists() {
+        ours
+    } else {
+        here.join("../shared/fixtures/skypilot").join(name)
+    }
+}
+
+/// Writes a `sky` executable that runs the fake with `transcript` and `extra` settings.
+fn fake_sky(python: &Path, transcript: &str, extra: &[(&str, &str)]) -> FakeSky {
+    let state = tempfile::tempdir().unwrap();
+    let skylaunch = PathBuf::from(env!("CARGO_BIN_EXE_skylaunch"));
+    let agent = skylaunch.with_file_name("skylaunch-agent");
+    assert!(agent.is_file(), "build the agent first: cargo build --workspace --bins");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake-sky/fake_sky.py");
+    let mut env = format!(
+        "export FAKE_SKY_STATE='{}' FAKE_SKY_TRANSCRIPT='{}' FAKE_SKY_SKYLAUNCH_BIN='{}' FAKE_SKY_AGENT_BIN='{}'\n",
+        state.path().display(),
+        fixture(transcript).display(),
+        skylaunch.display(),
+        agent.display()
+    );
+    for (k, v) in extra {
+        env.push_str(&format!("export {k}='{v}'\n"));
+    }
+    let bin = state.path().join("sky");
+    std::fs::write(&bin, format!("#!/bin/sh\n{env}exec '{}' '{}' \"$@\"\n", python.display(), script.display())).unwrap();
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    FakeSky { state, bin }
+}
+
+async fn app_with_sky(sky: &FakeSky) -> Option<TestApp> {
+    let db = common::TestDb::new(Backend::Sqlite).await?;
+    let mut config = common::test_config(&db);
+    config.sky_bin = sky.bin.display().to_string();
+    config.registration_timeout = Duration::from_secs(20);
+    Some(TestApp::start(db, config).await)
+}
+
+fn l4_spot() -> Value {
+    json!({"model": "meta-llama/Llama-3.1-8B-Instruct", "provider": "skypilot", "gpu": "L4",
+        "use_spot": true, "spot_fallback": "on_demand", "regions": ["us-east-1", "us-west-2"]})
+}
+
+async fn launch(app: &TestApp, body: &Value) -> String {
+    let r = app.post("/admin/launch-jobs", Some(ADMIN_TOKEN), body).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    r.body["id"].as_str().unwrap().to_string()
+}
+
+async fn wait_for_job(app: &TestApp, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..400 {
+        last = app.get(&format!("/admin/launch-jobs/{id}"), Some(ADMIN_TOKEN)).await.body;
+        if done(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("job {id} never got there; last: {last:#}");
+}
+
+fn finished(job: &Value) -> bool {
+    matches!(job["status"].as_str(), Some("succeeded" | "failed" | "cancelled"))
+}
+
+macro_rules! setup {
+    ($transcript:expr $(, $k:expr => $v:expr)*) => {{
+        let Some(python) = common::sky_python() else { return };
+        let sky = fake_sky(&python, $transcript, &[$(($k, $v)),*]);
+        let Some(app) = app_with_sky(&sky).await else { return };
+        (sky, app)
+    }};
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn successful_sky_launch_shows_stages_and_attempt_and_ends_ready() {
+    let (sky, app) = setup!("success-aws-l4-spot.txt");
+    let id = launch(&app, &l4_spot()).await;
+    let job = wait_for_job(&app, &id, finished).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    let attempt = &job["attempts"][0];
+    assert_eq!(attempt["cloud"], "AWS");
+    assert_eq!(attempt["region"], "us-east-1");
+    assert_eq!(attempt["zone"], "us-east-1a");
+    assert_eq!(attempt["instance_type"], "g6.xlarge");
+    assert_eq!(attempt["market"], "spot");
+    assert_eq!(attempt["price_per_hour"], 0.35);
+    assert_eq!(attempt["outcome"], "succeeded");
+    assert!(job["stages"].as_array().unwrap().iter().all(|s| s["state"] == "done"), "{job:#}");
+
+    let cluster = job["cluster_name"].as_str().unwrap();
+    let launch_call = &sky.calls()[0];
+    assert_eq!(&launch_call[..5], ["launch", "-y", "-c", cluster, "--detach-run"]);
+    let task_file = PathBuf::from(&launch_call[5]);
+    assert!(!task_file.exists(), "the task file (it holds the node token) is deleted after launch");
+
+    let node = app.node(job["node_id"].as_str().unwrap()).await;
+    assert_eq!(node["status"], "ready");
+    assert_eq!(node["region"], "us-east-1");
+    assert_eq!(node["spot_instance"], true);
+
+    let r = app.delete(&format!("/admin/nodes/{}", node["id"].as_str().unwrap()), Some(ADMIN_TOKEN)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(sky.calls().iter().any(|c| c == &["down", "-y", cluster]), "deleting the node runs sky down: {:?}", sky.calls());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_to_a_second_zone_records_both_attempts() {
+    let (_sky, app) = setup!("failover-aws-l4-second-zone.txt");
+    let id = launch(&app, &l4_spot()).await;
+    let job = wait_for_job(&app, &id, finished).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    let attempts = job["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{attempts:#?}");
+    assert_eq!(attempts[0]["outcome"], "failed");
+    assert!(attempts[0]["reason"].as_str().unwrap().contains("InsufficientInstanceCapacity"), "{}", attempts[0]);
+    assert_eq!(attempts[1]["outcome"], "succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_that_failed_on_credentials_everywhere_is_credentials_invalid_and_torn_down() {
+    let (sky, app) = setup!("14-sim-sky-launch-y-L4-spot.txt");
+    let id = launch(&app, &l4_spot()).await;
+    let job = wait_for_job(&app, &id, finished).await;
+    assert_eq!(job["status"], "failed");
+    let error = &job["error"];
+    assert_eq!(error["code"], "credentials_invalid", "{error:#}");
+    // `raw` quotes SkyPilot verbatim; our own words must not repeat its capacity advice.
+    let ours = format!("{} {} {}", error["title"], error["message"], error["suggestions"]).to_lowercase();
+    assert!(!ours.contains("relax"), "no 'relax your requirements' advice for a credentials problem: {error:#}");
+    assert!(error["suggestions"].as_array().unwrap().iter().any(|s| s.as_str().unwrap().contains("sky check")), "{error:#}");
+    assert!(!error["raw"].as_str().unwrap().is_empty());
+    let attempts = job["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 4);
+    assert!(attempts.iter().all(|a| a["outcome"] == "failed"));
+    let cluster = job["cluster_name"].as_str().unwrap();
+    assert!(sky.calls().iter().any(|c| c == &["down", "-y", cluster]), "a failed launch is torn down: {:?}", sky.calls());
+    assert_eq!(app.node(job["node_id"].as_str().unwrap()).await["status"], "terminated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_accelerator_from_skypilot_is_explained() {
+    let (_sky, app) = setup!("15-sim-sky-launch-y-invalid-accelerator.txt");
+    let id = launch(&app, &l4_spot()).await;
+    let job = wait_for_job(&app, &id, finished).await;
+    assert_eq!(job["error"]["code"], "invalid_accelerator", "{job:#}");
+    assert!(!job["error"]["suggestions"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_kills_a_hung_sky_launch_and_runs_sky_down() {
+    let (sky, app) = setup!("21-sim-sky-launch-y-retry-until-up-killed-after-75s.txt", "FAKE_SKY_HANG" => "1");
+    let id = launch(&app, &l4_spot()).await;
+    wait_for_job(&app, &id, |j| j["stage"] == "provision").await;
+    // Give the fake time to print and hang, like a launch retrying for capacity.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = app.post(&format!("/admin/launch-jobs/{id}/cancel"), Some(ADMIN_TOKEN), &json!({})).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let job = wait_for_job(&app, &id, finished).await;
+    assert_eq!(job["status"], "cancelled");
+    let cluster = job["cluster_name"].as_str().unwrap();
+    assert!(sky.calls().iter().any(|c| c == &["down", "-y", cluster]), "{:?}", sky.calls());
+    // The hung `sky launch` client was killed with its process group.
+    let launch_pid_alive = std::process::Command::new("pgrep").args(["-f", &format!("-c {cluster}")]).status().unwrap().success();
+    assert!(!launch_pid_alive, "the sky launch client is gone");
+}
