@@ -196,3 +196,39 @@ async fn cancel_kills_a_hung_sky_launch_and_runs_sky_down() {
     let launch_pid_alive = std::process::Command::new("pgrep").args(["-f", &format!("-c {cluster}")]).status().unwrap().success();
     assert!(!launch_pid_alive, "the sky launch client is gone");
 }
+
+/// The real `sky` from PyPI, offline. It runs in its own network namespace with only loopback
+/// (so nothing it tries can leave this machine), a private HOME, and usage collection off.
+/// Offline, SkyPilot 0.14.1 needs its cloud catalogs before it reaches its cloud-access check,
+/// so the real outcome is that it cannot reach them; the job must say that plainly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_sky_offline_fails_with_a_plain_explanation() {
+    let Some(python) = common::sky_python() else { return };
+    let sky = python.with_file_name("sky");
+    let home = tempfile::tempdir().unwrap();
+    let wrapper = home.path().join("sky-offline");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexport HOME='{}' SKYPILOT_DISABLE_USAGE_COLLECTION=1\n\
+             exec unshare -n sh -c 'ip link set lo up; \"$0\" \"$@\"; rc=$?; \"$0\" api stop >/dev/null 2>&1; exit $rc' '{}' \"$@\"\n",
+            home.path().display(),
+            sky.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let Some(db) = common::TestDb::new(Backend::Sqlite).await else { return };
+    let mut config = common::test_config(&db);
+    config.sky_bin = wrapper.display().to_string();
+    let app = TestApp::start(db, config).await;
+    let id = launch(&app, &l4_spot()).await;
+    let job = wait_for_job(&app, &id, finished).await;
+    assert_eq!(job["status"], "failed", "{job:#}");
+    let error = &job["error"];
+    assert_eq!(error["code"], "provider_unavailable", "{error:#}");
+    assert!(error["raw"].as_str().unwrap().contains("sky.exceptions.CloudError"), "{error:#}");
+    assert!(!error["suggestions"].as_array().unwrap().is_empty(), "{error:#}");
+    let logs = app.get(&format!("/admin/launch-jobs/{id}/logs?format=json"), Some(ADMIN_TOKEN)).await.body;
+    assert!(logs.to_string().contains("YAML to run:"), "the real CLI accepted our options and task file: {logs}");
+}
