@@ -17,6 +17,7 @@ use crate::fleet::sweeper::FleetTasks;
 use crate::fleet::{Fleet, FleetError};
 use crate::launch::events::JobEvents;
 use crate::launch::providers::local::LocalProvider;
+use crate::launch::providers::skypilot::SkypilotProvider;
 use crate::launch::providers::LaunchProvider;
 use crate::launch::runner::{JobRunner, RunnerSettings};
 use crate::launch::spec::Provider;
@@ -136,6 +137,14 @@ impl Running {
             Arc::new(LocalProvider {
                 skylaunch_bin,
                 agent_bin: agent_bin.clone(),
+            }),
+        );
+        providers.insert(
+            Provider::Skypilot,
+            Arc::new(SkypilotProvider {
+                sky_bin: config.sky_bin.clone(),
+                work_dir: config.data_dir.join("tasks"),
+                teardown_timeout: std::time::Duration::from_secs(600),
             }),
         );
         let runner = JobRunner::new(

@@ -4,6 +4,7 @@
 pub mod admin_token;
 pub mod api;
 pub mod app;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod echo_server;

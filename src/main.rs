@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use skylaunch::app::Running;
+use skylaunch::cli;
 use skylaunch::config::{LogFormat, ServeConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -23,6 +24,12 @@ struct Cli {
 enum Command {
     /// Run the control plane: admin API, node registry, health sweeper and web UI.
     Serve(Box<ServeConfig>),
+    /// Launch a node through a running control plane (`--follow` shows its stages live).
+    Launch(Box<cli::LaunchArgs>),
+    /// List launch jobs.
+    Jobs(cli::ClientArgs),
+    /// List nodes.
+    Nodes(cli::ClientArgs),
     /// Run the built-in echo model server (OpenAI-compatible; echoes prompts, not a real model).
     EchoServer {
         #[arg(long, default_value = "127.0.0.1:8000")]
@@ -34,21 +41,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
     match cli.command {
-        Command::EchoServer { listen, model } => {
-            init_logging(LogFormat::Human);
-            let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
-            match runtime.block_on(skylaunch::echo_server::serve(listen, &model)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("skylaunch echo-server: cannot listen on {listen}: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
         Command::Serve(config) => {
             init_logging(config.log_format);
-            let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
             match runtime.block_on(serve(*config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(message) => {
@@ -57,6 +53,32 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::EchoServer { listen, model } => {
+            init_logging(LogFormat::Human);
+            match runtime.block_on(skylaunch::echo_server::serve(listen, &model)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("skylaunch echo-server: cannot listen on {listen}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Launch(args) => client_outcome(runtime.block_on(cli::launch(*args))),
+        Command::Jobs(args) => client_outcome(runtime.block_on(cli::jobs(args))),
+        Command::Nodes(args) => client_outcome(runtime.block_on(cli::nodes(args))),
+    }
+}
+
+/// Client commands: `Ok(false)` is a clean "it failed" (the reason was printed), `Err` a problem
+/// talking to the control plane.
+fn client_outcome(result: Result<bool, String>) -> ExitCode {
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(message) => {
+            eprintln!("skylaunch: {message}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -42,7 +42,10 @@ fn fake_sky(python: &Path, transcript: &str, extra: &[(&str, &str)]) -> FakeSky 
     let state = tempfile::tempdir().unwrap();
     let skylaunch = PathBuf::from(env!("CARGO_BIN_EXE_skylaunch"));
     let agent = skylaunch.with_file_name("skylaunch-agent");
-    assert!(agent.is_file(), "build the agent first: cargo build --workspace --bins");
+    assert!(
+        agent.is_file(),
+        "build the agent first: cargo build --workspace --bins"
+    );
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake-sky/fake_sky.py");
     let mut env = format!(
         "export FAKE_SKY_STATE='{}' FAKE_SKY_TRANSCRIPT='{}' FAKE_SKY_SKYLAUNCH_BIN='{}' FAKE_SKY_AGENT_BIN='{}'\n",
@@ -55,7 +58,15 @@ fn fake_sky(python: &Path, transcript: &str, extra: &[(&str, &str)]) -> FakeSky 
         env.push_str(&format!("export {k}='{v}'\n"));
     }
     let bin = state.path().join("sky");
-    std::fs::write(&bin, format!("#!/bin/sh\n{env}exec '{}' '{}' \"$@\"\n", python.display(), script.display())).unwrap();
+    std::fs::write(
+        &bin,
+        format!(
+            "#!/bin/sh\n{env}exec '{}' '{}' \"$@\"\n",
+            python.display(),
+            script.display()
+        ),
+    )
+    .unwrap();
     std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     FakeSky { state, bin }
 }
@@ -74,7 +85,9 @@ fn l4_spot() -> Value {
 }
 
 async fn launch(app: &TestApp, body: &Value) -> String {
-    let r = app.post("/admin/launch-jobs", Some(ADMIN_TOKEN), body).await;
+    let r = app
+        .post("/admin/launch-jobs", Some(ADMIN_TOKEN), body)
+        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
     r.body["id"].as_str().unwrap().to_string()
 }
@@ -82,7 +95,10 @@ async fn launch(app: &TestApp, body: &Value) -> String {
 async fn wait_for_job(app: &TestApp, id: &str, done: impl Fn(&Value) -> bool) -> Value {
     let mut last = Value::Null;
     for _ in 0..400 {
-        last = app.get(&format!("/admin/launch-jobs/{id}"), Some(ADMIN_TOKEN)).await.body;
+        last = app
+            .get(&format!("/admin/launch-jobs/{id}"), Some(ADMIN_TOKEN))
+            .await
+            .body;
         if done(&last) {
             return last;
         }
@@ -92,7 +108,10 @@ async fn wait_for_job(app: &TestApp, id: &str, done: impl Fn(&Value) -> bool) ->
 }
 
 fn finished(job: &Value) -> bool {
-    matches!(job["status"].as_str(), Some("succeeded" | "failed" | "cancelled"))
+    matches!(
+        job["status"].as_str(),
+        Some("succeeded" | "failed" | "cancelled")
+    )
 }
 
 macro_rules! setup {
@@ -118,22 +137,44 @@ async fn successful_sky_launch_shows_stages_and_attempt_and_ends_ready() {
     assert_eq!(attempt["market"], "spot");
     assert_eq!(attempt["price_per_hour"], 0.35);
     assert_eq!(attempt["outcome"], "succeeded");
-    assert!(job["stages"].as_array().unwrap().iter().all(|s| s["state"] == "done"), "{job:#}");
+    assert!(
+        job["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["state"] == "done"),
+        "{job:#}"
+    );
 
     let cluster = job["cluster_name"].as_str().unwrap();
     let launch_call = &sky.calls()[0];
-    assert_eq!(&launch_call[..5], ["launch", "-y", "-c", cluster, "--detach-run"]);
+    assert_eq!(
+        &launch_call[..5],
+        ["launch", "-y", "-c", cluster, "--detach-run"]
+    );
     let task_file = PathBuf::from(&launch_call[5]);
-    assert!(!task_file.exists(), "the task file (it holds the node token) is deleted after launch");
+    assert!(
+        !task_file.exists(),
+        "the task file (it holds the node token) is deleted after launch"
+    );
 
     let node = app.node(job["node_id"].as_str().unwrap()).await;
     assert_eq!(node["status"], "ready");
     assert_eq!(node["region"], "us-east-1");
     assert_eq!(node["spot_instance"], true);
 
-    let r = app.delete(&format!("/admin/nodes/{}", node["id"].as_str().unwrap()), Some(ADMIN_TOKEN)).await;
+    let r = app
+        .delete(
+            &format!("/admin/nodes/{}", node["id"].as_str().unwrap()),
+            Some(ADMIN_TOKEN),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    assert!(sky.calls().iter().any(|c| c == &["down", "-y", cluster]), "deleting the node runs sky down: {:?}", sky.calls());
+    assert!(
+        sky.calls().iter().any(|c| c == &["down", "-y", cluster]),
+        "deleting the node runs sky down: {:?}",
+        sky.calls()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,8 +186,18 @@ async fn failover_to_a_second_zone_records_both_attempts() {
     let attempts = job["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{attempts:#?}");
     assert_eq!(attempts[0]["outcome"], "failed");
-    assert!(attempts[0]["reason"].as_str().unwrap().contains("InsufficientInstanceCapacity"), "{}", attempts[0]);
+    assert!(
+        attempts[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("InsufficientInstanceCapacity"),
+        "{}",
+        attempts[0]
+    );
     assert_eq!(attempts[1]["outcome"], "succeeded");
+    // Stop the stand-in VM (sky down) so nothing outlives the test.
+    let r = app.delete(&format!("/admin/nodes/{}", job["node_id"].as_str().unwrap()), Some(ADMIN_TOKEN)).await;
+    assert_eq!(r.status, StatusCode::OK);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,16 +209,37 @@ async fn failover_that_failed_on_credentials_everywhere_is_credentials_invalid_a
     let error = &job["error"];
     assert_eq!(error["code"], "credentials_invalid", "{error:#}");
     // `raw` quotes SkyPilot verbatim; our own words must not repeat its capacity advice.
-    let ours = format!("{} {} {}", error["title"], error["message"], error["suggestions"]).to_lowercase();
-    assert!(!ours.contains("relax"), "no 'relax your requirements' advice for a credentials problem: {error:#}");
-    assert!(error["suggestions"].as_array().unwrap().iter().any(|s| s.as_str().unwrap().contains("sky check")), "{error:#}");
+    let ours = format!(
+        "{} {} {}",
+        error["title"], error["message"], error["suggestions"]
+    )
+    .to_lowercase();
+    assert!(
+        !ours.contains("relax"),
+        "no 'relax your requirements' advice for a credentials problem: {error:#}"
+    );
+    assert!(
+        error["suggestions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s.as_str().unwrap().contains("sky check")),
+        "{error:#}"
+    );
     assert!(!error["raw"].as_str().unwrap().is_empty());
     let attempts = job["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 4);
     assert!(attempts.iter().all(|a| a["outcome"] == "failed"));
     let cluster = job["cluster_name"].as_str().unwrap();
-    assert!(sky.calls().iter().any(|c| c == &["down", "-y", cluster]), "a failed launch is torn down: {:?}", sky.calls());
-    assert_eq!(app.node(job["node_id"].as_str().unwrap()).await["status"], "terminated");
+    assert!(
+        sky.calls().iter().any(|c| c == &["down", "-y", cluster]),
+        "a failed launch is torn down: {:?}",
+        sky.calls()
+    );
+    assert_eq!(
+        app.node(job["node_id"].as_str().unwrap()).await["status"],
+        "terminated"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,19 +253,34 @@ async fn invalid_accelerator_from_skypilot_is_explained() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_kills_a_hung_sky_launch_and_runs_sky_down() {
-    let (sky, app) = setup!("21-sim-sky-launch-y-retry-until-up-killed-after-75s.txt", "FAKE_SKY_HANG" => "1");
+    let (sky, app) =
+        setup!("21-sim-sky-launch-y-retry-until-up-killed-after-75s.txt", "FAKE_SKY_HANG" => "1");
     let id = launch(&app, &l4_spot()).await;
     wait_for_job(&app, &id, |j| j["stage"] == "provision").await;
     // Give the fake time to print and hang, like a launch retrying for capacity.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = app.post(&format!("/admin/launch-jobs/{id}/cancel"), Some(ADMIN_TOKEN), &json!({})).await;
+    let r = app
+        .post(
+            &format!("/admin/launch-jobs/{id}/cancel"),
+            Some(ADMIN_TOKEN),
+            &json!({}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     let job = wait_for_job(&app, &id, finished).await;
     assert_eq!(job["status"], "cancelled");
     let cluster = job["cluster_name"].as_str().unwrap();
-    assert!(sky.calls().iter().any(|c| c == &["down", "-y", cluster]), "{:?}", sky.calls());
+    assert!(
+        sky.calls().iter().any(|c| c == &["down", "-y", cluster]),
+        "{:?}",
+        sky.calls()
+    );
     // The hung `sky launch` client was killed with its process group.
-    let launch_pid_alive = std::process::Command::new("pgrep").args(["-f", &format!("-c {cluster}")]).status().unwrap().success();
+    let launch_pid_alive = std::process::Command::new("pgrep")
+        .args(["-f", &format!("-c {cluster}")])
+        .status()
+        .unwrap()
+        .success();
     assert!(!launch_pid_alive, "the sky launch client is gone");
 }
 
@@ -203,7 +290,9 @@ async fn cancel_kills_a_hung_sky_launch_and_runs_sky_down() {
 /// so the real outcome is that it cannot reach them; the job must say that plainly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_sky_offline_fails_with_a_plain_explanation() {
-    let Some(python) = common::sky_python() else { return };
+    let Some(python) = common::sky_python() else {
+        return;
+    };
     let sky = python.with_file_name("sky");
     let home = tempfile::tempdir().unwrap();
     let wrapper = home.path().join("sky-offline");
@@ -217,8 +306,14 @@ async fn real_sky_offline_fails_with_a_plain_explanation() {
         ),
     )
     .unwrap();
-    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let Some(db) = common::TestDb::new(Backend::Sqlite).await else { return };
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let Some(db) = common::TestDb::new(Backend::Sqlite).await else {
+        return;
+    };
     let mut config = common::test_config(&db);
     config.sky_bin = wrapper.display().to_string();
     let app = TestApp::start(db, config).await;
@@ -227,8 +322,26 @@ async fn real_sky_offline_fails_with_a_plain_explanation() {
     assert_eq!(job["status"], "failed", "{job:#}");
     let error = &job["error"];
     assert_eq!(error["code"], "provider_unavailable", "{error:#}");
-    assert!(error["raw"].as_str().unwrap().contains("sky.exceptions.CloudError"), "{error:#}");
-    assert!(!error["suggestions"].as_array().unwrap().is_empty(), "{error:#}");
-    let logs = app.get(&format!("/admin/launch-jobs/{id}/logs?format=json"), Some(ADMIN_TOKEN)).await.body;
-    assert!(logs.to_string().contains("YAML to run:"), "the real CLI accepted our options and task file: {logs}");
+    assert!(
+        error["raw"]
+            .as_str()
+            .unwrap()
+            .contains("sky.exceptions.CloudError"),
+        "{error:#}"
+    );
+    assert!(
+        !error["suggestions"].as_array().unwrap().is_empty(),
+        "{error:#}"
+    );
+    let logs = app
+        .get(
+            &format!("/admin/launch-jobs/{id}/logs?format=json"),
+            Some(ADMIN_TOKEN),
+        )
+        .await
+        .body;
+    assert!(
+        logs.to_string().contains("YAML to run:"),
+        "the real CLI accepted our options and task file: {logs}"
+    );
 }

@@ -190,8 +190,11 @@ async fn spawn_group(
         tokio::spawn(async move {
             let mut lines = BufReader::new(reader).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                log.line(stream, &crate::launch::providers::skypilot::parse::strip_ansi(&line))
-                    .await;
+                log.line(
+                    stream,
+                    &crate::launch::providers::skypilot::parse::strip_ansi(&line),
+                )
+                .await;
             }
         });
     }
