@@ -30,8 +30,8 @@ pub struct LaunchArgs {
     /// Hugging Face model id, e.g. meta-llama/Llama-3.1-8B-Instruct.
     #[arg(long)]
     pub model: String,
-    /// skypilot, aws, azure or local.
-    #[arg(long, default_value = "skypilot")]
+    /// skypilot, aws, azure or local (this machine, with the echo model server: no cloud needed).
+    #[arg(long, default_value = "local")]
     pub provider: String,
     /// GPU type, e.g. L4, A10G, A100-80GB, H100.
     #[arg(long)]
