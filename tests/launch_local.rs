@@ -52,37 +52,6 @@ fn local_launch() -> Value {
     json!({"model": "echo/test-model", "provider": "local"})
 }
 
-async fn launch(app: &TestApp, body: &Value) -> Value {
-    let r = app
-        .post("/admin/launch-jobs", Some(ADMIN_TOKEN), body)
-        .await;
-    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
-    assert_eq!(r.body["status"], "queued");
-    r.body
-}
-
-async fn wait_for_job(app: &TestApp, id: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..300 {
-        last = app
-            .get(&format!("/admin/launch-jobs/{id}"), Some(ADMIN_TOKEN))
-            .await
-            .body;
-        if done(&last) {
-            return last;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("job {id} never got there; last: {last:#}");
-}
-
-fn finished(job: &Value) -> bool {
-    matches!(
-        job["status"].as_str(),
-        Some("succeeded" | "failed" | "cancelled")
-    )
-}
-
 async fn reachable(url: &str) -> bool {
     reqwest::Client::new()
         .get(format!("{url}/health"))
@@ -94,10 +63,10 @@ async fn reachable(url: &str) -> bool {
 
 async fn local_launch_reaches_ready_and_serves(backend: Backend) {
     let app = app!(backend);
-    let job = launch(&app, &local_launch()).await;
+    let job = app.launch(&local_launch()).await;
     let id = job["id"].as_str().unwrap();
     let node_id = job["node_id"].as_str().unwrap();
-    let job = wait_for_job(&app, id, finished).await;
+    let job = app.wait_for_job(id, common::job_finished).await;
     assert_eq!(job["status"], "succeeded", "{job:#}");
     let stages: Vec<(&str, &str)> = job["stages"]
         .as_array()
@@ -212,7 +181,7 @@ async fn same_idempotency_key_returns_the_first_job(backend: Backend) {
         &json!({}),
     )
     .await;
-    wait_for_job(&app, id, finished).await;
+    app.wait_for_job(id, common::job_finished).await;
 }
 
 async fn invalid_launch_is_422_with_suggestions_and_queues_nothing(backend: Backend) {
@@ -256,9 +225,9 @@ async fn invalid_launch_is_422_with_suggestions_and_queues_nothing(backend: Back
 async fn cancel_tears_down_a_running_launch(backend: Backend) {
     let app = app!(backend, |c| c.public_url =
         Some("http://127.0.0.1:9".into()));
-    let job = launch(&app, &local_launch()).await;
+    let job = app.launch(&local_launch()).await;
     let id = job["id"].as_str().unwrap();
-    let running = wait_for_job(&app, id, |j| j["stage"] == "register").await;
+    let running = app.wait_for_job(id, |j| j["stage"] == "register").await;
     assert_eq!(running["status"], "running");
     let r = app
         .post(
@@ -268,7 +237,7 @@ async fn cancel_tears_down_a_running_launch(backend: Backend) {
         )
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
-    let job = wait_for_job(&app, id, finished).await;
+    let job = app.wait_for_job(id, common::job_finished).await;
     assert_eq!(job["status"], "cancelled");
     assert_eq!(job["error"]["code"], "cancelled");
     assert_eq!(
@@ -311,8 +280,10 @@ async fn agent_that_never_registers_fails_with_registration_timeout(backend: Bac
         c.public_url = Some("http://127.0.0.1:9".into());
         c.registration_timeout = Duration::from_secs(1);
     });
-    let job = launch(&app, &local_launch()).await;
-    let job = wait_for_job(&app, job["id"].as_str().unwrap(), finished).await;
+    let job = app.launch(&local_launch()).await;
+    let job = app
+        .wait_for_job(job["id"].as_str().unwrap(), common::job_finished)
+        .await;
     assert_eq!(job["status"], "failed");
     assert_eq!(job["error"]["code"], "registration_timeout");
     assert!(!job["error"]["suggestions"].as_array().unwrap().is_empty());
@@ -332,7 +303,7 @@ async fn agent_that_never_registers_fails_with_registration_timeout(backend: Bac
 
 async fn events_stream_stages_and_ends_with_the_final_job(backend: Backend) {
     let app = app!(backend);
-    let job = launch(&app, &local_launch()).await;
+    let job = app.launch(&local_launch()).await;
     let id = job["id"].as_str().unwrap();
     let mut res = app
         .client
@@ -368,11 +339,11 @@ async fn events_stream_stages_and_ends_with_the_final_job(backend: Backend) {
 async fn launch_interrupted_by_a_crash_is_failed_and_torn_down_on_restart(backend: Backend) {
     let app = app!(backend, |c| c.public_url =
         Some("http://127.0.0.1:9".into()));
-    let job = launch(&app, &local_launch()).await;
+    let job = app.launch(&local_launch()).await;
     let id = job["id"].as_str().unwrap().to_string();
-    wait_for_job(&app, &id, |j| j["stage"] == "register").await;
+    app.wait_for_job(&id, |j| j["stage"] == "register").await;
     let app = app.crash_and_restart().await;
-    let job = wait_for_job(&app, &id, finished).await;
+    let job = app.wait_for_job(&id, common::job_finished).await;
     assert_eq!(job["status"], "failed");
     assert_eq!(job["error"]["code"], "internal");
     assert!(

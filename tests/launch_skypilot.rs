@@ -84,36 +84,6 @@ fn l4_spot() -> Value {
         "use_spot": true, "spot_fallback": "on_demand", "regions": ["us-east-1", "us-west-2"]})
 }
 
-async fn launch(app: &TestApp, body: &Value) -> String {
-    let r = app
-        .post("/admin/launch-jobs", Some(ADMIN_TOKEN), body)
-        .await;
-    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
-    r.body["id"].as_str().unwrap().to_string()
-}
-
-async fn wait_for_job(app: &TestApp, id: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..400 {
-        last = app
-            .get(&format!("/admin/launch-jobs/{id}"), Some(ADMIN_TOKEN))
-            .await
-            .body;
-        if done(&last) {
-            return last;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("job {id} never got there; last: {last:#}");
-}
-
-fn finished(job: &Value) -> bool {
-    matches!(
-        job["status"].as_str(),
-        Some("succeeded" | "failed" | "cancelled")
-    )
-}
-
 macro_rules! setup {
     ($transcript:expr $(, $k:expr => $v:expr)*) => {{
         let Some(python) = common::sky_python() else { return };
@@ -126,8 +96,11 @@ macro_rules! setup {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn successful_sky_launch_shows_stages_and_attempt_and_ends_ready() {
     let (sky, app) = setup!("success-aws-l4-spot.txt");
-    let id = launch(&app, &l4_spot()).await;
-    let job = wait_for_job(&app, &id, finished).await;
+    let id = app.launch(&l4_spot()).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job = app.wait_for_job(&id, common::job_finished).await;
     assert_eq!(job["status"], "succeeded", "{job:#}");
     let attempt = &job["attempts"][0];
     assert_eq!(attempt["cloud"], "AWS");
@@ -180,8 +153,11 @@ async fn successful_sky_launch_shows_stages_and_attempt_and_ends_ready() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_to_a_second_zone_records_both_attempts() {
     let (_sky, app) = setup!("failover-aws-l4-second-zone.txt");
-    let id = launch(&app, &l4_spot()).await;
-    let job = wait_for_job(&app, &id, finished).await;
+    let id = app.launch(&l4_spot()).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job = app.wait_for_job(&id, common::job_finished).await;
     assert_eq!(job["status"], "succeeded", "{job:#}");
     let attempts = job["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{attempts:#?}");
@@ -196,15 +172,23 @@ async fn failover_to_a_second_zone_records_both_attempts() {
     );
     assert_eq!(attempts[1]["outcome"], "succeeded");
     // Stop the stand-in VM (sky down) so nothing outlives the test.
-    let r = app.delete(&format!("/admin/nodes/{}", job["node_id"].as_str().unwrap()), Some(ADMIN_TOKEN)).await;
+    let r = app
+        .delete(
+            &format!("/admin/nodes/{}", job["node_id"].as_str().unwrap()),
+            Some(ADMIN_TOKEN),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_that_failed_on_credentials_everywhere_is_credentials_invalid_and_torn_down() {
     let (sky, app) = setup!("14-sim-sky-launch-y-L4-spot.txt");
-    let id = launch(&app, &l4_spot()).await;
-    let job = wait_for_job(&app, &id, finished).await;
+    let id = app.launch(&l4_spot()).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job = app.wait_for_job(&id, common::job_finished).await;
     assert_eq!(job["status"], "failed");
     let error = &job["error"];
     assert_eq!(error["code"], "credentials_invalid", "{error:#}");
@@ -245,8 +229,11 @@ async fn failover_that_failed_on_credentials_everywhere_is_credentials_invalid_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_accelerator_from_skypilot_is_explained() {
     let (_sky, app) = setup!("15-sim-sky-launch-y-invalid-accelerator.txt");
-    let id = launch(&app, &l4_spot()).await;
-    let job = wait_for_job(&app, &id, finished).await;
+    let id = app.launch(&l4_spot()).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job = app.wait_for_job(&id, common::job_finished).await;
     assert_eq!(job["error"]["code"], "invalid_accelerator", "{job:#}");
     assert!(!job["error"]["suggestions"].as_array().unwrap().is_empty());
 }
@@ -255,8 +242,11 @@ async fn invalid_accelerator_from_skypilot_is_explained() {
 async fn cancel_kills_a_hung_sky_launch_and_runs_sky_down() {
     let (sky, app) =
         setup!("21-sim-sky-launch-y-retry-until-up-killed-after-75s.txt", "FAKE_SKY_HANG" => "1");
-    let id = launch(&app, &l4_spot()).await;
-    wait_for_job(&app, &id, |j| j["stage"] == "provision").await;
+    let id = app.launch(&l4_spot()).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.wait_for_job(&id, |j| j["stage"] == "provision").await;
     // Give the fake time to print and hang, like a launch retrying for capacity.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let r = app
@@ -267,7 +257,7 @@ async fn cancel_kills_a_hung_sky_launch_and_runs_sky_down() {
         )
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
-    let job = wait_for_job(&app, &id, finished).await;
+    let job = app.wait_for_job(&id, common::job_finished).await;
     assert_eq!(job["status"], "cancelled");
     let cluster = job["cluster_name"].as_str().unwrap();
     assert!(
@@ -317,8 +307,11 @@ async fn real_sky_offline_fails_with_a_plain_explanation() {
     let mut config = common::test_config(&db);
     config.sky_bin = wrapper.display().to_string();
     let app = TestApp::start(db, config).await;
-    let id = launch(&app, &l4_spot()).await;
-    let job = wait_for_job(&app, &id, finished).await;
+    let id = app.launch(&l4_spot()).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job = app.wait_for_job(&id, common::job_finished).await;
     assert_eq!(job["status"], "failed", "{job:#}");
     let error = &job["error"];
     assert_eq!(error["code"], "provider_unavailable", "{error:#}");

@@ -338,3 +338,39 @@ pub fn sky_python() -> Option<std::path::PathBuf> {
     eprintln!("\n!!! SKIPPED: SkyPilot test: {why}\n");
     None
 }
+
+/// Whether a launch job has ended.
+pub fn job_finished(job: &Value) -> bool {
+    matches!(
+        job["status"].as_str(),
+        Some("succeeded" | "failed" | "cancelled")
+    )
+}
+
+impl TestApp {
+    /// Queues a launch job; returns the job as answered (202).
+    pub async fn launch(&self, body: &Value) -> Value {
+        let r = self
+            .post("/admin/launch-jobs", Some(ADMIN_TOKEN), body)
+            .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+        assert_eq!(r.body["status"], "queued");
+        r.body
+    }
+
+    /// Polls (bounded) until `done` holds for the job; returns it.
+    pub async fn wait_for_job(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..400 {
+            last = self
+                .get(&format!("/admin/launch-jobs/{id}"), Some(ADMIN_TOKEN))
+                .await
+                .body;
+            if done(&last) {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("job {id} never got there; last: {last:#}");
+    }
+}
