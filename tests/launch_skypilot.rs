@@ -274,17 +274,26 @@ async fn cancel_kills_a_hung_sky_launch_and_runs_sky_down() {
     assert!(!launch_pid_alive, "the sky launch client is gone");
 }
 
-/// The real `sky` from PyPI, offline. It runs in its own network namespace with only loopback
-/// (so nothing it tries can leave this machine), a private HOME, and usage collection off.
-/// Offline, SkyPilot 0.14.1 needs its cloud catalogs before it reaches its cloud-access check,
-/// so the real outcome is that it cannot reach them; the job must say that plainly.
+/// The real `sky` from PyPI, offline, with no cloud set up. It runs in its own network
+/// namespace with only loopback (so nothing it tries can leave this machine), a private HOME
+/// holding a small pinned catalog (tests/fixtures/sky-catalog, used because SkyPilot fetches its
+/// catalogs before it checks cloud access), and usage collection off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn real_sky_offline_fails_with_a_plain_explanation() {
+async fn real_sky_without_cloud_access_fails_with_no_cloud_access() {
     let Some(python) = common::sky_python() else {
         return;
     };
     let sky = python.with_file_name("sky");
     let home = tempfile::tempdir().unwrap();
+    let catalog = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sky-catalog");
+    for dir in ["common", "aws"] {
+        let to = home.path().join(".sky/catalogs/v8").join(dir);
+        std::fs::create_dir_all(&to).unwrap();
+        for file in std::fs::read_dir(catalog.join(dir)).unwrap() {
+            let file = file.unwrap().path();
+            std::fs::copy(&file, to.join(file.file_name().unwrap())).unwrap();
+        }
+    }
     let wrapper = home.path().join("sky-offline");
     std::fs::write(
         &wrapper,
@@ -314,17 +323,19 @@ async fn real_sky_offline_fails_with_a_plain_explanation() {
     let job = app.wait_for_job(&id, common::job_finished).await;
     assert_eq!(job["status"], "failed", "{job:#}");
     let error = &job["error"];
-    assert_eq!(error["code"], "provider_unavailable", "{error:#}");
+    assert_eq!(error["code"], "no_cloud_access", "{error:#}");
     assert!(
         error["raw"]
             .as_str()
             .unwrap()
-            .contains("sky.exceptions.CloudError"),
+            .contains("NoCloudAccessError"),
         "{error:#}"
     );
+    let suggestions = error["suggestions"].to_string();
+    assert!(suggestions.contains("sky check"), "{error:#}");
     assert!(
-        !error["suggestions"].as_array().unwrap().is_empty(),
-        "{error:#}"
+        suggestions.contains("local"),
+        "suggests trying the local provider: {error:#}"
     );
     let logs = app
         .get(
@@ -334,7 +345,11 @@ async fn real_sky_offline_fails_with_a_plain_explanation() {
         .await
         .body;
     assert!(
-        logs.to_string().contains("YAML to run:"),
-        "the real CLI accepted our options and task file: {logs}"
+        logs.to_string().contains("Running on cluster"),
+        "the real CLI accepted our options and task: {logs}"
+    );
+    assert_eq!(
+        app.node(job["node_id"].as_str().unwrap()).await["status"],
+        "terminated"
     );
 }
