@@ -6,6 +6,7 @@ pub mod error;
 pub mod events;
 pub mod job;
 pub mod providers;
+pub mod run;
 pub mod runner;
 pub mod spec;
 pub mod stage;

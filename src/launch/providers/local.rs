@@ -15,7 +15,7 @@ use tokio::process::Command;
 use super::{BoxFuture, LaunchProvider};
 use crate::launch::error::{ErrorCode, LaunchError};
 use crate::launch::job::Job;
-use crate::launch::runner::{JobLog, JobRun};
+use crate::launch::run::{JobLog, JobRun};
 use crate::launch::stage::{Attempt, Market, Stage};
 
 pub struct LocalProvider {

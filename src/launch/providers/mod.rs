@@ -1,5 +1,5 @@
 //! Launch providers behind one interface: each creates what a node needs (a VM, or processes on
-//! this machine), reports progress through the [`JobRun`](crate::launch::runner::JobRun), and
+//! this machine), reports progress through the [`JobRun`](crate::launch::run::JobRun), and
 //! can tear everything down again from the job's stored state, also after a crash.
 
 pub mod local;
@@ -10,7 +10,7 @@ use std::pin::Pin;
 
 use super::error::LaunchError;
 use super::job::Job;
-use super::runner::JobRun;
+use super::run::JobRun;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

@@ -24,7 +24,7 @@ use super::parse::{SkyEvent, SkyOutputParser, Stream};
 use crate::launch::error::{ErrorCode, LaunchError};
 use crate::launch::job::Job;
 use crate::launch::providers::{BoxFuture, LaunchProvider};
-use crate::launch::runner::JobRun;
+use crate::launch::run::JobRun;
 use crate::launch::stage::Stage;
 
 pub struct SkypilotProvider {
