@@ -477,6 +477,10 @@ async fn healthz_metrics_and_ui_need_no_auth(backend: Backend) {
         metrics.contains("skylaunch_http_request_duration_seconds_bucket"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("skylaunch_launch_jobs{status=\"succeeded\"} 0"),
+        "{metrics}"
+    );
     let ui = app.client.get(app.url("/")).send().await.unwrap();
     assert_eq!(ui.status(), StatusCode::OK);
     assert!(ui.text().await.unwrap().contains("skylaunch"));
