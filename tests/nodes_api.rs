@@ -253,7 +253,7 @@ async fn registering_again_is_idempotent(backend: Backend) {
     assert_eq!(first.status, StatusCode::OK);
     assert_eq!(first.body["status"], "registered");
     assert_eq!(first.body["node_id"], id);
-    assert_eq!(first.body["heartbeat_interval_s"], 0.2);
+    assert_eq!(first.body["heartbeat_interval_s"], 1.0);
     let events = event_count(&app, &id).await;
     let second = app.register(&id, &token).await;
     assert_eq!(second.status, StatusCode::OK);
@@ -487,9 +487,12 @@ async fn healthz_metrics_and_ui_need_no_auth(backend: Backend) {
 }
 
 async fn sweeper_marks_silent_nodes_unhealthy_then_offline(backend: Backend) {
-    let app = app!(backend);
+    let mut app = app!(backend);
+    app.config.heartbeat_interval = std::time::Duration::from_millis(200);
+    app.config.offline_after = std::time::Duration::from_millis(1500);
+    let app = app.restart().await;
     let (id, token) = app.ready_node("n").await;
-    // The test config: 200 ms interval, 3 missed → unhealthy, 1.5 s → offline.
+    // As set above: 200 ms interval, 3 missed → unhealthy, 1.5 s → offline.
     let node = app.wait_for_status(&id, "unhealthy").await;
     assert_eq!(node["status_reason"], "missed 3 heartbeats");
     let node = app.wait_for_status(&id, "offline").await;

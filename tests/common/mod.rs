@@ -126,16 +126,18 @@ impl Drop for TestDb {
     }
 }
 
-/// Settings for tests: fast health timings so the sweeper acts within a second or two.
+/// Settings for tests: health timings of seconds, so silence-driven changes happen within a test.
 pub fn test_config(db: &TestDb) -> ServeConfig {
     let mut config = ServeConfig::defaults();
     config.listen = "127.0.0.1:0".parse().expect("addr");
     config.data_dir = db.data_dir.path().to_path_buf();
     config.database_url = Some(db.url.clone());
     config.admin_token = Some(Secret(ADMIN_TOKEN.to_string()));
-    config.heartbeat_interval = Duration::from_millis(200);
+    // Wide enough that a test pausing under CI load does not see its node swept; the sweeper's
+    // own test narrows them.
+    config.heartbeat_interval = Duration::from_secs(1);
     config.missed_heartbeats = 3;
-    config.offline_after = Duration::from_millis(1500);
+    config.offline_after = Duration::from_secs(5);
     config.sweep_interval = Duration::from_millis(50);
     config.telemetry_flush_interval = Duration::from_millis(200);
     config.shutdown_timeout = Duration::from_secs(5);
@@ -284,7 +286,7 @@ impl TestApp {
     /// Polls (bounded) until the node has `status`; returns the node.
     pub async fn wait_for_status(&self, id: &str, status: &str) -> Value {
         let mut last = Value::Null;
-        for _ in 0..200 {
+        for _ in 0..400 {
             last = self.node(id).await;
             if last["status"] == status {
                 return last;
