@@ -265,12 +265,17 @@ async fn cancel_kills_a_hung_sky_launch_and_runs_sky_down() {
         "{:?}",
         sky.calls()
     );
-    // The hung `sky launch` client was killed with its process group.
-    let launch_pid_alive = std::process::Command::new("pgrep")
-        .args(["-f", &format!("-c {cluster}")])
+    // The hung `sky launch` client was killed with its process group. pgrep exits 0 when a
+    // process matches, 1 when none does (anything else is a usage error, not an answer).
+    let pgrep = std::process::Command::new("pgrep")
+        .args(["-f", "--", &format!("-c {cluster}")])
         .status()
-        .unwrap()
-        .success();
+        .unwrap();
+    assert!(
+        matches!(pgrep.code(), Some(0 | 1)),
+        "pgrep failed: {pgrep:?}"
+    );
+    let launch_pid_alive = pgrep.success();
     assert!(!launch_pid_alive, "the sky launch client is gone");
 }
 
