@@ -2,6 +2,8 @@
 //! this machine), reports progress through the [`JobRun`](crate::launch::run::JobRun), and
 //! can tear everything down again from the job's stored state, also after a crash.
 
+pub mod aws;
+pub mod azure;
 pub mod local;
 pub mod skypilot;
 
