@@ -16,6 +16,7 @@ use crate::config::ServeConfig;
 use crate::fleet::sweeper::FleetTasks;
 use crate::fleet::{Fleet, FleetError};
 use crate::launch::events::JobEvents;
+use crate::launch::providers::aws::{AwsProvider, AwsSettings};
 use crate::launch::providers::local::LocalProvider;
 use crate::launch::providers::skypilot::SkypilotProvider;
 use crate::launch::providers::LaunchProvider;
@@ -145,6 +146,16 @@ impl Running {
                 sky_bin: config.sky_bin.clone(),
                 work_dir: config.data_dir.join("tasks"),
                 teardown_timeout: std::time::Duration::from_secs(600),
+            }),
+        );
+        providers.insert(
+            Provider::Aws,
+            Arc::new(AwsProvider {
+                settings: AwsSettings {
+                    endpoint_url: config.aws_endpoint_url.clone(),
+                    ami: config.aws_ami.clone(),
+                    running_timeout: std::time::Duration::from_secs(600),
+                },
             }),
         );
         let runner = JobRunner::new(

@@ -92,6 +92,14 @@ pub struct ServeConfig {
     #[arg(long, env = "SKYLAUNCH_BIN")]
     pub skylaunch_bin: Option<PathBuf>,
 
+    /// EC2 endpoint for `provider: "aws"` (default: AWS itself; tests use a local moto server).
+    #[arg(long, env = "SKYLAUNCH_AWS_ENDPOINT_URL")]
+    pub aws_endpoint_url: Option<String>,
+
+    /// AMI for `provider: "aws"` in every region (default: the newest AWS Deep Learning base GPU AMI).
+    #[arg(long, env = "SKYLAUNCH_AWS_AMI")]
+    pub aws_ami: Option<String>,
+
     /// How long shutdown waits for in-flight requests before closing them.
     #[arg(long, env = "SKYLAUNCH_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,

@@ -106,7 +106,8 @@ impl LaunchRequest {
         let provider = match self.provider.trim().to_ascii_lowercase().as_str() {
             "skypilot" => Provider::Skypilot,
             "local" => Provider::Local,
-            "aws" | "azure" => {
+            "aws" => Provider::Aws,
+            "azure" => {
                 return Err(SpecError {
                     suggestions: vec![
                     "use provider \"skypilot\" (which launches on AWS and Azure too) or \"local\""
@@ -154,7 +155,52 @@ impl LaunchRequest {
         } else if gpu_count != 1 {
             return Err(invalid("gpu_count", "gpu_count needs a gpu"));
         }
-        let cloud = self.check_cloud(provider, gpu)?;
+        let cloud = match (provider, self.cloud.as_deref()) {
+            (Provider::Aws, None | Some("aws")) => Some("aws".to_string()),
+            (Provider::Aws, Some(other)) => {
+                return Err(invalid(
+                    "cloud",
+                    format!("provider \"aws\" launches on aws, not {other:?}"),
+                ))
+            }
+            _ => self.check_cloud(provider, gpu)?,
+        };
+        if provider == Provider::Aws {
+            let gpu = gpu.expect("a GPU is required for cloud providers");
+            if let Err(offered) =
+                crate::launch::providers::aws::catalog::instance_type(gpu.name, gpu_count)
+            {
+                return Err(SpecError {
+                    code: ErrorCode::InvalidAccelerator,
+                    field: if offered.is_empty() {
+                        "gpu"
+                    } else {
+                        "gpu_count"
+                    },
+                    message: if offered.is_empty() {
+                        format!("{} is not sold on AWS", gpu.name)
+                    } else {
+                        format!(
+                            "AWS has no instance with {gpu_count} × {}; it offers {offered:?}",
+                            gpu.name
+                        )
+                    },
+                    suggestions: if offered.is_empty() {
+                        crate::launch::providers::aws::catalog::INSTANCE_TYPES
+                            .iter()
+                            .map(|(g, _, _)| g.to_string())
+                            .fold(Vec::new(), |mut v, g| {
+                                if !v.contains(&g) {
+                                    v.push(g);
+                                }
+                                v
+                            })
+                    } else {
+                        offered.iter().map(|c| format!("gpu_count: {c}")).collect()
+                    },
+                });
+            }
+        }
         let regions = self.check_regions(provider, cloud.as_deref())?;
         let fallback_to_on_demand = match self.spot_fallback.as_deref() {
             None | Some("none") => false,
@@ -477,7 +523,16 @@ mod tests {
     fn other_checks() {
         let cases = [
             (serde_json::json!({"provider": "skypilott"}), "provider"),
-            (serde_json::json!({"provider": "aws"}), "provider"),
+            (serde_json::json!({"provider": "azure"}), "provider"),
+            (serde_json::json!({"provider": "aws", "gpu": "A10"}), "gpu"),
+            (
+                serde_json::json!({"provider": "aws", "gpu": "H100"}),
+                "gpu_count",
+            ),
+            (
+                serde_json::json!({"provider": "aws", "regions": ["eastus"]}),
+                "regions",
+            ),
             (
                 serde_json::json!({"spot_fallback": "maybe"}),
                 "spot_fallback",

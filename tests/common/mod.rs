@@ -376,3 +376,57 @@ impl TestApp {
         panic!("job {id} never got there; last: {last:#}");
     }
 }
+
+/// moto's EC2 server from the test venv, on a free loopback port; stopped when dropped. `None`
+/// outside CI when the venv lacks moto (after a loud message); under CI=true that fails.
+pub struct Moto {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn moto() -> Option<Moto> {
+    let server = std::env::var_os("SKYLAUNCH_TEST_PYTHON")
+        .map(std::path::PathBuf::from)
+        .map(|p| p.with_file_name("moto_server"))
+        .filter(|p| p.is_file());
+    let Some(server) = server else {
+        let why = "the test venv has no moto_server (scripts/test installs moto[server])";
+        if in_ci() {
+            panic!("moto is required under CI=true: {why}");
+        }
+        eprintln!("\n!!! SKIPPED: AWS test: {why}\n");
+        return None;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new(server)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("moto_server starts");
+    let moto = Moto {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    for _ in 0..100 {
+        if reqwest::get(format!("{}/moto-api/", moto.url))
+            .await
+            .is_ok()
+        {
+            return Some(moto);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("moto_server did not start on {}", moto.url);
+}

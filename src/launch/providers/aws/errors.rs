@@ -88,6 +88,27 @@ fn family_quota(instance_type: &str) -> &'static str {
     }
 }
 
+/// An SDK error in one line: its code and message when EC2 answered, else the cause chain.
+pub fn describe<E: std::error::Error + 'static>(e: &aws_sdk_ec2::error::SdkError<E>) -> String
+where
+    aws_sdk_ec2::error::SdkError<E>: aws_sdk_ec2::error::ProvideErrorMetadata,
+{
+    use aws_sdk_ec2::error::ProvideErrorMetadata;
+    match (e.code(), e.message()) {
+        (Some(code), message) => format!("{code}: {}", message.unwrap_or("")),
+        _ => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,9 @@
-//! Native AWS launches (issue 4), in progress: the instance-type catalogue and the EC2 error
-//! mapping exist and are tested; the provider that calls aws-sdk-ec2 is not built yet, so
-//! `provider: "aws"` is still refused at validation.
+//! `provider: "aws"`: native EC2 launches with aws-sdk-ec2 (instance-type catalogue, error
+//! mapping, user-data bootstrap, the provider).
 
 pub mod catalog;
 pub mod errors;
+pub mod provider;
+pub mod userdata;
+
+pub use provider::{AwsProvider, AwsSettings};

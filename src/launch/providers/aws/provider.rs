@@ -1,0 +1,513 @@
+//! `provider: "aws"`: launches the node's VM with aws-sdk-ec2 directly (no SkyPilot).
+//!
+//! Placements are tried in order: with spot, every requested region's zones (those that offer
+//! the instance type) as spot, then, when `spot_fallback` allows, the same as on-demand. Each
+//! try is an attempt. `RunInstances` carries a `ClientToken` derived from the job and attempt,
+//! so a retried call can never start a second VM. The VM is tagged `skylaunch:managed=true`,
+//! `skylaunch:job-id` and `skylaunch:node-id`; its user data exports the launch's values and
+//! runs the template. The node token travels only in the user data, never in tags or logs.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::operation::RequestId;
+use aws_sdk_ec2::types::{
+    Filter, InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceStateName,
+    InstanceType, LocationType, MarketType, Placement, ResourceType, SpotInstanceType,
+    SpotMarketOptions, Tag, TagSpecification,
+};
+use aws_sdk_ec2::Client;
+use serde_json::json;
+
+use super::catalog;
+use super::errors::{classify, Ec2Failure};
+use super::userdata;
+use crate::launch::error::{ErrorCode, LaunchError};
+use crate::launch::job::Job;
+use crate::launch::providers::{BoxFuture, LaunchProvider};
+use crate::launch::run::JobRun;
+use crate::launch::stage::{Attempt, Market, Stage};
+use crate::launch::task;
+
+#[derive(Debug, Clone, Default)]
+pub struct AwsSettings {
+    /// Talk to this EC2 endpoint instead of AWS (tests point it at moto on 127.0.0.1).
+    pub endpoint_url: Option<String>,
+    /// Use this AMI in every region instead of looking one up.
+    pub ami: Option<String>,
+    /// How long a VM may take to reach `running`.
+    pub running_timeout: Duration,
+}
+
+pub struct AwsProvider {
+    pub settings: AwsSettings,
+}
+
+/// The GPU image looked up when no AMI is configured: AWS's Deep Learning base image.
+const AMI_OWNER: &str = "amazon";
+const AMI_NAME: &str = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04)*";
+const DEFAULT_REGION: &str = "us-east-1";
+
+impl LaunchProvider for AwsProvider {
+    fn launch<'a>(&'a self, run: &'a JobRun) -> BoxFuture<'a, Result<(), LaunchError>> {
+        Box::pin(self.launch_ec2(run))
+    }
+
+    fn teardown<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<(), LaunchError>> {
+        Box::pin(self.terminate(job))
+    }
+}
+
+enum Outcome {
+    Started,
+    NextPlacement(String),
+    SkipSpot(String),
+}
+
+impl AwsProvider {
+    async fn client(&self, region: &str) -> Client {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(region.to_string()));
+        if let Some(url) = &self.settings.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        Client::new(&loader.load().await)
+    }
+
+    async fn launch_ec2(&self, run: &JobRun) -> Result<(), LaunchError> {
+        let job = run.snapshot().await;
+        let spec = &job.spec;
+        let gpu = spec.gpu.clone().unwrap_or_default();
+        let instance_type = catalog::instance_type(&gpu, spec.gpu_count).map_err(|offered| {
+            LaunchError::new(
+                ErrorCode::InvalidAccelerator,
+                format!("AWS has no instance with {} × {gpu}", spec.gpu_count),
+                format!(
+                    "no EC2 instance type carries exactly {} × {gpu}",
+                    spec.gpu_count
+                ),
+            )
+            .suggest(if offered.is_empty() {
+                format!("{gpu} is not sold on AWS; use the skypilot provider or another GPU")
+            } else {
+                format!("Ask for gpu_count {offered:?}")
+            })
+        })?;
+        let regions = if spec.regions.is_empty() {
+            vec![DEFAULT_REGION.to_string()]
+        } else {
+            spec.regions.clone()
+        };
+        let markets: Vec<Market> = match (spec.use_spot, spec.fallback_to_on_demand) {
+            (true, true) => vec![Market::Spot, Market::OnDemand],
+            (true, false) => vec![Market::Spot],
+            (false, _) => vec![Market::OnDemand],
+        };
+        let template = task::template(&spec.template).ok_or_else(|| {
+            LaunchError::new(
+                ErrorCode::InvalidRequest,
+                "Unknown template",
+                spec.template.clone(),
+            )
+        })?;
+        let user_data = self.user_data(run, &job, &template);
+        let mut reasons = Vec::new();
+        let mut attempt_no = 0u32;
+        'markets: for market in &markets {
+            for region in &regions {
+                let client = self.client(region).await;
+                let zones = match zones_offering(&client, instance_type).await {
+                    Ok(z) => z,
+                    Err(e) => return Err(e),
+                };
+                if zones.is_empty() {
+                    reasons.push(format!("{instance_type} is not offered in {region}"));
+                    continue;
+                }
+                let ami = match &self.settings.ami {
+                    Some(ami) => ami.clone(),
+                    None => lookup_ami(&client, region).await?,
+                };
+                for zone in zones {
+                    attempt_no += 1;
+                    run.stage(
+                        Stage::Provision,
+                        Some(format!("trying AWS {zone}, {}", market_name(*market))),
+                    )
+                    .await;
+                    run.attempt_started(Attempt {
+                        cloud: "aws".into(),
+                        region: Some(region.clone()),
+                        zone: Some(zone.clone()),
+                        instance_type: Some(instance_type.to_string()),
+                        market: *market,
+                        price_per_hour: None,
+                        outcome: "trying".into(),
+                        reason: None,
+                    })
+                    .await;
+                    let token = format!("{}-{attempt_no}", job.id);
+                    match self
+                        .run_instance(
+                            run,
+                            &client,
+                            &job,
+                            region,
+                            &zone,
+                            &ami,
+                            instance_type,
+                            *market,
+                            &token,
+                            &user_data,
+                        )
+                        .await
+                    {
+                        Ok(Outcome::Started) => return Ok(()),
+                        Ok(Outcome::NextPlacement(reason)) => {
+                            run.attempt_finished("failed", Some(reason.clone())).await;
+                            reasons.push(reason);
+                        }
+                        Ok(Outcome::SkipSpot(reason)) => {
+                            run.attempt_finished("failed", Some(reason.clone())).await;
+                            reasons.push(reason);
+                            continue 'markets;
+                        }
+                        Err(e) => {
+                            run.attempt_finished("failed", Some(e.message.clone()))
+                                .await;
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
+        let spot_only = markets == [Market::Spot];
+        let mut error = LaunchError::new(
+            if spot_only {
+                ErrorCode::SpotCapacityUnavailable
+            } else {
+                ErrorCode::CapacityUnavailable
+            },
+            format!("No {instance_type} capacity in {}", regions.join(", ")),
+            format!(
+                "every placement tried for {} × {gpu} ({instance_type}) was refused for capacity",
+                spec.gpu_count
+            ),
+        )
+        .with_raw(reasons.join("\n"));
+        if spot_only {
+            error = error.suggest("Allow on-demand fallback (spot_fallback: \"on_demand\")");
+        }
+        Err(error
+            .suggest("Add more regions, e.g. us-west-2 or us-east-2")
+            .suggest("Try again later, or another GPU type"))
+    }
+
+    fn user_data(&self, run: &JobRun, job: &Job, template: &task::Template) -> String {
+        let mut envs: BTreeMap<String, String> = job.spec.envs.clone();
+        envs.insert("MODEL_ID".into(), job.spec.model.clone());
+        envs.insert("MODEL_PORT".into(), template.port.to_string());
+        envs.insert("GPU_COUNT".into(), job.spec.gpu_count.to_string());
+        envs.insert(
+            "SKYLAUNCH_CONTROL_PLANE_URL".into(),
+            run.settings.control_plane_url.clone(),
+        );
+        envs.insert("SKYLAUNCH_AGENT_URL".into(), run.settings.agent_url.clone());
+        envs.insert(
+            "SKYLAUNCH_NODE_ID".into(),
+            job.node_id.clone().unwrap_or_default(),
+        );
+        envs.insert("SKYLAUNCH_NODE_TOKEN".into(), run.node_token().to_string());
+        envs.insert("HOME".into(), "/root".into());
+        userdata::script(&envs, &template.setup, &template.run)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_instance(
+        &self,
+        run: &JobRun,
+        client: &Client,
+        job: &Job,
+        region: &str,
+        zone: &str,
+        ami: &str,
+        instance_type: &str,
+        market: Market,
+        client_token: &str,
+        user_data: &str,
+    ) -> Result<Outcome, LaunchError> {
+        let tags = TagSpecification::builder()
+            .resource_type(ResourceType::Instance)
+            .tags(
+                Tag::builder()
+                    .key("skylaunch:managed")
+                    .value("true")
+                    .build(),
+            )
+            .tags(
+                Tag::builder()
+                    .key("skylaunch:job-id")
+                    .value(&job.id)
+                    .build(),
+            )
+            .tags(
+                Tag::builder()
+                    .key("skylaunch:node-id")
+                    .value(job.node_id.clone().unwrap_or_default())
+                    .build(),
+            )
+            .tags(Tag::builder().key("Name").value(&job.name).build())
+            .build();
+        let mut retries = 0;
+        loop {
+            let mut req = client
+                .run_instances()
+                .image_id(ami)
+                .instance_type(InstanceType::from(instance_type))
+                .min_count(1)
+                .max_count(1)
+                .placement(Placement::builder().availability_zone(zone).build())
+                .client_token(client_token)
+                .user_data(aws_smithy_types::base64::encode(user_data))
+                .tag_specifications(tags.clone());
+            if market == Market::Spot {
+                req = req.instance_market_options(
+                    InstanceMarketOptionsRequest::builder()
+                        .market_type(MarketType::Spot)
+                        .spot_options(
+                            SpotMarketOptions::builder()
+                                .spot_instance_type(SpotInstanceType::OneTime)
+                                .instance_interruption_behavior(
+                                    InstanceInterruptionBehavior::Terminate,
+                                )
+                                .build(),
+                        )
+                        .build(),
+                );
+            }
+            match req.send().await {
+                Ok(out) => {
+                    let id = out
+                        .instances()
+                        .first()
+                        .and_then(|i| i.instance_id())
+                        .ok_or_else(|| {
+                            LaunchError::new(
+                                ErrorCode::Internal,
+                                "EC2 started no instance",
+                                "RunInstances answered without an instance",
+                            )
+                        })?
+                        .to_string();
+                    // Recorded at once, so teardown finds it whatever happens next.
+                    run.set_provider_state(json!({"region": region, "instance_id": id}))
+                        .await;
+                    run.log
+                        .line(
+                            "skylaunch",
+                            &format!(
+                                "started EC2 instance {id} ({instance_type}, {zone}, {})",
+                                market_name(market)
+                            ),
+                        )
+                        .await;
+                    run.attempt_finished("succeeded", None).await;
+                    run.stage(
+                        Stage::InstanceUp,
+                        Some(format!("{id} in {zone}: waiting for it to run")),
+                    )
+                    .await;
+                    self.wait_running(client, &id).await?;
+                    run.stage(
+                        Stage::Setup,
+                        Some(format!(
+                            "{id} is running; user data installs the model server and agent"
+                        )),
+                    )
+                    .await;
+                    return Ok(Outcome::Started);
+                }
+                Err(e) => {
+                    let code = e.code().unwrap_or("").to_string();
+                    let message = e.message().unwrap_or("").to_string();
+                    if code.is_empty() {
+                        // No answer from EC2 at all (network, endpoint, timeout).
+                        if retries < 3 {
+                            retries += 1;
+                            tokio::time::sleep(Duration::from_millis(500 * retries)).await;
+                            continue;
+                        }
+                        return Err(LaunchError::new(
+                            ErrorCode::ProviderUnavailable,
+                            "Cannot reach EC2",
+                            format!(
+                                "RunInstances in {region} got no answer: {}",
+                                crate::launch::providers::aws::errors::describe(&e)
+                            ),
+                        )
+                        .suggest("Check the control plane's network access to the EC2 endpoint"));
+                    }
+                    match classify(
+                        &code,
+                        &message,
+                        e.request_id(),
+                        instance_type,
+                        region,
+                        market == Market::Spot,
+                    ) {
+                        Ec2Failure::NextPlacement { .. } => {
+                            return Ok(Outcome::NextPlacement(format!("{code}: {message}")))
+                        }
+                        Ec2Failure::SpotRefused => {
+                            return Ok(Outcome::SkipSpot(format!("{code}: {message}")))
+                        }
+                        Ec2Failure::Retry if retries < 5 => {
+                            retries += 1;
+                            tokio::time::sleep(Duration::from_millis(
+                                200 * 2u64.pow(retries as u32),
+                            ))
+                            .await;
+                        }
+                        Ec2Failure::Retry => {
+                            return Err(LaunchError::new(
+                                ErrorCode::ProviderUnavailable,
+                                "EC2 kept refusing the call",
+                                format!("{code}: {message}"),
+                            ))
+                        }
+                        Ec2Failure::Fatal(error) => return Err(error),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn wait_running(&self, client: &Client, id: &str) -> Result<(), LaunchError> {
+        let deadline = tokio::time::Instant::now() + self.settings.running_timeout;
+        loop {
+            let out = client.describe_instances().instance_ids(id).send().await;
+            let state = out.ok().and_then(|o| {
+                o.reservations()
+                    .iter()
+                    .flat_map(|r| r.instances())
+                    .find_map(|i| i.state().and_then(|s| s.name()).cloned())
+            });
+            match state {
+                Some(InstanceStateName::Running) => return Ok(()),
+                Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown) => {
+                    return Err(LaunchError::new(
+                        ErrorCode::SpotCapacityUnavailable,
+                        "The instance was terminated while starting",
+                        format!("EC2 terminated {id} before it ran (spot capacity reclaimed or a start failure)"),
+                    ))
+                }
+                _ if tokio::time::Instant::now() >= deadline => {
+                    return Err(LaunchError::new(ErrorCode::LaunchTimeout, "The instance never started", format!("{id} did not reach running in time")))
+                }
+                _ => tokio::time::sleep(Duration::from_secs(2)).await,
+            }
+        }
+    }
+
+    async fn terminate(&self, job: &Job) -> Result<(), LaunchError> {
+        let (Some(region), Some(id)) = (
+            job.provider_state["region"].as_str(),
+            job.provider_state["instance_id"].as_str(),
+        ) else {
+            return Ok(());
+        };
+        let client = self.client(region).await;
+        match client.terminate_instances().instance_ids(id).send().await {
+            Ok(_) => {
+                tracing::info!(job_id = %job.id, instance_id = id, "terminated EC2 instance");
+                Ok(())
+            }
+            Err(e) if e.code() == Some("InvalidInstanceID.NotFound") => Ok(()),
+            Err(e) => Err(LaunchError::new(
+                ErrorCode::ProviderUnavailable,
+                "Could not terminate the instance",
+                format!("TerminateInstances {id} in {region} failed: {}; terminate it in the EC2 console", super::errors::describe(&e)),
+            )),
+        }
+    }
+}
+
+fn market_name(market: Market) -> &'static str {
+    match market {
+        Market::Spot => "spot",
+        Market::OnDemand => "on-demand",
+    }
+}
+
+/// The zones of a region that offer the instance type.
+async fn zones_offering(client: &Client, instance_type: &str) -> Result<Vec<String>, LaunchError> {
+    let out = client
+        .describe_instance_type_offerings()
+        .location_type(LocationType::AvailabilityZone)
+        .filters(
+            Filter::builder()
+                .name("instance-type")
+                .values(instance_type)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| ec2_call_failed("DescribeInstanceTypeOfferings", &e))?;
+    let mut zones: Vec<String> = out
+        .instance_type_offerings()
+        .iter()
+        .filter_map(|o| o.location().map(str::to_string))
+        .collect();
+    zones.sort();
+    zones.dedup();
+    Ok(zones)
+}
+
+async fn lookup_ami(client: &Client, region: &str) -> Result<String, LaunchError> {
+    let out = client
+        .describe_images()
+        .owners(AMI_OWNER)
+        .filters(Filter::builder().name("name").values(AMI_NAME).build())
+        .send()
+        .await
+        .map_err(|e| ec2_call_failed("DescribeImages", &e))?;
+    let mut images: Vec<_> = out.images().iter().collect();
+    images.sort_by_key(|i| i.creation_date().unwrap_or_default().to_string());
+    images
+        .last()
+        .and_then(|i| i.image_id())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            LaunchError::new(
+                ErrorCode::ProviderUnavailable,
+                format!("No GPU image found in {region}"),
+                format!("no AMI named {AMI_NAME:?} from {AMI_OWNER} in {region}"),
+            )
+            .suggest("Set SKYLAUNCH_AWS_AMI to a GPU AMI id for this region")
+        })
+}
+
+fn ec2_call_failed<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    call: &str,
+    e: &aws_sdk_ec2::error::SdkError<E>,
+) -> LaunchError
+where
+    aws_sdk_ec2::error::SdkError<E>: ProvideErrorMetadata,
+{
+    match classify(
+        e.code().unwrap_or(""),
+        e.message().unwrap_or(""),
+        None,
+        "",
+        "",
+        false,
+    ) {
+        Ec2Failure::Fatal(error) if error.code == ErrorCode::CredentialsInvalid => error,
+        _ => LaunchError::new(
+            ErrorCode::ProviderUnavailable,
+            format!("EC2 {call} failed"),
+            super::errors::describe(e),
+        ),
+    }
+}

@@ -1,0 +1,426 @@
+//! Launch jobs through the native AWS provider: the real aws-sdk-ec2 against moto's EC2 server on
+//! 127.0.0.1. moto never refuses for capacity, quota or credentials, so a small fault-injecting
+//! proxy in front of it answers chosen RunInstances calls with EC2's own XML error body. No VM
+//! can boot here, so where a test needs the node to come up it plays the VM: it reads the
+//! instance's user data back from EC2 and starts the real agent with those values.
+
+mod common;
+
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use aws_sdk_ec2::types::Filter;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use common::{Backend, Moto, TestApp, ADMIN_TOKEN};
+use serde_json::{json, Value};
+
+/// (which RunInstances calls: text their form body contains, EC2 error code, message)
+type Faults = Arc<Mutex<Vec<(String, String, String)>>>;
+
+#[derive(Clone)]
+struct Proxy {
+    moto: String,
+    faults: Faults,
+    http: reqwest::Client,
+}
+
+async fn forward(
+    State(proxy): State<Proxy>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let text = String::from_utf8_lossy(&body);
+    if text.contains("Action=RunInstances") {
+        let hit = proxy
+            .faults
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(when, _, _)| text.contains(when.as_str()))
+            .cloned();
+        if let Some((_, code, message)) = hit {
+            // As EC2 answers: the request id in the body and in the x-amzn-requestid header.
+            let request_id = format!("fault-{}", uuid::Uuid::new_v4().simple());
+            let xml = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>{request_id}</RequestID></Response>"
+            );
+            return (
+                StatusCode::BAD_REQUEST,
+                [
+                    ("content-type", "text/xml".to_string()),
+                    ("x-amzn-requestid", request_id),
+                ],
+                xml,
+            )
+                .into_response();
+        }
+    }
+    let mut req = proxy.http.request(
+        method,
+        format!(
+            "{}{}",
+            proxy.moto,
+            uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+        ),
+    );
+    for (name, value) in headers.iter() {
+        if name != "host" && name != "content-length" {
+            req = req.header(name, value);
+        }
+    }
+    let res = req.body(body).send().await.expect("moto answers");
+    let status = res.status();
+    let headers = res.headers().clone();
+    let bytes = res.bytes().await.unwrap();
+    let mut out = (status, bytes).into_response();
+    if let Some(ct) = headers.get("content-type") {
+        out.headers_mut().insert("content-type", ct.clone());
+    }
+    out
+}
+
+struct Aws {
+    _moto: Moto,
+    endpoint: String,
+    faults: Faults,
+}
+
+async fn aws() -> Option<Aws> {
+    static ENV: Once = Once::new();
+    ENV.call_once(|| {
+        // moto accepts any keys; these also keep the SDK from ever asking a real metadata service.
+        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+    });
+    let moto = common::moto().await?;
+    let faults: Faults = Arc::default();
+    let proxy = Proxy {
+        moto: moto.url.clone(),
+        faults: faults.clone(),
+        http: reqwest::Client::new(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let router = axum::Router::new().fallback(forward).with_state(proxy);
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    Some(Aws {
+        _moto: moto,
+        endpoint,
+        faults,
+    })
+}
+
+async fn ec2(endpoint: &str) -> aws_sdk_ec2::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .load()
+        .await;
+    aws_sdk_ec2::Client::new(&config)
+}
+
+async fn app_for(aws: &Aws, registration_timeout: Duration) -> Option<TestApp> {
+    let db = common::TestDb::new(Backend::Sqlite).await?;
+    let mut config = common::test_config(&db);
+    let client = ec2(&aws.endpoint).await;
+    let images = client
+        .describe_images()
+        .send()
+        .await
+        .expect("moto lists images");
+    config.aws_ami = images
+        .images()
+        .first()
+        .and_then(|i| i.image_id())
+        .map(str::to_string);
+    config.aws_endpoint_url = Some(aws.endpoint.clone());
+    config.registration_timeout = registration_timeout;
+    Some(TestApp::start(db, config).await)
+}
+
+fn l4(spot: bool, fallback: bool) -> Value {
+    json!({"model": "meta-llama/Llama-3.1-8B-Instruct", "provider": "aws", "gpu": "L4", "use_spot": spot,
+        "spot_fallback": if fallback { "on_demand" } else { "none" }, "regions": ["us-east-1"], "envs": {"QUOTE": "it's $(fine)"}})
+}
+
+/// Instances launched for a job: (id, state, lifecycle, zone).
+async fn instances_of(
+    endpoint: &str,
+    job_id: &str,
+) -> Vec<(String, String, Option<String>, String)> {
+    let out = ec2(endpoint)
+        .await
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name("tag:skylaunch:job-id")
+                .values(job_id)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .map(|i| {
+            (
+                i.instance_id().unwrap().to_string(),
+                i.state()
+                    .and_then(|s| s.name())
+                    .map(|n| n.as_str().to_string())
+                    .unwrap_or_default(),
+                i.instance_lifecycle().map(|l| l.as_str().to_string()),
+                i.placement()
+                    .and_then(|p| p.availability_zone())
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+async fn user_data(endpoint: &str, instance_id: &str) -> String {
+    let out = ec2(endpoint)
+        .await
+        .describe_instance_attribute()
+        .instance_id(instance_id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+        .send()
+        .await
+        .unwrap();
+    let encoded = out.user_data().and_then(|u| u.value()).unwrap().to_string();
+    String::from_utf8(aws_smithy_types::base64::decode(encoded).unwrap()).unwrap()
+}
+
+fn exported(script: &str, key: &str) -> String {
+    let line = script
+        .lines()
+        .find(|l| l.starts_with(&format!("export {key}=")))
+        .unwrap_or_else(|| panic!("{key} not exported"));
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{line}; printf %s \"${key}\""))
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Plays the VM: the echo model server and the real agent, with the user data's values.
+fn play_vm(script: &str) -> Vec<std::process::Child> {
+    let skylaunch = std::path::PathBuf::from(env!("CARGO_BIN_EXE_skylaunch"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let model = exported(script, "MODEL_ID");
+    let echo = std::process::Command::new(&skylaunch)
+        .args([
+            "echo-server",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--model",
+            &model,
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let agent = std::process::Command::new(skylaunch.with_file_name("skylaunch-agent"))
+        .env_clear()
+        .env(
+            "SKYLAUNCH_CONTROL_PLANE_URL",
+            exported(script, "SKYLAUNCH_CONTROL_PLANE_URL"),
+        )
+        .env("SKYLAUNCH_NODE_ID", exported(script, "SKYLAUNCH_NODE_ID"))
+        .env(
+            "SKYLAUNCH_NODE_TOKEN",
+            exported(script, "SKYLAUNCH_NODE_TOKEN"),
+        )
+        .env(
+            "SKYLAUNCH_MODEL_SERVER_URL",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .env("SKYLAUNCH_PROVIDER", "aws")
+        .env("SKYLAUNCH_REGION", "us-east-1")
+        .env("SKYLAUNCH_INSTANCE_TYPE", "g6.xlarge")
+        .env("SKYLAUNCH_IMDS_URL", "http://127.0.0.1:9")
+        .env("SKYLAUNCH_NVIDIA_SMI", "/nonexistent")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    vec![echo, agent]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spot_launch_starts_a_tagged_spot_instance_that_becomes_a_ready_node() {
+    let Some(aws) = aws().await else { return };
+    let Some(app) = app_for(&aws, Duration::from_secs(60)).await else {
+        return;
+    };
+    let job = app.launch(&l4(true, false)).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let running = app
+        .wait_for_job(&id, |j| j["stage"] == "register" || common::job_finished(j))
+        .await;
+    assert_eq!(running["status"], "running", "{running:#}");
+    let instances = instances_of(&aws.endpoint, &id).await;
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    let (instance_id, state, lifecycle, zone) = &instances[0];
+    assert_eq!(state, "running");
+    assert_eq!(lifecycle.as_deref(), Some("spot"));
+    let attempt = &running["attempts"][0];
+    assert_eq!(attempt["cloud"], "aws");
+    assert_eq!(attempt["zone"], zone.as_str());
+    assert_eq!(attempt["instance_type"], "g6.xlarge");
+    assert_eq!(attempt["market"], "spot");
+    assert_eq!(attempt["outcome"], "succeeded");
+
+    let script = user_data(&aws.endpoint, instance_id).await;
+    assert_eq!(
+        exported(&script, "QUOTE"),
+        "it's $(fine)",
+        "user values stay values"
+    );
+    assert_eq!(
+        exported(&script, "MODEL_ID"),
+        "meta-llama/Llama-3.1-8B-Instruct"
+    );
+    let token = exported(&script, "SKYLAUNCH_NODE_TOKEN");
+    assert_eq!(token.len(), 64);
+    let tags = ec2(&aws.endpoint)
+        .await
+        .describe_tags()
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !format!("{tags:?}").contains(&token),
+        "the token is not in any tag"
+    );
+    assert!(!app
+        .get(&format!("/admin/launch-jobs/{id}/logs"), Some(ADMIN_TOKEN))
+        .await
+        .body
+        .to_string()
+        .contains(&token));
+
+    let mut vm = play_vm(&script);
+    let done = app.wait_for_job(&id, common::job_finished).await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    let node_id = done["node_id"].as_str().unwrap();
+    let r = app
+        .delete(&format!("/admin/nodes/{node_id}"), Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let after = instances_of(&aws.endpoint, &id).await;
+    assert!(
+        matches!(after[0].1.as_str(), "shutting-down" | "terminated"),
+        "deleting the node terminates the VM: {after:?}"
+    );
+    for p in &mut vm {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_error_moves_to_the_next_zone_and_a_silent_vm_is_terminated() {
+    let Some(aws) = aws().await else { return };
+    aws.faults.lock().unwrap().push((
+        "Placement.AvailabilityZone=us-east-1a".into(),
+        "InsufficientInstanceCapacity".into(),
+        "We currently do not have sufficient g6.xlarge capacity in the Availability Zone you requested (us-east-1a).".into(),
+    ));
+    let Some(app) = app_for(&aws, Duration::from_secs(2)).await else {
+        return;
+    };
+    let id = app.launch(&l4(false, false)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job = app.wait_for_job(&id, common::job_finished).await;
+    let attempts = job["attempts"].as_array().unwrap();
+    assert_eq!(attempts[0]["zone"], "us-east-1a");
+    assert_eq!(attempts[0]["outcome"], "failed");
+    assert!(
+        attempts[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("InsufficientInstanceCapacity"),
+        "{}",
+        attempts[0]
+    );
+    assert_eq!(attempts[1]["zone"], "us-east-1b");
+    assert_eq!(attempts[1]["outcome"], "succeeded");
+    assert_eq!(attempts[1]["market"], "on_demand");
+    assert_eq!(
+        job["error"]["code"], "registration_timeout",
+        "nobody played this VM: {job:#}"
+    );
+    let instances = instances_of(&aws.endpoint, &id).await;
+    assert_eq!(instances.len(), 1);
+    assert!(
+        matches!(instances[0].1.as_str(), "shutting-down" | "terminated"),
+        "a failed launch never keeps billing: {instances:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spot_refusal_falls_back_to_on_demand() {
+    let Some(aws) = aws().await else { return };
+    aws.faults.lock().unwrap().push((
+        "InstanceMarketOptions.MarketType=spot".into(),
+        "SpotMaxPriceTooLow".into(),
+        "Your Spot request price of 0.1 is lower than the minimum required Spot request fulfillment price of 0.35.".into(),
+    ));
+    let Some(app) = app_for(&aws, Duration::from_secs(2)).await else {
+        return;
+    };
+    let id = app.launch(&l4(true, true)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job = app.wait_for_job(&id, common::job_finished).await;
+    let attempts = job["attempts"].as_array().unwrap();
+    assert_eq!(attempts[0]["market"], "spot");
+    assert_eq!(attempts[0]["outcome"], "failed");
+    let last = attempts.last().unwrap();
+    assert_eq!(last["market"], "on_demand");
+    assert_eq!(last["outcome"], "succeeded");
+    assert_eq!(
+        attempts.iter().filter(|a| a["market"] == "spot").count(),
+        1,
+        "spot is not retried in every zone after a spot refusal"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_and_credential_errors_name_the_real_cause() {
+    let Some(aws) = aws().await else { return };
+    for (code, message, expected) in [
+        ("VcpuLimitExceeded", "You have requested more vCPU capacity than your current vCPU limit of 0 allows for the instance bucket that the specified instance type belongs to.", "quota_exceeded"),
+        ("AuthFailure", "AWS was not able to validate the provided access credentials", "credentials_invalid"),
+    ] {
+        {
+            let mut faults = aws.faults.lock().unwrap();
+            faults.clear();
+            faults.push(("Action=RunInstances".into(), code.into(), message.into()));
+        }
+        let Some(app) = app_for(&aws, Duration::from_secs(60)).await else { return };
+        let id = app.launch(&l4(true, true)).await["id"].as_str().unwrap().to_string();
+        let job = app.wait_for_job(&id, common::job_finished).await;
+        assert_eq!(job["status"], "failed");
+        assert_eq!(job["error"]["code"], expected, "{code}: {job:#}");
+        assert!(!job["error"]["suggestions"].as_array().unwrap().is_empty());
+        assert!(job["error"]["raw"].as_str().unwrap().contains("fault-"), "the AWS request id is kept");
+        assert_eq!(job["attempts"].as_array().unwrap().len(), 1, "{code} stops the failover at once");
+        assert!(instances_of(&aws.endpoint, &id).await.is_empty());
+    }
+}
