@@ -155,6 +155,7 @@ impl Running {
                     endpoint_url: config.aws_endpoint_url.clone(),
                     ami: config.aws_ami.clone(),
                     running_timeout: std::time::Duration::from_secs(600),
+                    model_port_cidr: config.aws_model_port_cidr.clone(),
                 },
             }),
         );

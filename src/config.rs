@@ -100,6 +100,10 @@ pub struct ServeConfig {
     #[arg(long, env = "SKYLAUNCH_AWS_AMI")]
     pub aws_ami: Option<String>,
 
+    /// Who may reach a native AWS node's model port (default: the public URL's IP as /32).
+    #[arg(long, env = "SKYLAUNCH_AWS_MODEL_PORT_CIDR")]
+    pub aws_model_port_cidr: Option<String>,
+
     /// How long shutdown waits for in-flight requests before closing them.
     #[arg(long, env = "SKYLAUNCH_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,

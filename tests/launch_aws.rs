@@ -17,8 +17,26 @@ use axum::response::{IntoResponse, Response};
 use common::{Backend, Moto, TestApp, ADMIN_TOKEN};
 use serde_json::{json, Value};
 
-/// (which RunInstances calls: text their form body contains, EC2 error code, message)
-type Faults = Arc<Mutex<Vec<(String, String, String)>>>;
+/// Which RunInstances calls fail: those whose form body contains `when`, `times` times (or
+/// always), with EC2's `code` and `message`.
+#[derive(Clone)]
+struct Fault {
+    when: String,
+    code: String,
+    message: String,
+    times: Option<u32>,
+}
+
+type Faults = Arc<Mutex<Vec<Fault>>>;
+
+fn fault(when: &str, code: &str, message: &str) -> Fault {
+    Fault {
+        when: when.into(),
+        code: code.into(),
+        message: message.into(),
+        times: None,
+    }
+}
 
 #[derive(Clone)]
 struct Proxy {
@@ -36,14 +54,19 @@ async fn forward(
 ) -> Response {
     let text = String::from_utf8_lossy(&body);
     if text.contains("Action=RunInstances") {
-        let hit = proxy
-            .faults
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|(when, _, _)| text.contains(when.as_str()))
-            .cloned();
-        if let Some((_, code, message)) = hit {
+        let hit = {
+            let mut faults = proxy.faults.lock().unwrap();
+            let found = faults
+                .iter_mut()
+                .find(|f| text.contains(f.when.as_str()) && f.times != Some(0));
+            found.map(|f| {
+                if let Some(n) = f.times.as_mut() {
+                    *n -= 1;
+                }
+                (f.code.clone(), f.message.clone())
+            })
+        };
+        if let Some((code, message)) = hit {
             // As EC2 answers: the request id in the body and in the x-amzn-requestid header.
             let request_id = format!("fault-{}", uuid::Uuid::new_v4().simple());
             let xml = format!(
@@ -282,6 +305,33 @@ async fn spot_launch_starts_a_tagged_spot_instance_that_becomes_a_ready_node() {
     assert_eq!(attempt["market"], "spot");
     assert_eq!(attempt["outcome"], "succeeded");
 
+    let described = ec2(&aws.endpoint)
+        .await
+        .describe_instances()
+        .instance_ids(instance_id.as_str())
+        .send()
+        .await
+        .unwrap();
+    let group_id = described.reservations()[0].instances()[0].security_groups()[0]
+        .group_id()
+        .unwrap()
+        .to_string();
+    let groups = ec2(&aws.endpoint)
+        .await
+        .describe_security_groups()
+        .group_ids(&group_id)
+        .send()
+        .await
+        .unwrap();
+    let rules = groups.security_groups()[0].ip_permissions();
+    assert_eq!(rules.len(), 1, "only the model port is open: {rules:?}");
+    assert_eq!(rules[0].from_port(), Some(8000));
+    assert_eq!(
+        rules[0].ip_ranges()[0].cidr_ip(),
+        Some("127.0.0.1/32"),
+        "only to the control plane"
+    );
+
     let script = user_data(&aws.endpoint, instance_id).await;
     assert_eq!(
         exported(&script, "QUOTE"),
@@ -333,10 +383,10 @@ async fn spot_launch_starts_a_tagged_spot_instance_that_becomes_a_ready_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capacity_error_moves_to_the_next_zone_and_a_silent_vm_is_terminated() {
     let Some(aws) = aws().await else { return };
-    aws.faults.lock().unwrap().push((
-        "Placement.AvailabilityZone=us-east-1a".into(),
-        "InsufficientInstanceCapacity".into(),
-        "We currently do not have sufficient g6.xlarge capacity in the Availability Zone you requested (us-east-1a).".into(),
+    aws.faults.lock().unwrap().push(fault(
+        "Placement.AvailabilityZone=us-east-1a",
+        "InsufficientInstanceCapacity",
+        "We currently do not have sufficient g6.xlarge capacity in the Availability Zone you requested (us-east-1a).",
     ));
     let Some(app) = app_for(&aws, Duration::from_secs(2)).await else {
         return;
@@ -375,10 +425,10 @@ async fn capacity_error_moves_to_the_next_zone_and_a_silent_vm_is_terminated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spot_refusal_falls_back_to_on_demand() {
     let Some(aws) = aws().await else { return };
-    aws.faults.lock().unwrap().push((
-        "InstanceMarketOptions.MarketType=spot".into(),
-        "SpotMaxPriceTooLow".into(),
-        "Your Spot request price of 0.1 is lower than the minimum required Spot request fulfillment price of 0.35.".into(),
+    aws.faults.lock().unwrap().push(fault(
+        "InstanceMarketOptions.MarketType=spot",
+        "SpotMaxPriceTooLow",
+        "Your Spot request price of 0.1 is lower than the minimum required Spot request fulfillment price of 0.35.",
     ));
     let Some(app) = app_for(&aws, Duration::from_secs(2)).await else {
         return;
@@ -401,26 +451,87 @@ async fn spot_refusal_falls_back_to_on_demand() {
     );
 }
 
+/// Every EC2 error the provider maps, through the real SDK: what it does to the job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quota_and_credential_errors_name_the_real_cause() {
+async fn every_mapped_ec2_error_leads_to_its_outcome() {
     let Some(aws) = aws().await else { return };
-    for (code, message, expected) in [
-        ("VcpuLimitExceeded", "You have requested more vCPU capacity than your current vCPU limit of 0 allows for the instance bucket that the specified instance type belongs to.", "quota_exceeded"),
-        ("AuthFailure", "AWS was not able to validate the provided access credentials", "credentials_invalid"),
-    ] {
+    // (code, times it fails, expected job error code or "succeeded", attempts made; 0 = several)
+    let cases: &[(&str, Option<u32>, &str, usize)] = &[
+        ("VcpuLimitExceeded", None, "quota_exceeded", 1),
+        ("InstanceLimitExceeded", None, "quota_exceeded", 1),
+        ("AuthFailure", None, "credentials_invalid", 1),
+        ("UnauthorizedOperation", None, "credentials_invalid", 1),
+        ("OptInRequired", None, "credentials_invalid", 1),
+        ("InsufficientHostCapacity", None, "capacity_unavailable", 0),
+        ("Unsupported", None, "capacity_unavailable", 0),
+        (
+            "MaxSpotInstanceCountExceeded",
+            None,
+            "spot_capacity_unavailable",
+            1,
+        ),
+        ("RequestLimitExceeded", Some(2), "succeeded", 1),
+        ("InternalError", Some(1), "succeeded", 1),
+        ("InvalidParameterCombination", None, "internal", 1),
+    ];
+    for &(code, times, expected, attempts) in cases {
         {
             let mut faults = aws.faults.lock().unwrap();
             faults.clear();
-            faults.push(("Action=RunInstances".into(), code.into(), message.into()));
+            faults.push(Fault {
+                times,
+                ..fault("Action=RunInstances", code, &format!("simulated {code}"))
+            });
         }
-        let Some(app) = app_for(&aws, Duration::from_secs(60)).await else { return };
-        let id = app.launch(&l4(true, true)).await["id"].as_str().unwrap().to_string();
+        let Some(app) = app_for(&aws, Duration::from_millis(500)).await else {
+            return;
+        };
+        let spot = code == "MaxSpotInstanceCountExceeded";
+        let id = app.launch(&l4(spot, false)).await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
         let job = app.wait_for_job(&id, common::job_finished).await;
-        assert_eq!(job["status"], "failed");
-        assert_eq!(job["error"]["code"], expected, "{code}: {job:#}");
-        assert!(!job["error"]["suggestions"].as_array().unwrap().is_empty());
-        assert!(job["error"]["raw"].as_str().unwrap().contains("fault-"), "the AWS request id is kept");
-        assert_eq!(job["attempts"].as_array().unwrap().len(), 1, "{code} stops the failover at once");
-        assert!(instances_of(&aws.endpoint, &id).await.is_empty());
+        let tried = job["attempts"].as_array().unwrap();
+        if expected == "succeeded" {
+            // Retried until EC2 accepted; the VM then never registers (nobody plays it).
+            assert_eq!(tried.len(), 1, "{code}: {job:#}");
+            assert_eq!(
+                tried[0]["outcome"], "succeeded",
+                "{code}: retried until accepted"
+            );
+            assert_eq!(job["error"]["code"], "registration_timeout", "{code}");
+        } else {
+            assert_eq!(job["error"]["code"], expected, "{code}: {job:#}");
+            if expected != "internal" {
+                assert!(
+                    !job["error"]["suggestions"].as_array().unwrap().is_empty(),
+                    "{code}"
+                );
+            }
+            if attempts == 0 {
+                assert!(
+                    tried.len() > 1,
+                    "{code} moves on to the next zones: {job:#}"
+                );
+            } else {
+                assert_eq!(tried.len(), attempts, "{code}: {job:#}");
+            }
+            if matches!(
+                expected,
+                "quota_exceeded" | "credentials_invalid" | "internal"
+            ) {
+                assert!(
+                    job["error"]["raw"].as_str().unwrap().contains("fault-"),
+                    "{code}: the AWS request id is kept"
+                );
+            }
+        }
+        let live: Vec<_> = instances_of(&aws.endpoint, &id)
+            .await
+            .into_iter()
+            .filter(|i| i.1 == "running" || i.1 == "pending")
+            .collect();
+        assert!(live.is_empty(), "{code}: nothing is left running: {live:?}");
     }
 }

@@ -14,8 +14,8 @@ use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::operation::RequestId;
 use aws_sdk_ec2::types::{
     Filter, InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceStateName,
-    InstanceType, LocationType, MarketType, Placement, ResourceType, SpotInstanceType,
-    SpotMarketOptions, Tag, TagSpecification,
+    InstanceType, IpPermission, IpRange, LocationType, MarketType, Placement, ResourceType,
+    SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
 };
 use aws_sdk_ec2::Client;
 use serde_json::json;
@@ -38,6 +38,8 @@ pub struct AwsSettings {
     pub ami: Option<String>,
     /// How long a VM may take to reach `running`.
     pub running_timeout: Duration,
+    /// Who may reach the model port: a CIDR (default: the control plane's public IP as /32).
+    pub model_port_cidr: Option<String>,
 }
 
 pub struct AwsProvider {
@@ -125,6 +127,9 @@ impl AwsProvider {
                     reasons.push(format!("{instance_type} is not offered in {region}"));
                     continue;
                 }
+                let security_group = self
+                    .model_port_group(run, &client, region, template.port)
+                    .await?;
                 let ami = match &self.settings.ami {
                     Some(ami) => ami.clone(),
                     None => lookup_ami(&client, region).await?,
@@ -148,19 +153,16 @@ impl AwsProvider {
                     })
                     .await;
                     let token = format!("{}-{attempt_no}", job.id);
+                    let target = Target {
+                        region,
+                        zone: &zone,
+                        ami: &ami,
+                        instance_type,
+                        market: *market,
+                        security_group: security_group.as_deref(),
+                    };
                     match self
-                        .run_instance(
-                            run,
-                            &client,
-                            &job,
-                            region,
-                            &zone,
-                            &ami,
-                            instance_type,
-                            *market,
-                            &token,
-                            &user_data,
-                        )
+                        .run_instance(run, &client, &job, &target, &token, &user_data)
                         .await
                     {
                         Ok(Outcome::Started) => return Ok(()),
@@ -223,20 +225,95 @@ impl AwsProvider {
         userdata::script(&envs, &template.setup, &template.run)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The security group that lets only `cidr` reach the model port, created once per region.
+    /// `None` (the VPC's default group) when no address range is known, with a note in the log.
+    async fn model_port_group(
+        &self,
+        run: &JobRun,
+        client: &Client,
+        region: &str,
+        port: u16,
+    ) -> Result<Option<String>, LaunchError> {
+        let cidr = match self
+            .settings
+            .model_port_cidr
+            .clone()
+            .or_else(|| public_ip_cidr(&run.settings.control_plane_url))
+        {
+            Some(cidr) => cidr,
+            None => {
+                run.log
+                    .line("skylaunch", "no address range for the model port: set SKYLAUNCH_AWS_MODEL_PORT_CIDR so the control plane can reach it")
+                    .await;
+                return Ok(None);
+            }
+        };
+        let name = format!(
+            "skylaunch-model-port-{port}-{}",
+            cidr.replace(['/', '.', ':'], "-")
+        );
+        let found = client
+            .describe_security_groups()
+            .filters(Filter::builder().name("group-name").values(&name).build())
+            .send()
+            .await
+            .map_err(|e| ec2_call_failed("DescribeSecurityGroups", &e))?;
+        if let Some(id) = found.security_groups().first().and_then(|g| g.group_id()) {
+            return Ok(Some(id.to_string()));
+        }
+        let created = client
+            .create_security_group()
+            .group_name(&name)
+            .description(format!("skylaunch: model port {port} from {cidr} only"))
+            .send()
+            .await
+            .map_err(|e| ec2_call_failed("CreateSecurityGroup", &e))?;
+        let id = created.group_id().unwrap_or_default().to_string();
+        client
+            .authorize_security_group_ingress()
+            .group_id(&id)
+            .ip_permissions(
+                IpPermission::builder()
+                    .ip_protocol("tcp")
+                    .from_port(i32::from(port))
+                    .to_port(i32::from(port))
+                    .ip_ranges(
+                        IpRange::builder()
+                            .cidr_ip(&cidr)
+                            .description("skylaunch control plane")
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| ec2_call_failed("AuthorizeSecurityGroupIngress", &e))?;
+        run.log
+            .line(
+                "skylaunch",
+                &format!("created security group {id} in {region}: port {port} from {cidr} only"),
+            )
+            .await;
+        Ok(Some(id))
+    }
+
     async fn run_instance(
         &self,
         run: &JobRun,
         client: &Client,
         job: &Job,
-        region: &str,
-        zone: &str,
-        ami: &str,
-        instance_type: &str,
-        market: Market,
+        target: &Target<'_>,
         client_token: &str,
         user_data: &str,
     ) -> Result<Outcome, LaunchError> {
+        let Target {
+            region,
+            zone,
+            ami,
+            instance_type,
+            market,
+            security_group,
+        } = *target;
         let tags = TagSpecification::builder()
             .resource_type(ResourceType::Instance)
             .tags(
@@ -270,7 +347,8 @@ impl AwsProvider {
                 .placement(Placement::builder().availability_zone(zone).build())
                 .client_token(client_token)
                 .user_data(aws_smithy_types::base64::encode(user_data))
-                .tag_specifications(tags.clone());
+                .tag_specifications(tags.clone())
+                .set_security_group_ids(security_group.map(|g| vec![g.to_string()]));
             if market == Market::Spot {
                 req = req.instance_market_options(
                     InstanceMarketOptionsRequest::builder()
@@ -431,6 +509,24 @@ impl AwsProvider {
             )),
         }
     }
+}
+
+/// Where one RunInstances call goes.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    region: &'a str,
+    zone: &'a str,
+    ami: &'a str,
+    instance_type: &'a str,
+    market: Market,
+    security_group: Option<&'a str>,
+}
+
+/// `a.b.c.d/32` when the control plane's URL names an IP address.
+fn public_ip_cidr(url: &str) -> Option<String> {
+    let host = url.split("://").nth(1)?.split(['/', ':']).next()?;
+    let ip: std::net::Ipv4Addr = host.parse().ok()?;
+    Some(format!("{ip}/32"))
 }
 
 fn market_name(market: Market) -> &'static str {
