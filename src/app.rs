@@ -16,6 +16,7 @@ use crate::config::ServeConfig;
 use crate::fleet::sweeper::FleetTasks;
 use crate::fleet::{Fleet, FleetError};
 use crate::launch::events::JobEvents;
+use crate::launch::providers::aws::orphans::OrphanSweeper;
 use crate::launch::providers::aws::{AwsProvider, AwsSettings};
 use crate::launch::providers::local::LocalProvider;
 use crate::launch::providers::skypilot::SkypilotProvider;
@@ -69,6 +70,7 @@ pub struct Running {
     tasks: FleetTasks,
     stop_runner: tokio::sync::watch::Sender<bool>,
     runner: JoinHandle<()>,
+    orphans: JoinHandle<()>,
     store: Store,
     shutdown_timeout: std::time::Duration,
 }
@@ -148,17 +150,15 @@ impl Running {
                 teardown_timeout: std::time::Duration::from_secs(600),
             }),
         );
-        providers.insert(
-            Provider::Aws,
-            Arc::new(AwsProvider {
-                settings: AwsSettings {
-                    endpoint_url: config.aws_endpoint_url.clone(),
-                    ami: config.aws_ami.clone(),
-                    running_timeout: std::time::Duration::from_secs(600),
-                    model_port_cidr: config.aws_model_port_cidr.clone(),
-                },
-            }),
-        );
+        let aws = Arc::new(AwsProvider {
+            settings: AwsSettings {
+                endpoint_url: config.aws_endpoint_url.clone(),
+                ami: config.aws_ami.clone(),
+                running_timeout: std::time::Duration::from_secs(600),
+                model_port_cidr: config.aws_model_port_cidr.clone(),
+            },
+        });
+        providers.insert(Provider::Aws, aws.clone());
         let runner = JobRunner::new(
             store.clone(),
             fleet.clone(),
@@ -175,10 +175,19 @@ impl Running {
             },
         );
         let (stop_runner, runner_stopped) = tokio::sync::watch::channel(false);
+        let orphan_sweeper = OrphanSweeper {
+            provider: aws,
+            store: store.clone(),
+            fleet: fleet.clone(),
+            metrics: metrics.clone(),
+            grace: config.orphan_grace,
+        };
+        let orphans_task =
+            tokio::spawn(orphan_sweeper.run(config.orphan_sweep_interval, runner_stopped.clone()));
         let runner_task = tokio::spawn(runner.clone().run(runner_stopped));
         let state = Arc::new(AppInner {
             fleet: fleet.clone(),
-            metrics,
+            metrics: metrics.clone(),
             store: store.clone(),
             runner,
             events,
@@ -210,6 +219,7 @@ impl Running {
             tasks,
             stop_runner,
             runner: runner_task,
+            orphans: orphans_task,
             store,
             shutdown_timeout: config.shutdown_timeout,
         })
@@ -250,6 +260,7 @@ impl Running {
         // fails them with a reason and tears down what they created.
         let _ = self.stop_runner.send(true);
         let _ = self.runner.await;
+        let _ = self.orphans.await;
         self.tasks.shutdown().await;
         self.store.close().await;
         tracing::info!("skylaunch stopped");
@@ -260,6 +271,7 @@ impl Running {
         self.server.abort();
         let _ = self.server.await;
         self.runner.abort();
+        self.orphans.abort();
         self.tasks.abort();
         self.store.close().await;
     }

@@ -104,6 +104,14 @@ pub struct ServeConfig {
     #[arg(long, env = "SKYLAUNCH_AWS_MODEL_PORT_CIDR")]
     pub aws_model_port_cidr: Option<String>,
 
+    /// How often the orphan sweeper looks for cloud instances no launch accounts for.
+    #[arg(long, env = "SKYLAUNCH_ORPHAN_SWEEP_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub orphan_sweep_interval: Duration,
+
+    /// How old an unaccounted instance must be before the orphan sweeper terminates it.
+    #[arg(long, env = "SKYLAUNCH_ORPHAN_GRACE", default_value = "10m", value_parser = parse_duration)]
+    pub orphan_grace: Duration,
+
     /// How long shutdown waits for in-flight requests before closing them.
     #[arg(long, env = "SKYLAUNCH_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,

@@ -149,8 +149,17 @@ async fn ec2(endpoint: &str) -> aws_sdk_ec2::Client {
 }
 
 async fn app_for(aws: &Aws, registration_timeout: Duration) -> Option<TestApp> {
+    app_with(aws, registration_timeout, |_| {}).await
+}
+
+async fn app_with(
+    aws: &Aws,
+    registration_timeout: Duration,
+    tweak: impl FnOnce(&mut skylaunch::config::ServeConfig),
+) -> Option<TestApp> {
     let db = common::TestDb::new(Backend::Sqlite).await?;
     let mut config = common::test_config(&db);
+    tweak(&mut config);
     let client = ec2(&aws.endpoint).await;
     let images = client
         .describe_images()
@@ -533,5 +542,142 @@ async fn every_mapped_ec2_error_leads_to_its_outcome() {
             .filter(|i| i.1 == "running" || i.1 == "pending")
             .collect();
         assert!(live.is_empty(), "{code}: nothing is left running: {live:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_sweeper_terminates_unaccounted_instances_and_notices_vanished_ones() {
+    let Some(aws) = aws().await else { return };
+    let Some(app) = app_with(&aws, Duration::from_secs(60), |c| {
+        c.orphan_sweep_interval = Duration::from_millis(500);
+        c.orphan_grace = Duration::from_millis(1);
+    })
+    .await
+    else {
+        return;
+    };
+    // A launch that reaches ready (the test plays its VM): the sweeper must leave it alone.
+    let id = app.launch(&l4(false, false)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let running = app.wait_for_job(&id, |j| j["stage"] == "register").await;
+    let instance_id = instances_of(&aws.endpoint, &id).await[0].0.clone();
+    let mut vm = play_vm(&user_data(&aws.endpoint, &instance_id).await);
+    let ready = app.wait_for_job(&id, common::job_finished).await;
+    assert_eq!(ready["status"], "succeeded", "{ready:#}");
+
+    // Behind skylaunch's back: one instance tagged as skylaunch's that no job knows, one untagged.
+    let client = ec2(&aws.endpoint).await;
+    let ami = client.describe_images().send().await.unwrap().images()[0]
+        .image_id()
+        .unwrap()
+        .to_string();
+    let start = |tags: Vec<(&str, &str)>| {
+        let client = client.clone();
+        let ami = ami.clone();
+        let tags: Vec<(String, String)> = tags
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        async move {
+            let mut spec = aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::Instance);
+            for (k, v) in tags {
+                spec = spec.tags(aws_sdk_ec2::types::Tag::builder().key(k).value(v).build());
+            }
+            let out = client
+                .run_instances()
+                .image_id(ami)
+                .instance_type(aws_sdk_ec2::types::InstanceType::G6Xlarge)
+                .min_count(1)
+                .max_count(1)
+                .tag_specifications(spec.build())
+                .send()
+                .await
+                .unwrap();
+            out.instances()[0].instance_id().unwrap().to_string()
+        }
+    };
+    let orphan = start(vec![
+        ("skylaunch:managed", "true"),
+        ("skylaunch:job-id", "no-such-job"),
+    ])
+    .await;
+    let bystander = start(vec![("Name", "someone-elses-vm")]).await;
+
+    let state = |id: String| {
+        let client = client.clone();
+        async move {
+            let out = client
+                .describe_instances()
+                .instance_ids(id)
+                .send()
+                .await
+                .unwrap();
+            out.reservations()[0].instances()[0]
+                .state()
+                .unwrap()
+                .name()
+                .unwrap()
+                .as_str()
+                .to_string()
+        }
+    };
+    let mut orphan_state = String::new();
+    for _ in 0..100 {
+        orphan_state = state(orphan.clone()).await;
+        if orphan_state != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        matches!(orphan_state.as_str(), "shutting-down" | "terminated"),
+        "the orphan is terminated: {orphan_state}"
+    );
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("skylaunch_orphans_terminated_total{cloud=\"aws\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(
+        state(bystander.clone()).await,
+        "running",
+        "an untagged instance is never touched"
+    );
+    assert_eq!(
+        state(instance_id.clone()).await,
+        "running",
+        "a live node's instance is not an orphan"
+    );
+
+    // The node's instance is deleted in the console: the node is marked terminated with the reason.
+    client
+        .terminate_instances()
+        .instance_ids(&instance_id)
+        .send()
+        .await
+        .unwrap();
+    let node_id = running["node_id"].as_str().unwrap();
+    let node = app.wait_for_status(node_id, "terminated").await;
+    assert!(
+        node["status_reason"]
+            .as_str()
+            .unwrap()
+            .contains("no longer exists"),
+        "{node:#}"
+    );
+    for p in &mut vm {
+        let _ = p.kill();
+        let _ = p.wait();
     }
 }

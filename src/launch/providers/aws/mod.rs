@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod errors;
+pub mod orphans;
 pub mod provider;
 pub mod userdata;
 

@@ -68,7 +68,7 @@ enum Outcome {
 }
 
 impl AwsProvider {
-    async fn client(&self, region: &str) -> Client {
+    pub async fn client(&self, region: &str) -> Client {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(region.to_string()));
         if let Some(url) = &self.settings.endpoint_url {
