@@ -62,6 +62,8 @@ impl OrphanSweeper {
             .map(|r| r.to_string())
             .collect();
         let mut live_instances: BTreeSet<String> = BTreeSet::new();
+        // Regions whose listing failed: nothing there may be judged vanished on missing data.
+        let mut unlisted: BTreeSet<String> = BTreeSet::new();
         for region in &regions {
             let client = self.provider.client(region).await;
             let out = client
@@ -78,6 +80,7 @@ impl OrphanSweeper {
                 Ok(out) => out,
                 Err(e) => {
                     tracing::warn!(region = %region, error = %super::errors::describe(&e), "orphan sweep: cannot list instances");
+                    unlisted.insert(region.clone());
                     continue;
                 }
             };
@@ -160,7 +163,8 @@ impl OrphanSweeper {
             ) else {
                 continue;
             };
-            if live_instances.contains(id) {
+            let region = job.provider_state["region"].as_str().unwrap_or_default();
+            if live_instances.contains(id) || unlisted.contains(region) {
                 continue;
             }
             if let Ok(n) = self.fleet.get(node).await {
