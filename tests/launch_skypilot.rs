@@ -325,7 +325,10 @@ async fn real_sky_without_cloud_access_fails_with_no_cloud_access() {
         .as_str()
         .unwrap()
         .to_string();
-    let job = app.wait_for_job(&id, common::job_finished).await;
+    // The real CLI starts its own API server and then runs `sky down`: slow on a busy machine.
+    let job = app
+        .wait_for_job_within(&id, Duration::from_secs(300), common::job_finished)
+        .await;
     assert_eq!(job["status"], "failed", "{job:#}");
     let error = &job["error"];
     assert_eq!(error["code"], "no_cloud_access", "{error:#}");

@@ -360,10 +360,21 @@ impl TestApp {
         r.body
     }
 
-    /// Polls (bounded) until `done` holds for the job; returns it.
+    /// Polls (about 40 s at most) until `done` holds for the job; returns it.
     pub async fn wait_for_job(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for_job_within(id, Duration::from_secs(40), done)
+            .await
+    }
+
+    /// Polls until `done` holds for the job, for at most `budget`; returns it.
+    pub async fn wait_for_job_within(
+        &self,
+        id: &str,
+        budget: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let mut last = Value::Null;
-        for _ in 0..400 {
+        for _ in 0..(budget.as_millis() / 100).max(1) {
             last = self
                 .get(&format!("/admin/launch-jobs/{id}"), Some(ADMIN_TOKEN))
                 .await
