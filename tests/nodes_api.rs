@@ -431,9 +431,12 @@ async fn malformed_and_oversized_bodies_are_refused_in_json(backend: Backend) {
         "{{\"health_score\": 0.9, \"pad\": \"{}\"}}",
         "x".repeat(1024 * 1024 + 10)
     );
+    // The server answers 413 without reading the body and then closes that connection, so the
+    // oversized request goes on its own client rather than the shared connection pool.
+    let one_off = reqwest::Client::new();
     let r = app
         .send(
-            app.client
+            one_off
                 .post(app.url(&format!("/admin/nodes/{id}/heartbeat")))
                 .bearer_auth(&token)
                 .header("content-type", "application/json")
