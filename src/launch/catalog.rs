@@ -141,6 +141,26 @@ pub fn gpu(name: &str) -> Option<&'static Gpu> {
         .find(|g| g.name.eq_ignore_ascii_case(name.trim()))
 }
 
+/// A cloud's machine for `count` × `gpu` from a `(gpu, count, machine)` table, or, when there is
+/// none, the counts that cloud does offer for that GPU (empty if it offers the GPU not at all).
+pub fn machine_for(
+    table: &[(&str, u32, &'static str)],
+    gpu: &str,
+    count: u32,
+) -> Result<&'static str, Vec<u32>> {
+    table
+        .iter()
+        .find(|(g, c, _)| *g == gpu && *c == count)
+        .map(|(_, _, machine)| *machine)
+        .ok_or_else(|| {
+            table
+                .iter()
+                .filter(|(g, _, _)| *g == gpu)
+                .map(|(_, c, _)| *c)
+                .collect()
+        })
+}
+
 /// Up to three catalogue entries that look like `given`, best first.
 pub fn closest<'a>(given: &str, candidates: impl IntoIterator<Item = &'a str>) -> Vec<String> {
     let given = given.trim().to_ascii_lowercase();

@@ -23,17 +23,7 @@ pub const INSTANCE_TYPES: &[(&str, u32, &str)] = &[
 
 /// The instance type for `count` × `gpu` (canonical names), or the counts AWS does offer.
 pub fn instance_type(gpu: &str, count: u32) -> Result<&'static str, Vec<u32>> {
-    INSTANCE_TYPES
-        .iter()
-        .find(|(g, c, _)| *g == gpu && *c == count)
-        .map(|(_, _, t)| *t)
-        .ok_or_else(|| {
-            INSTANCE_TYPES
-                .iter()
-                .filter(|(g, _, _)| *g == gpu)
-                .map(|(_, c, _)| *c)
-                .collect()
-        })
+    crate::launch::catalog::machine_for(INSTANCE_TYPES, gpu, count)
 }
 
 #[cfg(test)]

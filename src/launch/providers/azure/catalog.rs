@@ -18,17 +18,7 @@ pub const VM_SIZES: &[(&str, u32, &str)] = &[
 
 /// The VM size for `count` × `gpu` (canonical names), or the counts Azure does offer.
 pub fn vm_size(gpu: &str, count: u32) -> Result<&'static str, Vec<u32>> {
-    VM_SIZES
-        .iter()
-        .find(|(g, c, _)| *g == gpu && *c == count)
-        .map(|(_, _, s)| *s)
-        .ok_or_else(|| {
-            VM_SIZES
-                .iter()
-                .filter(|(g, _, _)| *g == gpu)
-                .map(|(_, c, _)| *c)
-                .collect()
-        })
+    crate::launch::catalog::machine_for(VM_SIZES, gpu, count)
 }
 
 #[cfg(test)]
