@@ -400,10 +400,7 @@ async fn capacity_error_moves_to_the_next_zone_and_a_silent_vm_is_terminated() {
     let Some(app) = app_for(&aws, Duration::from_secs(2)).await else {
         return;
     };
-    let id = app.launch(&l4(false, false)).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = app.launch_id(&l4(false, false)).await;
     let job = app.wait_for_job(&id, common::job_finished).await;
     let attempts = job["attempts"].as_array().unwrap();
     assert_eq!(attempts[0]["zone"], "us-east-1a");
@@ -442,10 +439,7 @@ async fn spot_refusal_falls_back_to_on_demand() {
     let Some(app) = app_for(&aws, Duration::from_secs(2)).await else {
         return;
     };
-    let id = app.launch(&l4(true, true)).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = app.launch_id(&l4(true, true)).await;
     let job = app.wait_for_job(&id, common::job_finished).await;
     let attempts = job["attempts"].as_array().unwrap();
     assert_eq!(attempts[0]["market"], "spot");
@@ -496,10 +490,7 @@ async fn every_mapped_ec2_error_leads_to_its_outcome() {
             return;
         };
         let spot = code == "MaxSpotInstanceCountExceeded";
-        let id = app.launch(&l4(spot, false)).await["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let id = app.launch_id(&l4(spot, false)).await;
         let job = app.wait_for_job(&id, common::job_finished).await;
         let tried = job["attempts"].as_array().unwrap();
         if expected == "succeeded" {
@@ -557,10 +548,7 @@ async fn orphan_sweeper_terminates_unaccounted_instances_and_notices_vanished_on
         return;
     };
     // A launch that reaches ready (the test plays its VM): the sweeper must leave it alone.
-    let id = app.launch(&l4(false, false)).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = app.launch_id(&l4(false, false)).await;
     let running = app.wait_for_job(&id, |j| j["stage"] == "register").await;
     let instance_id = instances_of(&aws.endpoint, &id).await[0].0.clone();
     let mut vm = play_vm(&user_data(&aws.endpoint, &instance_id).await);

@@ -96,10 +96,7 @@ macro_rules! setup {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn successful_sky_launch_shows_stages_and_attempt_and_ends_ready() {
     let (sky, app) = setup!("success-aws-l4-spot.txt");
-    let id = app.launch(&l4_spot()).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = app.launch_id(&l4_spot()).await;
     let job = app.wait_for_job(&id, common::job_finished).await;
     assert_eq!(job["status"], "succeeded", "{job:#}");
     let attempt = &job["attempts"][0];
@@ -153,10 +150,7 @@ async fn successful_sky_launch_shows_stages_and_attempt_and_ends_ready() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_to_a_second_zone_records_both_attempts() {
     let (_sky, app) = setup!("failover-aws-l4-second-zone.txt");
-    let id = app.launch(&l4_spot()).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = app.launch_id(&l4_spot()).await;
     let job = app.wait_for_job(&id, common::job_finished).await;
     assert_eq!(job["status"], "succeeded", "{job:#}");
     let attempts = job["attempts"].as_array().unwrap();
@@ -184,10 +178,7 @@ async fn failover_to_a_second_zone_records_both_attempts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_that_failed_on_credentials_everywhere_is_credentials_invalid_and_torn_down() {
     let (sky, app) = setup!("14-sim-sky-launch-y-L4-spot.txt");
-    let id = app.launch(&l4_spot()).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = app.launch_id(&l4_spot()).await;
     let job = app.wait_for_job(&id, common::job_finished).await;
     assert_eq!(job["status"], "failed");
     let error = &job["error"];
@@ -229,10 +220,7 @@ async fn failover_that_failed_on_credentials_everywhere_is_credentials_invalid_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_accelerator_from_skypilot_is_explained() {
     let (_sky, app) = setup!("15-sim-sky-launch-y-invalid-accelerator.txt");
-    let id = app.launch(&l4_spot()).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = app.launch_id(&l4_spot()).await;
     let job = app.wait_for_job(&id, common::job_finished).await;
     assert_eq!(job["error"]["code"], "invalid_accelerator", "{job:#}");
     assert!(!job["error"]["suggestions"].as_array().unwrap().is_empty());
@@ -242,10 +230,7 @@ async fn invalid_accelerator_from_skypilot_is_explained() {
 async fn cancel_kills_a_hung_sky_launch_and_runs_sky_down() {
     let (sky, app) =
         setup!("21-sim-sky-launch-y-retry-until-up-killed-after-75s.txt", "FAKE_SKY_HANG" => "1");
-    let id = app.launch(&l4_spot()).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = app.launch_id(&l4_spot()).await;
     app.wait_for_job(&id, |j| j["stage"] == "provision").await;
     // Give the fake time to print and hang, like a launch retrying for capacity.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -321,10 +306,7 @@ async fn real_sky_without_cloud_access_fails_with_no_cloud_access() {
     let mut config = common::test_config(&db);
     config.sky_bin = wrapper.display().to_string();
     let app = TestApp::start(db, config).await;
-    let id = app.launch(&l4_spot()).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = app.launch_id(&l4_spot()).await;
     // The real CLI starts its own API server and then runs `sky down`: slow on a busy machine.
     let job = app
         .wait_for_job_within(&id, Duration::from_secs(300), common::job_finished)

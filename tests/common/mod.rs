@@ -360,6 +360,14 @@ impl TestApp {
         r.body
     }
 
+    /// Queues a launch job; returns its id.
+    pub async fn launch_id(&self, body: &Value) -> String {
+        self.launch(body).await["id"]
+            .as_str()
+            .expect("job id")
+            .to_string()
+    }
+
     /// Polls (about 40 s at most) until `done` holds for the job; returns it.
     pub async fn wait_for_job(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
         self.wait_for_job_within(id, Duration::from_secs(40), done)
