@@ -16,8 +16,11 @@ use crate::config::ServeConfig;
 use crate::fleet::sweeper::FleetTasks;
 use crate::fleet::{Fleet, FleetError};
 use crate::launch::events::JobEvents;
-use crate::launch::providers::aws::orphans::OrphanSweeper;
+use crate::launch::orphans::{CloudInventory, OrphanSweeper};
+use crate::launch::providers::aws::orphans::AwsInventory;
 use crate::launch::providers::aws::{AwsProvider, AwsSettings};
+#[cfg(feature = "azure")]
+use crate::launch::providers::azure::{orphans::AzureInventory, AzureProvider};
 use crate::launch::providers::local::LocalProvider;
 use crate::launch::providers::skypilot::SkypilotProvider;
 use crate::launch::providers::LaunchProvider;
@@ -159,6 +162,19 @@ impl Running {
             },
         });
         providers.insert(Provider::Aws, aws.clone());
+        #[cfg_attr(not(feature = "azure"), allow(unused_mut))]
+        let mut clouds: Vec<Arc<dyn CloudInventory>> =
+            vec![Arc::new(AwsInventory { provider: aws })];
+        #[cfg(feature = "azure")]
+        {
+            let azure = Arc::new(AzureProvider::new(config.azure_settings()));
+            if azure.settings.missing().is_empty() {
+                clouds.push(Arc::new(AzureInventory {
+                    provider: azure.clone(),
+                }));
+            }
+            providers.insert(Provider::Azure, azure);
+        }
         let runner = JobRunner::new(
             store.clone(),
             fleet.clone(),
@@ -176,7 +192,7 @@ impl Running {
         );
         let (stop_runner, runner_stopped) = tokio::sync::watch::channel(false);
         let orphan_sweeper = OrphanSweeper {
-            provider: aws,
+            clouds,
             store: store.clone(),
             fleet: fleet.clone(),
             metrics: metrics.clone(),

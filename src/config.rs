@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use crate::fleet::status::HealthPolicy;
+use crate::launch::providers::azure::{self, settings::AzureImage, AzureSettings};
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeConfig {
@@ -104,6 +105,42 @@ pub struct ServeConfig {
     #[arg(long, env = "SKYLAUNCH_AWS_MODEL_PORT_CIDR")]
     pub aws_model_port_cidr: Option<String>,
 
+    /// Azure Resource Manager endpoint for `provider: "azure"` (default: Azure's public cloud; tests use a local stand-in).
+    #[arg(long, env = "SKYLAUNCH_AZURE_ENDPOINT_URL")]
+    pub azure_endpoint_url: Option<String>,
+
+    /// Microsoft Entra ID authority for Azure tokens (default: AZURE_AUTHORITY_HOST, else the public cloud's).
+    #[arg(long, env = "SKYLAUNCH_AZURE_AUTHORITY_HOST")]
+    pub azure_authority_host: Option<String>,
+
+    /// Azure subscription that native Azure launches create VMs in.
+    #[arg(long, env = "SKYLAUNCH_AZURE_SUBSCRIPTION_ID")]
+    pub azure_subscription_id: Option<String>,
+
+    /// Existing resource group for the VMs (and the only one the Azure orphan sweeper looks at).
+    #[arg(long, env = "SKYLAUNCH_AZURE_RESOURCE_GROUP")]
+    pub azure_resource_group: Option<String>,
+
+    /// REGION=SUBNET_ID: the existing subnet VMs in that region join (repeat the flag, or comma-separate in the env var).
+    #[arg(long = "azure-subnet", env = "SKYLAUNCH_AZURE_SUBNETS", value_delimiter = ',', value_parser = parse_subnet)]
+    pub azure_subnets: Vec<(String, String)>,
+
+    /// VM image: publisher:offer:sku:version, or an image resource id.
+    #[arg(long, env = "SKYLAUNCH_AZURE_IMAGE", default_value = azure::settings::DEFAULT_IMAGE, value_parser = azure::settings::parse_image)]
+    pub azure_image: AzureImage,
+
+    /// OpenSSH public key installed for the `skylaunch` user on Azure VMs.
+    #[arg(long, env = "SKYLAUNCH_AZURE_SSH_PUBLIC_KEY", value_parser = azure::settings::parse_ssh_public_key)]
+    pub azure_ssh_public_key: Option<String>,
+
+    /// Give each Azure VM a Standard public IP (deleted with the VM): true or false.
+    #[arg(long, env = "SKYLAUNCH_AZURE_PUBLIC_IP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub azure_public_ip: bool,
+
+    /// Shortest wait between polls of a long-running Azure operation (Azure's Retry-After may ask for longer).
+    #[arg(long, env = "SKYLAUNCH_AZURE_POLL_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub azure_poll_interval: Duration,
+
     /// How often the orphan sweeper looks for cloud instances no launch accounts for.
     #[arg(long, env = "SKYLAUNCH_ORPHAN_SWEEP_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub orphan_sweep_interval: Duration,
@@ -127,6 +164,22 @@ impl ServeConfig {
         }
         let parsed = <Wrapper as clap::Parser>::try_parse_from(["skylaunch"]);
         parsed.expect("every setting has a default").config
+    }
+
+    /// The settings of native Azure launches.
+    pub fn azure_settings(&self) -> AzureSettings {
+        AzureSettings {
+            endpoint_url: self.azure_endpoint_url.clone(),
+            authority_host: self.azure_authority_host.clone(),
+            subscription_id: self.azure_subscription_id.clone(),
+            resource_group: self.azure_resource_group.clone(),
+            subnets: self.azure_subnets.iter().cloned().collect(),
+            image: self.azure_image.clone(),
+            ssh_public_key: self.azure_ssh_public_key.clone(),
+            public_ip: self.azure_public_ip,
+            poll_interval: self.azure_poll_interval,
+            ..AzureSettings::default()
+        }
     }
 
     pub fn health_policy(&self) -> HealthPolicy {
@@ -153,6 +206,10 @@ impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
     }
+}
+
+fn parse_subnet(s: &str) -> Result<(String, String), String> {
+    azure::settings::parse_subnet(s)
 }
 
 fn parse_secret(s: &str) -> Result<Secret, String> {

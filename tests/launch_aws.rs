@@ -5,6 +5,7 @@
 //! instance's user data back from EC2 and starts the real agent with those values.
 
 mod common;
+mod played_vm;
 
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
@@ -232,62 +233,11 @@ async fn user_data(endpoint: &str, instance_id: &str) -> String {
 }
 
 fn exported(script: &str, key: &str) -> String {
-    let line = script
-        .lines()
-        .find(|l| l.starts_with(&format!("export {key}=")))
-        .unwrap_or_else(|| panic!("{key} not exported"));
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("{line}; printf %s \"${key}\""))
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap()
+    played_vm::exported(script, key)
 }
 
-/// Plays the VM: the echo model server and the real agent, with the user data's values.
-fn play_vm(script: &str) -> Vec<std::process::Child> {
-    let skylaunch = std::path::PathBuf::from(env!("CARGO_BIN_EXE_skylaunch"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let model = exported(script, "MODEL_ID");
-    let echo = std::process::Command::new(&skylaunch)
-        .args([
-            "echo-server",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--model",
-            &model,
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let agent = std::process::Command::new(skylaunch.with_file_name("skylaunch-agent"))
-        .env_clear()
-        .env(
-            "SKYLAUNCH_CONTROL_PLANE_URL",
-            exported(script, "SKYLAUNCH_CONTROL_PLANE_URL"),
-        )
-        .env("SKYLAUNCH_NODE_ID", exported(script, "SKYLAUNCH_NODE_ID"))
-        .env(
-            "SKYLAUNCH_NODE_TOKEN",
-            exported(script, "SKYLAUNCH_NODE_TOKEN"),
-        )
-        .env(
-            "SKYLAUNCH_MODEL_SERVER_URL",
-            format!("http://127.0.0.1:{port}"),
-        )
-        .env("SKYLAUNCH_PROVIDER", "aws")
-        .env("SKYLAUNCH_REGION", "us-east-1")
-        .env("SKYLAUNCH_INSTANCE_TYPE", "g6.xlarge")
-        .env("SKYLAUNCH_IMDS_URL", "http://127.0.0.1:9")
-        .env("SKYLAUNCH_NVIDIA_SMI", "/nonexistent")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    vec![echo, agent]
+fn play_vm(script: &str) -> played_vm::PlayedVm {
+    played_vm::play_vm(script, "aws", "us-east-1", "g6.xlarge")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,7 +320,7 @@ async fn spot_launch_starts_a_tagged_spot_instance_that_becomes_a_ready_node() {
         .to_string()
         .contains(&token));
 
-    let mut vm = play_vm(&script);
+    let vm = play_vm(&script);
     let done = app.wait_for_job(&id, common::job_finished).await;
     assert_eq!(done["status"], "succeeded", "{done:#}");
     let node_id = done["node_id"].as_str().unwrap();
@@ -383,10 +333,7 @@ async fn spot_launch_starts_a_tagged_spot_instance_that_becomes_a_ready_node() {
         matches!(after[0].1.as_str(), "shutting-down" | "terminated"),
         "deleting the node terminates the VM: {after:?}"
     );
-    for p in &mut vm {
-        let _ = p.kill();
-        let _ = p.wait();
-    }
+    drop(vm);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -551,7 +498,7 @@ async fn orphan_sweeper_terminates_unaccounted_instances_and_notices_vanished_on
     let id = app.launch_id(&l4(false, false)).await;
     let running = app.wait_for_job(&id, |j| j["stage"] == "register").await;
     let instance_id = instances_of(&aws.endpoint, &id).await[0].0.clone();
-    let mut vm = play_vm(&user_data(&aws.endpoint, &instance_id).await);
+    let vm = play_vm(&user_data(&aws.endpoint, &instance_id).await);
     let ready = app.wait_for_job(&id, common::job_finished).await;
     assert_eq!(ready["status"], "succeeded", "{ready:#}");
 
@@ -624,19 +571,14 @@ async fn orphan_sweeper_terminates_unaccounted_instances_and_notices_vanished_on
         matches!(orphan_state.as_str(), "shutting-down" | "terminated"),
         "the orphan is terminated: {orphan_state}"
     );
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("skylaunch_orphans_terminated_total{cloud=\"aws\"} 1"),
         "{metrics}"
     );
+    let recorded = app.wait_for_cloud_event("orphan_terminated", &orphan).await;
+    assert_eq!(recorded["cloud"], "aws");
+    assert_eq!(recorded["job_id"], "no-such-job");
     assert_eq!(
         state(bystander.clone()).await,
         "running",
@@ -664,8 +606,9 @@ async fn orphan_sweeper_terminates_unaccounted_instances_and_notices_vanished_on
             .contains("no longer exists"),
         "{node:#}"
     );
-    for p in &mut vm {
-        let _ = p.kill();
-        let _ = p.wait();
-    }
+    let vanished = app
+        .wait_for_cloud_event("instance_vanished", &instance_id)
+        .await;
+    assert_eq!(vanished["node_id"], node_id);
+    drop(vm);
 }

@@ -20,7 +20,7 @@ use crate::clock::now_ms;
 use crate::fleet::node::NewNode;
 use crate::fleet::FleetError;
 use crate::launch::error::ErrorCode;
-use crate::launch::job::{initial_stages, Job, JobStatus};
+use crate::launch::job::{Job, JobStatus};
 use crate::launch::spec::{LaunchRequest, SpecError};
 use crate::launch::task::{self, NodeIdentity};
 use crate::store::StoreError;
@@ -110,6 +110,22 @@ pub async fn create_job(
     }
     let id = uuid::Uuid::new_v4().to_string();
     let spec = request.validate(&default_name(&request.model, &id))?;
+    match state.runner.provider(spec.provider.as_str()) {
+        Some(provider) => provider.check(&spec)?,
+        None => {
+            return Err(SpecError {
+                code: ErrorCode::InvalidRequest,
+                field: "provider",
+                message: format!(
+                    "provider {:?} is not in this build of skylaunch (it was compiled without the \"{}\" feature)",
+                    spec.provider.as_str(),
+                    spec.provider.as_str()
+                ),
+                suggestions: vec!["skypilot".into(), "local".into()],
+            }
+            .into())
+        }
+    }
     let (node, _unused_token) = state
         .fleet
         .create_node(
@@ -123,26 +139,7 @@ pub async fn create_job(
             Some(id.clone()),
         )
         .await?;
-    let now = now_ms();
-    let job = Job {
-        cluster_name: task::cluster_name(&id),
-        id: id.clone(),
-        name: spec.name.clone(),
-        status: JobStatus::Queued,
-        stage: None,
-        stages: initial_stages(),
-        attempts: Vec::new(),
-        error: None,
-        node_id: Some(node.id.clone()),
-        task_yaml: None,
-        provider: spec.provider.as_str().to_string(),
-        spec,
-        cancel_requested: false,
-        created_at: now,
-        updated_at: now,
-        finished_at: None,
-        provider_state: json!({}),
-    };
+    let job = Job::queued(id.clone(), spec, Some(node.id.clone()), now_ms());
     let request_json = serde_json::to_string(&request).map_err(|e| ApiError::internal(&e))?;
     if let Err(e) = state
         .store

@@ -1,6 +1,7 @@
 //! The HTTP surface: every route in one place, the body-size limit, request metrics, and the
 //! JSON fallbacks for unknown routes and methods.
 
+pub mod cloud_events;
 pub mod error;
 pub mod extract;
 pub mod jobs;
@@ -47,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/launch-jobs/{id}/events", get(jobs::job_events))
         .route("/admin/launch-jobs/{id}/cancel", post(jobs::cancel_job))
         .route("/admin/task-yaml/preview", post(jobs::preview_task))
+        .route("/admin/cloud-events", get(cloud_events::list_cloud_events))
         .route("/downloads/skylaunch-agent", get(jobs::download_agent))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

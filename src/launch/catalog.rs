@@ -143,6 +143,9 @@ pub fn gpu(name: &str) -> Option<&'static Gpu> {
 
 /// A cloud's machine for `count` × `gpu` from a `(gpu, count, machine)` table, or, when there is
 /// none, the counts that cloud does offer for that GPU (empty if it offers the GPU not at all).
+/// A cloud's machines by GPU: rows of `(gpu, count, machine)`.
+pub type MachineTable = &'static [(&'static str, u32, &'static str)];
+
 pub fn machine_for(
     table: &[(&str, u32, &'static str)],
     gpu: &str,

@@ -119,6 +119,29 @@ pub fn initial_stages() -> Vec<StageRecord> {
 }
 
 impl Job {
+    /// A new job, queued, for `spec`'s launch of node `node_id`.
+    pub fn queued(id: String, spec: LaunchSpec, node_id: Option<String>, now: i64) -> Job {
+        Job {
+            cluster_name: super::task::cluster_name(&id),
+            id,
+            name: spec.name.clone(),
+            status: JobStatus::Queued,
+            stage: None,
+            stages: initial_stages(),
+            attempts: Vec::new(),
+            error: None,
+            node_id,
+            task_yaml: None,
+            provider: spec.provider.as_str().to_string(),
+            spec,
+            cancel_requested: false,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+            provider_state: serde_json::json!({}),
+        }
+    }
+
     fn record(&mut self, stage: Stage) -> &mut StageRecord {
         let i = Stage::ALL
             .iter()
@@ -210,25 +233,9 @@ mod tests {
         .unwrap()
         .validate("n")
         .unwrap();
-        Job {
-            id: "j".into(),
-            name: "n".into(),
-            status: JobStatus::Running,
-            stage: None,
-            stages: initial_stages(),
-            attempts: vec![],
-            error: None,
-            node_id: None,
-            task_yaml: None,
-            cluster_name: "sl-j".into(),
-            provider: "local".into(),
-            spec,
-            cancel_requested: false,
-            created_at: 0,
-            updated_at: 0,
-            finished_at: None,
-            provider_state: serde_json::Value::Null,
-        }
+        let mut job = Job::queued("j".into(), spec, None, 0);
+        job.status = JobStatus::Running;
+        job
     }
 
     fn states(j: &Job) -> Vec<StageState> {

@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod error;
 pub mod events;
 pub mod job;
+pub mod orphans;
 pub mod providers;
 pub mod run;
 pub mod runner;

@@ -107,21 +107,7 @@ impl LaunchRequest {
             "skypilot" => Provider::Skypilot,
             "local" => Provider::Local,
             "aws" => Provider::Aws,
-            "azure" => {
-                return Err(SpecError {
-                    suggestions: vec![
-                    "use provider \"skypilot\" (which launches on AWS and Azure too) or \"local\""
-                        .into(),
-                ],
-                    ..invalid(
-                        "provider",
-                        format!(
-                            "provider {:?} is not available in this build yet",
-                            self.provider
-                        ),
-                    )
-                })
-            }
+            "azure" => Provider::Azure,
             other => {
                 return Err(SpecError {
                     suggestions: catalog::closest(other, ["skypilot", "aws", "azure", "local"]),
@@ -155,52 +141,26 @@ impl LaunchRequest {
         } else if gpu_count != 1 {
             return Err(invalid("gpu_count", "gpu_count needs a gpu"));
         }
-        let cloud = match (provider, self.cloud.as_deref()) {
-            (Provider::Aws, None | Some("aws")) => Some("aws".to_string()),
-            (Provider::Aws, Some(other)) => {
-                return Err(invalid(
-                    "cloud",
-                    format!("provider \"aws\" launches on aws, not {other:?}"),
-                ))
+        let cloud = match native_catalogue(provider) {
+            Some((label, table)) => {
+                let own = provider.as_str();
+                if let Some(other) = self
+                    .cloud
+                    .as_deref()
+                    .map(|c| c.trim().to_ascii_lowercase())
+                    .filter(|c| c != own)
+                {
+                    return Err(invalid(
+                        "cloud",
+                        format!("provider {own:?} launches on {own}, not {other:?}"),
+                    ));
+                }
+                let gpu = gpu.expect("a GPU is required for cloud providers");
+                check_machine(label, table, gpu, gpu_count)?;
+                Some(own.to_string())
             }
-            _ => self.check_cloud(provider, gpu)?,
+            None => self.check_cloud(provider, gpu)?,
         };
-        if provider == Provider::Aws {
-            let gpu = gpu.expect("a GPU is required for cloud providers");
-            if let Err(offered) =
-                crate::launch::providers::aws::catalog::instance_type(gpu.name, gpu_count)
-            {
-                return Err(SpecError {
-                    code: ErrorCode::InvalidAccelerator,
-                    field: if offered.is_empty() {
-                        "gpu"
-                    } else {
-                        "gpu_count"
-                    },
-                    message: if offered.is_empty() {
-                        format!("{} is not sold on AWS", gpu.name)
-                    } else {
-                        format!(
-                            "AWS has no instance with {gpu_count} × {}; it offers {offered:?}",
-                            gpu.name
-                        )
-                    },
-                    suggestions: if offered.is_empty() {
-                        crate::launch::providers::aws::catalog::INSTANCE_TYPES
-                            .iter()
-                            .map(|(g, _, _)| g.to_string())
-                            .fold(Vec::new(), |mut v, g| {
-                                if !v.contains(&g) {
-                                    v.push(g);
-                                }
-                                v
-                            })
-                    } else {
-                        offered.iter().map(|c| format!("gpu_count: {c}")).collect()
-                    },
-                });
-            }
-        }
         let regions = self.check_regions(provider, cloud.as_deref())?;
         let fallback_to_on_demand = match self.spot_fallback.as_deref() {
             None | Some("none") => false,
@@ -368,6 +328,55 @@ impl LaunchRequest {
     }
 }
 
+/// The machine table of a provider that calls a cloud directly: its display name and rows of
+/// `(gpu, count, machine)`.
+fn native_catalogue(provider: Provider) -> Option<(&'static str, catalog::MachineTable)> {
+    match provider {
+        Provider::Aws => Some((
+            "AWS",
+            crate::launch::providers::aws::catalog::INSTANCE_TYPES,
+        )),
+        Provider::Azure => Some(("Azure", crate::launch::providers::azure::catalog::VM_SIZES)),
+        Provider::Skypilot | Provider::Local => None,
+    }
+}
+
+/// The cloud sells a machine with exactly `count` × `gpu`, or the request names what it does sell.
+fn check_machine(
+    label: &str,
+    table: &[(&str, u32, &'static str)],
+    gpu: &Gpu,
+    count: u32,
+) -> Result<(), SpecError> {
+    let Err(offered) = catalog::machine_for(table, gpu.name, count) else {
+        return Ok(());
+    };
+    Err(if offered.is_empty() {
+        let mut sold: Vec<String> = Vec::new();
+        for (g, _, _) in table {
+            if !sold.iter().any(|s| s == g) {
+                sold.push(g.to_string());
+            }
+        }
+        SpecError {
+            code: ErrorCode::InvalidAccelerator,
+            field: "gpu",
+            message: format!("{} is not sold on {label}", gpu.name),
+            suggestions: sold,
+        }
+    } else {
+        SpecError {
+            code: ErrorCode::InvalidAccelerator,
+            field: "gpu_count",
+            message: format!(
+                "{label} has no machine with {count} × {}; it offers {offered:?}",
+                gpu.name
+            ),
+            suggestions: offered.iter().map(|c| format!("gpu_count: {c}")).collect(),
+        }
+    })
+}
+
 fn check_model(model: &str) -> Result<(), SpecError> {
     let model = model.trim();
     let part_ok = |p: &str| {
@@ -523,7 +532,19 @@ mod tests {
     fn other_checks() {
         let cases = [
             (serde_json::json!({"provider": "skypilott"}), "provider"),
-            (serde_json::json!({"provider": "azure"}), "provider"),
+            (serde_json::json!({"provider": "azure"}), "gpu"),
+            (
+                serde_json::json!({"provider": "azure", "gpu": "A100-80GB", "gpu_count": 3}),
+                "gpu_count",
+            ),
+            (
+                serde_json::json!({"provider": "azure", "gpu": "A10", "regions": ["us-east-1"]}),
+                "regions",
+            ),
+            (
+                serde_json::json!({"provider": "azure", "gpu": "A10", "cloud": "aws"}),
+                "cloud",
+            ),
             (serde_json::json!({"provider": "aws", "gpu": "A10"}), "gpu"),
             (
                 serde_json::json!({"provider": "aws", "gpu": "H100"}),

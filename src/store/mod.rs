@@ -2,6 +2,7 @@
 //! SQL for each resource (next to the types it fills). Both backends go through sqlx's `Any`
 //! driver with portable SQL, so one query serves both; timestamps are Unix milliseconds.
 
+pub mod cloud_events;
 pub mod jobs;
 pub mod nodes;
 
@@ -19,6 +20,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "launch_jobs",
         include_str!("../../migrations/0002_launch_jobs.sql"),
+    ),
+    (
+        3,
+        "cloud_events",
+        include_str!("../../migrations/0003_cloud_events.sql"),
     ),
 ];
 

@@ -449,3 +449,42 @@ pub async fn moto() -> Option<Moto> {
     }
     panic!("moto_server did not start on {}", moto.url);
 }
+
+impl TestApp {
+    /// The `/metrics` page.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+}
+
+impl TestApp {
+    /// Polls (bounded) until the orphan sweeper has recorded an event of `kind` for
+    /// `instance_id`; returns it.
+    pub async fn wait_for_cloud_event(&self, kind: &str, instance_id: &str) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..200 {
+            last = self
+                .get("/admin/cloud-events", Some(ADMIN_TOKEN))
+                .await
+                .body;
+            let found = last["events"].as_array().and_then(|events| {
+                events
+                    .iter()
+                    .find(|e| e["kind"] == kind && e["instance_id"] == instance_id)
+                    .cloned()
+            });
+            if let Some(event) = found {
+                return event;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no {kind} cloud event for {instance_id}; last seen: {last:#}");
+    }
+}

@@ -4,7 +4,9 @@
 
 pub mod aws;
 pub mod azure;
+pub mod bootstrap;
 pub mod local;
+pub mod placement;
 pub mod skypilot;
 
 use std::future::Future;
@@ -13,10 +15,17 @@ use std::pin::Pin;
 use super::error::LaunchError;
 use super::job::Job;
 use super::run::JobRun;
+use super::spec::{LaunchSpec, SpecError};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 pub trait LaunchProvider: Send + Sync {
+    /// Refuses, before anything is queued, a launch this provider as configured cannot run
+    /// (e.g. Azure without a subnet in a region asked for). The default accepts everything.
+    fn check(&self, _spec: &LaunchSpec) -> Result<(), SpecError> {
+        Ok(())
+    }
+
     /// Creates the node's machine and starts its model server and agent. Returns once they are
     /// started; the runner then waits for the agent to register and the node to become ready.
     fn launch<'a>(&'a self, run: &'a JobRun) -> BoxFuture<'a, Result<(), LaunchError>>;

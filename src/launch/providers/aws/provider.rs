@@ -7,7 +7,6 @@
 //! `skylaunch:job-id` and `skylaunch:node-id`; its user data exports the launch's values and
 //! runs the template. The node token travels only in the user data, never in tags or logs.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
@@ -22,10 +21,10 @@ use serde_json::json;
 
 use super::catalog;
 use super::errors::{classify, Ec2Failure};
-use super::userdata;
 use crate::launch::error::{ErrorCode, LaunchError};
 use crate::launch::job::Job;
-use crate::launch::providers::{BoxFuture, LaunchProvider};
+use crate::launch::providers::placement::{self, market_name};
+use crate::launch::providers::{bootstrap, BoxFuture, LaunchProvider};
 use crate::launch::run::JobRun;
 use crate::launch::stage::{Attempt, Market, Stage};
 use crate::launch::task;
@@ -101,11 +100,7 @@ impl AwsProvider {
         } else {
             spec.regions.clone()
         };
-        let markets: Vec<Market> = match (spec.use_spot, spec.fallback_to_on_demand) {
-            (true, true) => vec![Market::Spot, Market::OnDemand],
-            (true, false) => vec![Market::Spot],
-            (false, _) => vec![Market::OnDemand],
-        };
+        let markets = placement::markets(spec);
         let template = task::template(&spec.template).ok_or_else(|| {
             LaunchError::new(
                 ErrorCode::InvalidRequest,
@@ -113,7 +108,7 @@ impl AwsProvider {
                 spec.template.clone(),
             )
         })?;
-        let user_data = self.user_data(run, &job, &template);
+        let user_data = bootstrap::for_launch(run, &job, &template);
         let mut reasons = Vec::new();
         let mut attempt_no = 0u32;
         'markets: for market in &markets {
@@ -184,45 +179,14 @@ impl AwsProvider {
                 }
             }
         }
-        let spot_only = markets == [Market::Spot];
-        let mut error = LaunchError::new(
-            if spot_only {
-                ErrorCode::SpotCapacityUnavailable
-            } else {
-                ErrorCode::CapacityUnavailable
-            },
-            format!("No {instance_type} capacity in {}", regions.join(", ")),
-            format!(
-                "every placement tried for {} × {gpu} ({instance_type}) was refused for capacity",
-                spec.gpu_count
-            ),
-        )
-        .with_raw(reasons.join("\n"));
-        if spot_only {
-            error = error.suggest("Allow on-demand fallback (spot_fallback: \"on_demand\")");
-        }
-        Err(error
-            .suggest("Add more regions, e.g. us-west-2 or us-east-2")
-            .suggest("Try again later, or another GPU type"))
-    }
-
-    fn user_data(&self, run: &JobRun, job: &Job, template: &task::Template) -> String {
-        let mut envs: BTreeMap<String, String> = job.spec.envs.clone();
-        envs.insert("MODEL_ID".into(), job.spec.model.clone());
-        envs.insert("MODEL_PORT".into(), template.port.to_string());
-        envs.insert("GPU_COUNT".into(), job.spec.gpu_count.to_string());
-        envs.insert(
-            "SKYLAUNCH_CONTROL_PLANE_URL".into(),
-            run.settings.control_plane_url.clone(),
-        );
-        envs.insert("SKYLAUNCH_AGENT_URL".into(), run.settings.agent_url.clone());
-        envs.insert(
-            "SKYLAUNCH_NODE_ID".into(),
-            job.node_id.clone().unwrap_or_default(),
-        );
-        envs.insert("SKYLAUNCH_NODE_TOKEN".into(), run.node_token().to_string());
-        envs.insert("HOME".into(), "/root".into());
-        userdata::script(&envs, &template.setup, &template.run)
+        Err(placement::exhausted(
+            "AWS",
+            instance_type,
+            spec,
+            &regions,
+            &reasons,
+            "us-west-2 or us-east-2",
+        ))
     }
 
     /// The security group that lets only `cidr` reach the model port, created once per region.
@@ -527,13 +491,6 @@ fn public_ip_cidr(url: &str) -> Option<String> {
     let host = url.split("://").nth(1)?.split(['/', ':']).next()?;
     let ip: std::net::Ipv4Addr = host.parse().ok()?;
     Some(format!("{ip}/32"))
-}
-
-fn market_name(market: Market) -> &'static str {
-    match market {
-        Market::Spot => "spot",
-        Market::OnDemand => "on-demand",
-    }
 }
 
 /// The zones of a region that offer the instance type.

@@ -33,13 +33,11 @@ static ACCELERATOR_LIST: LazyLock<Regex> = LazyLock::new(|| {
 static TRIED_INFRA: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^Provision failures \(tried (\d+) infra\):").expect("static regex")
 });
-static QUOTA_NUMBERS: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(Current Limit: \d+, Current Usage: \d+, Additional Required: \d+|current vCPU limit of \d+)")
-        .expect("static regex")
-});
-static QUOTA_SUBJECT: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?:Found no quota for (\S+ \S+ instances in region \S+)|exceeding approved (\S+) Cores quota)")
-        .expect("static regex")
+// AWS's wording; Azure's cores quota messages are read by the Azure provider's `cores_quota`.
+static AWS_QUOTA_NUMBERS: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"current vCPU limit of \d+").expect("static regex"));
+static AWS_QUOTA_SUBJECT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"Found no quota for (\S+ \S+ instances in region \S+)").expect("static regex")
 });
 
 /// What one failed attempt says about the cause.
@@ -339,10 +337,15 @@ fn credentials_invalid(reasons: &[String], ctx: &FailureContext) -> LaunchError 
 
 fn quota_exceeded(reasons: &[String], ctx: &FailureContext) -> LaunchError {
     let all = reasons.join("\n");
-    let subject = QUOTA_SUBJECT
-        .captures(&all)
-        .and_then(|c| c.get(1).or(c.get(2)).map(|m| m.as_str().to_string()));
-    let numbers = QUOTA_NUMBERS.captures(&all).map(|c| c[1].to_string());
+    let azure = crate::launch::providers::azure::errors::cores_quota(&all);
+    let subject = match &azure {
+        Some(quota) => Some(format!("{} cores", quota.family)),
+        None => AWS_QUOTA_SUBJECT.captures(&all).map(|c| c[1].to_string()),
+    };
+    let numbers = match &azure {
+        Some(quota) if quota.numbers.is_some() => Some(quota.numbers_text().trim().to_string()),
+        _ => AWS_QUOTA_NUMBERS.captures(&all).map(|c| c[0].to_string()),
+    };
     let mut message = format!(
         "The cloud account has no quota left for {} {} instances in {}.",
         ctx.gpu,
@@ -636,8 +639,14 @@ mod tests {
             false,
         );
         assert_eq!(error.code, ErrorCode::QuotaExceeded);
-        assert!(error.message.contains("Current Limit: 0"));
-        assert!(error.suggestions[0].contains("standardNCADSA100v4Family"));
+        assert!(
+            error
+                .message
+                .contains("(limit 0, in use 0, this launch needs 24 more)"),
+            "{}",
+            error.message
+        );
+        assert!(error.suggestions[0].contains("standardNCADSA100v4Family cores"));
     }
 
     #[test]

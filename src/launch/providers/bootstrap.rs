@@ -1,8 +1,33 @@
-//! The user-data script that turns a fresh EC2 VM into a node: the launch's values as exported
-//! environment variables (each single-quoted, so no value can become shell), then the template's
-//! setup and run. cloud-init runs it as root at first boot.
+//! The first-boot script that turns a fresh cloud VM into a node (EC2 user data, Azure custom
+//! data): the launch's values as exported environment variables (each single-quoted, so no value
+//! can become shell), then the template's setup and run. cloud-init runs it as root at first boot.
 
 use std::collections::BTreeMap;
+
+use crate::launch::job::Job;
+use crate::launch::run::JobRun;
+use crate::launch::task::Template;
+
+/// The whole script for a launch: the user's envs, the model, and what the agent needs to find
+/// its control plane (the node token included: the script is the only place it travels).
+pub fn for_launch(run: &JobRun, job: &Job, template: &Template) -> String {
+    let mut envs: BTreeMap<String, String> = job.spec.envs.clone();
+    envs.insert("MODEL_ID".into(), job.spec.model.clone());
+    envs.insert("MODEL_PORT".into(), template.port.to_string());
+    envs.insert("GPU_COUNT".into(), job.spec.gpu_count.to_string());
+    envs.insert(
+        "SKYLAUNCH_CONTROL_PLANE_URL".into(),
+        run.settings.control_plane_url.clone(),
+    );
+    envs.insert("SKYLAUNCH_AGENT_URL".into(), run.settings.agent_url.clone());
+    envs.insert(
+        "SKYLAUNCH_NODE_ID".into(),
+        job.node_id.clone().unwrap_or_default(),
+    );
+    envs.insert("SKYLAUNCH_NODE_TOKEN".into(), run.node_token().to_string());
+    envs.insert("HOME".into(), "/root".into());
+    script(&envs, &template.setup, &template.run)
+}
 
 /// Quotes a value for POSIX sh: `'…'`, with each `'` written as `'\''`.
 pub fn shell_quote(value: &str) -> String {

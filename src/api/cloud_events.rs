@@ -1,0 +1,42 @@
+//! `GET /admin/cloud-events`: what the orphan sweeper did on each cloud (orphans terminated,
+//! nodes whose instance vanished), newest first.
+
+use std::collections::HashMap;
+
+use axum::extract::{Query, State};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::extract::Admin;
+use crate::app::AppState;
+use crate::fleet::FleetError;
+
+const DEFAULT_LIMIT: i64 = 100;
+const MAX_LIMIT: i64 = 1000;
+
+pub async fn list_cloud_events(
+    State(state): State<AppState>,
+    _: Admin,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = match query.get("limit") {
+        None => DEFAULT_LIMIT,
+        Some(text) => text
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_limit",
+                    format!("limit must be a whole number from 1 to {MAX_LIMIT}"),
+                )
+            })?,
+    };
+    let events = state
+        .store
+        .recent_cloud_events(limit)
+        .await
+        .map_err(|e| ApiError::from(FleetError::Store(e)))?;
+    Ok(Json(json!({ "events": events })))
+}

@@ -1,0 +1,262 @@
+//! The orphan sweeper: no instance skylaunch started may keep billing unnoticed, on any cloud.
+//!
+//! Each cloud lists the instances tagged `skylaunch:managed=true` (its [`CloudInventory`]). One
+//! whose launch job is unknown, finished without success, or whose node was terminated is an
+//! orphan: once older than the grace period it is terminated, counted in
+//! `skylaunch_orphans_terminated_total{cloud}`, logged, and recorded as a cloud event (and on its
+//! node when there is one). A live node whose instance is gone (preempted, or deleted in the
+//! console) is marked `terminated` with that reason. Instances without the tag are never listed,
+//! so never touched.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::now_ms;
+use crate::fleet::status::NodeStatus;
+use crate::fleet::Fleet;
+use crate::launch::job::{Job, JobStatus};
+use crate::launch::providers::BoxFuture;
+use crate::metrics::Metrics;
+use crate::store::cloud_events::CloudEvent;
+use crate::store::Store;
+
+/// An instance carrying skylaunch's tags, as its cloud lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManagedInstance {
+    /// The cloud's id for it (EC2 instance id, Azure VM name).
+    pub id: String,
+    pub region: String,
+    /// The `skylaunch:job-id` and `skylaunch:node-id` tags.
+    pub job_id: Option<String>,
+    pub node_id: Option<String>,
+    /// When the cloud created it (Unix ms), if it says.
+    pub created_at_ms: Option<i64>,
+}
+
+/// One listing of a cloud's managed instances that are alive (not terminated or deleting).
+#[derive(Debug, Default)]
+pub struct Inventory {
+    pub instances: Vec<ManagedInstance>,
+    /// Regions whose listing failed: nothing there may be judged vanished on missing data.
+    pub unlisted: BTreeSet<String>,
+    /// The listing failed everywhere (credentials, endpoint): judge nothing.
+    pub failed: bool,
+}
+
+/// What the sweeper needs from one cloud.
+pub trait CloudInventory: Send + Sync {
+    /// The cloud's name, as in a job's `provider` and in metrics labels.
+    fn cloud(&self) -> &'static str;
+
+    /// Whether to sweep when no launch job of this cloud exists. A cloud configured explicitly
+    /// is swept anyway; one reached through ambient credentials only once skylaunch used it.
+    fn sweep_without_jobs(&self) -> bool {
+        false
+    }
+
+    fn list(&self) -> BoxFuture<'_, Inventory>;
+
+    fn terminate<'a>(&'a self, instance: &'a ManagedInstance) -> BoxFuture<'a, Result<(), String>>;
+
+    /// The instance that runs a launched node, from its job's stored provider state, as
+    /// `(region, id)`.
+    fn node_instance(&self, job: &Job) -> Option<(String, String)>;
+}
+
+pub struct OrphanSweeper {
+    pub clouds: Vec<Arc<dyn CloudInventory>>,
+    pub store: Store,
+    pub fleet: Arc<Fleet>,
+    pub metrics: Arc<Metrics>,
+    /// Instances younger than this are left alone (their launch may still be recording them).
+    pub grace: Duration,
+}
+
+pub const ORPHANS_TERMINATED: &str = "skylaunch_orphans_terminated_total";
+const ORPHANS_HELP: &str = "Cloud instances tagged as skylaunch's that no launch accounts for, terminated by the orphan sweeper.";
+
+#[derive(Debug, Default, PartialEq)]
+pub struct SweepReport {
+    pub terminated: Vec<String>,
+    pub vanished_nodes: Vec<String>,
+}
+
+impl OrphanSweeper {
+    pub async fn sweep(&self) -> SweepReport {
+        let mut report = SweepReport::default();
+        let jobs = match self.store.jobs(100_000).await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::error!(error = %e, "orphan sweep: cannot read launch jobs");
+                return report;
+            }
+        };
+        for cloud in &self.clouds {
+            let jobs: HashMap<String, &Job> = jobs
+                .iter()
+                .filter(|j| j.provider == cloud.cloud())
+                .map(|j| (j.id.clone(), j))
+                .collect();
+            if jobs.is_empty() && !cloud.sweep_without_jobs() {
+                // Nobody launches on this cloud here: stay quiet rather than probe accounts we
+                // were never given.
+                continue;
+            }
+            self.sweep_cloud(cloud.as_ref(), &jobs, &mut report).await;
+        }
+        report
+    }
+
+    async fn sweep_cloud(
+        &self,
+        cloud: &dyn CloudInventory,
+        jobs: &HashMap<String, &Job>,
+        report: &mut SweepReport,
+    ) {
+        let inventory = cloud.list().await;
+        if inventory.failed {
+            return;
+        }
+        let mut live: BTreeSet<&str> = BTreeSet::new();
+        for instance in &inventory.instances {
+            live.insert(&instance.id);
+            if self.accounted(instance, jobs).await {
+                continue;
+            }
+            let age_ms = instance
+                .created_at_ms
+                .map(|t| now_ms() - t)
+                .unwrap_or(i64::MAX);
+            if age_ms < self.grace.as_millis() as i64 {
+                continue;
+            }
+            match cloud.terminate(instance).await {
+                Ok(()) => {
+                    self.metrics.inc(
+                        ORPHANS_TERMINATED,
+                        ORPHANS_HELP,
+                        &[("cloud", cloud.cloud())],
+                    );
+                    tracing::warn!(cloud = cloud.cloud(), instance_id = %instance.id, region = %instance.region, job_id = ?instance.job_id, "terminated an orphaned instance no launch accounts for");
+                    let message = format!(
+                        "terminated {} in {}: tagged as skylaunch's, but no running launch or live node accounts for it",
+                        instance.id, instance.region
+                    );
+                    self.record(cloud, "orphan_terminated", instance, &message)
+                        .await;
+                    if let Some(node) = &instance.node_id {
+                        let _ = self
+                            .fleet
+                            .terminate(
+                                node,
+                                &format!(
+                                    "orphaned instance {} terminated by the orphan sweeper",
+                                    instance.id
+                                ),
+                            )
+                            .await;
+                    }
+                    report.terminated.push(instance.id.clone());
+                }
+                Err(e) => {
+                    tracing::error!(cloud = cloud.cloud(), instance_id = %instance.id, error = %e, "orphan sweep: could not terminate")
+                }
+            }
+        }
+        // Nodes whose instance is gone.
+        for job in jobs.values().filter(|j| j.status == JobStatus::Succeeded) {
+            let (Some((region, id)), Some(node)) =
+                (cloud.node_instance(job), job.node_id.as_deref())
+            else {
+                continue;
+            };
+            if live.contains(id.as_str()) || inventory.unlisted.contains(&region) {
+                continue;
+            }
+            let Ok(n) = self.fleet.get(node).await else {
+                continue;
+            };
+            if n.status == NodeStatus::Terminated {
+                continue;
+            }
+            let reason =
+                format!("instance {id} no longer exists (preempted, or deleted outside skylaunch)");
+            if self.fleet.terminate(node, &reason).await.is_ok() {
+                tracing::warn!(cloud = cloud.cloud(), node_id = node, instance_id = %id, "node's instance vanished; marked terminated");
+                let instance = ManagedInstance {
+                    id,
+                    region,
+                    job_id: Some(job.id.clone()),
+                    node_id: Some(node.to_string()),
+                    created_at_ms: None,
+                };
+                self.record(cloud, "instance_vanished", &instance, &reason)
+                    .await;
+                report.vanished_nodes.push(node.to_string());
+            }
+        }
+    }
+
+    /// Whether a running launch or a live node owns the instance.
+    async fn accounted(&self, instance: &ManagedInstance, jobs: &HashMap<String, &Job>) -> bool {
+        let Some(job) = instance.job_id.as_ref().and_then(|j| jobs.get(j)) else {
+            return false;
+        };
+        if !job.status.is_terminal() {
+            return true;
+        }
+        if job.status != JobStatus::Succeeded {
+            return false;
+        }
+        match &job.node_id {
+            Some(node) => self
+                .fleet
+                .get(node)
+                .await
+                .map(|n| n.status != NodeStatus::Terminated)
+                .unwrap_or(false),
+            None => false,
+        }
+    }
+
+    async fn record(
+        &self,
+        cloud: &dyn CloudInventory,
+        kind: &str,
+        instance: &ManagedInstance,
+        message: &str,
+    ) {
+        let event = CloudEvent {
+            id: 0,
+            at: now_ms(),
+            kind: kind.to_string(),
+            cloud: cloud.cloud().to_string(),
+            region: Some(instance.region.clone()),
+            instance_id: instance.id.clone(),
+            job_id: instance.job_id.clone(),
+            node_id: instance.node_id.clone(),
+            message: message.to_string(),
+        };
+        if let Err(e) = self.store.insert_cloud_event(&event).await {
+            tracing::error!(error = %e, instance_id = %instance.id, "could not record a cloud event");
+        }
+    }
+
+    /// Sweeps every `every` until `stop` turns true.
+    pub async fn run(self, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+        for cloud in &self.clouds {
+            self.metrics.declare_counter(
+                ORPHANS_TERMINATED,
+                ORPHANS_HELP,
+                &[("cloud", cloud.cloud())],
+            );
+        }
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => { self.sweep().await; }
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
