@@ -156,7 +156,7 @@ impl Running {
         let aws = Arc::new(AwsProvider {
             settings: AwsSettings {
                 endpoint_url: config.aws_endpoint_url.clone(),
-                ami: config.aws_ami.clone(),
+                ami: config.aws_ami.clone().unwrap_or_default(),
                 running_timeout: std::time::Duration::from_secs(600),
                 model_port_cidr: config.aws_model_port_cidr.clone(),
             },

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use crate::fleet::status::HealthPolicy;
+use crate::launch::providers::aws::catalog::AmiChoice;
 use crate::launch::providers::azure::{self, settings::AzureImage, AzureSettings};
 
 #[derive(Args, Debug, Clone)]
@@ -97,9 +98,9 @@ pub struct ServeConfig {
     #[arg(long, env = "SKYLAUNCH_AWS_ENDPOINT_URL")]
     pub aws_endpoint_url: Option<String>,
 
-    /// AMI for `provider: "aws"` in every region (default: the newest AWS Deep Learning base GPU AMI).
-    #[arg(long, env = "SKYLAUNCH_AWS_AMI")]
-    pub aws_ami: Option<String>,
+    /// AMI for `provider: "aws"`: ami-… for every region, and/or REGION=ami-… pairs, comma-separated (default: the newest AWS Deep Learning base GPU AMI of each region).
+    #[arg(long, env = "SKYLAUNCH_AWS_AMI", value_parser = crate::launch::providers::aws::catalog::parse_ami_choice)]
+    pub aws_ami: Option<AmiChoice>,
 
     /// Who may reach a native AWS node's model port (default: the public URL's IP as /32).
     #[arg(long, env = "SKYLAUNCH_AWS_MODEL_PORT_CIDR")]

@@ -171,7 +171,10 @@ async fn app_with(
         .images()
         .first()
         .and_then(|i| i.image_id())
-        .map(str::to_string);
+        .map(|id| skylaunch::launch::providers::aws::catalog::AmiChoice {
+            by_region: [("us-east-1".to_string(), id.to_string())].into(),
+            ..Default::default()
+        });
     config.aws_endpoint_url = Some(aws.endpoint.clone());
     config.registration_timeout = registration_timeout;
     Some(TestApp::start(db, config).await)

@@ -21,6 +21,55 @@ pub const INSTANCE_TYPES: &[(&str, u32, &str)] = &[
     ("H200", 8, "p5e.48xlarge"),
 ];
 
+/// The AMIs an operator chose: one for every region, and/or one per region (an AMI id is only
+/// valid in its own region). Regions with neither use the lookup of AWS's GPU image.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AmiChoice {
+    pub everywhere: Option<String>,
+    pub by_region: std::collections::BTreeMap<String, String>,
+}
+
+impl AmiChoice {
+    pub fn for_region(&self, region: &str) -> Option<&str> {
+        self.by_region
+            .get(region)
+            .or(self.everywhere.as_ref())
+            .map(String::as_str)
+    }
+}
+
+/// `ami-0abc…` for every region, or `us-east-1=ami-0abc…,us-west-2=ami-0def…`, or both.
+pub fn parse_ami_choice(s: &str) -> Result<AmiChoice, String> {
+    let mut choice = AmiChoice::default();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (region, ami) = match part.split_once('=') {
+            Some((r, a)) => (Some(r.trim().to_ascii_lowercase()), a.trim()),
+            None => (None, part),
+        };
+        let valid = ami
+            .strip_prefix("ami-")
+            .is_some_and(|hex| !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()));
+        if !valid {
+            return Err(format!(
+                "{ami:?} is not an AMI id (ami- followed by hex digits)"
+            ));
+        }
+        match region {
+            Some(region) => {
+                if !crate::launch::catalog::regions("aws").contains(&region.as_str()) {
+                    return Err(format!("{region:?} is not an AWS region skylaunch knows"));
+                }
+                choice.by_region.insert(region, ami.to_string());
+            }
+            None if choice.everywhere.is_some() => {
+                return Err("give one AMI for every region, or REGION=AMI pairs".into())
+            }
+            None => choice.everywhere = Some(ami.to_string()),
+        }
+    }
+    Ok(choice)
+}
+
 /// The instance type for `count` × `gpu` (canonical names), or the counts AWS does offer.
 pub fn instance_type(gpu: &str, count: u32) -> Result<&'static str, Vec<u32>> {
     crate::launch::catalog::machine_for(INSTANCE_TYPES, gpu, count)
@@ -28,6 +77,18 @@ pub fn instance_type(gpu: &str, count: u32) -> Result<&'static str, Vec<u32>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn amis_are_chosen_per_region_with_a_fallback_for_all() {
+        let choice = super::parse_ami_choice("ami-0abc, us-west-2=ami-0def").unwrap();
+        assert_eq!(choice.for_region("us-west-2"), Some("ami-0def"));
+        assert_eq!(choice.for_region("us-east-1"), Some("ami-0abc"));
+        let only = super::parse_ami_choice("eu-west-1=ami-01").unwrap();
+        assert_eq!(only.for_region("us-east-1"), None, "looked up instead");
+        assert!(super::parse_ami_choice("ubuntu").is_err());
+        assert!(super::parse_ami_choice("mars-1=ami-01").is_err());
+        assert!(super::parse_ami_choice("ami-01,ami-02").is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -17,6 +17,7 @@ use aws_sdk_ec2::types::{
     SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
 };
 use aws_sdk_ec2::Client;
+use backon::{ExponentialBuilder, Retryable};
 use serde_json::json;
 
 use super::catalog;
@@ -33,8 +34,8 @@ use crate::launch::task;
 pub struct AwsSettings {
     /// Talk to this EC2 endpoint instead of AWS (tests point it at moto on 127.0.0.1).
     pub endpoint_url: Option<String>,
-    /// Use this AMI in every region instead of looking one up.
-    pub ami: Option<String>,
+    /// AMIs chosen by the operator; other regions look up AWS's GPU image.
+    pub ami: catalog::AmiChoice,
     /// How long a VM may take to reach `running`.
     pub running_timeout: Duration,
     /// Who may reach the model port: a CIDR (default: the control plane's public IP as /32).
@@ -125,8 +126,8 @@ impl AwsProvider {
                 let security_group = self
                     .model_port_group(run, &client, region, template.port)
                     .await?;
-                let ami = match &self.settings.ami {
-                    Some(ami) => ami.clone(),
+                let ami = match self.settings.ami.for_region(region) {
+                    Some(ami) => ami.to_string(),
                     None => lookup_ami(&client, region).await?,
                 };
                 for zone in zones {
@@ -300,128 +301,128 @@ impl AwsProvider {
             )
             .tags(Tag::builder().key("Name").value(&job.name).build())
             .build();
-        let mut retries = 0;
-        loop {
-            let mut req = client
-                .run_instances()
-                .image_id(ami)
-                .instance_type(InstanceType::from(instance_type))
-                .min_count(1)
-                .max_count(1)
-                .placement(Placement::builder().availability_zone(zone).build())
-                .client_token(client_token)
-                .user_data(aws_smithy_types::base64::encode(user_data))
-                .tag_specifications(tags.clone())
-                .set_security_group_ids(security_group.map(|g| vec![g.to_string()]));
-            if market == Market::Spot {
-                req = req.instance_market_options(
-                    InstanceMarketOptionsRequest::builder()
-                        .market_type(MarketType::Spot)
-                        .spot_options(
-                            SpotMarketOptions::builder()
-                                .spot_instance_type(SpotInstanceType::OneTime)
-                                .instance_interruption_behavior(
-                                    InstanceInterruptionBehavior::Terminate,
-                                )
-                                .build(),
+        let mut req = client
+            .run_instances()
+            .image_id(ami)
+            .instance_type(InstanceType::from(instance_type))
+            .min_count(1)
+            .max_count(1)
+            .placement(Placement::builder().availability_zone(zone).build())
+            .client_token(client_token)
+            .user_data(aws_smithy_types::base64::encode(user_data))
+            .tag_specifications(tags)
+            .set_security_group_ids(security_group.map(|g| vec![g.to_string()]));
+        if market == Market::Spot {
+            req = req.instance_market_options(
+                InstanceMarketOptionsRequest::builder()
+                    .market_type(MarketType::Spot)
+                    .spot_options(
+                        SpotMarketOptions::builder()
+                            .spot_instance_type(SpotInstanceType::OneTime)
+                            .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
+        // Throttling, EC2's own errors and no answer at all are retried with backoff; the
+        // ClientToken makes every retry the same request, so it can never start a second VM.
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(400))
+            .with_max_delay(Duration::from_secs(10))
+            .with_max_times(5)
+            .with_jitter();
+        let sent = (|| req.clone().send())
+            .retry(backoff)
+            .when(|e| {
+                let code = e.code().unwrap_or("");
+                code.is_empty()
+                    || matches!(
+                        classify(code, "", None, instance_type, region, false),
+                        Ec2Failure::Retry
+                    )
+            })
+            .notify(|e, after| {
+                tracing::warn!(region, error = %super::errors::describe(e), retry_in = ?after, "RunInstances failed; retrying")
+            })
+            .await;
+        let e = match sent {
+            Ok(out) => {
+                let id = out
+                    .instances()
+                    .first()
+                    .and_then(|i| i.instance_id())
+                    .ok_or_else(|| {
+                        LaunchError::new(
+                            ErrorCode::Internal,
+                            "EC2 started no instance",
+                            "RunInstances answered without an instance",
                         )
-                        .build(),
-                );
-            }
-            match req.send().await {
-                Ok(out) => {
-                    let id = out
-                        .instances()
-                        .first()
-                        .and_then(|i| i.instance_id())
-                        .ok_or_else(|| {
-                            LaunchError::new(
-                                ErrorCode::Internal,
-                                "EC2 started no instance",
-                                "RunInstances answered without an instance",
-                            )
-                        })?
-                        .to_string();
-                    // Recorded at once, so teardown finds it whatever happens next.
-                    run.set_provider_state(json!({"region": region, "instance_id": id}))
-                        .await;
-                    run.log
-                        .line(
-                            "skylaunch",
-                            &format!(
-                                "started EC2 instance {id} ({instance_type}, {zone}, {})",
-                                market_name(market)
-                            ),
-                        )
-                        .await;
-                    run.attempt_finished("succeeded", None).await;
-                    run.stage(
-                        Stage::InstanceUp,
-                        Some(format!("{id} in {zone}: waiting for it to run")),
+                    })?
+                    .to_string();
+                // Recorded at once, so teardown finds it whatever happens next.
+                run.set_provider_state(json!({"region": region, "instance_id": id}))
+                    .await;
+                run.log
+                    .line(
+                        "skylaunch",
+                        &format!(
+                            "started EC2 instance {id} ({instance_type}, {zone}, {})",
+                            market_name(market)
+                        ),
                     )
                     .await;
-                    self.wait_running(client, &id).await?;
-                    run.stage(
-                        Stage::Setup,
-                        Some(format!(
-                            "{id} is running; user data installs the model server and agent"
-                        )),
-                    )
-                    .await;
-                    return Ok(Outcome::Started);
-                }
-                Err(e) => {
-                    let code = e.code().unwrap_or("").to_string();
-                    let message = e.message().unwrap_or("").to_string();
-                    if code.is_empty() {
-                        // No answer from EC2 at all (network, endpoint, timeout).
-                        if retries < 3 {
-                            retries += 1;
-                            tokio::time::sleep(Duration::from_millis(500 * retries)).await;
-                            continue;
-                        }
-                        return Err(LaunchError::new(
-                            ErrorCode::ProviderUnavailable,
-                            "Cannot reach EC2",
-                            format!(
-                                "RunInstances in {region} got no answer: {}",
-                                crate::launch::providers::aws::errors::describe(&e)
-                            ),
-                        )
-                        .suggest("Check the control plane's network access to the EC2 endpoint"));
-                    }
-                    match classify(
-                        &code,
-                        &message,
-                        e.request_id(),
-                        instance_type,
-                        region,
-                        market == Market::Spot,
-                    ) {
-                        Ec2Failure::NextPlacement { .. } => {
-                            return Ok(Outcome::NextPlacement(format!("{code}: {message}")))
-                        }
-                        Ec2Failure::SpotRefused => {
-                            return Ok(Outcome::SkipSpot(format!("{code}: {message}")))
-                        }
-                        Ec2Failure::Retry if retries < 5 => {
-                            retries += 1;
-                            tokio::time::sleep(Duration::from_millis(
-                                200 * 2u64.pow(retries as u32),
-                            ))
-                            .await;
-                        }
-                        Ec2Failure::Retry => {
-                            return Err(LaunchError::new(
-                                ErrorCode::ProviderUnavailable,
-                                "EC2 kept refusing the call",
-                                format!("{code}: {message}"),
-                            ))
-                        }
-                        Ec2Failure::Fatal(error) => return Err(error),
-                    }
-                }
+                run.attempt_finished("succeeded", None).await;
+                run.stage(
+                    Stage::InstanceUp,
+                    Some(format!("{id} in {zone}: waiting for it to run")),
+                )
+                .await;
+                self.wait_running(client, &id).await?;
+                run.stage(
+                    Stage::Setup,
+                    Some(format!(
+                        "{id} is running; user data installs the model server and agent"
+                    )),
+                )
+                .await;
+                return Ok(Outcome::Started);
             }
+            Err(e) => e,
+        };
+        let code = e.code().unwrap_or("").to_string();
+        let message = e.message().unwrap_or("").to_string();
+        if code.is_empty() {
+            // No answer from EC2 at all (network, endpoint, timeout), even after retries.
+            return Err(LaunchError::new(
+                ErrorCode::ProviderUnavailable,
+                "Cannot reach EC2",
+                format!(
+                    "RunInstances in {region} got no answer: {}",
+                    super::errors::describe(&e)
+                ),
+            )
+            .suggest("Check the control plane's network access to the EC2 endpoint"));
+        }
+        match classify(
+            &code,
+            &message,
+            e.request_id(),
+            instance_type,
+            region,
+            market == Market::Spot,
+        ) {
+            Ec2Failure::NextPlacement { .. } => {
+                Ok(Outcome::NextPlacement(format!("{code}: {message}")))
+            }
+            Ec2Failure::SpotRefused => Ok(Outcome::SkipSpot(format!("{code}: {message}"))),
+            Ec2Failure::Retry => Err(LaunchError::new(
+                ErrorCode::ProviderUnavailable,
+                "EC2 kept refusing the call",
+                format!("{code}: {message} (after retries)"),
+            )
+            .suggest("EC2 is throttling or failing; try again in a few minutes")),
+            Ec2Failure::Fatal(error) => Err(error),
         }
     }
 
