@@ -10,5 +10,6 @@ pub mod config;
 pub mod echo_server;
 pub mod fleet;
 pub mod launch;
+pub mod logging;
 pub mod metrics;
 pub mod store;

@@ -7,7 +7,6 @@ use clap::{Parser, Subcommand};
 use skylaunch::app::Running;
 use skylaunch::cli;
 use skylaunch::config::{LogFormat, ServeConfig};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -131,8 +130,8 @@ async fn shutdown_signal() {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = skylaunch::logging::filter(rust_log.as_deref());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
