@@ -109,10 +109,15 @@ impl JobRunner {
                         let runner = self.clone();
                         tokio::spawn(async move {
                             let id = claimed.job.id.clone();
-                            runner
-                                .clone()
-                                .run_claimed(claimed.job, claimed.reclaimed)
-                                .await;
+                            // On its own task, so a bug that panics mid-launch is caught here
+                            // and the launch still ends with its VM torn down.
+                            let launch = tokio::spawn(
+                                runner.clone().run_claimed(claimed.job, claimed.reclaimed),
+                            );
+                            if let Err(e) = launch.await {
+                                tracing::error!(job_id = %id, error = %e, "launch task failed; ending the launch and tearing down");
+                                runner.end_after_crash(&id).await;
+                            }
                             runner.cancels.lock().expect("cancel map lock").remove(&id);
                             runner.running.fetch_sub(1, Ordering::SeqCst);
                             runner.wake();
@@ -144,9 +149,12 @@ impl JobRunner {
             .expect("cancel map lock")
             .insert(job_id.clone(), cancel_tx.clone());
         let lost_lease = Arc::new(Notify::new());
-        let renewer =
-            self.clone()
-                .spawn_lease_renewal(job_id.clone(), cancel_tx, lost_lease.clone());
+        // Stops renewing however this function ends (a panic included), so the lease can lapse.
+        let _renewer = AbortOnDrop(self.clone().spawn_lease_renewal(
+            job_id.clone(),
+            cancel_tx,
+            lost_lease.clone(),
+        ));
 
         let log = JobLog {
             store: self.store.clone(),
@@ -167,13 +175,11 @@ impl JobRunner {
                         r = self.launch_and_wait(&run) => r,
                         _ = lost_lease.notified() => {
                             tracing::warn!(job_id = %job_id, "lost the lease on this job to another process; stopping here");
-                            renewer.abort();
                             return;
                         }
                     };
                     let job = run.snapshot().await;
                     self.finish(job, result, &log).await;
-                    renewer.abort();
                     return;
                 }
                 Err(e) => Err(e),
@@ -184,7 +190,27 @@ impl JobRunner {
             _ => job,
         };
         self.finish(job, outcome, &log).await;
-        renewer.abort();
+    }
+
+    /// Ends a launch whose task died of a bug: recorded as failed, and what it created torn
+    /// down from its stored state, as after a restart.
+    async fn end_after_crash(&self, job_id: &str) {
+        let job = match self.store.job(job_id).await {
+            Ok(Some(job)) if !job.status.is_terminal() => job,
+            _ => return,
+        };
+        let log = JobLog {
+            store: self.store.clone(),
+            events: self.events.clone(),
+            job_id: job_id.to_string(),
+        };
+        let error = LaunchError::new(
+            ErrorCode::Internal,
+            "skylaunch hit an internal error during this launch",
+            "the launch stopped on an internal error (see the control plane's log); what it had created was torn down",
+        )
+        .suggest("Launch again, and report the error in the control plane's log");
+        self.finish(job, Err(error), &log).await;
     }
 
     fn spawn_lease_renewal(
@@ -441,6 +467,15 @@ impl JobRunner {
     }
 }
 
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub fn cancelled() -> LaunchError {
     LaunchError::new(
         ErrorCode::Cancelled,
@@ -455,4 +490,119 @@ fn store_failure(e: &StoreError) -> LaunchError {
         "The database is not answering",
         e.to_string(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU32;
+
+    use super::*;
+    use crate::config::ServeConfig;
+    use crate::fleet::node::NewNode;
+    use crate::launch::job::Job;
+    use crate::launch::providers::BoxFuture;
+    use crate::launch::spec::LaunchRequest;
+    use crate::metrics::Metrics;
+
+    /// A provider with a bug: it records a VM, then panics.
+    #[derive(Default)]
+    struct PanickingProvider {
+        teardowns: AtomicU32,
+    }
+
+    impl LaunchProvider for PanickingProvider {
+        fn launch<'a>(&'a self, run: &'a JobRun) -> BoxFuture<'a, Result<(), LaunchError>> {
+            Box::pin(async move {
+                run.set_provider_state(json!({"vm": "created-before-the-bug"}))
+                    .await;
+                panic!("a bug in a provider");
+            })
+        }
+
+        fn teardown<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<(), LaunchError>> {
+            assert_eq!(job.provider_state["vm"], "created-before-the-bug");
+            self.teardowns.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_launch_whose_provider_panics_fails_and_is_torn_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&Store::sqlite_url_for(dir.path()))
+            .await
+            .unwrap();
+        let config = ServeConfig::defaults();
+        let fleet = Arc::new(
+            Fleet::load(
+                store.clone(),
+                config.health_policy(),
+                Arc::new(Metrics::default()),
+            )
+            .await
+            .unwrap(),
+        );
+        let provider = Arc::new(PanickingProvider::default());
+        let providers: HashMap<Provider, Arc<dyn LaunchProvider>> =
+            HashMap::from([(Provider::Local, provider.clone() as Arc<dyn LaunchProvider>)]);
+        let runner = JobRunner::new(
+            store.clone(),
+            fleet.clone(),
+            JobEvents::default(),
+            providers,
+            RunnerSettings {
+                lease: Duration::from_secs(30),
+                poll_interval: Duration::from_millis(50),
+                max_concurrent: 4,
+                registration_timeout: Duration::from_secs(60),
+                ready_timeout: Duration::from_secs(60),
+                control_plane_url: "http://127.0.0.1:9".into(),
+                agent_url: "http://127.0.0.1:9/agent".into(),
+            },
+        );
+        let spec = serde_json::from_value::<LaunchRequest>(
+            json!({"model": "demo/echo", "provider": "local"}),
+        )
+        .unwrap()
+        .validate("buggy")
+        .unwrap();
+        let job_id = uuid::Uuid::new_v4().to_string();
+        let (node, _) = fleet
+            .create_node(
+                NewNode {
+                    name: "buggy".into(),
+                    model_name: "demo/echo".into(),
+                    endpoint_url: None,
+                    provider: Some("local".into()),
+                    labels: None,
+                },
+                Some(job_id.clone()),
+            )
+            .await
+            .unwrap();
+        let job = Job::queued(job_id.clone(), spec, Some(node.id.clone()), now_ms());
+        store.insert_job(&job, "{}", None).await.unwrap();
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(runner.clone().run(stopped));
+        runner.wake();
+        let mut last = None;
+        for _ in 0..200 {
+            last = store.job(&job_id).await.unwrap();
+            if last.as_ref().is_some_and(|j| j.status.is_terminal()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let job = last.unwrap();
+        assert_eq!(job.status, JobStatus::Failed, "{job:?}");
+        assert_eq!(job.error.as_ref().unwrap().code, ErrorCode::Internal);
+        assert_eq!(provider.teardowns.load(Ordering::SeqCst), 1, "torn down");
+        assert_eq!(
+            fleet.get(&node.id).await.unwrap().status,
+            NodeStatus::Terminated
+        );
+        assert_eq!(runner.running.load(Ordering::SeqCst), 0, "the slot is free");
+        let _ = stop.send(true);
+        task.await.unwrap();
+    }
 }
