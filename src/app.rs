@@ -157,7 +157,7 @@ impl Running {
             settings: AwsSettings {
                 endpoint_url: config.aws_endpoint_url.clone(),
                 ami: config.aws_ami.clone().unwrap_or_default(),
-                running_timeout: std::time::Duration::from_secs(600),
+                running_timeout: config.provision_timeout,
                 model_port_cidr: config.aws_model_port_cidr.clone(),
             },
         });
@@ -197,6 +197,7 @@ impl Running {
             fleet: fleet.clone(),
             metrics: metrics.clone(),
             grace: config.orphan_grace,
+            first_seen: Default::default(),
         };
         let orphans_task =
             tokio::spawn(orphan_sweeper.run(config.orphan_sweep_interval, runner_stopped.clone()));

@@ -31,16 +31,18 @@ pub mod serde_opt_rfc3339 {
     }
 }
 
+/// Unix milliseconds of an RFC 3339 timestamp (any offset, any fraction of a second).
+pub fn parse_rfc3339(text: &str) -> Result<i64, time::error::Parse> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map(|dt| (dt.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
 /// Reads back what `serde_opt_rfc3339` wrote (stored JSON documents round-trip).
 pub fn de_opt_rfc3339<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     use serde::Deserialize;
     let text: Option<String> = Option::deserialize(d)?;
-    text.map(|t| {
-        time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
-            .map(|dt| (dt.unix_timestamp_nanos() / 1_000_000) as i64)
-            .map_err(serde::de::Error::custom)
-    })
-    .transpose()
+    text.map(|t| parse_rfc3339(&t).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// Serialises millisecond timestamps as RFC 3339 strings.

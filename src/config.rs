@@ -82,6 +82,10 @@ pub struct ServeConfig {
     #[arg(long, env = "SKYLAUNCH_JOB_LEASE", default_value = "30s", value_parser = parse_duration)]
     pub job_lease: Duration,
 
+    /// How long a native cloud VM (AWS, Azure) may take to be created and running before the launch fails (`launch_timeout`) and the VM is torn down.
+    #[arg(long, env = "SKYLAUNCH_PROVISION_TIMEOUT", default_value = "15m", value_parser = parse_duration)]
+    pub provision_timeout: Duration,
+
     /// The skylaunch-agent binary (local launches run it; VMs download it from /downloads/skylaunch-agent).
     #[arg(long, env = "SKYLAUNCH_AGENT_BIN")]
     pub agent_bin: Option<PathBuf>,
@@ -179,7 +183,7 @@ impl ServeConfig {
             ssh_public_key: self.azure_ssh_public_key.clone(),
             public_ip: self.azure_public_ip,
             poll_interval: self.azure_poll_interval,
-            ..AzureSettings::default()
+            running_timeout: self.provision_timeout,
         }
     }
 

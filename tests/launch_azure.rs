@@ -49,7 +49,7 @@ async fn app_with(
     let db = common::TestDb::new(Backend::Sqlite).await?;
     let mut config = common::test_config(&db);
     config.azure_endpoint_url = Some(arm.url.clone());
-    config.azure_authority_host = Some(arm.url.clone());
+    config.azure_authority_host = Some(arm.login_url.clone());
     config.azure_subscription_id = Some(SUBSCRIPTION.into());
     config.azure_resource_group = Some(RESOURCE_GROUP.into());
     config.azure_subnets = ["eastus", "westus2"]
@@ -158,6 +158,14 @@ async fn spot_launch_creates_a_tagged_spot_vm_that_becomes_a_ready_node() {
         .to_string();
     assert!(!logs.contains(&token));
     assert!(
+        !logs.contains(
+            props["osProfile"]["customData"]
+                .as_str()
+                .unwrap_or("custom data")
+        ),
+        "nor the custom data that carries it"
+    );
+    assert!(
         !logs.contains(CLIENT_SECRET),
         "the Azure secret is never logged"
     );
@@ -171,11 +179,8 @@ async fn spot_launch_creates_a_tagged_spot_vm_that_becomes_a_ready_node() {
         .delete(&format!("/admin/nodes/{node_id}"), Some(ADMIN_TOKEN))
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    assert!(
-        arm.vm_names().is_empty(),
-        "deleting the node deletes the VM: {:?}",
-        arm.vm_names()
-    );
+    // Deleting the node deletes the VM; Azure finishes a delete it accepted on its own.
+    wait_for_vm_count(&arm, 0).await;
     drop(played);
 }
 
@@ -232,10 +237,19 @@ async fn capacity_errors_move_through_zones_and_regions_and_failed_vms_are_delet
         job["error"]["code"], "registration_timeout",
         "nobody played this VM: {job:#}"
     );
+    // Azure finishes a delete it accepted on its own.
+    wait_for_vm_count(&arm, 0).await;
+    // The VM the failed zone-1 create left behind was deleted before zone 2 was tried.
+    let calls = arm.calls();
+    let position = |method: &str, suffix: &str| {
+        calls
+            .iter()
+            .position(|c| c.starts_with(method) && c.ends_with(suffix))
+            .unwrap_or_else(|| panic!("no {method} …{suffix} in {calls:?}"))
+    };
     assert!(
-        arm.vm_names().is_empty(),
-        "the failed VM and the silent one are both deleted: {:?}",
-        arm.vm_names()
+        position("DELETE", "-1") < position("PUT", "-2"),
+        "{calls:?}"
     );
 }
 
@@ -372,10 +386,12 @@ async fn cancel_during_the_create_deletes_the_vm() {
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
     let job = app.wait_for_job(&id, common::job_finished).await;
     assert_eq!(job["status"], "cancelled", "{job:#}");
+    // The VM being created is deleted.
+    wait_for_vm_count(&arm, 0).await;
     assert!(
-        arm.vm_names().is_empty(),
-        "the VM being created is deleted: {:?}",
-        arm.vm_names()
+        arm.calls().iter().any(|c| c.starts_with("DELETE")),
+        "{:?}",
+        arm.calls()
     );
 }
 
@@ -411,6 +427,11 @@ async fn orphan_sweeper_deletes_tagged_vms_no_launch_accounts_for_and_notices_va
         3600,
     );
     arm.insert_vm("untagged-vm", "westus2", json!({}), 3600);
+    // A failed placement of the launch that succeeded, left behind: the node does not run on it.
+    arm.insert_vm("left-behind", "eastus", managed(&id), 3600);
+    // Azure gave no creation time: the grace period runs from when the sweeper first saw it.
+    arm.insert_vm("timeless", "eastus", managed("unknown-job"), 3600);
+    arm.forget_creation_time("timeless");
 
     let event = app
         .wait_for_cloud_event("orphan_terminated", "orphan-old")
@@ -418,10 +439,13 @@ async fn orphan_sweeper_deletes_tagged_vms_no_launch_accounts_for_and_notices_va
     assert_eq!(event["cloud"], "azure");
     assert_eq!(event["region"], "eastus");
     assert_eq!(event["job_id"], "no-such-job");
-    let left = wait_for_vm_count(&arm, 4).await;
+    app.wait_for_cloud_event("orphan_terminated", "left-behind")
+        .await;
+    let left = wait_for_vm_count(&arm, 5).await;
     assert!(!left.contains(&"orphan-old".to_string()), "{left:?}");
     for kept in [
         "orphan-young",
+        "timeless",
         "someone-elses-vm",
         "untagged-vm",
         live_vm.as_str(),
@@ -430,7 +454,7 @@ async fn orphan_sweeper_deletes_tagged_vms_no_launch_accounts_for_and_notices_va
     }
     let metrics = app.metrics().await;
     assert!(
-        metrics.contains("skylaunch_orphans_terminated_total{cloud=\"azure\"} 1"),
+        metrics.contains("skylaunch_orphans_terminated_total{cloud=\"azure\"} 2"),
         "{metrics}"
     );
 
@@ -496,4 +520,110 @@ async fn azure_requests_the_configuration_cannot_run_are_refused_before_queueing
     let jobs = app.get("/admin/launch-jobs", Some(ADMIN_TOKEN)).await.body;
     assert_eq!(jobs["jobs"], json!([]), "nothing was queued");
     assert!(arm.calls().is_empty(), "Azure was not called");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_without_an_operation_url_is_followed_through_the_vms_own_state() {
+    let arm = ArmStandIn::start().await;
+    arm.offer("eastus", A10, &["1", "2"]);
+    arm.answer_creates_without_operation();
+    arm.fault(Fault::failed_operation(
+        "ZonalAllocationFailed",
+        "Allocation failed. We do not have sufficient capacity for the requested VM size in this zone.",
+        creates_in_zone("1"),
+    ));
+    let Some(app) = app_for(&arm, Duration::from_secs(60)).await else {
+        return;
+    };
+    let id = app.launch_id(&a10(false, false, &["eastus"])).await;
+    let job = app
+        .wait_for_job(&id, |j| j["stage"] == "register" || common::job_finished(j))
+        .await;
+    let attempts = job["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{job:#}");
+    assert!(
+        attempts[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("ZonalAllocationFailed"),
+        "the instance view names the failure: {job:#}"
+    );
+    assert_eq!(attempts[1]["outcome"], "succeeded");
+    let calls = arm.calls();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with("GET") && c.ends_with("-1")),
+        "the VM itself was polled: {calls:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_that_never_finishes_provisioning_is_a_launch_timeout_and_is_deleted() {
+    let arm = ArmStandIn::start().await;
+    arm.offer("eastus", A10, &["1"]);
+    arm.operations_take(Duration::from_secs(3600));
+    let Some(app) = app_with(&arm, Duration::from_secs(60), |c| {
+        c.provision_timeout = Duration::from_secs(2);
+    })
+    .await
+    else {
+        return;
+    };
+    let id = app.launch_id(&a10(false, false, &["eastus"])).await;
+    wait_for_vm_count(&arm, 1).await;
+    // Deletes are quick again; the create stays stuck.
+    arm.operations_take(Duration::from_millis(100));
+    let job = app.wait_for_job(&id, common::job_finished).await;
+    assert_eq!(job["error"]["code"], "launch_timeout", "{job:#}");
+    wait_for_vm_count(&arm, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_page_on_another_host_gets_no_token_and_judges_nothing() {
+    let arm = ArmStandIn::start().await;
+    arm.point_next_links_elsewhere();
+    let Some(app) = app_with(&arm, Duration::from_secs(60), |c| {
+        c.orphan_sweep_interval = Duration::from_millis(200);
+        c.orphan_grace = Duration::from_secs(1);
+    })
+    .await
+    else {
+        return;
+    };
+    let managed = json!({"skylaunch:managed": "true", "skylaunch:job-id": "no-such-job"});
+    for name in ["orphan-a", "orphan-b", "orphan-c"] {
+        arm.insert_vm(name, "eastus", managed.clone(), 3600);
+    }
+    // Let several sweeps run: each reads the first page, then refuses to follow the link.
+    for _ in 0..100 {
+        let lists = arm
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("GET") && c.ends_with("/virtualMachines"))
+            .count();
+        if lists >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        arm.bearer_tokens_seen_by_login(),
+        0,
+        "the token stays with ARM"
+    );
+    assert_eq!(
+        wait_for_vm_count(&arm, 3).await.len(),
+        3,
+        "a partial listing deletes nothing"
+    );
+    let events = app.get("/admin/cloud-events", Some(ADMIN_TOKEN)).await.body;
+    assert_eq!(events["events"], json!([]));
+    let metrics = app.metrics().await;
+    let failures = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("skylaunch_orphan_sweep_failures_total{cloud=\"azure\"} "))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(failures >= 1, "the blind sweeps are counted: {metrics}");
 }

@@ -9,7 +9,7 @@
 //! so never touched.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::clock::now_ms;
@@ -71,9 +71,13 @@ pub struct OrphanSweeper {
     pub metrics: Arc<Metrics>,
     /// Instances younger than this are left alone (their launch may still be recording them).
     pub grace: Duration,
+    /// When each instance without a creation time was first listed.
+    pub first_seen: Mutex<HashMap<String, i64>>,
 }
 
 pub const ORPHANS_TERMINATED: &str = "skylaunch_orphans_terminated_total";
+pub const LISTING_FAILURES: &str = "skylaunch_orphan_sweep_failures_total";
+const LISTING_FAILURES_HELP: &str = "Listings of a cloud's (or region's) tagged instances that failed, leaving the orphan sweeper blind there for that sweep.";
 const ORPHANS_HELP: &str = "Cloud instances tagged as skylaunch's that no launch accounts for, terminated by the orphan sweeper.";
 
 #[derive(Debug, Default, PartialEq)]
@@ -115,19 +119,27 @@ impl OrphanSweeper {
         report: &mut SweepReport,
     ) {
         let inventory = cloud.list().await;
+        for _ in 0..(usize::from(inventory.failed) + inventory.unlisted.len()) {
+            self.metrics.inc(
+                LISTING_FAILURES,
+                LISTING_FAILURES_HELP,
+                &[("cloud", cloud.cloud())],
+            );
+        }
         if inventory.failed {
             return;
         }
         let mut live: BTreeSet<&str> = BTreeSet::new();
         for instance in &inventory.instances {
             live.insert(&instance.id);
-            if self.accounted(instance, jobs).await {
+            if self.accounted(cloud, instance, jobs).await {
                 continue;
             }
-            let age_ms = instance
+            // Without a creation time from the cloud, the grace period runs from first sight.
+            let created = instance
                 .created_at_ms
-                .map(|t| now_ms() - t)
-                .unwrap_or(i64::MAX);
+                .unwrap_or_else(|| self.first_seen(cloud.cloud(), &instance.id));
+            let age_ms = now_ms() - created;
             if age_ms < self.grace.as_millis() as i64 {
                 continue;
             }
@@ -198,15 +210,23 @@ impl OrphanSweeper {
         }
     }
 
-    /// Whether a running launch or a live node owns the instance.
-    async fn accounted(&self, instance: &ManagedInstance, jobs: &HashMap<String, &Job>) -> bool {
+    /// Whether a running launch or a live node owns the instance. A launch that succeeded owns
+    /// only the instance its node runs on, not what its failed placements left behind.
+    async fn accounted(
+        &self,
+        cloud: &dyn CloudInventory,
+        instance: &ManagedInstance,
+        jobs: &HashMap<String, &Job>,
+    ) -> bool {
         let Some(job) = instance.job_id.as_ref().and_then(|j| jobs.get(j)) else {
             return false;
         };
         if !job.status.is_terminal() {
             return true;
         }
-        if job.status != JobStatus::Succeeded {
+        if job.status != JobStatus::Succeeded
+            || cloud.node_instance(job).map(|(_, id)| id) != Some(instance.id.clone())
+        {
             return false;
         }
         match &job.node_id {
@@ -218,6 +238,15 @@ impl OrphanSweeper {
                 .unwrap_or(false),
             None => false,
         }
+    }
+
+    fn first_seen(&self, cloud: &str, id: &str) -> i64 {
+        *self
+            .first_seen
+            .lock()
+            .expect("first-seen lock")
+            .entry(format!("{cloud}/{id}"))
+            .or_insert_with(now_ms)
     }
 
     async fn record(
@@ -246,11 +275,11 @@ impl OrphanSweeper {
     /// Sweeps every `every` until `stop` turns true.
     pub async fn run(self, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
         for cloud in &self.clouds {
-            self.metrics.declare_counter(
-                ORPHANS_TERMINATED,
-                ORPHANS_HELP,
-                &[("cloud", cloud.cloud())],
-            );
+            let labels = [("cloud", cloud.cloud())];
+            self.metrics
+                .declare_counter(ORPHANS_TERMINATED, ORPHANS_HELP, &labels);
+            self.metrics
+                .declare_counter(LISTING_FAILURES, LISTING_FAILURES_HELP, &labels);
         }
         loop {
             tokio::select! {

@@ -107,6 +107,7 @@ struct Vm {
 
 enum OperationKind {
     Create,
+    Update,
     Delete,
 }
 
@@ -132,29 +133,46 @@ struct ArmState {
     operation_time: std::time::Duration,
     /// `METHOD path` of every ARM call, in order.
     calls: Vec<String>,
+    /// Creates answer without `Azure-AsyncOperation` (clients poll the VM itself).
+    creates_without_operation: bool,
+    /// VM lists point their `nextLink` at the Entra ID host.
+    next_link_elsewhere: bool,
+    /// Requests the Entra ID host received carrying a bearer token.
+    bearer_tokens_seen_by_login: u32,
 }
 
 #[derive(Clone)]
 pub struct ArmStandIn {
     state: Arc<Mutex<ArmState>>,
+    /// Azure Resource Manager.
     pub url: String,
+    /// Microsoft Entra ID (the token authority), on a host of its own as in Azure.
+    pub login_url: String,
 }
 
 impl ArmStandIn {
     pub async fn start() -> ArmStandIn {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let bind = || async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let url = format!("http://{}", listener.local_addr().expect("addr"));
+            (listener, url)
+        };
+        let (arm_listener, url) = bind().await;
+        let (login_listener, login_url) = bind().await;
         let arm = ArmStandIn {
             state: Arc::new(Mutex::new(ArmState {
                 operation_time: std::time::Duration::from_millis(100),
                 ..ArmState::default()
             })),
             url,
+            login_url,
         };
         let router = axum::Router::new().fallback(handle).with_state(arm.clone());
-        tokio::spawn(async move { axum::serve(listener, router).await.expect("serve") });
+        tokio::spawn(async move { axum::serve(arm_listener, router).await.expect("serve") });
+        let login = axum::Router::new().fallback(login).with_state(arm.clone());
+        tokio::spawn(async move { axum::serve(login_listener, login).await.expect("serve") });
         arm
     }
 
@@ -203,6 +221,21 @@ impl ArmStandIn {
 
     pub fn clear_faults(&self) {
         self.lock().faults.clear();
+    }
+
+    /// Creates answer without an `Azure-AsyncOperation` header from now on.
+    pub fn answer_creates_without_operation(&self) {
+        self.lock().creates_without_operation = true;
+    }
+
+    /// VM lists point their `nextLink` at the Entra ID host from now on.
+    pub fn point_next_links_elsewhere(&self) {
+        self.lock().next_link_elsewhere = true;
+    }
+
+    /// How many requests carrying a bearer token the Entra ID host received.
+    pub fn bearer_tokens_seen_by_login(&self) -> u32 {
+        self.lock().bearer_tokens_seen_by_login
     }
 
     /// Entra ID answers `invalid_client` to every token request from now on.
@@ -266,6 +299,15 @@ impl ArmStandIn {
         );
     }
 
+    /// Makes a VM's document lack `timeCreated` (older VMs have none).
+    pub fn forget_creation_time(&self, name: &str) {
+        if let Some(vm) = self.lock().vms.get_mut(name) {
+            if let Some(props) = vm.doc["properties"].as_object_mut() {
+                props.remove("timeCreated");
+            }
+        }
+    }
+
     /// Deletes a VM behind skylaunch's back (a spot eviction, or someone in the portal).
     pub fn remove_vm(&self, name: &str) {
         self.lock().vms.remove(name);
@@ -317,9 +359,6 @@ async fn handle(
 ) -> Response {
     let path = uri.path().to_string();
     let query = uri.query().unwrap_or("").to_string();
-    if method == Method::POST && path.ends_with("/oauth2/v2.0/token") {
-        return token(&arm, &path, &body);
-    }
     let bearer = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -427,10 +466,16 @@ async fn handle(
                 );
             }
             match (method.as_str(), segments.get(7)) {
-                ("GET", None) => list_vms(&state, &base, &query),
+                ("GET", None) => list_vms(&state, &base, &arm.login_url, &query),
                 ("PUT", Some(name)) => put_vm(&mut state, &base, name, &body, failing),
                 ("GET", Some(name)) => match state.vms.get(*name) {
-                    Some(vm) => json_response(StatusCode::OK, vm.doc.clone(), &[]),
+                    Some(vm) => {
+                        let mut doc = vm.doc.clone();
+                        if query.contains("instanceView") {
+                            doc["properties"]["instanceView"] = instance_view(&state, name, &doc);
+                        }
+                        json_response(StatusCode::OK, doc, &[])
+                    }
                     None => not_found(name),
                 },
                 ("DELETE", Some(name)) => delete_vm(&mut state, &base, name),
@@ -459,6 +504,27 @@ fn query_value(query: &str, key: &str) -> Option<String> {
         .query_pairs()
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.to_string())
+}
+
+/// Microsoft Entra ID: only the token endpoint.
+async fn login(
+    State(arm): State<ArmStandIn>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if headers.contains_key("authorization") {
+        arm.lock().bearer_tokens_seen_by_login += 1;
+    }
+    if method == Method::POST && uri.path().ends_with("/oauth2/v2.0/token") {
+        return token(&arm, uri.path(), &body);
+    }
+    json_response(
+        StatusCode::NOT_FOUND,
+        json!({"error": "invalid_request", "error_description": "AADSTS900561: The endpoint only accepts POST requests."}),
+        &[],
+    )
 }
 
 fn token(arm: &ArmStandIn, path: &str, body: &[u8]) -> Response {
@@ -527,6 +593,7 @@ fn settle(state: &mut ArmState) {
         .operations
         .iter()
         .filter(|(_, op)| !op.settled && op.done_at <= now)
+        .filter(|(_, op)| !matches!(op.kind, OperationKind::Update))
         .map(|(_, op)| {
             (
                 op.vm.clone(),
@@ -560,8 +627,15 @@ fn put_vm(
     failing: Option<(String, String)>,
 ) -> Response {
     if let Some(vm) = state.vms.get(name) {
-        // ARM PUT is idempotent: the same VM again is an update of nothing.
-        return json_response(StatusCode::OK, vm.doc.clone(), &[]);
+        // ARM PUT is idempotent: the same VM again is an update, itself an operation.
+        let doc = vm.doc.clone();
+        let region = doc["location"].as_str().unwrap_or_default().to_string();
+        let op = new_operation(state, name, OperationKind::Update, None);
+        return json_response(
+            StatusCode::OK,
+            doc,
+            &[("azure-asyncoperation", operation_url(base, &region, &op))],
+        );
     }
     let required = [
         ("location", &body["location"]),
@@ -616,15 +690,12 @@ fn put_vm(
         },
     );
     let op = new_operation(state, name, OperationKind::Create, failing);
-    json_response(
-        StatusCode::CREATED,
-        doc,
-        &[
-            ("azure-asyncoperation", operation_url(base, &region, &op)),
-            ("retry-after", "0".into()),
-            ("x-ms-request-id", uuid::Uuid::new_v4().to_string()),
-        ],
-    )
+    let mut headers = vec![("x-ms-request-id", uuid::Uuid::new_v4().to_string())];
+    if !state.creates_without_operation {
+        headers.push(("azure-asyncoperation", operation_url(base, &region, &op)));
+        headers.push(("retry-after", "0".into()));
+    }
+    json_response(StatusCode::CREATED, doc, &headers)
 }
 
 fn delete_vm(state: &mut ArmState, base: &str, name: &str) -> Response {
@@ -672,7 +743,30 @@ fn operation_status(state: &mut ArmState, id: &str) -> Response {
     json_response(StatusCode::OK, body, &[])
 }
 
-fn list_vms(state: &ArmState, base: &str, query: &str) -> Response {
+/// The instance view Azure shows with `$expand=instanceView`: a failed provisioning names its
+/// error in a `ProvisioningState/failed/<code>` status.
+fn instance_view(state: &ArmState, name: &str, doc: &Value) -> Value {
+    let failure = state
+        .operations
+        .values()
+        .find(|op| op.vm == name && op.settled && matches!(op.kind, OperationKind::Create))
+        .and_then(|op| op.error.clone());
+    let mut statuses = vec![];
+    match (doc["properties"]["provisioningState"].as_str(), failure) {
+        (Some("Failed"), Some((code, message))) => statuses.push(json!({
+            "code": format!("ProvisioningState/failed/{code}"), "level": "Error",
+            "displayStatus": "Provisioning failed", "message": message
+        })),
+        (Some(state), _) => statuses.push(json!({
+            "code": format!("ProvisioningState/{}", state.to_ascii_lowercase()), "level": "Info",
+            "displayStatus": format!("Provisioning {}", state.to_ascii_lowercase())
+        })),
+        _ => {}
+    }
+    json!({ "statuses": statuses })
+}
+
+fn list_vms(state: &ArmState, base: &str, login: &str, query: &str) -> Response {
     const PAGE: usize = 2;
     let skip: usize = query_value(query, "$skiptoken")
         .and_then(|s| s.parse().ok())
@@ -681,8 +775,13 @@ fn list_vms(state: &ArmState, base: &str, query: &str) -> Response {
     let page: Vec<Value> = all.iter().skip(skip).take(PAGE).cloned().collect();
     let mut body = json!({ "value": page });
     if skip + PAGE < all.len() {
+        let host = if state.next_link_elsewhere {
+            login.to_string()
+        } else {
+            base.to_string()
+        };
         body["nextLink"] = json!(format!(
-            "{base}/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.Compute/virtualMachines?api-version=2024-07-01&$skiptoken={}",
+            "{host}/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.Compute/virtualMachines?api-version=2024-07-01&$skiptoken={}",
             skip + PAGE
         ));
     }

@@ -3,11 +3,15 @@
 //! for tokens, and `azure_core`'s pipeline (with its retries of throttling and server errors)
 //! for polling long-running operations.
 //!
-//! A VM create or delete is a long-running operation: Azure answers 201/202 with an
+//! A VM create is a long-running operation: Azure answers 201 (or 200) with an
 //! `Azure-AsyncOperation` URL, polled here until it says `Succeeded`, `Failed` (with the ARM
-//! error, e.g. `AllocationFailed`) or `Canceled`. The SDK's own waiting for a create re-sends the
-//! PUT and drops the error, so skylaunch polls the operation itself. The bearer token is only
-//! ever sent to the configured ARM endpoint's host.
+//! error, e.g. `AllocationFailed`) or `Canceled`; without that header the VM's own
+//! `provisioningState` is polled. The SDK's own waiting for a create re-sends the PUT and drops
+//! the error, so skylaunch polls itself. A delete is done once Azure accepted it (202/200/204):
+//! Azure finishes it on its own, and the orphan sweeper is the backstop if it does not.
+//!
+//! Lists (SKUs, VMs) are read page by page as plain JSON (see `resources`), following `nextLink`.
+//! skylaunch sends the bearer token only to the configured ARM endpoint's host.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,9 +24,10 @@ use azure_identity::{
 };
 use azure_mgmt_compute::package_2024_07_01::models::VirtualMachine;
 use azure_mgmt_compute::package_2024_07_01::Client;
-use futures_util::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
+use super::resources::{self, ListedVm, Offering};
 use super::settings::AzureSettings;
 
 const PUBLIC_CLOUD: &str = "https://management.azure.com";
@@ -41,6 +46,8 @@ pub enum ArmError {
     Credential(String),
     /// No usable answer: network, endpoint, timeout, or a body that is not what Azure sends.
     Unreachable(String),
+    /// A long-running operation was still going when our wait ran out.
+    StillRunning(String),
 }
 
 impl std::fmt::Display for ArmError {
@@ -56,6 +63,7 @@ impl std::fmt::Display for ArmError {
             },
             ArmError::Credential(m) => write!(f, "no Azure token: {m}"),
             ArmError::Unreachable(m) => write!(f, "Azure did not answer usably: {m}"),
+            ArmError::StillRunning(m) => write!(f, "{m}"),
         }
     }
 }
@@ -110,23 +118,14 @@ impl From<azure_core::Error> for ArmError {
     }
 }
 
-/// Where a VM size can run in one region.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Offering {
-    /// Not sold here, or not to this subscription (`reason`).
-    NotOffered(String),
-    /// Offered in these availability zones (empty: only without a zone).
-    Zones(Vec<String>),
-}
-
-/// One VM carrying skylaunch's tags, as the resource group lists it.
-#[derive(Debug, Clone)]
-pub struct ListedVm {
+/// Where a VM lives: recorded with each VM a launch creates, so teardown deletes it where it
+/// is even if the settings changed since.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRef {
     pub name: String,
     pub region: String,
-    pub tags: serde_json::Map<String, serde_json::Value>,
-    pub provisioning_state: Option<String>,
-    pub created_at_ms: Option<i64>,
+    pub subscription: String,
+    pub resource_group: String,
 }
 
 pub struct Arm {
@@ -135,8 +134,8 @@ pub struct Arm {
     pipeline: azure_core::Pipeline,
     endpoint: Url,
     scope: String,
-    pub subscription: String,
-    pub resource_group: String,
+    subscription: String,
+    resource_group: String,
     poll_interval: Duration,
 }
 
@@ -225,184 +224,168 @@ impl Arm {
         })
     }
 
-    /// Where `vm_size` can run in `region`, from the subscription's resource SKUs (restrictions
-    /// included: a size the subscription may not use there is not offered).
+    /// Where `vm_size` can run in `region`, from the subscription's resource SKUs there.
     pub async fn offering(&self, region: &str, vm_size: &str) -> Result<Offering, ArmError> {
-        let mut pages = self
-            .compute
-            .resource_skus_client()
-            .list(&self.subscription)
-            .filter(format!("location eq '{region}'"))
-            .into_stream();
-        while let Some(page) = pages.next().await {
-            for sku in page?.value {
-                let is_it = sku.resource_type.as_deref() == Some("virtualMachines")
-                    && sku
-                        .name
-                        .as_deref()
-                        .is_some_and(|n| n.eq_ignore_ascii_case(vm_size));
-                if !is_it {
-                    continue;
-                }
-                let mut zones: Vec<String> = sku
-                    .location_info
-                    .iter()
-                    .filter(|l| {
-                        l.location
-                            .as_deref()
-                            .is_some_and(|l| l.eq_ignore_ascii_case(region))
-                    })
-                    .flat_map(|l| l.zones.iter().cloned())
-                    .collect();
-                for restriction in &sku.restrictions {
-                    let kind = restriction
-                        .type_
-                        .as_ref()
-                        .map(|t| format!("{t:?}"))
-                        .unwrap_or_default();
-                    let reason = restriction
-                        .reason_code
-                        .as_ref()
-                        .map(|r| format!("{r:?}"))
-                        .unwrap_or_else(|| "restricted".into());
-                    if kind == "Location" {
-                        return Ok(Offering::NotOffered(format!(
-                            "{vm_size} is restricted in {region} for this subscription ({reason})"
-                        )));
-                    }
-                    if let Some(info) = &restriction.restriction_info {
-                        zones.retain(|z| !info.zones.contains(z));
-                    }
-                }
-                zones.sort();
-                zones.dedup();
-                return Ok(Offering::Zones(zones));
-            }
-        }
-        Ok(Offering::NotOffered(format!(
-            "{vm_size} is not offered in {region}"
-        )))
+        let mut url = self.url(&format!(
+            "/subscriptions/{}/providers/Microsoft.Compute/skus",
+            self.subscription
+        ))?;
+        url.query_pairs_mut()
+            .append_pair("api-version", "2021-07-01")
+            .append_pair("$filter", &format!("location eq '{region}'"));
+        let skus = self.pages(url).await?;
+        Ok(resources::offering(&skus, region, vm_size))
     }
 
-    /// Creates (or, with the same name and body, re-asserts) a VM and waits for the operation
-    /// to end, at most `timeout`.
+    /// The VM a new placement would be: in the configured subscription and resource group.
+    pub fn vm_ref(&self, name: &str, region: &str) -> VmRef {
+        VmRef {
+            name: name.to_string(),
+            region: region.to_string(),
+            subscription: self.subscription.clone(),
+            resource_group: self.resource_group.clone(),
+        }
+    }
+
+    /// Creates a VM (a PUT by name: sent again, it creates nothing new) and waits at most
+    /// `timeout` for it to be provisioned and running.
     pub async fn create_vm(
         &self,
-        name: &str,
+        vm: &VmRef,
         body: VirtualMachine,
         timeout: Duration,
     ) -> Result<(), ArmError> {
         let response = self
             .compute
             .virtual_machines_client()
-            .create_or_update(&self.resource_group, name, body, &self.subscription)
+            .create_or_update(&vm.resource_group, &vm.name, body, &vm.subscription)
             .send()
             .await?
             .into_raw_response();
-        match async_operation(response.headers()) {
-            Some(url) => self.wait(&url, timeout).await,
-            // Already done (200 with a final state); nothing to poll.
-            None => Ok(()),
+        let operation = async_operation(response.headers());
+        let body = response.into_body().collect().await?;
+        if let Some(url) = operation {
+            return self.wait_operation(&url, timeout).await;
         }
+        let doc: Value = serde_json::from_slice(&body)
+            .map_err(|e| ArmError::Unreachable(format!("unreadable VM document: {e}")))?;
+        self.wait_provisioned(vm, doc, timeout).await
     }
 
-    /// Deletes a VM (its NIC, public IP and OS disk go with it: `deleteOption: Delete`) and,
-    /// with `wait`, waits at most that long for the deletion to finish. A VM that does not exist
-    /// is already deleted.
-    pub async fn delete_vm(&self, name: &str, wait: Option<Duration>) -> Result<(), ArmError> {
-        let response = match self
+    /// Asks Azure to delete a VM; its NIC, public IP and OS disk go with it
+    /// (`deleteOption: Delete`). Done once Azure accepted it. A VM that does not exist is already
+    /// deleted; a missing resource group or subscription is an error, not a deletion.
+    pub async fn delete_vm(&self, vm: &VmRef) -> Result<(), ArmError> {
+        let sent = self
             .compute
             .virtual_machines_client()
-            .delete(&self.resource_group, name, &self.subscription)
+            .delete(&vm.resource_group, &vm.name, &vm.subscription)
             .send()
-            .await
-        {
-            Ok(r) => r.into_raw_response(),
-            Err(e) => {
-                return match ArmError::from(e) {
-                    ArmError::Refused {
-                        status: Some(404), ..
-                    } => Ok(()),
-                    other => Err(other),
-                }
-            }
-        };
-        match (async_operation(response.headers()), wait) {
-            (Some(url), Some(timeout)) => self.wait(&url, timeout).await,
-            _ => Ok(()),
+            .await;
+        match sent.map_err(ArmError::from) {
+            Ok(_) => Ok(()),
+            Err(ArmError::Refused {
+                status: Some(404),
+                code,
+                ..
+            }) if code == "ResourceNotFound" || code == "NotFound" => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
     /// Every VM in the resource group tagged `skylaunch:managed=true`.
     pub async fn managed_vms(&self) -> Result<Vec<ListedVm>, ArmError> {
-        let mut pages = self
-            .compute
-            .virtual_machines_client()
-            .list(&self.resource_group, &self.subscription)
-            .into_stream();
-        let mut found = Vec::new();
-        while let Some(page) = pages.next().await {
-            for vm in page?.value {
-                let tags = match vm.resource.tags {
-                    Some(serde_json::Value::Object(tags)) => tags,
-                    _ => continue,
-                };
-                if tags.get("skylaunch:managed").and_then(|v| v.as_str()) != Some("true") {
-                    continue;
-                }
-                let Some(name) = vm.resource.name.clone() else {
-                    continue;
-                };
-                let properties = vm.properties.as_ref();
-                found.push(ListedVm {
-                    name,
-                    region: vm.resource.location.to_ascii_lowercase(),
-                    tags,
-                    provisioning_state: properties.and_then(|p| p.provisioning_state.clone()),
-                    created_at_ms: properties
-                        .and_then(|p| p.time_created)
-                        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64),
-                });
-            }
-        }
-        Ok(found)
+        let mut url = self.url(&format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachines",
+            self.subscription, self.resource_group
+        ))?;
+        url.query_pairs_mut()
+            .append_pair("api-version", "2024-07-01");
+        Ok(self
+            .pages(url)
+            .await?
+            .iter()
+            .filter_map(resources::listed_vm)
+            .filter(|vm| vm.tags.get("skylaunch:managed").and_then(|v| v.as_str()) == Some("true"))
+            .collect())
     }
 
-    /// Polls an `Azure-AsyncOperation` URL until the operation ends.
-    async fn wait(&self, url: &Url, timeout: Duration) -> Result<(), ArmError> {
+    fn url(&self, path: &str) -> Result<Url, ArmError> {
+        let mut url = self.endpoint.clone();
+        url.set_path(path);
+        Ok(url)
+    }
+
+    /// A GET with the bearer token, only ever to the configured endpoint's host.
+    async fn get_json(&self, url: &Url) -> Result<(Value, Option<Duration>), ArmError> {
         let same_host = url.scheme() == self.endpoint.scheme()
             && url.host_str() == self.endpoint.host_str()
             && url.port_or_known_default() == self.endpoint.port_or_known_default();
         if !same_host {
-            // Never hand the token to a host other than the configured endpoint.
             return Err(ArmError::Unreachable(format!(
-                "Azure named an operation URL on another host ({}); not following it",
+                "Azure named a URL on another host ({}); not sending the token there",
                 url.host_str().unwrap_or("?")
             )));
         }
+        let token = self.credential.get_token(&[&self.scope]).await?;
+        let mut request = azure_core::Request::new(url.clone(), azure_core::Method::Get);
+        request.insert_header(
+            azure_core::headers::AUTHORIZATION,
+            format!("Bearer {}", token.token.secret()),
+        );
+        let response = self
+            .pipeline
+            .send(&azure_core::Context::new(), &mut request)
+            .await?;
+        let headers = response.headers();
+        let asked = [
+            &azure_core::headers::RETRY_AFTER,
+            &azure_core::headers::RETRY_AFTER_MS,
+            &azure_core::headers::X_MS_RETRY_AFTER_MS,
+        ]
+        .iter()
+        .any(|h| headers.get_optional_str(h).is_some());
+        let retry_after = asked.then(|| azure_core::lro::get_retry_after(headers));
+        let body = response.into_body().collect().await?;
+        let doc = serde_json::from_slice(&body)
+            .map_err(|e| ArmError::Unreachable(format!("unreadable answer from {url}: {e}")))?;
+        Ok((doc, retry_after))
+    }
+
+    /// Every item of a list, following `nextLink`.
+    async fn pages(&self, first: Url) -> Result<Vec<Value>, ArmError> {
+        let mut items = Vec::new();
+        let mut next = Some(first);
+        while let Some(url) = next.take() {
+            let (page, _) = self.get_json(&url).await?;
+            if let Some(values) = page["value"].as_array() {
+                items.extend(values.iter().cloned());
+            }
+            next = page["nextLink"].as_str().and_then(|u| Url::parse(u).ok());
+        }
+        Ok(items)
+    }
+
+    /// How long to wait before the next poll: our own pace, or longer if Azure asks (capped at
+    /// a minute, or at our pace if that is longer still).
+    fn pause(&self, retry_after: Option<Duration>) -> Duration {
+        let ceiling = Duration::from_secs(60).max(self.poll_interval);
+        retry_after
+            .unwrap_or_default()
+            .max(self.poll_interval)
+            .min(ceiling)
+    }
+
+    /// Polls an `Azure-AsyncOperation` URL until the operation ends.
+    async fn wait_operation(&self, url: &Url, timeout: Duration) -> Result<(), ArmError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let token = self.credential.get_token(&[&self.scope]).await?;
-            let mut request = azure_core::Request::new(url.clone(), azure_core::Method::Get);
-            request.insert_header(
-                azure_core::headers::AUTHORIZATION,
-                format!("Bearer {}", token.token.secret()),
-            );
-            let response = self
-                .pipeline
-                .send(&azure_core::Context::new(), &mut request)
-                .await?;
-            let retry_after = azure_core::lro::get_retry_after(response.headers());
-            let has_retry_after = response
-                .headers()
-                .get_optional_str(&azure_core::headers::RETRY_AFTER)
-                .is_some();
-            let body = response.into_body().collect().await?;
-            let status: OperationStatus = serde_json::from_slice(&body)
+            let (doc, retry_after) = self.get_json(url).await?;
+            let status: OperationStatus = serde_json::from_value(doc)
                 .map_err(|e| ArmError::Unreachable(format!("unreadable operation status: {e}")))?;
             match status.status.as_str() {
                 "Succeeded" => return Ok(()),
-                "Failed" | "Canceled" => {
+                "Failed" | "Canceled" | "Cancelled" => {
                     let error = status.error.unwrap_or(OperationError {
                         code: status.status.clone(),
                         message: String::new(),
@@ -432,25 +415,99 @@ impl Arm {
                 _ => {}
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(ArmError::Unreachable(format!(
-                    "the operation was still {} after {}",
-                    status.status,
-                    crate::fleet::status::fmt_duration(timeout)
-                )));
+                return Err(still_running(&status.status, timeout));
             }
-            // Azure's Retry-After may ask for longer than our own pace, never for less.
-            let pause = if has_retry_after {
-                retry_after.clamp(self.poll_interval, Duration::from_secs(60))
-            } else {
-                self.poll_interval
-            };
-            tokio::time::sleep(pause).await;
+            tokio::time::sleep(self.pause(retry_after)).await;
         }
     }
+
+    /// Polls the VM's own `provisioningState` (with its instance view, which names a failure)
+    /// until it is final; `doc` is the VM as the create answered.
+    async fn wait_provisioned(
+        &self,
+        vm: &VmRef,
+        mut doc: Value,
+        timeout: Duration,
+    ) -> Result<(), ArmError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut url = self.url(&format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachines/{}",
+            vm.subscription, vm.resource_group, vm.name
+        ))?;
+        url.query_pairs_mut()
+            .append_pair("api-version", "2024-07-01")
+            .append_pair("$expand", "instanceView");
+        loop {
+            match resources::provisioning(&doc) {
+                Ok(true) => return Ok(()),
+                Err((code, message)) => {
+                    return Err(ArmError::Refused {
+                        status: None,
+                        code,
+                        message,
+                    })
+                }
+                Ok(false) if tokio::time::Instant::now() >= deadline => {
+                    let state = doc["properties"]["provisioningState"]
+                        .as_str()
+                        .unwrap_or("unknown");
+                    return Err(still_running(state, timeout));
+                }
+                Ok(false) => {}
+            }
+            tokio::time::sleep(self.poll_interval).await;
+            doc = self.get_json(&url).await?.0;
+        }
+    }
+}
+
+fn still_running(state: &str, timeout: Duration) -> ArmError {
+    ArmError::StillRunning(format!(
+        "the VM was still {state} after {}",
+        crate::fleet::status::fmt_duration(timeout)
+    ))
 }
 
 fn async_operation(headers: &azure_core::headers::Headers) -> Option<Url> {
     headers
         .get_optional_str(&azure_core::headers::AZURE_ASYNCOPERATION)
         .and_then(|u| Url::parse(u).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arm(poll: Duration) -> Arm {
+        let settings = AzureSettings {
+            endpoint_url: Some("http://127.0.0.1:9".into()),
+            poll_interval: poll,
+            ..AzureSettings::default()
+        };
+        std::env::set_var("AZURE_CLIENT_ID", "test-client");
+        std::env::set_var("AZURE_CLIENT_SECRET", "test-secret");
+        std::env::set_var("AZURE_TENANT_ID", "test-tenant");
+        Arm::new(&settings).expect("client builds without any network")
+    }
+
+    #[test]
+    fn polling_keeps_our_pace_unless_azure_asks_for_longer() {
+        let a = arm(Duration::from_secs(2));
+        assert_eq!(a.pause(None), Duration::from_secs(2));
+        assert_eq!(a.pause(Some(Duration::ZERO)), Duration::from_secs(2));
+        assert_eq!(
+            a.pause(Some(Duration::from_secs(15))),
+            Duration::from_secs(15)
+        );
+        assert_eq!(
+            a.pause(Some(Duration::from_secs(600))),
+            Duration::from_secs(60)
+        );
+        // A pace slower than Azure's cap is kept, never a panic.
+        let slow = arm(Duration::from_secs(90));
+        assert_eq!(
+            slow.pause(Some(Duration::from_secs(10))),
+            Duration::from_secs(90)
+        );
+    }
 }

@@ -93,6 +93,16 @@ pub fn classify(code: &str, message: &str, vm_size: &str, region: &str, spot: bo
                 ArmFailure::SpotRefused(quota_exceeded(&quota, vm_size, region, raw))
             }
             Some(quota) => ArmFailure::Fatal(quota_exceeded(&quota, vm_size, region, raw)),
+            // Some subscriptions (free and sponsored ones, some offers) may not run spot at all.
+            None if spot && message.to_ascii_lowercase().contains("spot") => ArmFailure::SpotRefused(
+                LaunchError::new(
+                    ErrorCode::SpotCapacityUnavailable,
+                    format!("Azure does not allow spot {vm_size} for this subscription"),
+                    format!("Azure refused a spot VM in {region}: {message}"),
+                )
+                .suggest("Launch on-demand, or allow on-demand fallback (spot_fallback: \"on_demand\")")
+                .with_raw(raw),
+            ),
             None => ArmFailure::Fatal(
                 LaunchError::new(
                     ErrorCode::InvalidRequest,
@@ -222,6 +232,25 @@ mod tests {
         };
         assert_eq!(e.code, ErrorCode::QuotaExceeded);
         assert!(e.suggestions[0].contains("Low Priority cores in eastus"));
+    }
+
+    #[test]
+    fn a_subscription_without_spot_refuses_spot_only() {
+        let message = "Spot VMs are not supported for this subscription offer type.";
+        let ArmFailure::SpotRefused(e) = classify(
+            "OperationNotAllowed",
+            message,
+            "Standard_NV36ads_A10_v5",
+            "eastus",
+            true,
+        ) else {
+            panic!("spot refusal expected")
+        };
+        assert_eq!(e.code, ErrorCode::SpotCapacityUnavailable);
+        assert!(matches!(
+            classify("OperationNotAllowed", message, "s", "eastus", false),
+            ArmFailure::Fatal(_)
+        ));
     }
 
     #[test]

@@ -66,8 +66,7 @@ impl CloudInventory for AzureInventory {
     fn terminate<'a>(&'a self, instance: &'a ManagedInstance) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             let arm = self.provider.arm().await.map_err(|e| e.to_string())?;
-            // Accepted is enough: a sweep does not wait minutes per orphan.
-            arm.delete_vm(&instance.id, None)
+            arm.delete_vm(&arm.vm_ref(&instance.id, &instance.region))
                 .await
                 .map_err(|e| e.to_string())
         })
@@ -75,9 +74,6 @@ impl CloudInventory for AzureInventory {
 
     fn node_instance(&self, job: &Job) -> Option<(String, String)> {
         let last = job_vms(job).pop()?;
-        Some((
-            last["region"].as_str()?.to_string(),
-            last["name"].as_str()?.to_string(),
-        ))
+        Some((last.region, last.name))
     }
 }

@@ -11,14 +11,15 @@
 //! `skylaunch:job-id` and `skylaunch:node-id`; their custom data is the bootstrap script, the only
 //! place the node token travels (Azure never returns custom data in reads).
 
-use std::time::Duration;
+use std::collections::HashMap;
 
 use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
-use super::arm::{Arm, ArmError, Offering};
+use super::arm::{Arm, ArmError, VmRef};
 use super::catalog;
 use super::errors::{classify, credentials_invalid, ArmFailure};
+use super::resources::Offering;
 use super::settings::{AzureSettings, ADMIN_USERNAME};
 use crate::launch::error::{ErrorCode, LaunchError};
 use crate::launch::job::Job;
@@ -28,9 +29,6 @@ use crate::launch::run::JobRun;
 use crate::launch::spec::{LaunchSpec, SpecError};
 use crate::launch::stage::{Attempt, Market, Stage};
 use crate::launch::task;
-
-/// How long deleting a VM may take before teardown reports it.
-const DELETE_TIMEOUT: Duration = Duration::from_secs(900);
 
 pub struct AzureProvider {
     pub settings: AzureSettings,
@@ -100,18 +98,31 @@ impl AzureProvider {
         let regions = self.settings.regions_for(spec);
         let markets = placement::markets(spec);
         let mut reasons = Vec::new();
+        // The last spot quota refusal, and whether anything else went wrong: a launch refused
+        // only by quota fails with the quota as its cause.
         let mut spot_refusal: Option<LaunchError> = None;
+        let mut other_failures = 0;
+        let mut offerings: HashMap<String, Offering> = HashMap::new();
         let mut attempt_no = job.attempts.len() as u32;
-        'markets: for market in &markets {
+        for market in &markets {
             for region in &regions {
-                let zones: Vec<Option<String>> = match arm.offering(region, vm_size).await {
-                    Ok(Offering::Zones(zones)) if zones.is_empty() => vec![None],
-                    Ok(Offering::Zones(zones)) => zones.into_iter().map(Some).collect(),
-                    Ok(Offering::NotOffered(reason)) => {
-                        reasons.push(reason);
+                // The SKU list of a region is large; the on-demand pass reuses the spot pass's.
+                if !offerings.contains_key(region) {
+                    let offering = arm
+                        .offering(region, vm_size)
+                        .await
+                        .map_err(|e| arm_failed("list the VM sizes offered", &e))?;
+                    offerings.insert(region.clone(), offering);
+                }
+                let zones: Vec<Option<String>> = match &offerings[region] {
+                    Offering::Zones(zones) if zones.is_empty() => vec![None],
+                    Offering::Zones(zones) => zones.iter().cloned().map(Some).collect(),
+                    Offering::NotOffered(reason) => {
+                        if *market == markets[0] {
+                            reasons.push(reason.clone());
+                        }
                         continue;
                     }
-                    Err(e) => return Err(arm_failed("list the VM sizes offered", &e)),
                 };
                 for zone in zones {
                     attempt_no += 1;
@@ -135,10 +146,9 @@ impl AzureProvider {
                         reason: None,
                     })
                     .await;
-                    let name = format!("{}-{attempt_no}", job.cluster_name);
+                    let vm = arm.vm_ref(&format!("{}-{attempt_no}", job.cluster_name), region);
                     let target = Target {
-                        name: &name,
-                        region,
+                        vm: &vm,
                         zone: zone.as_deref(),
                         vm_size,
                         market: *market,
@@ -151,13 +161,16 @@ impl AzureProvider {
                         Ok(Outcome::NextPlacement(reason)) => {
                             run.attempt_finished("failed", Some(reason.clone())).await;
                             reasons.push(reason);
+                            other_failures += 1;
                         }
                         Ok(Outcome::SkipSpot(error)) => {
+                            // The spot cores quota is per region: the rest of this region's
+                            // zones would be refused alike, the next region may have room.
                             run.attempt_finished("failed", Some(error.raw.clone()))
                                 .await;
                             reasons.push(error.raw.clone());
                             spot_refusal = Some(error);
-                            continue 'markets;
+                            break;
                         }
                         Err(e) => {
                             run.attempt_finished("failed", Some(e.message.clone()))
@@ -168,8 +181,21 @@ impl AzureProvider {
                 }
             }
         }
-        // Spot was refused by quota and on-demand was not allowed: the quota is the cause.
-        if let (Some(error), [Market::Spot]) = (spot_refusal, markets.as_slice()) {
+        if attempt_no == job.attempts.len() as u32 {
+            return Err(LaunchError::new(
+                ErrorCode::CapacityUnavailable,
+                format!("{vm_size} is not offered in {}", regions.join(", ")),
+                format!(
+                    "Azure does not offer {vm_size} ({} × {gpu}) to this subscription in any region tried",
+                    spec.gpu_count
+                ),
+            )
+            .with_raw(reasons.join("\n"))
+            .suggest("Try other regions (with a subnet in SKYLAUNCH_AZURE_SUBNETS)")
+            .suggest("A size restricted for the subscription (NotAvailableForSubscription) is unlocked by an Azure support request"));
+        }
+        if let (Some(error), 0) = (spot_refusal, other_failures) {
+            // Refused by the spot quota everywhere tried, and on-demand not allowed.
             return Err(error.suggest("Or allow on-demand fallback (spot_fallback: \"on_demand\")"));
         }
         Err(placement::exhausted(
@@ -190,8 +216,9 @@ impl AzureProvider {
         target: &Target<'_>,
         custom_data: &str,
     ) -> Result<Outcome, LaunchError> {
+        let vm = target.vm;
         let body = self.vm_body(job, target, custom_data);
-        let vm = serde_json::from_value(body).map_err(|e| {
+        let model = serde_json::from_value(body).map_err(|e| {
             LaunchError::new(
                 ErrorCode::Internal,
                 "Could not build the Azure VM request",
@@ -199,17 +226,17 @@ impl AzureProvider {
             )
         })?;
         // Recorded before the create is sent, so teardown finds it whatever happens next.
-        let mut state = job_vms(&run.snapshot().await);
-        state.push(json!({"name": target.name, "region": target.region}));
-        run.set_provider_state(json!({ "vms": state })).await;
+        let mut recorded = job_vms(&run.snapshot().await);
+        recorded.push(vm.clone());
+        run.set_provider_state(json!({ "vms": recorded })).await;
         run.log
             .line(
                 "skylaunch",
                 &format!(
                     "creating Azure VM {} ({}, {}{}, {})",
-                    target.name,
+                    vm.name,
                     target.vm_size,
-                    target.region,
+                    vm.region,
                     target
                         .zone
                         .map(|z| format!(" zone {z}"))
@@ -220,24 +247,24 @@ impl AzureProvider {
             .await;
         let spot = target.market == Market::Spot;
         match arm
-            .create_vm(target.name, vm, self.settings.running_timeout)
+            .create_vm(vm, model, self.settings.running_timeout)
             .await
         {
             Ok(()) => {
                 run.log
-                    .line("skylaunch", &format!("Azure VM {} is running", target.name))
+                    .line("skylaunch", &format!("Azure VM {} is running", vm.name))
                     .await;
                 run.attempt_finished("succeeded", None).await;
                 run.stage(
                     Stage::InstanceUp,
-                    Some(format!("{} in {} is running", target.name, target.region)),
+                    Some(format!("{} in {} is running", vm.name, vm.region)),
                 )
                 .await;
                 run.stage(
                     Stage::Setup,
                     Some(format!(
                         "{}: custom data installs the model server and agent",
-                        target.name
+                        vm.name
                     )),
                 )
                 .await;
@@ -245,18 +272,24 @@ impl AzureProvider {
             }
             Err(ArmError::Refused { code, message, .. }) => {
                 run.log
-                    .line(
-                        "azure",
-                        &format!("{} refused: {code}: {message}", target.name),
-                    )
+                    .line("azure", &format!("{} refused: {code}: {message}", vm.name))
                     .await;
-                let failure = classify(&code, &message, target.vm_size, target.region, spot);
+                let failure = classify(&code, &message, target.vm_size, &vm.region, spot);
                 if matches!(
                     failure,
                     ArmFailure::NextPlacement | ArmFailure::SpotRefused(_)
                 ) {
-                    // A refused create can leave a failed VM resource behind; remove it first.
-                    self.delete_vm(arm, target.name).await?;
+                    // A refused create can leave a failed VM behind. Deleting it does not hold
+                    // up the next placement; if Azure will not even take the delete, teardown
+                    // and the orphan sweeper still have it on record.
+                    if let Err(e) = arm.delete_vm(vm).await {
+                        run.log
+                            .line(
+                                "skylaunch",
+                                &format!("could not delete the failed VM {} yet: {e}", vm.name),
+                            )
+                            .await;
+                    }
                 }
                 match failure {
                     ArmFailure::NextPlacement => {
@@ -272,16 +305,15 @@ impl AzureProvider {
                     .suggest("Azure is throttling or failing; try again in a few minutes")),
                 }
             }
-            Err(e) => Err(arm_failed(&format!("create VM {}", target.name), &e)),
+            Err(e) => Err(arm_failed(&format!("create VM {}", vm.name), &e)),
         }
     }
 
     /// The VM as Azure Resource Manager documents it (API 2024-07-01), read into the SDK's
     /// model. The NIC and public IP are created with the VM and deleted with it.
     fn vm_body(&self, job: &Job, target: &Target<'_>, custom_data: &str) -> Value {
-        let name = target.name;
-        let mut ip =
-            json!({"subnet": {"id": self.settings.subnets.get(target.region)}, "primary": true});
+        let name = &target.vm.name;
+        let mut ip = json!({"subnet": {"id": self.settings.subnets.get(&target.vm.region)}, "primary": true});
         if self.settings.public_ip {
             ip["publicIPAddressConfiguration"] = json!({
                 "name": format!("{name}-ip"),
@@ -331,7 +363,7 @@ impl AzureProvider {
             properties["billingProfile"] = json!({"maxPrice": -1.0});
         }
         let mut vm = json!({
-            "location": target.region,
+            "location": target.vm.region,
             "tags": {
                 "skylaunch:managed": "true",
                 "skylaunch:job-id": job.id,
@@ -346,19 +378,7 @@ impl AzureProvider {
         vm
     }
 
-    async fn delete_vm(&self, arm: &Arm, name: &str) -> Result<(), LaunchError> {
-        arm.delete_vm(name, Some(DELETE_TIMEOUT))
-            .await
-            .map_err(|e| {
-                LaunchError::new(
-                    ErrorCode::ProviderUnavailable,
-                    "Could not delete the Azure VM",
-                    format!("deleting VM {name} failed: {e}; delete it in the Azure portal"),
-                )
-            })
-    }
-
-    /// Deletes every VM the job created (failed placements included).
+    /// Asks Azure to delete every VM the job created (failed placements included).
     async fn delete_all(&self, job: &Job) -> Result<(), LaunchError> {
         let vms = job_vms(job);
         if vms.is_empty() {
@@ -370,12 +390,18 @@ impl AzureProvider {
             .map_err(|e| arm_failed("set up the Azure client", &e))?;
         let mut failure = None;
         for vm in vms {
-            let Some(name) = vm["name"].as_str() else {
-                continue;
-            };
-            match self.delete_vm(arm, name).await {
-                Ok(()) => tracing::info!(job_id = %job.id, vm = name, "deleted Azure VM"),
-                Err(e) => failure = Some(e),
+            match arm.delete_vm(&vm).await {
+                Ok(()) => tracing::info!(job_id = %job.id, vm = %vm.name, "deleting Azure VM"),
+                Err(e) => {
+                    failure = Some(LaunchError::new(
+                        ErrorCode::ProviderUnavailable,
+                        "Could not delete the Azure VM",
+                        format!(
+                            "deleting VM {} in resource group {} failed: {e}; delete it in the Azure portal",
+                            vm.name, vm.resource_group
+                        ),
+                    ))
+                }
             }
         }
         failure.map_or(Ok(()), Err)
@@ -383,17 +409,13 @@ impl AzureProvider {
 }
 
 /// The VMs recorded in a job's provider state, oldest first; the last one runs the node.
-pub fn job_vms(job: &Job) -> Vec<Value> {
-    job.provider_state["vms"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+pub fn job_vms(job: &Job) -> Vec<VmRef> {
+    serde_json::from_value(job.provider_state["vms"].clone()).unwrap_or_default()
 }
 
 /// Where one create goes.
 struct Target<'a> {
-    name: &'a str,
-    region: &'a str,
+    vm: &'a VmRef,
     zone: Option<&'a str>,
     vm_size: &'a str,
     market: Market,
@@ -419,6 +441,12 @@ fn arm_failed(what: &str, e: &ArmError) -> LaunchError {
             m.clone(),
         )
         .suggest("Check the control plane's network access to management.azure.com (or SKYLAUNCH_AZURE_ENDPOINT_URL)"),
+        ArmError::StillRunning(m) => LaunchError::new(
+            ErrorCode::LaunchTimeout,
+            format!("Azure did not finish in time to {what}"),
+            m.clone(),
+        )
+        .suggest("Azure is slow to allocate this size right now; try again, or another region"),
     }
 }
 
@@ -439,6 +467,15 @@ mod tests {
         Job::queued("job-id".into(), spec, Some("node-id".into()), 0)
     }
 
+    fn ref_in(region: &str) -> VmRef {
+        VmRef {
+            name: "sl-abc-1".into(),
+            region: region.into(),
+            subscription: "sub".into(),
+            resource_group: "rg".into(),
+        }
+    }
+
     fn provider() -> AzureProvider {
         AzureProvider::new(AzureSettings {
             subscription_id: Some("sub".into()),
@@ -455,9 +492,9 @@ mod tests {
         for spot in [true, false] {
             let p = provider();
             let job = job(spot);
+            let vm = ref_in("eastus");
             let target = Target {
-                name: "sl-abc-1",
-                region: "eastus",
+                vm: &vm,
                 zone: Some("2"),
                 vm_size: "Standard_NC24ads_A100_v4",
                 market: if spot { Market::Spot } else { Market::OnDemand },
@@ -486,9 +523,9 @@ mod tests {
     #[test]
     fn spot_vms_are_evicted_by_deletion_at_up_to_the_on_demand_price() {
         let p = provider();
+        let vm = ref_in("eastus");
         let target = Target {
-            name: "sl-abc-1",
-            region: "eastus",
+            vm: &vm,
             zone: None,
             vm_size: "Standard_NC24ads_A100_v4",
             market: Market::Spot,
