@@ -376,13 +376,7 @@ async fn cancel_during_the_create_deletes_the_vm() {
     let id = app.launch_id(&a10(false, false, &["eastus"])).await;
     wait_for_vm_count(&arm, 1).await;
     arm.operations_take(Duration::from_millis(100));
-    let r = app
-        .post(
-            &format!("/admin/launch-jobs/{id}/cancel"),
-            Some(ADMIN_TOKEN),
-            &json!({}),
-        )
-        .await;
+    let r = app.cancel(&id).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
     let job = app.wait_for_job(&id, common::job_finished).await;
     assert_eq!(job["status"], "cancelled", "{job:#}");
@@ -461,18 +455,7 @@ async fn orphan_sweeper_deletes_tagged_vms_no_launch_accounts_for_and_notices_va
     // The node's VM is evicted (spot, eviction policy Delete) or deleted in the portal.
     arm.remove_vm(&live_vm);
     let node_id = running["node_id"].as_str().unwrap();
-    let node = app.wait_for_status(node_id, "terminated").await;
-    assert!(
-        node["status_reason"]
-            .as_str()
-            .unwrap()
-            .contains("no longer exists"),
-        "{node:#}"
-    );
-    let vanished = app
-        .wait_for_cloud_event("instance_vanished", &live_vm)
-        .await;
-    assert_eq!(vanished["node_id"], node_id);
+    app.wait_for_vanished(node_id, &live_vm).await;
     drop(played);
 }
 

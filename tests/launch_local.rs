@@ -175,12 +175,7 @@ async fn same_idempotency_key_returns_the_first_job(backend: Backend) {
         1
     );
     let id = first.body["id"].as_str().unwrap();
-    app.post(
-        &format!("/admin/launch-jobs/{id}/cancel"),
-        Some(ADMIN_TOKEN),
-        &json!({}),
-    )
-    .await;
+    app.cancel(id).await;
     app.wait_for_job(id, common::job_finished).await;
 }
 
@@ -229,13 +224,7 @@ async fn cancel_tears_down_a_running_launch(backend: Backend) {
     let id = job["id"].as_str().unwrap();
     let running = app.wait_for_job(id, |j| j["stage"] == "register").await;
     assert_eq!(running["status"], "running");
-    let r = app
-        .post(
-            &format!("/admin/launch-jobs/{id}/cancel"),
-            Some(ADMIN_TOKEN),
-            &json!({}),
-        )
-        .await;
+    let r = app.cancel(id).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
     let job = app.wait_for_job(id, common::job_finished).await;
     assert_eq!(job["status"], "cancelled");
@@ -265,13 +254,7 @@ async fn cancel_tears_down_a_running_launch(backend: Backend) {
         lines.iter().any(|l| l.contains("model_server exited")),
         "the echo server was stopped: {lines:?}"
     );
-    let r = app
-        .post(
-            &format!("/admin/launch-jobs/{id}/cancel"),
-            Some(ADMIN_TOKEN),
-            &json!({}),
-        )
-        .await;
+    let r = app.cancel(id).await;
     assert_eq!(r.status, StatusCode::CONFLICT);
 }
 

@@ -234,13 +234,7 @@ async fn cancel_kills_a_hung_sky_launch_and_runs_sky_down() {
     app.wait_for_job(&id, |j| j["stage"] == "provision").await;
     // Give the fake time to print and hang, like a launch retrying for capacity.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = app
-        .post(
-            &format!("/admin/launch-jobs/{id}/cancel"),
-            Some(ADMIN_TOKEN),
-            &json!({}),
-        )
-        .await;
+    let r = app.cancel(&id).await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     let job = app.wait_for_job(&id, common::job_finished).await;
     assert_eq!(job["status"], "cancelled");

@@ -360,6 +360,16 @@ impl TestApp {
         r.body
     }
 
+    /// Asks for a launch job to be cancelled.
+    pub async fn cancel(&self, job_id: &str) -> Reply {
+        self.post(
+            &format!("/admin/launch-jobs/{job_id}/cancel"),
+            Some(ADMIN_TOKEN),
+            &json!({}),
+        )
+        .await
+    }
+
     /// Queues a launch job; returns its id.
     pub async fn launch_id(&self, body: &Value) -> String {
         self.launch(body).await["id"]
@@ -465,6 +475,23 @@ impl TestApp {
 }
 
 impl TestApp {
+    /// Waits (bounded) until the node whose instance vanished is marked terminated, saying so,
+    /// and the orphan sweeper recorded it as a cloud event.
+    pub async fn wait_for_vanished(&self, node_id: &str, instance_id: &str) {
+        let node = self.wait_for_status(node_id, "terminated").await;
+        assert!(
+            node["status_reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("no longer exists"),
+            "{node:#}"
+        );
+        let vanished = self
+            .wait_for_cloud_event("instance_vanished", instance_id)
+            .await;
+        assert_eq!(vanished["node_id"], node_id);
+    }
+
     /// Polls (bounded) until the orphan sweeper has recorded an event of `kind` for
     /// `instance_id`; returns it.
     pub async fn wait_for_cloud_event(&self, kind: &str, instance_id: &str) -> Value {

@@ -2,9 +2,44 @@
 //! order, how a market reads in a log line, and the error when every placement was refused for
 //! capacity.
 
+use crate::launch::catalog::{self, MachineTable};
 use crate::launch::error::{ErrorCode, LaunchError};
 use crate::launch::spec::LaunchSpec;
 use crate::launch::stage::Market;
+use crate::launch::task::{self, Template};
+
+/// The machine carrying the launch's GPUs on `cloud` (from its table), and the template to run.
+/// Validation already checked both; a stored job from an older catalogue may not match.
+pub fn machine_and_template(
+    cloud: &str,
+    table: MachineTable,
+    spec: &LaunchSpec,
+) -> Result<(&'static str, Template), LaunchError> {
+    let gpu = spec.gpu.as_deref().unwrap_or_default();
+    let machine = catalog::machine_for(table, gpu, spec.gpu_count).map_err(|offered| {
+        LaunchError::new(
+            ErrorCode::InvalidAccelerator,
+            format!("{cloud} has no machine with {} × {gpu}", spec.gpu_count),
+            format!(
+                "no {cloud} machine carries exactly {} × {gpu}",
+                spec.gpu_count
+            ),
+        )
+        .suggest(if offered.is_empty() {
+            format!("{gpu} is not sold on {cloud}; use the skypilot provider or another GPU")
+        } else {
+            format!("Ask for gpu_count {offered:?}")
+        })
+    })?;
+    let template = task::template(&spec.template).ok_or_else(|| {
+        LaunchError::new(
+            ErrorCode::InvalidRequest,
+            "Unknown template",
+            format!("template {:?} does not exist", spec.template),
+        )
+    })?;
+    Ok((machine, template))
+}
 
 /// Spot first when asked for, then on-demand when `spot_fallback` allows it.
 pub fn markets(spec: &LaunchSpec) -> Vec<Market> {

@@ -28,7 +28,6 @@ use crate::launch::providers::placement::{self, market_name};
 use crate::launch::providers::{bootstrap, BoxFuture, LaunchProvider};
 use crate::launch::run::JobRun;
 use crate::launch::stage::{Attempt, Market, Stage};
-use crate::launch::task;
 
 #[derive(Debug, Clone, Default)]
 pub struct AwsSettings {
@@ -80,35 +79,14 @@ impl AwsProvider {
     async fn launch_ec2(&self, run: &JobRun) -> Result<(), LaunchError> {
         let job = run.snapshot().await;
         let spec = &job.spec;
-        let gpu = spec.gpu.clone().unwrap_or_default();
-        let instance_type = catalog::instance_type(&gpu, spec.gpu_count).map_err(|offered| {
-            LaunchError::new(
-                ErrorCode::InvalidAccelerator,
-                format!("AWS has no instance with {} × {gpu}", spec.gpu_count),
-                format!(
-                    "no EC2 instance type carries exactly {} × {gpu}",
-                    spec.gpu_count
-                ),
-            )
-            .suggest(if offered.is_empty() {
-                format!("{gpu} is not sold on AWS; use the skypilot provider or another GPU")
-            } else {
-                format!("Ask for gpu_count {offered:?}")
-            })
-        })?;
+        let (instance_type, template) =
+            placement::machine_and_template("AWS", catalog::INSTANCE_TYPES, spec)?;
         let regions = if spec.regions.is_empty() {
             vec![DEFAULT_REGION.to_string()]
         } else {
             spec.regions.clone()
         };
         let markets = placement::markets(spec);
-        let template = task::template(&spec.template).ok_or_else(|| {
-            LaunchError::new(
-                ErrorCode::InvalidRequest,
-                "Unknown template",
-                spec.template.clone(),
-            )
-        })?;
         let user_data = bootstrap::for_launch(run, &job, &template);
         let mut reasons = Vec::new();
         let mut attempt_no = 0u32;

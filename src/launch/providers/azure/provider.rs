@@ -28,7 +28,6 @@ use crate::launch::providers::{bootstrap, BoxFuture, LaunchProvider};
 use crate::launch::run::JobRun;
 use crate::launch::spec::{LaunchSpec, SpecError};
 use crate::launch::stage::{Attempt, Market, Stage};
-use crate::launch::task;
 
 pub struct AzureProvider {
     pub settings: AzureSettings,
@@ -75,20 +74,8 @@ impl AzureProvider {
         let job = run.snapshot().await;
         let spec = &job.spec;
         let gpu = spec.gpu.clone().unwrap_or_default();
-        let vm_size = catalog::vm_size(&gpu, spec.gpu_count).map_err(|_| {
-            LaunchError::new(
-                ErrorCode::InvalidAccelerator,
-                format!("Azure has no VM size with {} × {gpu}", spec.gpu_count),
-                "the request passed validation but names no Azure VM size",
-            )
-        })?;
-        let template = task::template(&spec.template).ok_or_else(|| {
-            LaunchError::new(
-                ErrorCode::InvalidRequest,
-                "Unknown template",
-                spec.template.clone(),
-            )
-        })?;
+        let (vm_size, template) =
+            placement::machine_and_template("Azure", catalog::VM_SIZES, spec)?;
         let arm = self
             .arm()
             .await
