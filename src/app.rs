@@ -27,6 +27,7 @@ use crate::launch::providers::LaunchProvider;
 use crate::launch::runner::{JobRunner, RunnerSettings};
 use crate::launch::spec::Provider;
 use crate::metrics::Metrics;
+use crate::routing::{Proxy, RoutingTable};
 use crate::store::{redact_url, Store, StoreError};
 
 pub struct AppInner {
@@ -39,6 +40,9 @@ pub struct AppInner {
     pub public_url: String,
     pub agent_url: String,
     pub agent_bin: PathBuf,
+    pub proxy: Arc<Proxy>,
+    /// Bearer keys for /v1/*; empty means open.
+    pub api_keys: Vec<String>,
 }
 
 pub type AppState = Arc<AppInner>;
@@ -202,6 +206,20 @@ impl Running {
         let orphans_task =
             tokio::spawn(orphan_sweeper.run(config.orphan_sweep_interval, runner_stopped.clone()));
         let runner_task = tokio::spawn(runner.clone().run(runner_stopped));
+        // The routing table follows every node change the fleet makes, from the start.
+        let table = Arc::new(RoutingTable::default());
+        let watched = table.clone();
+        fleet
+            .watch(Arc::new(move |node: &crate::fleet::node::Node| {
+                watched.update(node)
+            }))
+            .await;
+        let proxy = Arc::new(Proxy::new(
+            table,
+            config.proxy_settings(),
+            metrics.clone(),
+            store.clone(),
+        ));
         let state = Arc::new(AppInner {
             fleet: fleet.clone(),
             metrics: metrics.clone(),
@@ -212,6 +230,13 @@ impl Running {
             public_url,
             agent_url,
             agent_bin,
+            proxy,
+            api_keys: config
+                .api_keys
+                .iter()
+                .map(|k| k.trim().to_string())
+                .filter(|k| !k.is_empty())
+                .collect(),
         });
         let tasks = FleetTasks::spawn(
             fleet,

@@ -154,6 +154,35 @@ pub struct ServeConfig {
     #[arg(long, env = "SKYLAUNCH_ORPHAN_GRACE", default_value = "10m", value_parser = parse_duration)]
     pub orphan_grace: Duration,
 
+    /// Bearer keys accepted on /v1/* (comma-separated); unset means /v1 is open.
+    #[arg(
+        long = "api-key",
+        env = "SKYLAUNCH_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+
+    /// How long the load balancer waits to connect to a model server before trying another node.
+    #[arg(long, env = "SKYLAUNCH_PROXY_CONNECT_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub proxy_connect_timeout: Duration,
+
+    /// Longest silence from a model server before its response headers or between two chunks; the response then ends.
+    #[arg(long, env = "SKYLAUNCH_PROXY_IDLE_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    pub proxy_idle_timeout: Duration,
+
+    /// Largest request body accepted on /v1/*, in bytes (KiB and MiB suffixes accepted).
+    #[arg(long, env = "SKYLAUNCH_PROXY_BODY_LIMIT", default_value = "32MiB", value_parser = parse_size)]
+    pub proxy_body_limit: usize,
+
+    /// Connection failures or 5xx answers in a row that eject a node from routing.
+    #[arg(long, env = "SKYLAUNCH_EJECT_AFTER", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub eject_after: u32,
+
+    /// How long a first ejection lasts; each ejection in a row doubles it (up to 32 times).
+    #[arg(long, env = "SKYLAUNCH_EJECT_FOR", default_value = "10s", value_parser = parse_duration)]
+    pub eject_for: Duration,
+
     /// How long shutdown waits for in-flight requests before closing them.
     #[arg(long, env = "SKYLAUNCH_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -187,6 +216,16 @@ impl ServeConfig {
         }
     }
 
+    pub fn proxy_settings(&self) -> crate::routing::ProxySettings {
+        crate::routing::ProxySettings {
+            connect_timeout: self.proxy_connect_timeout,
+            idle_timeout: self.proxy_idle_timeout,
+            body_limit: self.proxy_body_limit,
+            eject_after: self.eject_after,
+            eject_for: self.eject_for,
+        }
+    }
+
     pub fn health_policy(&self) -> HealthPolicy {
         HealthPolicy {
             heartbeat_interval: self.heartbeat_interval,
@@ -217,6 +256,23 @@ fn parse_subnet(s: &str) -> Result<(String, String), String> {
     azure::settings::parse_subnet(s)
 }
 
+/// Bytes, or a number with a KiB or MiB suffix.
+fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (number, unit) = match s {
+        _ if s.ends_with("MiB") => (&s[..s.len() - 3], 1024 * 1024),
+        _ if s.ends_with("KiB") => (&s[..s.len() - 3], 1024),
+        _ => (s, 1),
+    };
+    number
+        .trim()
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{s:?} is not a size: use bytes, or a number with KiB or MiB"))
+}
+
 fn parse_secret(s: &str) -> Result<Secret, String> {
     if s.trim().len() < 16 {
         return Err("must be at least 16 characters".to_string());
@@ -245,6 +301,15 @@ fn parse_score(s: &str) -> Result<f64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_accept_bytes_kib_and_mib() {
+        assert_eq!(super::parse_size("32MiB"), Ok(32 * 1024 * 1024));
+        assert_eq!(super::parse_size("512KiB"), Ok(512 * 1024));
+        assert_eq!(super::parse_size("1000"), Ok(1000));
+        assert!(super::parse_size("0").is_err());
+        assert!(super::parse_size("lots").is_err());
+    }
 
     #[test]
     fn durations_accept_common_units() {

@@ -12,4 +12,5 @@ pub mod fleet;
 pub mod launch;
 pub mod logging;
 pub mod metrics;
+pub mod routing;
 pub mod store;

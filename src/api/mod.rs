@@ -7,6 +7,7 @@ pub mod extract;
 pub mod jobs;
 pub mod nodes;
 pub mod system;
+pub mod v1;
 
 use std::time::Instant;
 
@@ -50,10 +51,15 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/task-yaml/preview", post(jobs::preview_task))
         .route("/admin/cloud-events", get(cloud_events::list_cloud_events))
         .route("/downloads/skylaunch-agent", get(jobs::download_agent))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(refuse_large_bodies))
+        // /v1 has its own, larger body limit (SKYLAUNCH_PROXY_BODY_LIMIT), applied as it reads.
+        .route("/v1/models", get(v1::list_models))
+        .route("/v1/chat/completions", post(v1::forward))
+        .route("/v1/completions", post(v1::forward))
+        .route("/v1/embeddings", post(v1::forward))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             record_request,

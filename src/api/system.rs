@@ -32,7 +32,24 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             (vec![("status", s.as_str().to_string())], n as f64)
         })
         .collect();
+    let in_flight = state
+        .proxy
+        .table
+        .all()
+        .iter()
+        .map(|e| {
+            (
+                vec![("node", e.node_name.clone())],
+                e.in_flight.load(std::sync::atomic::Ordering::Relaxed) as f64,
+            )
+        })
+        .collect();
     let text = state.metrics.render(&[
+        Gauge {
+            name: "skylaunch_proxy_in_flight",
+            help: "Requests in flight to each ready node's model server.",
+            series: in_flight,
+        },
         Gauge {
             name: "skylaunch_nodes",
             help: "Nodes by status.",

@@ -66,6 +66,10 @@ struct LiveNode {
     last_seen_ms: i64,
 }
 
+/// Told about a node each time its live state changes (created, registered, heartbeat,
+/// status change), while the node's lock is held, so changes of one node arrive in order.
+pub type NodeWatcher = Arc<dyn Fn(&Node) + Send + Sync>;
+
 pub struct Fleet {
     store: Store,
     policy: HealthPolicy,
@@ -73,6 +77,7 @@ pub struct Fleet {
     nodes: RwLock<HashMap<String, Arc<Mutex<LiveNode>>>>,
     /// Nodes whose telemetry changed since the last flush.
     dirty: StdMutex<HashSet<String>>,
+    watchers: RwLock<Vec<NodeWatcher>>,
 }
 
 const TRANSITIONS_HELP: &str = "Node status transitions, by new status.";
@@ -119,7 +124,30 @@ impl Fleet {
             metrics,
             nodes: RwLock::new(nodes),
             dirty: StdMutex::new(HashSet::new()),
+            watchers: RwLock::new(Vec::new()),
         })
+    }
+
+    /// Adds a watcher and tells it about every node there is now.
+    pub async fn watch(&self, watcher: NodeWatcher) {
+        self.watchers
+            .write()
+            .expect("watcher lock is never poisoned")
+            .push(watcher.clone());
+        for entry in self.entries() {
+            watcher(&entry.lock().await.node);
+        }
+    }
+
+    fn changed(&self, node: &Node) {
+        for watcher in self
+            .watchers
+            .read()
+            .expect("watcher lock is never poisoned")
+            .iter()
+        {
+            watcher(node);
+        }
     }
 
     pub fn policy(&self) -> &HealthPolicy {
@@ -209,6 +237,7 @@ impl Fleet {
             .write()
             .expect("node map lock is never poisoned")
             .insert(node.id.clone(), Arc::new(Mutex::new(live)));
+        self.changed(&node);
         Ok((node, token))
     }
 
@@ -287,6 +316,7 @@ impl Fleet {
         tracing::info!(node_id = %id, status = %node.status, provider = %node.provider, "agent registered");
         live.node = node;
         live.last_seen_ms = now;
+        self.changed(&live.node);
         Ok(self.ack(&live.node))
     }
 
@@ -348,6 +378,7 @@ impl Fleet {
                 .lock()
                 .expect("dirty set lock is never poisoned")
                 .insert(id.to_string());
+            self.changed(&live.node);
         }
         live.last_seen_ms = now;
         Ok(self.ack(&live.node))
@@ -380,6 +411,7 @@ impl Fleet {
         self.count_transition(t);
         tracing::info!(node_id = %node.id, from = %from, to = %t.to, reason = %t.reason, "node status changed");
         live.node = node;
+        self.changed(&live.node);
         Ok(())
     }
 

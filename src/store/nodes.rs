@@ -121,6 +121,28 @@ impl Store {
         Ok(())
     }
 
+    /// Records something that happened to a node without changing its status (e.g. the load
+    /// balancer ejecting it for a while).
+    pub async fn insert_node_event(
+        &self,
+        node_id: &str,
+        at: i64,
+        kind: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO node_events (node_id, at, kind, from_status, to_status, reason) \
+             VALUES ($1, $2, $3, NULL, NULL, $4)",
+        )
+        .bind(node_id)
+        .bind(at)
+        .bind(kind)
+        .bind(reason)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     /// The newest events of a node, newest first.
     pub async fn recent_node_events(
         &self,

@@ -1,0 +1,116 @@
+//! `/v1/*`: the OpenAI-compatible endpoints. Completions, chat completions and embeddings are
+//! routed by the body's `model` to a ready node; `GET /v1/models` lists the models with at least
+//! one. Bearer keys from `SKYLAUNCH_API_KEYS` when set.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{OriginalUri, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::Json;
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+use crate::app::AppState;
+use crate::routing::ProxyError;
+
+fn check_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if state.api_keys.is_empty() {
+        return Ok(());
+    }
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let known = state.api_keys.iter().fold(false, |found, key| {
+        found | bool::from(key.as_bytes().ct_eq(given.as_bytes()))
+    });
+    if known {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+            "send one of the control plane's API keys as Authorization: Bearer <key>",
+        ))
+    }
+}
+
+pub async fn list_models(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    check_key(&state, &headers)?;
+    let data: Vec<Value> = state
+        .proxy
+        .table
+        .models()
+        .into_iter()
+        .map(|(id, ready)| json!({"id": id, "object": "model", "created": 0, "owned_by": "skylaunch", "ready_nodes": ready}))
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+/// `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`.
+pub async fn forward(
+    State(state): State<AppState>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_key(&state, &headers)?;
+    let limit = state.proxy.settings.body_limit;
+    let body: Bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is larger than the {limit} byte limit for /v1 (SKYLAUNCH_PROXY_BODY_LIMIT)"),
+        )
+    })?;
+    let model = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["model"].as_str().map(str::to_string))
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_request",
+                "the body must be a JSON object with a \"model\"",
+            )
+            .with("field", "model")
+        })?;
+    state
+        .proxy
+        .forward(&model, uri.path(), &headers, body)
+        .await
+        .map_err(|e| match e {
+            ProxyError::NoHealthyNodes(none) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_healthy_nodes",
+                none.to_string(),
+            )
+            .with("model", none.model.clone())
+            .with("nodes", json!(none.by_status)),
+            ProxyError::AllFailed { model, tried: 0 } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_healthy_nodes",
+                format!("no healthy nodes for model {model}: every ready node is ejected after failing; try again shortly"),
+            )
+            .with("model", model),
+            ProxyError::AllFailed { model, tried } => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_unavailable",
+                format!("no model server for {model} accepted the connection ({tried} tried)"),
+            ),
+            ProxyError::Timeout { node } => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                format!("the model server on node {node} did not answer in time"),
+            ),
+            ProxyError::Upstream { node, message } => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                format!("the model server on node {node} failed: {message}"),
+            ),
+        })
+}

@@ -1,0 +1,10 @@
+//! The OpenAI-compatible load balancer: the in-memory routing table the fleet keeps current, the
+//! policy that picks a node (power of two choices, weighted by health and load), and the proxy
+//! that forwards and streams requests, with retries on refused connections and passive health.
+
+pub mod policy;
+pub mod proxy;
+pub mod table;
+
+pub use proxy::{Proxy, ProxyError, ProxySettings};
+pub use table::RoutingTable;

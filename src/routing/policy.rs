@@ -1,0 +1,159 @@
+//! Which node gets a request: power of two choices over the routable endpoints, weighing load
+//! by health.
+//!
+//! Two distinct candidates are drawn at random among those not ejected; the one with the lower
+//! cost wins, where cost = (requests in flight + 1) / health score. So at equal load a node at
+//! score 0.6 loses to one at 1.0, and at equal score a busy node loses to an idle one; drawing
+//! two (not scanning all) keeps concurrent choosers from stampeding the same "best" node. The
+//! random source is a parameter, so tests choose with a seed.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::table::Endpoint;
+
+/// Scores below this count as this, so a node near 0 still has a finite (huge) cost.
+const MIN_HEALTH: f64 = 0.05;
+
+/// A small, fast, seedable random source (SplitMix64); not for secrets.
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn seeded(seed: u64) -> SplitMix64 {
+        SplitMix64(seed)
+    }
+
+    /// Seeded from the operating system's randomness.
+    pub fn from_entropy() -> SplitMix64 {
+        let mut bytes = [0u8; 8];
+        // Should the OS refuse, the clock is an acceptable seed for load balancing.
+        if getrandom::fill(&mut bytes).is_err() {
+            bytes = (crate::clock::now_ms() as u64).to_le_bytes();
+        }
+        SplitMix64(u64::from_le_bytes(bytes))
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+fn cost(e: &Endpoint) -> f64 {
+    (e.in_flight.load(Ordering::Relaxed) as f64 + 1.0) / e.health().max(MIN_HEALTH)
+}
+
+/// Picks an endpoint among `candidates` that are not ejected at `now_ms` and not in `exclude`
+/// (those already tried for this request).
+pub fn choose(
+    candidates: &[Arc<Endpoint>],
+    exclude: &[String],
+    now_ms: i64,
+    rng: &mut SplitMix64,
+) -> Option<Arc<Endpoint>> {
+    let usable: Vec<&Arc<Endpoint>> = candidates
+        .iter()
+        .filter(|e| !e.is_ejected(now_ms) && !exclude.contains(&e.node_id))
+        .collect();
+    match usable.len() {
+        0 => None,
+        1 => Some(usable[0].clone()),
+        n => {
+            let a = rng.below(n);
+            let mut b = rng.below(n - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (a, b) = (usable[a], usable[b]);
+            Some(if cost(b) < cost(a) { b } else { a }.clone())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoints(healths: &[f64]) -> Vec<Arc<Endpoint>> {
+        healths
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                Arc::new(Endpoint::new(
+                    &format!("n{i}"),
+                    &format!("n{i}"),
+                    &format!("http://127.0.0.1:{}", 9000 + i),
+                    *h,
+                ))
+            })
+            .collect()
+    }
+
+    fn shares(list: &[Arc<Endpoint>], rounds: usize, seed: u64) -> Vec<usize> {
+        let mut rng = SplitMix64::seeded(seed);
+        let mut counts = vec![0; list.len()];
+        for _ in 0..rounds {
+            let e = choose(list, &[], 0, &mut rng).unwrap();
+            counts[list.iter().position(|x| Arc::ptr_eq(x, &e)).unwrap()] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn a_healthier_node_gets_more_traffic_at_equal_load() {
+        let list = endpoints(&[1.0, 0.6]);
+        let counts = shares(&list, 10_000, 7);
+        // With two nodes both are always drawn: the healthier one wins every tie of load.
+        assert!(counts[0] > counts[1], "{counts:?}");
+        let list = endpoints(&[1.0, 0.6, 1.0, 0.6]);
+        let counts = shares(&list, 20_000, 7);
+        let (strong, weak) = (counts[0] + counts[2], counts[1] + counts[3]);
+        assert!(strong > weak * 2, "{counts:?}");
+        assert!(weak > 0, "a weaker node still gets some: {counts:?}");
+    }
+
+    #[test]
+    fn a_busy_node_gets_less_than_an_idle_one_at_equal_health() {
+        let list = endpoints(&[1.0, 1.0]);
+        list[0].in_flight.store(5, Ordering::SeqCst);
+        let counts = shares(&list, 1_000, 3);
+        assert_eq!(counts, vec![0, 1_000]);
+        // Load outweighs a better score once it is high enough: (5+1)/1.0 > (0+1)/0.6.
+        let list = endpoints(&[1.0, 0.6]);
+        list[0].in_flight.store(5, Ordering::SeqCst);
+        assert_eq!(shares(&list, 1_000, 3), vec![0, 1_000]);
+    }
+
+    #[test]
+    fn ejected_and_already_tried_nodes_are_skipped() {
+        let list = endpoints(&[1.0, 1.0, 1.0]);
+        list[0].ejected_until.store(100, Ordering::SeqCst);
+        let mut rng = SplitMix64::seeded(1);
+        for _ in 0..100 {
+            let e = choose(&list, &["n1".into()], 50, &mut rng).unwrap();
+            assert_eq!(e.node_id, "n2");
+        }
+        assert!(choose(&list, &["n1".into(), "n2".into()], 50, &mut rng).is_none());
+        assert_eq!(
+            choose(&list, &["n1".into(), "n2".into()], 100, &mut rng)
+                .unwrap()
+                .node_id,
+            "n0",
+            "the ejection ends"
+        );
+    }
+
+    #[test]
+    fn the_same_seed_chooses_the_same_way() {
+        let list = endpoints(&[1.0, 0.8, 0.9, 0.7]);
+        assert_eq!(shares(&list, 500, 42), shares(&list, 500, 42));
+    }
+}

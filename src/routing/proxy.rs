@@ -1,0 +1,302 @@
+//! Forwarding one OpenAI-compatible request to a ready node, and passive health.
+//!
+//! The request body is read (up to the configured limit) to find its `model`, then sent to the
+//! node the policy picks. A connection that fails before anything was sent back is retried on
+//! another node; once a response has started, it is never retried. Responses are passed through
+//! chunk by chunk as they arrive (server-sent events included); if the client goes away, the
+//! stream is dropped and with it the upstream request. A pause between chunks longer than the
+//! idle timeout ends the response. Connection failures and 5xx answers in a row eject a node
+//! from routing for a growing backoff period, recorded as a node event.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderName, StatusCode};
+use axum::response::Response;
+use futures_util::StreamExt;
+
+use super::policy::{choose, SplitMix64};
+use super::table::{Endpoint, NoHealthyNodes, RoutingTable};
+use crate::clock::now_ms;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub connect_timeout: Duration,
+    /// Longest pause between two chunks of a response (and before its headers).
+    pub idle_timeout: Duration,
+    /// Largest request body accepted on `/v1/*`.
+    pub body_limit: usize,
+    /// Failures in a row that eject a node.
+    pub eject_after: u32,
+    /// The first ejection's length; each ejection in a row doubles it, up to 32 times.
+    pub eject_for: Duration,
+}
+
+/// Why a request could not be forwarded.
+#[derive(Debug)]
+pub enum ProxyError {
+    NoHealthyNodes(NoHealthyNodes),
+    /// Every node tried refused the connection.
+    AllFailed {
+        model: String,
+        tried: usize,
+    },
+    /// The node accepted the request but sent no answer in time.
+    Timeout {
+        node: String,
+    },
+    Upstream {
+        node: String,
+        message: String,
+    },
+}
+
+const REQUESTS_HELP: &str = "Requests proxied to model servers, by model, node and status.";
+const LATENCY_HELP: &str =
+    "Time from sending a request to a model server to its response headers, in seconds, by model.";
+const EJECTIONS_HELP: &str =
+    "Times a node was ejected from routing by passive health (failures in a row), by node.";
+
+pub struct Proxy {
+    pub table: Arc<RoutingTable>,
+    pub settings: ProxySettings,
+    client: reqwest::Client,
+    rng: Mutex<SplitMix64>,
+    metrics: Arc<Metrics>,
+    store: Store,
+}
+
+/// Holds a request's place in its endpoint's in-flight count until dropped.
+struct InFlight(Arc<Endpoint>);
+
+impl InFlight {
+    fn new(endpoint: Arc<Endpoint>) -> InFlight {
+        endpoint.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(endpoint)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Headers that belong to one connection, never forwarded.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+    )
+}
+
+impl Proxy {
+    pub fn new(
+        table: Arc<RoutingTable>,
+        settings: ProxySettings,
+        metrics: Arc<Metrics>,
+        store: Store,
+    ) -> Proxy {
+        let client = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .expect("the proxy's HTTP client builds");
+        Proxy {
+            table,
+            settings,
+            client,
+            rng: Mutex::new(SplitMix64::from_entropy()),
+            metrics,
+            store,
+        }
+    }
+
+    /// Uses a seeded random source from now on (tests).
+    pub fn seed(&self, seed: u64) {
+        *self.rng.lock().expect("rng lock") = SplitMix64::seeded(seed);
+    }
+
+    /// Forwards `body` for `model` to `path` (e.g. `/v1/chat/completions`) on a ready node.
+    pub async fn forward(
+        &self,
+        model: &str,
+        path: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Response, ProxyError> {
+        let endpoints = self
+            .table
+            .endpoints(model)
+            .map_err(ProxyError::NoHealthyNodes)?;
+        let mut tried: Vec<String> = Vec::new();
+        loop {
+            let picked = {
+                let mut rng = self.rng.lock().expect("rng lock");
+                choose(&endpoints, &tried, now_ms(), &mut rng)
+            };
+            let Some(endpoint) = picked else {
+                // Every node refused the connection, or every ready node is ejected for now.
+                return Err(ProxyError::AllFailed {
+                    model: model.to_string(),
+                    tried: tried.len(),
+                });
+            };
+            let guard = InFlight::new(endpoint.clone());
+            let mut request = self
+                .client
+                .post(format!("{}{path}", endpoint.url))
+                .body(body.clone());
+            for (name, value) in headers {
+                if !hop_by_hop(name) && name != "authorization" && name != "x-admin-token" {
+                    request = request.header(name, value);
+                }
+            }
+            let started = Instant::now();
+            let sent = tokio::time::timeout(self.settings.idle_timeout, request.send()).await;
+            let response = match sent {
+                Err(_) => {
+                    self.failed(&endpoint, model, "timeout").await;
+                    return Err(ProxyError::Timeout {
+                        node: endpoint.node_name.clone(),
+                    });
+                }
+                Ok(Err(e)) if e.is_connect() => {
+                    // Nothing reached the model server: another node may take it.
+                    self.failed(&endpoint, model, "connect_error").await;
+                    tracing::warn!(node_id = %endpoint.node_id, model, error = %e, "model server refused the connection; trying another node");
+                    tried.push(endpoint.node_id.clone());
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    self.failed(&endpoint, model, "upstream_error").await;
+                    return Err(ProxyError::Upstream {
+                        node: endpoint.node_name.clone(),
+                        message: e.to_string(),
+                    });
+                }
+                Ok(Ok(response)) => response,
+            };
+            self.metrics.observe(
+                "skylaunch_proxy_upstream_seconds",
+                LATENCY_HELP,
+                &[("model", model)],
+                started.elapsed().as_secs_f64(),
+            );
+            let status = response.status();
+            if status.is_server_error() {
+                self.failed(&endpoint, model, status.as_str()).await;
+            } else {
+                self.succeeded(&endpoint, model, status.as_str());
+            }
+            return Ok(self.stream_back(response, guard));
+        }
+    }
+
+    /// The upstream response, passed through as it arrives.
+    fn stream_back(&self, response: reqwest::Response, guard: InFlight) -> Response {
+        let status =
+            StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let mut headers = HeaderMap::new();
+        for (name, value) in response.headers() {
+            if !hop_by_hop(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        let idle = self.settings.idle_timeout;
+        let chunks = response.bytes_stream();
+        // The guard lives as long as the stream: until the last chunk, an error, or the client
+        // going away (which drops the stream, and with it the upstream request).
+        let stream = futures_util::stream::unfold(Some((chunks, guard)), move |state| async move {
+            let (mut chunks, guard) = state?;
+            match tokio::time::timeout(idle, chunks.next()).await {
+                Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some((chunks, guard)))),
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(node_id = %guard.0.node_id, error = %e, "model server failed mid-response");
+                    Some((Err(std::io::Error::other(e)), None))
+                }
+                Ok(None) => None,
+                Err(_) => {
+                    tracing::warn!(node_id = %guard.0.node_id, "model server went silent mid-response");
+                    Some((
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the model server sent nothing within the idle timeout",
+                        )),
+                        None,
+                    ))
+                }
+            }
+        });
+        let mut out = Response::new(Body::from_stream(stream));
+        *out.status_mut() = status;
+        *out.headers_mut() = headers;
+        out
+    }
+
+    fn count(&self, endpoint: &Endpoint, model: &str, status: &str) {
+        self.metrics.inc(
+            "skylaunch_proxy_requests_total",
+            REQUESTS_HELP,
+            &[
+                ("model", model),
+                ("node", &endpoint.node_name),
+                ("status", status),
+            ],
+        );
+    }
+
+    fn succeeded(&self, endpoint: &Endpoint, model: &str, status: &str) {
+        self.count(endpoint, model, status);
+        endpoint.failures.store(0, Ordering::SeqCst);
+        if !endpoint.is_ejected(now_ms()) {
+            endpoint.ejections.store(0, Ordering::SeqCst);
+        }
+    }
+
+    /// A connection failure or 5xx: ejects the node after enough of them in a row.
+    async fn failed(&self, endpoint: &Endpoint, model: &str, status: &str) {
+        self.count(endpoint, model, status);
+        let failures = endpoint.failures.fetch_add(1, Ordering::SeqCst) + 1;
+        if failures < self.settings.eject_after {
+            return;
+        }
+        endpoint.failures.store(0, Ordering::SeqCst);
+        let round = endpoint.ejections.fetch_add(1, Ordering::SeqCst).min(5);
+        let length = self.settings.eject_for * 2u32.pow(round);
+        let now = now_ms();
+        endpoint
+            .ejected_until
+            .store(now + length.as_millis() as i64, Ordering::SeqCst);
+        self.metrics.inc(
+            "skylaunch_proxy_ejections_total",
+            EJECTIONS_HELP,
+            &[("node", &endpoint.node_name)],
+        );
+        let reason = format!(
+            "ejected from routing for {} after {failures} failed requests in a row (last: {status})",
+            crate::fleet::status::fmt_duration(length)
+        );
+        tracing::warn!(node_id = %endpoint.node_id, reason = %reason, "passive health ejected a node");
+        if let Err(e) = self
+            .store
+            .insert_node_event(&endpoint.node_id, now, "ejected", &reason)
+            .await
+        {
+            tracing::error!(node_id = %endpoint.node_id, error = %e, "could not record the ejection");
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The routing table: for each model, the ready nodes serving it, kept in memory and updated by
+//! the fleet on every registration, heartbeat and status change, so the request path never
+//! queries the database. Each endpoint carries what the policy weighs (health score, requests
+//! in flight) and what passive health decides (consecutive failures, ejection).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::fleet::node::Node;
+use crate::fleet::status::NodeStatus;
+
+/// One ready node as the balancer sees it.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub node_id: String,
+    pub node_name: String,
+    /// Base URL of the model server, without a trailing slash.
+    pub url: String,
+    /// The latest health score (f64 bits); 1.0 until a heartbeat says otherwise.
+    health: AtomicU64,
+    pub in_flight: AtomicUsize,
+    /// Connection failures or 5xx answers in a row.
+    pub failures: AtomicU32,
+    /// Passive health: no traffic until this time (Unix ms); 0 when not ejected.
+    pub ejected_until: AtomicI64,
+    /// How many times in a row it was ejected (the backoff grows with it).
+    pub ejections: AtomicU32,
+}
+
+impl Endpoint {
+    pub fn new(node_id: &str, node_name: &str, url: &str, health: f64) -> Endpoint {
+        Endpoint {
+            node_id: node_id.to_string(),
+            node_name: node_name.to_string(),
+            url: url.trim_end_matches('/').to_string(),
+            health: AtomicU64::new(health.to_bits()),
+            in_flight: AtomicUsize::new(0),
+            failures: AtomicU32::new(0),
+            ejected_until: AtomicI64::new(0),
+            ejections: AtomicU32::new(0),
+        }
+    }
+
+    pub fn health(&self) -> f64 {
+        f64::from_bits(self.health.load(Ordering::Relaxed))
+    }
+
+    fn set_health(&self, score: f64) {
+        self.health.store(score.to_bits(), Ordering::Relaxed);
+    }
+
+    pub fn is_ejected(&self, now_ms: i64) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > now_ms
+    }
+}
+
+/// No ready node serves a model; says how many nodes of it exist, by status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NoHealthyNodes {
+    pub model: String,
+    pub by_status: BTreeMap<&'static str, usize>,
+}
+
+impl std::fmt::Display for NoHealthyNodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.by_status.is_empty() {
+            return write!(
+                f,
+                "no healthy nodes for model {}: no node serves it",
+                self.model
+            );
+        }
+        let counts: Vec<String> = self
+            .by_status
+            .iter()
+            .map(|(status, n)| format!("{n} {status}"))
+            .collect();
+        write!(
+            f,
+            "no healthy nodes for model {}: {}",
+            self.model,
+            counts.join(", ")
+        )
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Routable endpoints by model.
+    ready: HashMap<String, Vec<Arc<Endpoint>>>,
+    /// Every node that is not terminated: (model, status), for the 503 message.
+    nodes: HashMap<String, (String, NodeStatus)>,
+}
+
+#[derive(Default)]
+pub struct RoutingTable {
+    inner: RwLock<Inner>,
+}
+
+impl RoutingTable {
+    /// Takes in a node's latest state: routable when ready with an endpoint, gone otherwise.
+    /// An endpoint that stays routable keeps its counters (requests in flight, failures).
+    pub fn update(&self, node: &Node) {
+        let mut inner = self.inner.write().expect("routing lock is never poisoned");
+        let routable = node.status == NodeStatus::Ready && node.endpoint_url.is_some();
+        let existing = inner
+            .ready
+            .values()
+            .flatten()
+            .find(|e| e.node_id == node.id)
+            .cloned();
+        // Out of wherever it was (it may have changed model or endpoint).
+        for endpoints in inner.ready.values_mut() {
+            endpoints.retain(|e| e.node_id != node.id);
+        }
+        inner.ready.retain(|_, endpoints| !endpoints.is_empty());
+        if node.status == NodeStatus::Terminated {
+            inner.nodes.remove(&node.id);
+        } else {
+            inner
+                .nodes
+                .insert(node.id.clone(), (node.model_name.clone(), node.status));
+        }
+        if !routable {
+            return;
+        }
+        let url = node.endpoint_url.as_deref().expect("routable has a URL");
+        let health = node.health_score.unwrap_or(1.0);
+        let endpoint = match existing {
+            Some(e) if e.url == url.trim_end_matches('/') => {
+                e.set_health(health);
+                e
+            }
+            _ => Arc::new(Endpoint::new(&node.id, &node.name, url, health)),
+        };
+        inner
+            .ready
+            .entry(node.model_name.clone())
+            .or_default()
+            .push(endpoint);
+    }
+
+    /// The routable endpoints of a model, or why there are none.
+    pub fn endpoints(&self, model: &str) -> Result<Vec<Arc<Endpoint>>, NoHealthyNodes> {
+        let inner = self.inner.read().expect("routing lock is never poisoned");
+        match inner.ready.get(model) {
+            Some(endpoints) if !endpoints.is_empty() => Ok(endpoints.clone()),
+            _ => {
+                let mut by_status = BTreeMap::new();
+                for (m, status) in inner.nodes.values() {
+                    if m == model {
+                        *by_status.entry(status.as_str()).or_default() += 1;
+                    }
+                }
+                Err(NoHealthyNodes {
+                    model: model.to_string(),
+                    by_status,
+                })
+            }
+        }
+    }
+
+    /// Models with at least one ready node, and how many, sorted by name.
+    pub fn models(&self) -> Vec<(String, usize)> {
+        let inner = self.inner.read().expect("routing lock is never poisoned");
+        let mut models: Vec<(String, usize)> = inner
+            .ready
+            .iter()
+            .map(|(m, e)| (m.clone(), e.len()))
+            .collect();
+        models.sort();
+        models
+    }
+
+    /// Every routable endpoint (for metrics).
+    pub fn all(&self) -> Vec<Arc<Endpoint>> {
+        let inner = self.inner.read().expect("routing lock is never poisoned");
+        inner.ready.values().flatten().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, model: &str, status: NodeStatus, score: Option<f64>) -> Node {
+        Node {
+            id: id.into(),
+            name: id.into(),
+            status,
+            status_reason: None,
+            model_name: model.into(),
+            endpoint_url: Some(format!("http://127.0.0.1:9/{id}/")),
+            provider: "byo".into(),
+            region: None,
+            zone: None,
+            gpu_type: None,
+            gpu_count: None,
+            instance_type: None,
+            spot_instance: false,
+            labels: Default::default(),
+            agent_version: None,
+            health_score: score,
+            last_heartbeat_at: None,
+            last_heartbeat: None,
+            launch_job_id: None,
+            registered_at: None,
+            created_at: 0,
+            updated_at: 0,
+            token_hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn only_ready_nodes_are_routable_and_the_rest_are_counted() {
+        let table = RoutingTable::default();
+        table.update(&node("a", "m", NodeStatus::Ready, Some(0.9)));
+        table.update(&node("b", "m", NodeStatus::Launching, None));
+        table.update(&node("c", "m", NodeStatus::Unhealthy, Some(0.2)));
+        let ready = table.endpoints("m").unwrap();
+        assert_eq!(ready.len(), 1);
+        assert_eq!(ready[0].url, "http://127.0.0.1:9/a");
+        assert_eq!(ready[0].health(), 0.9);
+        table.update(&node("a", "m", NodeStatus::Draining, Some(0.9)));
+        let none = table.endpoints("m").unwrap_err();
+        assert_eq!(
+            none.to_string(),
+            "no healthy nodes for model m: 1 draining, 1 launching, 1 unhealthy"
+        );
+        assert_eq!(
+            table.endpoints("other").unwrap_err().to_string(),
+            "no healthy nodes for model other: no node serves it"
+        );
+    }
+
+    #[test]
+    fn a_heartbeat_updates_the_score_and_keeps_the_counters() {
+        let table = RoutingTable::default();
+        table.update(&node("a", "m", NodeStatus::Ready, Some(0.9)));
+        let before = table.endpoints("m").unwrap()[0].clone();
+        before.in_flight.fetch_add(2, Ordering::SeqCst);
+        table.update(&node("a", "m", NodeStatus::Ready, Some(0.6)));
+        let after = table.endpoints("m").unwrap()[0].clone();
+        assert!(Arc::ptr_eq(&before, &after));
+        assert_eq!(after.health(), 0.6);
+        assert_eq!(after.in_flight.load(Ordering::SeqCst), 2);
+        table.update(&node("a", "m", NodeStatus::Terminated, None));
+        assert!(table.models().is_empty());
+        assert!(table.endpoints("m").unwrap_err().by_status.is_empty());
+    }
+}

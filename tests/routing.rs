@@ -1,0 +1,514 @@
+//! The load balancer end to end: real HTTP servers on 127.0.0.1 stand in for model servers,
+//! registered as nodes through the real API and kept ready by heartbeats; requests go through
+//! the real control plane's `/v1/*`.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::response::Response;
+use common::{Backend, TestApp, ADMIN_TOKEN};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+/// How a stand-in model server answers.
+#[derive(Clone, Copy, PartialEq)]
+enum Behaviour {
+    /// A small completion, after `delay_ms`.
+    Complete { delay_ms: u64 },
+    /// 500 every time.
+    Fail,
+    /// An SSE stream: the first event at once, the rest when the test releases it.
+    StreamOnRelease,
+    /// The first SSE event, then the connection breaks.
+    DieMidStream,
+}
+
+#[derive(Clone)]
+struct Upstream {
+    name: &'static str,
+    behaviour: Behaviour,
+    hits: Arc<AtomicUsize>,
+    release: Arc<Notify>,
+    /// Set when a streaming response's body was dropped before it finished (client went away).
+    abandoned: Arc<AtomicBool>,
+}
+
+struct DropFlag(Arc<AtomicBool>, bool);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+async fn serve(State(up): State<Upstream>, body: Bytes) -> Response {
+    up.hits.fetch_add(1, Ordering::SeqCst);
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let event = |text: &str| {
+        Bytes::from(format!(
+            "data: {}\n\n",
+            json!({"choices": [{"delta": {"content": text}}], "served_by": up.name})
+        ))
+    };
+    match up.behaviour {
+        Behaviour::Complete { delay_ms } => {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(Body::from(
+                    json!({"object": "chat.completion", "served_by": up.name, "model": request["model"],
+                           "choices": [{"message": {"role": "assistant", "content": "hi"}}]})
+                    .to_string(),
+                ))
+                .unwrap()
+        }
+        Behaviour::Fail => Response::builder()
+            .status(500)
+            .body(Body::from("model server crashed"))
+            .unwrap(),
+        Behaviour::StreamOnRelease => {
+            let first = event("first");
+            let rest = event("rest");
+            let release = up.release.clone();
+            let flag = DropFlag(up.abandoned.clone(), false);
+            let stream = futures_util::stream::unfold((0, Some(flag)), move |(step, flag)| {
+                let (first, rest, release) = (first.clone(), rest.clone(), release.clone());
+                async move {
+                    match step {
+                        0 => Some((Ok::<_, std::io::Error>(first), (1, flag))),
+                        1 => {
+                            release.notified().await;
+                            Some((Ok(rest), (2, flag)))
+                        }
+                        _ => {
+                            // Finished normally: not abandoned.
+                            if let Some(mut f) = flag {
+                                f.1 = true;
+                            }
+                            None
+                        }
+                    }
+                }
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(stream))
+                .unwrap()
+        }
+        Behaviour::DieMidStream => {
+            let first = event("first");
+            // The first event goes out; a moment later the server breaks off.
+            let stream = futures_util::stream::unfold(0, move |step| {
+                let first = first.clone();
+                async move {
+                    match step {
+                        0 => Some((Ok(first), 1)),
+                        1 => {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            Some((Err(std::io::Error::other("the GPU fell off the bus")), 2))
+                        }
+                        _ => None,
+                    }
+                }
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(stream))
+                .unwrap()
+        }
+    }
+}
+
+async fn upstream(name: &'static str, behaviour: Behaviour) -> (Upstream, String) {
+    let up = Upstream {
+        name,
+        behaviour,
+        hits: Arc::default(),
+        release: Arc::new(Notify::new()),
+        abandoned: Arc::default(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let router = axum::Router::new().fallback(serve).with_state(up.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (up, url)
+}
+
+/// An address where nothing listens: connections are refused.
+fn refusing_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}")
+}
+
+/// A node serving `model` at `url`, registered and heartbeating with `score` (ready when the
+/// score is high enough); returns its id and token.
+async fn node_at(
+    app: &TestApp,
+    name: &str,
+    model: &str,
+    url: &str,
+    score: f64,
+) -> (String, String) {
+    let r = app
+        .post(
+            "/admin/nodes",
+            Some(ADMIN_TOKEN),
+            &json!({"name": name, "model_name": model}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let id = r.body["node_id"].as_str().unwrap().to_string();
+    let token = r.body["token"].as_str().unwrap().to_string();
+    let mut registration = common::registration();
+    registration["model_name"] = model.into();
+    registration["endpoint_url"] = url.into();
+    let r = app
+        .post(
+            &format!("/admin/nodes/register?node_id={id}"),
+            Some(&token),
+            &registration,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    heartbeat(app, &id, &token, score).await;
+    (id, token)
+}
+
+async fn heartbeat(app: &TestApp, id: &str, token: &str, score: f64) {
+    let r = app
+        .heartbeat(
+            id,
+            token,
+            &json!({"health_score": score, "model_server": {"ready": true}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
+async fn chat(app: &TestApp, model: &str) -> (StatusCode, Value) {
+    let r = app
+        .post(
+            "/v1/chat/completions",
+            None,
+            &json!({"model": model, "messages": [{"role": "user", "content": "hello"}]}),
+        )
+        .await;
+    (r.status, r.body)
+}
+
+async fn app() -> Option<TestApp> {
+    let db = common::TestDb::new(Backend::Sqlite).await?;
+    let mut config = common::test_config(&db);
+    // Long heartbeats silences would otherwise mark the test's nodes unhealthy mid-test.
+    config.heartbeat_interval = Duration::from_secs(30);
+    config.offline_after = Duration::from_secs(300);
+    config.eject_after = 2;
+    config.eject_for = Duration::from_secs(60);
+    Some(TestApp::start(db, config).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reach_a_ready_node_of_their_model_and_models_are_listed() {
+    let Some(app) = app().await else { return };
+    let (llama, llama_url) = upstream("llama", Behaviour::Complete { delay_ms: 0 }).await;
+    let (_, qwen_url) = upstream("qwen", Behaviour::Complete { delay_ms: 0 }).await;
+    node_at(&app, "llama-1", "meta/llama", &llama_url, 0.9).await;
+    node_at(&app, "qwen-1", "qwen/qwen", &qwen_url, 0.9).await;
+    let (status, body) = chat(&app, "meta/llama").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["served_by"], "llama");
+    assert_eq!(
+        body["model"], "meta/llama",
+        "the body reached the node intact"
+    );
+    assert_eq!(llama.hits.load(Ordering::SeqCst), 1);
+    let models = app.get("/v1/models", None).await.body;
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["meta/llama", "qwen/qwen"]);
+    let r = app
+        .post("/v1/embeddings", None, &json!({"input": "x"}))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert_eq!(r.body["error"]["field"], "model");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_ready_node_is_503_with_the_counts_by_status() {
+    let Some(app) = app().await else { return };
+    app.post(
+        "/admin/nodes",
+        Some(ADMIN_TOKEN),
+        &json!({"name": "booting", "model_name": "m"}),
+    )
+    .await;
+    let (_, url) = upstream("sick", Behaviour::Complete { delay_ms: 0 }).await;
+    node_at(&app, "sick", "m", &url, 0.1).await;
+    let (status, body) = chat(&app, "m").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "no_healthy_nodes");
+    assert_eq!(
+        body["error"]["message"],
+        "no healthy nodes for model m: 1 launching, 1 unhealthy"
+    );
+    assert_eq!(
+        body["error"]["nodes"],
+        json!({"launching": 1, "unhealthy": 1})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_follows_health_and_load() {
+    let Some(app) = app().await else { return };
+    let (strong_a, url_a) = upstream("strong-a", Behaviour::Complete { delay_ms: 40 }).await;
+    let (strong_b, url_b) = upstream("strong-b", Behaviour::Complete { delay_ms: 40 }).await;
+    let (weak, url_w) = upstream("weak", Behaviour::Complete { delay_ms: 40 }).await;
+    node_at(&app, "strong-a", "m", &url_a, 1.0).await;
+    node_at(&app, "strong-b", "m", &url_b, 1.0).await;
+    node_at(&app, "weak", "m", &url_w, 0.6).await;
+    // One at a time: the weaker node never wins a draw against an equally idle stronger one.
+    for _ in 0..30 {
+        assert_eq!(chat(&app, "m").await.0, StatusCode::OK);
+    }
+    assert_eq!(weak.hits.load(Ordering::SeqCst), 0);
+    // Under load the busier nodes lose draws, so the weaker one takes part, but less.
+    let requests: Vec<_> = (0..60)
+        .map(|_| {
+            let client = app.client.clone();
+            let url = app.url("/v1/chat/completions");
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .json(&json!({"model": "m", "messages": []}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    for r in requests {
+        assert_eq!(r.await.unwrap(), StatusCode::OK);
+    }
+    let (a, b, w) = (
+        strong_a.hits.load(Ordering::SeqCst),
+        strong_b.hits.load(Ordering::SeqCst),
+        weak.hits.load(Ordering::SeqCst),
+    );
+    assert_eq!(a + b + w, 90);
+    assert!(w < a && w < b, "the weaker node gets less: {a} {b} {w}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_is_retried_on_another_node() {
+    let Some(app) = app().await else { return };
+    let (good, good_url) = upstream("good", Behaviour::Complete { delay_ms: 0 }).await;
+    // The dead node looks healthier, so it is always drawn first while it is routable.
+    node_at(&app, "dead", "m", &refusing_url(), 1.0).await;
+    node_at(&app, "good", "m", &good_url, 0.5).await;
+    for _ in 0..5 {
+        let (status, body) = chat(&app, "m").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["served_by"], "good");
+    }
+    assert_eq!(good.hits.load(Ordering::SeqCst), 5);
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("status=\"connect_error\"") && metrics.contains("node=\"dead\""),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_node_is_ejected_gets_no_traffic_and_the_ejection_is_recorded() {
+    let Some(app) = app().await else { return };
+    let (bad, bad_url) = upstream("bad", Behaviour::Fail).await;
+    let (good, good_url) = upstream("good", Behaviour::Complete { delay_ms: 0 }).await;
+    let (bad_id, _) = node_at(&app, "bad", "m", &bad_url, 1.0).await;
+    node_at(&app, "good", "m", &good_url, 0.5).await;
+    // The healthier-looking bad node is drawn first until it is ejected (2 failures in a row);
+    // a 500 is an answer, passed to the client, not retried.
+    for _ in 0..2 {
+        assert_eq!(chat(&app, "m").await.0, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    for _ in 0..20 {
+        assert_eq!(chat(&app, "m").await.0, StatusCode::OK);
+    }
+    assert_eq!(
+        bad.hits.load(Ordering::SeqCst),
+        2,
+        "no traffic while ejected"
+    );
+    assert_eq!(good.hits.load(Ordering::SeqCst), 20);
+    let node = app.node(&bad_id).await;
+    let ejected = node["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "ejected")
+        .unwrap_or_else(|| panic!("no ejection event: {node:#}"));
+    assert!(ejected["reason"]
+        .as_str()
+        .unwrap()
+        .contains("2 failed requests in a row"));
+    assert!(app
+        .metrics()
+        .await
+        .contains("skylaunch_proxy_ejections_total{node=\"bad\"} 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drained_or_unhealthy_nodes_stop_receiving_at_once() {
+    let Some(app) = app().await else { return };
+    let (a, url_a) = upstream("a", Behaviour::Complete { delay_ms: 0 }).await;
+    let (b, url_b) = upstream("b", Behaviour::Complete { delay_ms: 0 }).await;
+    let (id_a, _) = node_at(&app, "a", "m", &url_a, 1.0).await;
+    let (id_b, token_b) = node_at(&app, "b", "m", &url_b, 0.9).await;
+    assert_eq!(chat(&app, "m").await.1["served_by"], "a");
+    let r = app
+        .post(
+            &format!("/admin/nodes/{id_a}/drain"),
+            Some(ADMIN_TOKEN),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    for _ in 0..5 {
+        assert_eq!(chat(&app, "m").await.1["served_by"], "b");
+    }
+    assert_eq!(a.hits.load(Ordering::SeqCst), 1);
+    heartbeat(&app, &id_b, &token_b, 0.2).await;
+    assert_eq!(app.node(&id_b).await["status"], "unhealthy");
+    assert_eq!(chat(&app, "m").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(b.hits.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_chunks_pass_through_before_the_upstream_finishes() {
+    let Some(app) = app().await else { return };
+    let (up, url) = upstream("streamer", Behaviour::StreamOnRelease).await;
+    node_at(&app, "streamer", "m", &url, 1.0).await;
+    let mut response = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .json(&json!({"model": "m", "stream": true, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    // The upstream holds the rest until released: a buffering proxy would never get here.
+    let first = tokio::time::timeout(Duration::from_secs(10), response.chunk())
+        .await
+        .expect("the first chunk arrives while the upstream still holds the rest")
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("first"));
+    up.release.notify_one();
+    let rest = response.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&rest).contains("rest"));
+    assert!(response.chunk().await.unwrap().is_none());
+    assert!(!up.abandoned.load(Ordering::SeqCst));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_going_away_cancels_the_upstream_request() {
+    let Some(app) = app().await else { return };
+    let (up, url) = upstream("streamer", Behaviour::StreamOnRelease).await;
+    node_at(&app, "streamer", "m", &url, 1.0).await;
+    let mut response = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .json(&json!({"model": "m", "stream": true, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    response.chunk().await.unwrap().unwrap();
+    drop(response);
+    for _ in 0..100 {
+        if up.abandoned.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        up.abandoned.load(Ordering::SeqCst),
+        "the upstream stream was dropped when the client left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_dying_mid_stream_is_a_clean_error_and_is_not_retried() {
+    let Some(app) = app().await else { return };
+    let (dying, dying_url) = upstream("dying", Behaviour::DieMidStream).await;
+    let (other, other_url) = upstream("other", Behaviour::Complete { delay_ms: 0 }).await;
+    node_at(&app, "dying", "m", &dying_url, 1.0).await;
+    node_at(&app, "other", "m", &other_url, 0.5).await;
+    let mut response = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .json(&json!({"model": "m", "stream": true, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let first = response.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("first"));
+    let mut ended_in_error = false;
+    for _ in 0..10 {
+        match response.chunk().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => break,
+            Err(_) => {
+                ended_in_error = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        ended_in_error,
+        "the client sees the response break, not a clean end"
+    );
+    assert_eq!(dying.hits.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        other.hits.load(Ordering::SeqCst),
+        0,
+        "never retried once started"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_guard_v1_when_configured() {
+    let Some(db) = common::TestDb::new(Backend::Sqlite).await else {
+        return;
+    };
+    let mut config = common::test_config(&db);
+    config.api_keys = vec!["sk-test-1".into(), "sk-test-2".into()];
+    let app = TestApp::start(db, config).await;
+    let r = app.get("/v1/models", None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.error_code(), "invalid_api_key");
+    assert_eq!(
+        app.get("/v1/models", Some("sk-test-2")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.get("/v1/models", Some(ADMIN_TOKEN)).await.status,
+        StatusCode::UNAUTHORIZED,
+        "the admin token is not an API key"
+    );
+}
