@@ -168,7 +168,7 @@ pub struct ServeConfig {
     pub proxy_connect_timeout: Duration,
 
     /// Longest silence from a model server before its response headers or between two chunks; the response then ends.
-    #[arg(long, env = "SKYLAUNCH_PROXY_IDLE_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    #[arg(long, env = "SKYLAUNCH_PROXY_IDLE_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
     pub proxy_idle_timeout: Duration,
 
     /// Largest request body accepted on /v1/*, in bytes (KiB and MiB suffixes accepted).

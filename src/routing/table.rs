@@ -89,6 +89,8 @@ impl std::fmt::Display for NoHealthyNodes {
 struct Inner {
     /// Routable endpoints by model.
     ready: HashMap<String, Vec<Arc<Endpoint>>>,
+    /// Each routable node's endpoint and the model it is listed under.
+    by_node: HashMap<String, (String, Arc<Endpoint>)>,
     /// Every node that is not terminated: (model, status), for the 503 message.
     nodes: HashMap<String, (String, NodeStatus)>,
 }
@@ -102,19 +104,37 @@ impl RoutingTable {
     /// Takes in a node's latest state: routable when ready with an endpoint, gone otherwise.
     /// An endpoint that stays routable keeps its counters (requests in flight, failures).
     pub fn update(&self, node: &Node) {
-        let mut inner = self.inner.write().expect("routing lock is never poisoned");
         let routable = node.status == NodeStatus::Ready && node.endpoint_url.is_some();
-        let existing = inner
-            .ready
-            .values()
-            .flatten()
-            .find(|e| e.node_id == node.id)
-            .cloned();
-        // Out of wherever it was (it may have changed model or endpoint).
-        for endpoints in inner.ready.values_mut() {
-            endpoints.retain(|e| e.node_id != node.id);
+        let url = node
+            .endpoint_url
+            .as_deref()
+            .map(|u| u.trim_end_matches('/'))
+            .unwrap_or_default();
+        let health = node.health_score.unwrap_or(1.0);
+        // The common case, a heartbeat that changes nothing but the score: no write lock.
+        {
+            let inner = self.inner.read().expect("routing lock is never poisoned");
+            if let (true, Some((model, endpoint))) = (routable, inner.by_node.get(&node.id)) {
+                let same_status = inner
+                    .nodes
+                    .get(&node.id)
+                    .is_some_and(|(_, status)| *status == node.status);
+                if *model == node.model_name && endpoint.url == url && same_status {
+                    endpoint.set_health(health);
+                    return;
+                }
+            }
         }
-        inner.ready.retain(|_, endpoints| !endpoints.is_empty());
+        let mut inner = self.inner.write().expect("routing lock is never poisoned");
+        let existing = inner.by_node.remove(&node.id);
+        if let Some((model, _)) = &existing {
+            if let Some(endpoints) = inner.ready.get_mut(model) {
+                endpoints.retain(|e| e.node_id != node.id);
+                if endpoints.is_empty() {
+                    inner.ready.remove(model);
+                }
+            }
+        }
         if node.status == NodeStatus::Terminated {
             inner.nodes.remove(&node.id);
         } else {
@@ -125,10 +145,8 @@ impl RoutingTable {
         if !routable {
             return;
         }
-        let url = node.endpoint_url.as_deref().expect("routable has a URL");
-        let health = node.health_score.unwrap_or(1.0);
         let endpoint = match existing {
-            Some(e) if e.url == url.trim_end_matches('/') => {
+            Some((_, e)) if e.url == url => {
                 e.set_health(health);
                 e
             }
@@ -138,7 +156,10 @@ impl RoutingTable {
             .ready
             .entry(node.model_name.clone())
             .or_default()
-            .push(endpoint);
+            .push(endpoint.clone());
+        inner
+            .by_node
+            .insert(node.id.clone(), (node.model_name.clone(), endpoint));
     }
 
     /// The routable endpoints of a model, or why there are none.
@@ -176,7 +197,7 @@ impl RoutingTable {
     /// Every routable endpoint (for metrics).
     pub fn all(&self) -> Vec<Arc<Endpoint>> {
         let inner = self.inner.read().expect("routing lock is never poisoned");
-        inner.ready.values().flatten().cloned().collect()
+        inner.by_node.values().map(|(_, e)| e.clone()).collect()
     }
 }
 
@@ -232,6 +253,23 @@ mod tests {
             table.endpoints("other").unwrap_err().to_string(),
             "no healthy nodes for model other: no node serves it"
         );
+    }
+
+    #[test]
+    fn a_node_moving_to_another_model_or_endpoint_moves_in_the_table() {
+        let table = RoutingTable::default();
+        table.update(&node("a", "m", NodeStatus::Ready, Some(0.9)));
+        let mut moved = node("a", "other", NodeStatus::Ready, Some(0.9));
+        table.update(&moved);
+        assert!(table.endpoints("m").is_err());
+        assert_eq!(table.endpoints("other").unwrap().len(), 1);
+        moved.endpoint_url = Some("http://127.0.0.1:10/".into());
+        table.update(&moved);
+        assert_eq!(
+            table.endpoints("other").unwrap()[0].url,
+            "http://127.0.0.1:10"
+        );
+        assert_eq!(table.all().len(), 1);
     }
 
     #[test]
