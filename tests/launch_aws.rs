@@ -574,14 +574,15 @@ async fn orphan_sweeper_terminates_unaccounted_instances_and_notices_vanished_on
         matches!(orphan_state.as_str(), "shutting-down" | "terminated"),
         "the orphan is terminated: {orphan_state}"
     );
+    // The event is recorded after the count, so once it is there the count is too.
+    let recorded = app.wait_for_cloud_event("orphan_terminated", &orphan).await;
+    assert_eq!(recorded["cloud"], "aws");
+    assert_eq!(recorded["job_id"], "no-such-job");
     let metrics = app.metrics().await;
     assert!(
         metrics.contains("skylaunch_orphans_terminated_total{cloud=\"aws\"} 1"),
         "{metrics}"
     );
-    let recorded = app.wait_for_cloud_event("orphan_terminated", &orphan).await;
-    assert_eq!(recorded["cloud"], "aws");
-    assert_eq!(recorded["job_id"], "no-such-job");
     assert_eq!(
         state(bystander.clone()).await,
         "running",

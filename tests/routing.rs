@@ -37,6 +37,8 @@ struct Upstream {
     release: Arc<Notify>,
     /// Set when a streaming response's body was dropped before it finished (client went away).
     abandoned: Arc<AtomicBool>,
+    /// The last request's headers and body size, as the model server received them.
+    seen: Arc<std::sync::Mutex<Option<(axum::http::HeaderMap, usize)>>>,
 }
 
 struct DropFlag(Arc<AtomicBool>, bool);
@@ -49,8 +51,11 @@ impl Drop for DropFlag {
     }
 }
 
-async fn serve(State(up): State<Upstream>, body: Bytes) -> Response {
+async fn serve(State(up): State<Upstream>, headers: axum::http::HeaderMap, body: Body) -> Response {
+    // A model server takes long prompts: no body limit of its own.
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
     up.hits.fetch_add(1, Ordering::SeqCst);
+    *up.seen.lock().unwrap() = Some((headers, body.len()));
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let event = |text: &str| {
         Bytes::from(format!(
@@ -134,6 +139,7 @@ async fn upstream(name: &'static str, behaviour: Behaviour) -> (Upstream, String
         hits: Arc::default(),
         release: Arc::new(Notify::new()),
         abandoned: Arc::default(),
+        seen: Arc::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -214,6 +220,7 @@ async fn app() -> Option<TestApp> {
     config.offline_after = Duration::from_secs(300);
     config.eject_after = 2;
     config.eject_for = Duration::from_secs(60);
+    config.proxy_body_limit = 3 * 1024 * 1024;
     Some(TestApp::start(db, config).await)
 }
 
@@ -285,7 +292,7 @@ async fn traffic_follows_health_and_load() {
         assert_eq!(chat(&app, "m").await.0, StatusCode::OK);
     }
     assert_eq!(weak.hits.load(Ordering::SeqCst), 0);
-    // Under load the busier nodes lose draws, so the weaker one takes part, but less.
+    // Under load the busier nodes lose draws to idler ones; the weaker node still gets less.
     let requests: Vec<_> = (0..60)
         .map(|_| {
             let client = app.client.clone();
@@ -449,6 +456,12 @@ async fn a_client_going_away_cancels_the_upstream_request() {
         up.abandoned.load(Ordering::SeqCst),
         "the upstream stream was dropped when the client left"
     );
+    assert!(
+        app.metrics()
+            .await
+            .contains("skylaunch_proxy_in_flight{node=\"streamer\"} 0"),
+        "the request no longer counts as in flight"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -511,4 +524,46 @@ async fn api_keys_guard_v1_when_configured() {
         StatusCode::UNAUTHORIZED,
         "the admin token is not an API key"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_pass_up_to_the_proxy_limit_and_credentials_stay_behind() {
+    let Some(app) = app().await else { return };
+    let (up, url) = upstream("big", Behaviour::Complete { delay_ms: 0 }).await;
+    node_at(&app, "big", "m", &url, 1.0).await;
+    // 2 MiB: over the admin API's 1 MiB, under this proxy's 3 MiB.
+    let prompt = "x".repeat(2 * 1024 * 1024);
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": prompt}]});
+    let sent = serde_json::to_vec(&body).unwrap().len();
+    let r = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .header("authorization", "Bearer sk-client-key")
+        .header("x-admin-token", ADMIN_TOKEN)
+        .header("cookie", "session=abc")
+        .header("x-request-id", "req-42")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    assert_eq!(status, StatusCode::OK, "{}", r.text().await.unwrap());
+    let (headers, received) = up.seen.lock().unwrap().clone().unwrap();
+    assert_eq!(received, sent, "the whole body reached the model server");
+    for private in ["authorization", "x-admin-token", "cookie"] {
+        assert!(!headers.contains_key(private), "{private} was forwarded");
+    }
+    assert_eq!(headers["x-request-id"], "req-42");
+    assert_eq!(headers["content-type"], "application/json");
+    // Over the limit: refused, and the model server never sees it.
+    let huge = json!({"model": "m", "prompt": "x".repeat(4 * 1024 * 1024)});
+    let r = app
+        .client
+        .post(app.url("/v1/completions"))
+        .json(&huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(up.hits.load(Ordering::SeqCst), 1);
 }

@@ -61,12 +61,21 @@ pub async fn forward(
 ) -> Result<Response, ApiError> {
     check_key(&state, &headers)?;
     let limit = state.proxy.settings.body_limit;
-    let body: Bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("request body is larger than the {limit} byte limit for /v1 (SKYLAUNCH_PROXY_BODY_LIMIT)"),
+    let body: Bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::iter::successors(
+            Some(&e as &(dyn std::error::Error + 'static)),
+            |e| e.source(),
         )
+        .any(|e| e.to_string().contains("length limit exceeded"));
+        if too_large {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("request body is larger than the {limit} byte limit for /v1 (SKYLAUNCH_PROXY_BODY_LIMIT)"),
+            )
+        } else {
+            ApiError::bad_request("invalid_body", format!("could not read the request body: {e}"))
+        }
     })?;
     let model = serde_json::from_slice::<Value>(&body)
         .ok()
@@ -81,7 +90,12 @@ pub async fn forward(
         })?;
     state
         .proxy
-        .forward(&model, uri.path(), &headers, body)
+        .forward(
+            &model,
+            uri.path_and_query().map_or(uri.path(), |p| p.as_str()),
+            &headers,
+            body,
+        )
         .await
         .map_err(|e| match e {
             ProxyError::NoHealthyNodes(none) => ApiError::new(
@@ -91,12 +105,16 @@ pub async fn forward(
             )
             .with("model", none.model.clone())
             .with("nodes", json!(none.by_status)),
-            ProxyError::AllFailed { model, tried: 0 } => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_healthy_nodes",
-                format!("no healthy nodes for model {model}: every ready node is ejected after failing; try again shortly"),
-            )
-            .with("model", model),
+            ProxyError::AllFailed { model, tried: 0 } => {
+                let ready = state.proxy.table.endpoints(&model).map_or(0, |e| e.len());
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_healthy_nodes",
+                    format!("no healthy nodes for model {model}: {ready} ready, every one ejected after failing requests; try again shortly"),
+                )
+                .with("model", model)
+                .with("nodes", json!({"ready_but_ejected": ready}))
+            }
             ProxyError::AllFailed { model, tried } => ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "upstream_unavailable",

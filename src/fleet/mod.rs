@@ -233,11 +233,12 @@ impl Fleet {
             node: node.clone(),
             last_seen_ms: now,
         };
+        // Watchers hear of it before anyone else can reach it to change it.
+        self.changed(&node);
         self.nodes
             .write()
             .expect("node map lock is never poisoned")
             .insert(node.id.clone(), Arc::new(Mutex::new(live)));
-        self.changed(&node);
         Ok((node, token))
     }
 

@@ -86,7 +86,16 @@ impl Drop for InFlight {
     }
 }
 
-/// Headers that belong to one connection, never forwarded.
+/// The request headers a model server gets: what describes the request, nothing that
+/// authenticates the client to skylaunch (its API key, the admin token, cookies).
+fn forwarded_request_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "content-type" | "accept" | "accept-encoding" | "user-agent" | "x-request-id"
+    ) || name.as_str().starts_with("openai-")
+}
+
+/// Response headers that belong to one connection, never passed back.
 fn hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
@@ -112,7 +121,11 @@ impl Proxy {
     ) -> Proxy {
         let client = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
+            // Below the 5 s keep-alive of uvicorn (vLLM): never reuse a connection the model
+            // server is about to close.
+            .pool_idle_timeout(Duration::from_secs(4))
+            // Model servers are reached directly, never through an HTTP(S)_PROXY from the env.
+            .no_proxy()
             .build()
             .expect("the proxy's HTTP client builds");
         Proxy {
@@ -161,7 +174,7 @@ impl Proxy {
                 .post(format!("{}{path}", endpoint.url))
                 .body(body.clone());
             for (name, value) in headers {
-                if !hop_by_hop(name) && name != "authorization" && name != "x-admin-token" {
+                if forwarded_request_header(name) {
                     request = request.header(name, value);
                 }
             }
@@ -169,7 +182,8 @@ impl Proxy {
             let sent = tokio::time::timeout(self.settings.idle_timeout, request.send()).await;
             let response = match sent {
                 Err(_) => {
-                    self.failed(&endpoint, model, "timeout").await;
+                    // Slow is not broken: a long completion under load must not eject a node.
+                    self.count(&endpoint, model, "timeout");
                     return Err(ProxyError::Timeout {
                         node: endpoint.node_name.clone(),
                     });
@@ -270,14 +284,23 @@ impl Proxy {
     /// A connection failure or 5xx: ejects the node after enough of them in a row.
     async fn failed(&self, endpoint: &Endpoint, model: &str, status: &str) {
         self.count(endpoint, model, status);
-        let failures = endpoint.failures.fetch_add(1, Ordering::SeqCst) + 1;
-        if failures < self.settings.eject_after {
+        let now = now_ms();
+        if endpoint.is_ejected(now) {
+            // Requests that were in flight when it was ejected do not extend the ejection.
             return;
         }
-        endpoint.failures.store(0, Ordering::SeqCst);
+        let failures = endpoint.failures.fetch_add(1, Ordering::SeqCst) + 1;
+        // Of several requests failing at once, only the one that resets the count ejects.
+        if failures < self.settings.eject_after
+            || endpoint
+                .failures
+                .compare_exchange(failures, 0, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+        {
+            return;
+        }
         let round = endpoint.ejections.fetch_add(1, Ordering::SeqCst).min(5);
         let length = self.settings.eject_for * 2u32.pow(round);
-        let now = now_ms();
         endpoint
             .ejected_until
             .store(now + length.as_millis() as i64, Ordering::SeqCst);
@@ -291,12 +314,16 @@ impl Proxy {
             crate::fleet::status::fmt_duration(length)
         );
         tracing::warn!(node_id = %endpoint.node_id, reason = %reason, "passive health ejected a node");
-        if let Err(e) = self
-            .store
-            .insert_node_event(&endpoint.node_id, now, "ejected", &reason)
-            .await
-        {
-            tracing::error!(node_id = %endpoint.node_id, error = %e, "could not record the ejection");
-        }
+        // Recorded off the request path: a slow database must not hold up the client.
+        let store = self.store.clone();
+        let node_id = endpoint.node_id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store
+                .insert_node_event(&node_id, now, "ejected", &reason)
+                .await
+            {
+                tracing::error!(node_id = %node_id, error = %e, "could not record the ejection");
+            }
+        });
     }
 }

@@ -26,10 +26,23 @@ pub struct Endpoint {
     pub ejected_until: AtomicI64,
     /// How many times in a row it was ejected (the backoff grows with it).
     pub ejections: AtomicU32,
+    /// When the agent registered: a re-registration (restarted agent and model server) starts
+    /// a fresh endpoint, without the old one's failures and ejection.
+    registered_at: Option<i64>,
 }
 
 impl Endpoint {
     pub fn new(node_id: &str, node_name: &str, url: &str, health: f64) -> Endpoint {
+        Endpoint::registered(node_id, node_name, url, health, None)
+    }
+
+    fn registered(
+        node_id: &str,
+        node_name: &str,
+        url: &str,
+        health: f64,
+        registered_at: Option<i64>,
+    ) -> Endpoint {
         Endpoint {
             node_id: node_id.to_string(),
             node_name: node_name.to_string(),
@@ -39,6 +52,7 @@ impl Endpoint {
             failures: AtomicU32::new(0),
             ejected_until: AtomicI64::new(0),
             ejections: AtomicU32::new(0),
+            registered_at,
         }
     }
 
@@ -119,7 +133,11 @@ impl RoutingTable {
                     .nodes
                     .get(&node.id)
                     .is_some_and(|(_, status)| *status == node.status);
-                if *model == node.model_name && endpoint.url == url && same_status {
+                if *model == node.model_name
+                    && endpoint.url == url
+                    && endpoint.registered_at == node.registered_at
+                    && same_status
+                {
                     endpoint.set_health(health);
                     return;
                 }
@@ -146,11 +164,17 @@ impl RoutingTable {
             return;
         }
         let endpoint = match existing {
-            Some((_, e)) if e.url == url => {
+            Some((_, e)) if e.url == url && e.registered_at == node.registered_at => {
                 e.set_health(health);
                 e
             }
-            _ => Arc::new(Endpoint::new(&node.id, &node.name, url, health)),
+            _ => Arc::new(Endpoint::registered(
+                &node.id,
+                &node.name,
+                url,
+                health,
+                node.registered_at,
+            )),
         };
         inner
             .ready
