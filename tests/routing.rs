@@ -212,6 +212,16 @@ async fn chat(app: &TestApp, model: &str) -> (StatusCode, Value) {
     (r.status, r.body)
 }
 
+/// A streaming chat request, its response not yet read.
+async fn stream_chat(app: &TestApp, model: &str) -> reqwest::Response {
+    app.client
+        .post(app.url("/v1/chat/completions"))
+        .json(&json!({"model": model, "stream": true, "messages": []}))
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn app() -> Option<TestApp> {
     let db = common::TestDb::new(Backend::Sqlite).await?;
     let mut config = common::test_config(&db);
@@ -409,13 +419,7 @@ async fn streaming_chunks_pass_through_before_the_upstream_finishes() {
     let Some(app) = app().await else { return };
     let (up, url) = upstream("streamer", Behaviour::StreamOnRelease).await;
     node_at(&app, "streamer", "m", &url, 1.0).await;
-    let mut response = app
-        .client
-        .post(app.url("/v1/chat/completions"))
-        .json(&json!({"model": "m", "stream": true, "messages": []}))
-        .send()
-        .await
-        .unwrap();
+    let mut response = stream_chat(&app, "m").await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     // The upstream holds the rest until released: a buffering proxy would never get here.
@@ -437,13 +441,7 @@ async fn a_client_going_away_cancels_the_upstream_request() {
     let Some(app) = app().await else { return };
     let (up, url) = upstream("streamer", Behaviour::StreamOnRelease).await;
     node_at(&app, "streamer", "m", &url, 1.0).await;
-    let mut response = app
-        .client
-        .post(app.url("/v1/chat/completions"))
-        .json(&json!({"model": "m", "stream": true, "messages": []}))
-        .send()
-        .await
-        .unwrap();
+    let mut response = stream_chat(&app, "m").await;
     response.chunk().await.unwrap().unwrap();
     drop(response);
     for _ in 0..100 {
@@ -471,13 +469,7 @@ async fn a_node_dying_mid_stream_is_a_clean_error_and_is_not_retried() {
     let (other, other_url) = upstream("other", Behaviour::Complete { delay_ms: 0 }).await;
     node_at(&app, "dying", "m", &dying_url, 1.0).await;
     node_at(&app, "other", "m", &other_url, 0.5).await;
-    let mut response = app
-        .client
-        .post(app.url("/v1/chat/completions"))
-        .json(&json!({"model": "m", "stream": true, "messages": []}))
-        .send()
-        .await
-        .unwrap();
+    let mut response = stream_chat(&app, "m").await;
     assert_eq!(response.status(), StatusCode::OK);
     let first = response.chunk().await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&first).contains("first"));
