@@ -156,11 +156,7 @@ impl JobRunner {
             lost_lease.clone(),
         ));
 
-        let log = JobLog {
-            store: self.store.clone(),
-            events: self.events.clone(),
-            job_id: job_id.clone(),
-        };
+        let log = self.job_log(&job_id);
         let outcome = if reclaimed {
             Err(LaunchError::new(
                 ErrorCode::Internal,
@@ -192,6 +188,14 @@ impl JobRunner {
         self.finish(job, outcome, &log).await;
     }
 
+    fn job_log(&self, job_id: &str) -> JobLog {
+        JobLog {
+            store: self.store.clone(),
+            events: self.events.clone(),
+            job_id: job_id.to_string(),
+        }
+    }
+
     /// Ends a launch whose task died of a bug: recorded as failed, and what it created torn
     /// down from its stored state, as after a restart.
     async fn end_after_crash(&self, job_id: &str) {
@@ -199,11 +203,7 @@ impl JobRunner {
             Ok(Some(job)) if !job.status.is_terminal() => job,
             _ => return,
         };
-        let log = JobLog {
-            store: self.store.clone(),
-            events: self.events.clone(),
-            job_id: job_id.to_string(),
-        };
+        let log = self.job_log(job_id);
         let error = LaunchError::new(
             ErrorCode::Internal,
             "skylaunch hit an internal error during this launch",

@@ -70,11 +70,6 @@ pub fn parse_ami_choice(s: &str) -> Result<AmiChoice, String> {
     Ok(choice)
 }
 
-/// The instance type for `count` × `gpu` (canonical names), or the counts AWS does offer.
-pub fn instance_type(gpu: &str, count: u32) -> Result<&'static str, Vec<u32>> {
-    crate::launch::catalog::machine_for(INSTANCE_TYPES, gpu, count)
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -90,6 +85,10 @@ mod tests {
     }
 
     use super::*;
+
+    fn instance_type(gpu: &str, count: u32) -> Result<&'static str, Vec<u32>> {
+        crate::launch::catalog::machine_for(INSTANCE_TYPES, gpu, count)
+    }
 
     #[test]
     fn common_requests_map_to_the_expected_families() {

@@ -16,14 +16,13 @@ pub const VM_SIZES: &[(&str, u32, &str)] = &[
     ("H100", 8, "Standard_ND96isr_H100_v5"),
 ];
 
-/// The VM size for `count` × `gpu` (canonical names), or the counts Azure does offer.
-pub fn vm_size(gpu: &str, count: u32) -> Result<&'static str, Vec<u32>> {
-    crate::launch::catalog::machine_for(VM_SIZES, gpu, count)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn vm_size(gpu: &str, count: u32) -> Result<&'static str, Vec<u32>> {
+        crate::launch::catalog::machine_for(VM_SIZES, gpu, count)
+    }
 
     #[test]
     fn common_requests_map_to_the_expected_sizes() {
