@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
+
+mod common;
+use common::process_usage;
 
 struct Args {
     url: String,
@@ -44,55 +47,22 @@ fn parse_args() -> Args {
             other => panic!("unknown flag {other}"),
         }
     }
-    assert!(
-        args.url.starts_with("http://127.") || args.url.starts_with("http://[::1]"),
-        "loopback only"
-    );
+    common::assert_loopback(&args.url);
     args
 }
 
-/// CPU seconds (user + system) and peak RSS in MiB of a process, from /proc.
-fn process_usage(pid: u32) -> Option<(f64, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let hwm_kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some((ticks / 100.0, hwm_kib / 1024.0))
-}
-
 async fn setup_node(client: &reqwest::Client, args: &Args, i: usize) -> (String, String) {
-    let created: Value = client
-        .post(format!("{}/admin/nodes", args.url))
-        .bearer_auth(&args.admin_token)
-        .json(&json!({"name": format!("bench-{i}"), "model_name": "bench/model"}))
-        .send()
-        .await
-        .expect("create node")
-        .json()
-        .await
-        .expect("create node body");
-    let id = created["node_id"].as_str().expect("node_id").to_string();
-    let token = created["token"].as_str().expect("token").to_string();
-    let r = client
-        .post(format!("{}/admin/nodes/register?node_id={id}", args.url))
-        .bearer_auth(&token)
-        .json(
-            &json!({"provider": "aws", "region": "us-east-1", "model_name": "bench/model",
-            "endpoint_url": "http://127.0.0.1:9", "gpu_type": "L4", "instance_type": "g6.xlarge",
-            "spot_instance": true}),
-        )
-        .send()
-        .await
-        .expect("register");
-    assert!(r.status().is_success(), "register: {}", r.status());
-    (id, token)
+    let registration = json!({"provider": "aws", "region": "us-east-1", "model_name": "bench/model",
+        "endpoint_url": "http://127.0.0.1:9", "gpu_type": "L4", "instance_type": "g6.xlarge",
+        "spot_instance": true});
+    common::add_node(
+        client,
+        &args.url,
+        &args.admin_token,
+        &format!("bench-{i}"),
+        &registration,
+    )
+    .await
 }
 
 #[tokio::main]
@@ -178,12 +148,7 @@ async fn main() {
 
     let mut lat = std::mem::take(&mut *latencies.lock().unwrap());
     lat.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if lat.is_empty() {
-            return f64::NAN;
-        }
-        lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0
-    };
+    let pct = |q: f64| common::quantile_ms(&lat, q);
     let errors = errors.load(Ordering::Relaxed);
     println!("nodes:            {}", args.nodes);
     println!("interval:         {} ms", args.interval.as_millis());

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -46,6 +47,13 @@ pub struct AppInner {
 }
 
 pub type AppState = Arc<AppInner>;
+
+/// Turns off Nagle's algorithm on an accepted connection (as nginx's `tcp_nodelay` does).
+pub fn no_delay(stream: &mut tokio::net::TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "could not set TCP_NODELAY");
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -246,7 +254,8 @@ impl Running {
         let (stop_server, stopped) = oneshot::channel::<()>();
         let router = crate::api::router(state);
         let server = tokio::spawn(async move {
-            axum::serve(listener, router)
+            // No Nagle delay: streamed tokens and small answers leave as soon as they are written.
+            axum::serve(listener.tap_io(no_delay), router)
                 .with_graceful_shutdown(async {
                     let _ = stopped.await;
                 })

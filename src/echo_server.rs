@@ -36,14 +36,16 @@ pub fn router(model: &str) -> Router {
 pub async fn serve(listen: SocketAddr, model: &str) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(%listen, model, "echo model server listening (echoes prompts; not a language model)");
-    axum::serve(listener, router(model))
-        .with_graceful_shutdown(async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
-        })
-        .await
+    axum::serve(
+        axum::serve::ListenerExt::tap_io(listener, crate::app::no_delay),
+        router(model),
+    )
+    .with_graceful_shutdown(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
+    })
+    .await
 }
 
 async fn models(State(echo): State<Echo>) -> Json<Value> {

@@ -249,6 +249,23 @@ async fn requests_reach_a_ready_node_of_their_model_and_models_are_listed() {
         "the body reached the node intact"
     );
     assert_eq!(llama.hits.load(Ordering::SeqCst), 1);
+    // The answer comes back with the model server's length, not re-chunked.
+    let raw = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .body(r#"{"messages": [], "model": "meta\/llama", "temperature": 0.2}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        raw.status(),
+        StatusCode::OK,
+        "an escaped model name is read"
+    );
+    let length = raw.content_length().expect("a content-length");
+    let text = raw.text().await.unwrap();
+    assert_eq!(length as usize, text.len());
+    assert!(text.contains(r#""served_by":"llama""#), "{text}");
     let models = app.get("/v1/models", None).await.body;
     let ids: Vec<&str> = models["data"]
         .as_array()

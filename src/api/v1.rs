@@ -52,6 +52,14 @@ pub async fn list_models(
     Ok(Json(json!({"object": "list", "data": data})))
 }
 
+/// The one field the load balancer reads from a request body. The rest is skipped by the parser,
+/// not built into a JSON tree: a long prompt costs a scan, not an allocation per value.
+#[derive(serde::Deserialize)]
+struct ModelOnly<'a> {
+    #[serde(borrow)]
+    model: std::borrow::Cow<'a, str>,
+}
+
 /// `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`.
 pub async fn forward(
     State(state): State<AppState>,
@@ -77,9 +85,9 @@ pub async fn forward(
             ApiError::bad_request("invalid_body", format!("could not read the request body: {e}"))
         }
     })?;
-    let model = serde_json::from_slice::<Value>(&body)
+    let model = serde_json::from_slice::<ModelOnly>(&body)
         .ok()
-        .and_then(|v| v["model"].as_str().map(str::to_string))
+        .map(|m| m.model.into_owned())
         .filter(|m| !m.is_empty())
         .ok_or_else(|| {
             ApiError::bad_request(
