@@ -37,6 +37,11 @@ pub struct AppInner {
     pub store: Store,
     pub runner: Arc<JobRunner>,
     pub events: JobEvents,
+    /// Node changes for the web UI's live fleet view.
+    pub node_feed: crate::fleet::feed::NodeFeed,
+    /// Becomes true when the server starts shutting down: open event streams end then, so a
+    /// graceful stop does not wait on a browser tab.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
     pub admin_token: String,
     pub public_url: String,
     pub agent_url: String,
@@ -81,6 +86,7 @@ pub struct Running {
     admin_token: admin_token::AdminToken,
     database: String,
     stop_server: oneshot::Sender<()>,
+    stop_streams: tokio::sync::watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
     tasks: FleetTasks,
     stop_runner: tokio::sync::watch::Sender<bool>,
@@ -222,18 +228,28 @@ impl Running {
                 watched.update(node)
             }))
             .await;
+        let node_feed = crate::fleet::feed::NodeFeed::default();
+        let feed = node_feed.clone();
+        fleet
+            .watch(Arc::new(move |node: &crate::fleet::node::Node| {
+                feed.publish(node)
+            }))
+            .await;
         let proxy = Arc::new(Proxy::new(
             table,
             config.proxy_settings(),
             metrics.clone(),
             store.clone(),
         ));
+        let (stop_streams, stopping) = tokio::sync::watch::channel(false);
         let state = Arc::new(AppInner {
             fleet: fleet.clone(),
             metrics: metrics.clone(),
             store: store.clone(),
             runner,
             events,
+            node_feed,
+            stopping,
             admin_token: token.value.clone(),
             public_url,
             agent_url,
@@ -266,6 +282,7 @@ impl Running {
             admin_token: token,
             database: redact_url(&url),
             stop_server,
+            stop_streams,
             server,
             tasks,
             stop_runner,
@@ -295,6 +312,7 @@ impl Running {
     /// Graceful stop: no new connections, in-flight requests finish (up to the shutdown
     /// timeout), pending telemetry is written, the database is closed.
     pub async fn shutdown(self) {
+        let _ = self.stop_streams.send(true);
         let _ = self.stop_server.send(());
         let mut server = self.server;
         match tokio::time::timeout(self.shutdown_timeout, &mut server).await {

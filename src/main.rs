@@ -96,10 +96,17 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
         admin_token = %token_source,
         "skylaunch is up"
     );
-    println!(
-        "skylaunch is up: open {}/ in your browser",
-        running.base_url()
-    );
+    let ui = format!("{}/", running.base_url());
+    if std::io::stdout().is_terminal() {
+        // The sign-in link carries the token in the fragment (never sent to a server); the page
+        // moves it to session storage and out of the address bar at once.
+        println!(
+            "skylaunch is up: open {ui}#token={} in your browser",
+            fragment_encode(&token.value)
+        );
+    } else {
+        println!("skylaunch is up: open {ui} in your browser and sign in with the admin token");
+    }
     println!("admin token: {token_source}");
     // The token itself goes only to an interactive terminal, never into a captured log.
     if token.generated && std::io::stdout().is_terminal() {
@@ -109,6 +116,19 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
     tracing::info!("shutting down: finishing in-flight requests");
     running.shutdown().await;
     Ok(())
+}
+
+/// Percent-encodes everything but unreserved characters, for a URL fragment.
+fn fragment_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 async fn shutdown_signal() {

@@ -3,23 +3,14 @@
 //! Also: idempotency, validation, cancel, registration timeout, live events, crash recovery.
 
 mod common;
+mod standins;
 
 use std::time::Duration;
 
 use common::{Backend, TestApp, ADMIN_TOKEN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-fn binaries() -> (std::path::PathBuf, std::path::PathBuf) {
-    let skylaunch = std::path::PathBuf::from(env!("CARGO_BIN_EXE_skylaunch"));
-    let agent = skylaunch.with_file_name("skylaunch-agent");
-    assert!(
-        agent.is_file(),
-        "{} is missing: build it first with `cargo build --workspace --bins` (scripts/test does)",
-        agent.display()
-    );
-    (skylaunch, agent)
-}
+use standins::binaries;
 
 /// An app whose local launches use the built binaries; `tweak` adjusts the settings.
 async fn app_with(

@@ -4,6 +4,7 @@
 //! file's envs and secrets. The control plane, runner, parser, error mapper and agent are real.
 
 mod common;
+mod standins;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,65 +12,7 @@ use std::time::Duration;
 use common::{Backend, TestApp, ADMIN_TOKEN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-struct FakeSky {
-    state: tempfile::TempDir,
-    bin: PathBuf,
-}
-
-impl FakeSky {
-    fn calls(&self) -> Vec<Vec<String>> {
-        std::fs::read_to_string(self.state.path().join("calls.log"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-}
-
-fn fixture(name: &str) -> PathBuf {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let ours = here.join("tests/fixtures/skypilot").join(name);
-    if ours.exists() {
-        ours
-    } else {
-        here.join("../shared/fixtures/skypilot").join(name)
-    }
-}
-
-/// Writes a `sky` executable that runs the fake with `transcript` and `extra` settings.
-fn fake_sky(python: &Path, transcript: &str, extra: &[(&str, &str)]) -> FakeSky {
-    let state = tempfile::tempdir().unwrap();
-    let skylaunch = PathBuf::from(env!("CARGO_BIN_EXE_skylaunch"));
-    let agent = skylaunch.with_file_name("skylaunch-agent");
-    assert!(
-        agent.is_file(),
-        "build the agent first: cargo build --workspace --bins"
-    );
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake-sky/fake_sky.py");
-    let mut env = format!(
-        "export FAKE_SKY_STATE='{}' FAKE_SKY_TRANSCRIPT='{}' FAKE_SKY_SKYLAUNCH_BIN='{}' FAKE_SKY_AGENT_BIN='{}'\n",
-        state.path().display(),
-        fixture(transcript).display(),
-        skylaunch.display(),
-        agent.display()
-    );
-    for (k, v) in extra {
-        env.push_str(&format!("export {k}='{v}'\n"));
-    }
-    let bin = state.path().join("sky");
-    std::fs::write(
-        &bin,
-        format!(
-            "#!/bin/sh\n{env}exec '{}' '{}' \"$@\"\n",
-            python.display(),
-            script.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    FakeSky { state, bin }
-}
+use standins::{fake_sky, FakeSky};
 
 async fn app_with_sky(sky: &FakeSky) -> Option<TestApp> {
     let db = common::TestDb::new(Backend::Sqlite).await?;

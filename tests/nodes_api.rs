@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{healthy, registration, Backend, TestApp, ADMIN_TOKEN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -585,6 +587,147 @@ async fn crash_never_loses_registrations_or_status_changes(backend: Backend) {
     );
 }
 
+/// Reads server-sent events from `response` until `want` matches one (name, JSON data).
+async fn next_event(
+    response: &mut reqwest::Response,
+    buffer: &mut String,
+    want: impl Fn(&str, &Value) -> bool,
+) -> (String, Value) {
+    loop {
+        while let Some(cut) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..cut + 2).collect();
+            let name = block
+                .lines()
+                .find_map(|l| l.strip_prefix("event: "))
+                .unwrap_or("message")
+                .to_string();
+            let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                continue;
+            };
+            let data: Value = serde_json::from_str(data).unwrap();
+            if want(&name, &data) {
+                return (name, data);
+            }
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .expect("the stream is still open");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+async fn fleet_events_stream_a_snapshot_then_changes_and_end_at_shutdown(backend: Backend) {
+    let Some(db) = common::TestDb::new(backend).await else {
+        return;
+    };
+    let mut config = common::test_config(&db);
+    config.shutdown_timeout = Duration::from_secs(300);
+    let mut app = TestApp::start(db, config).await;
+    let (first, _) = app.ready_node("first").await;
+    let unauthorised = app.get("/admin/nodes/events", None).await;
+    assert_eq!(unauthorised.status, StatusCode::UNAUTHORIZED);
+    let mut stream = app
+        .client
+        .get(app.url("/admin/nodes/events"))
+        .bearer_auth(ADMIN_TOKEN)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let mut buffer = String::new();
+    let (name, snapshot) = next_event(&mut stream, &mut buffer, |_, _| true).await;
+    assert_eq!(name, "snapshot");
+    assert_eq!(snapshot["nodes"][0]["id"], first.as_str());
+    // A change made elsewhere arrives as a `nodes` event with the node as it is now.
+    let (second, token) = app.create_node("second").await;
+    app.register(&second, &token).await;
+    app.heartbeat(
+        &second,
+        &token,
+        &json!({"health_score": 0.2, "model_server": {"ready": true}}),
+    )
+    .await;
+    let (_, change) = next_event(&mut stream, &mut buffer, |name, data| {
+        name == "nodes"
+            && data["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["id"] == second.as_str() && n["health_score"] == 0.2)
+    })
+    .await;
+    assert!(change["nodes"].as_array().unwrap().len() <= 2);
+    // A graceful stop ends the stream instead of waiting on it. (The test's bound is far below
+    // the shutdown timeout set here, which a stream holding the server open would run into.)
+    let running = app.running.take().unwrap();
+    let stopped = tokio::spawn(running.shutdown());
+    let end = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(
+        end.is_ok(),
+        "the event stream ended when the server stopped"
+    );
+    tokio::time::timeout(Duration::from_secs(20), stopped)
+        .await
+        .expect("shutdown did not wait for the stream")
+        .unwrap();
+}
+
+async fn catalog_and_ui_files_are_served(backend: Backend) {
+    let app = app!(backend);
+    assert_eq!(
+        app.get("/admin/catalog", None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let catalog = app.get("/admin/catalog", Some(ADMIN_TOKEN)).await.body;
+    let gpus = catalog["gpus"].as_array().unwrap();
+    let l4 = gpus
+        .iter()
+        .find(|g| g["name"] == "L4")
+        .expect("L4 in the catalogue");
+    assert_eq!(l4["memory_gb"], 24);
+    assert!(l4["clouds"].as_array().unwrap().contains(&json!("aws")));
+    let aws = catalog["clouds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "aws")
+        .unwrap();
+    assert!(aws["regions"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("us-east-1")));
+    assert!(catalog["providers"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("local")));
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/app.css", "text/css"),
+    ] {
+        let r = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        let header = |name: &str| {
+            r.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default()
+        };
+        assert!(header("content-type").starts_with(kind), "{path}");
+        assert!(
+            header("content-security-policy").contains("frame-ancestors 'none'"),
+            "{path}"
+        );
+        assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+    }
+}
+
 on_both_backends!(
     created_node_has_one_time_token_and_waits_for_agent,
     duplicate_live_name_conflicts,
@@ -607,4 +750,6 @@ on_both_backends!(
     going_away_heartbeat_takes_node_offline,
     restart_keeps_nodes_statuses_and_telemetry,
     crash_never_loses_registrations_or_status_changes,
+    fleet_events_stream_a_snapshot_then_changes_and_end_at_shutdown,
+    catalog_and_ui_files_are_served,
 );

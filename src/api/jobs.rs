@@ -15,6 +15,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::error::ApiError;
 use super::extract::{Admin, ApiJson};
+use super::sse::{async_stream, event};
 use crate::app::AppState;
 use crate::clock::now_ms;
 use crate::fleet::node::NewNode;
@@ -231,7 +232,7 @@ pub async fn job_events(
         .map_err(store_error)?
         .ok_or_else(|| job_not_found(&id))?;
     let store = state.store.clone();
-    let stream = async_stream(move |tx| async move {
+    let stream = async_stream(state.stopping.clone(), move |tx| async move {
         let terminal = job.status.is_terminal();
         if tx.send(event("job", &json!(job))).await.is_err() || terminal {
             return;
@@ -260,23 +261,6 @@ pub async fn job_events(
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
-}
-
-fn event(kind: &str, data: &Value) -> Result<Event, Infallible> {
-    Ok(Event::default().event(kind).data(data.to_string()))
-}
-
-/// A stream fed by a task through a channel (keeps the SSE logic a plain async block).
-fn async_stream<F, Fut>(body: F) -> impl Stream<Item = Result<Event, Infallible>>
-where
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<Event, Infallible>>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(256);
-    tokio::spawn(body(tx));
-    futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    })
 }
 
 pub async fn cancel_job(

@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 pub mod jobs;
 pub mod nodes;
+pub mod sse;
 pub mod system;
 pub mod v1;
 
@@ -27,6 +28,8 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(system::ui_index))
+        .route("/ui/app.js", get(system::ui_script))
+        .route("/ui/app.css", get(system::ui_style))
         .route("/healthz", get(system::healthz))
         .route("/metrics", get(system::metrics))
         .route(
@@ -34,6 +37,8 @@ pub fn router(state: AppState) -> Router {
             get(nodes::list_nodes).post(nodes::create_node),
         )
         .route("/admin/nodes/register", post(nodes::register_node))
+        .route("/admin/nodes/events", get(nodes::node_events))
+        .route("/admin/catalog", get(system::catalog))
         .route(
             "/admin/nodes/{id}",
             get(nodes::get_node).delete(nodes::delete_node),

@@ -2,15 +2,22 @@
 //! call the fleet, shape the answer.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::Json;
+use futures_util::stream::Stream;
 use serde::Serialize;
 use serde_json::{json, Value};
+use tokio::sync::broadcast::error::RecvError;
 
 use super::error::ApiError;
 use super::extract::{Admin, ApiJson, NodeBearer};
+use super::sse::{async_stream, event};
 use crate::app::AppState;
 use crate::clock::now_ms;
 use crate::fleet::node::{HeartbeatReport, NewNode, Node, NodeEvent, Registration};
@@ -132,4 +139,59 @@ pub async fn heartbeat(
     ApiJson(report): ApiJson<HeartbeatReport>,
 ) -> Result<Json<crate::fleet::AgentAck>, ApiError> {
     Ok(Json(state.fleet.heartbeat(&id, &token, report).await?))
+}
+
+/// How long node changes are gathered before they go out together on `/admin/nodes/events`.
+const FEED_BATCH: Duration = Duration::from_millis(500);
+
+/// `GET /admin/nodes/events`: server-sent events for live fleet views. First `snapshot` with
+/// every node, then `nodes` with the nodes that changed, gathered for half a second so a busy
+/// fleet's heartbeats arrive as a few batches rather than a flood. A subscriber that falls
+/// behind gets a fresh `snapshot`.
+pub async fn node_events(
+    State(state): State<AppState>,
+    _: Admin,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    // Subscribe before the snapshot so no change between the two is missed.
+    let mut rx = state.node_feed.subscribe();
+    let fleet = state.fleet.clone();
+    let stream = async_stream(state.stopping.clone(), move |tx| async move {
+        let snapshot = |nodes: Vec<Node>| event("snapshot", &json!({ "nodes": nodes }));
+        if tx.send(snapshot(fleet.list().await)).await.is_err() {
+            return;
+        }
+        loop {
+            let mut changed: HashMap<String, Arc<Node>> = HashMap::new();
+            let mut behind = false;
+            match rx.recv().await {
+                Ok(node) => {
+                    changed.insert(node.id.clone(), node);
+                }
+                Err(RecvError::Lagged(_)) => behind = true,
+                Err(RecvError::Closed) => return,
+            }
+            let until = tokio::time::Instant::now() + FEED_BATCH;
+            while !behind {
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Ok(node)) => {
+                        changed.insert(node.id.clone(), node);
+                    }
+                    Ok(Err(RecvError::Lagged(_))) => behind = true,
+                    Ok(Err(RecvError::Closed)) => return,
+                    Err(_) => break,
+                }
+            }
+            let sent = if behind {
+                rx = rx.resubscribe();
+                tx.send(snapshot(fleet.list().await)).await
+            } else {
+                let nodes: Vec<&Node> = changed.values().map(|n| n.as_ref()).collect();
+                tx.send(event("nodes", &json!({ "nodes": nodes }))).await
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }

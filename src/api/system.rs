@@ -6,7 +6,9 @@ use axum::response::{Html, IntoResponse};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::extract::Admin;
 use crate::app::AppState;
+use crate::launch::catalog;
 use crate::metrics::Gauge;
 
 pub async fn healthz() -> Json<Value> {
@@ -70,6 +72,59 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-pub async fn ui_index() -> Html<&'static str> {
-    Html(include_str!("../../web/index.html"))
+// The web UI's files are compiled in. `no-cache` makes a browser revalidate them, so an upgraded
+// binary's UI is picked up on the next load. The policy lets the page load only its own script
+// and style and talk only to this server; no other site may frame it.
+const UI_HEADERS: [(header::HeaderName, &str); 4] = [
+    (header::CACHE_CONTROL, "no-cache"),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::REFERRER_POLICY, "no-referrer"),
+    (
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+         connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+    ),
+];
+
+pub async fn ui_index() -> impl IntoResponse {
+    (UI_HEADERS, Html(include_str!("../../web/index.html")))
+}
+
+pub async fn ui_script() -> impl IntoResponse {
+    (
+        UI_HEADERS,
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../../web/app.js"),
+    )
+}
+
+pub async fn ui_style() -> impl IntoResponse {
+    (
+        UI_HEADERS,
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("../../web/app.css"),
+    )
+}
+
+/// `GET /admin/catalog`: what a launch can ask for, for the Launch Instance form and scripts:
+/// providers, templates, GPUs (memory, counts per VM, clouds) and each cloud's regions.
+pub async fn catalog(_: Admin) -> Json<Value> {
+    let gpus: Vec<Value> = catalog::GPUS
+        .iter()
+        .map(|g| json!({"name": g.name, "memory_gb": g.memory_gb, "counts": g.counts, "clouds": g.clouds}))
+        .collect();
+    let clouds: Vec<Value> = catalog::CLOUDS
+        .iter()
+        .map(|c| json!({"name": c, "regions": catalog::regions(c)}))
+        .collect();
+    let mut providers = vec!["skypilot", "aws", "local"];
+    if cfg!(feature = "azure") {
+        providers.insert(2, "azure");
+    }
+    Json(json!({
+        "providers": providers,
+        "templates": crate::launch::spec::TEMPLATES,
+        "gpus": gpus,
+        "clouds": clouds,
+    }))
 }

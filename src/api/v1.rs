@@ -52,6 +52,40 @@ pub async fn list_models(
     Ok(Json(json!({"object": "list", "data": data})))
 }
 
+enum BodyError {
+    TooLarge,
+    Read(axum::Error),
+}
+
+/// Most of an oversized body read and dropped before the 413 goes out: a client still uploading
+/// when the server closes the connection sees a broken pipe instead of the answer (nginx's
+/// lingering close does the same).
+const DRAIN_AT_MOST: usize = 64 * 1024 * 1024;
+const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The request body, up to `limit` bytes.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, BodyError> {
+    use futures_util::StreamExt;
+    let mut chunks = body.into_data_stream();
+    let mut read: Vec<u8> = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(BodyError::Read)?;
+        if read.len() + chunk.len() > limit {
+            let until = tokio::time::Instant::now() + DRAIN_FOR;
+            let mut drained = 0;
+            while drained < DRAIN_AT_MOST {
+                match tokio::time::timeout_at(until, chunks.next()).await {
+                    Ok(Some(Ok(more))) => drained += more.len(),
+                    _ => break,
+                }
+            }
+            return Err(BodyError::TooLarge);
+        }
+        read.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(read))
+}
+
 /// The one field the load balancer reads from a request body. The rest is skipped by the parser,
 /// not built into a JSON tree: a long prompt costs a scan, not an allocation per value.
 #[derive(serde::Deserialize)]
@@ -69,19 +103,13 @@ pub async fn forward(
 ) -> Result<Response, ApiError> {
     check_key(&state, &headers)?;
     let limit = state.proxy.settings.body_limit;
-    let body: Bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::iter::successors(
-            Some(&e as &(dyn std::error::Error + 'static)),
-            |e| e.source(),
-        )
-        .any(|e| e.to_string().contains("length limit exceeded"));
-        if too_large {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("request body is larger than the {limit} byte limit for /v1 (SKYLAUNCH_PROXY_BODY_LIMIT)"),
-            )
-        } else {
+    let body = read_body(body, limit).await.map_err(|e| match e {
+        BodyError::TooLarge => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is larger than the {limit} byte limit for /v1 (SKYLAUNCH_PROXY_BODY_LIMIT)"),
+        ),
+        BodyError::Read(e) => {
             ApiError::bad_request("invalid_body", format!("could not read the request body: {e}"))
         }
     })?;

@@ -6,6 +6,7 @@
 //! heartbeat telemetry is marked dirty and written in batches by [`sweeper::FleetTasks`], so a
 //! crash loses at most one flush interval of telemetry.
 
+pub mod feed;
 pub mod node;
 pub mod status;
 pub mod sweeper;

@@ -314,7 +314,7 @@ impl LaunchRequest {
                     code: ErrorCode::InvalidRegion,
                     field: "regions",
                     message: match cloud {
-                        Some(c) => format!("{region:?} is not a {c} region"),
+                        Some(c) => format!("{region:?} is not a region of {c}"),
                         None => format!("{region:?} is not a region of aws, azure or gcp"),
                     },
                     suggestions: catalog::closest(&region, candidates),
