@@ -53,6 +53,86 @@ pub struct AppInner {
 
 pub type AppState = Arc<AppInner>;
 
+/// Listening beyond loopback means strangers can reach the admin API and `/v1`: refuse unless
+/// both are locked by secrets the operator chose (a generated admin token lives only in a file
+/// on this host, and `/v1` is open without keys).
+pub fn check_exposure(config: &ServeConfig) -> Result<(), String> {
+    if config.listen.ip().is_loopback() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    if config
+        .admin_token
+        .as_ref()
+        .is_none_or(|t| t.0.trim().is_empty())
+    {
+        missing.push("SKYLAUNCH_ADMIN_TOKEN (the admin token, at least 16 random characters)");
+    }
+    if config.api_keys.iter().all(|k| k.trim().is_empty()) {
+        missing.push("SKYLAUNCH_API_KEYS (comma-separated bearer keys for /v1)");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "refusing to listen on {}, which is reachable from other machines, without {}. Set {}, or listen on 127.0.0.1 (--listen) and put a proxy with its own auth in front",
+        config.listen,
+        if missing.len() == 2 { "an admin token or API keys" } else if missing[0].starts_with("SKYLAUNCH_ADMIN") { "an admin token set explicitly" } else { "API keys for /v1" },
+        missing.join(" and ")
+    ))
+}
+
+#[cfg(test)]
+mod exposure_tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn config(listen: &str, token: Option<&str>, keys: &[&str]) -> ServeConfig {
+        let mut c = ServeConfig::defaults();
+        c.listen = listen.parse().unwrap();
+        c.admin_token = token.map(|t| Secret(t.to_string()));
+        c.api_keys = keys.iter().map(|k| k.to_string()).collect();
+        c
+    }
+
+    #[test]
+    fn loopback_needs_nothing_set() {
+        assert!(check_exposure(&config("127.0.0.1:8080", None, &[])).is_ok());
+        assert!(check_exposure(&config("[::1]:8080", None, &[])).is_ok());
+    }
+
+    #[test]
+    fn other_addresses_need_an_explicit_admin_token_and_api_keys() {
+        let both = check_exposure(&config("0.0.0.0:8080", None, &[])).unwrap_err();
+        assert!(
+            both.contains("SKYLAUNCH_ADMIN_TOKEN") && both.contains("SKYLAUNCH_API_KEYS"),
+            "{both}"
+        );
+        assert!(both.contains("0.0.0.0:8080"), "{both}");
+        let keys = check_exposure(&config(
+            "10.0.0.5:8080",
+            Some("a-long-admin-token-value"),
+            &[""],
+        ))
+        .unwrap_err();
+        assert!(
+            keys.contains("SKYLAUNCH_API_KEYS") && !keys.contains("SKYLAUNCH_ADMIN_TOKEN"),
+            "{keys}"
+        );
+        let token = check_exposure(&config("[::]:8080", Some(" "), &["k1"])).unwrap_err();
+        assert!(
+            token.contains("SKYLAUNCH_ADMIN_TOKEN") && !token.contains("SKYLAUNCH_API_KEYS"),
+            "{token}"
+        );
+        assert!(check_exposure(&config(
+            "0.0.0.0:8080",
+            Some("a-long-admin-token-value"),
+            &["k1"]
+        ))
+        .is_ok());
+    }
+}
+
 /// Turns off Nagle's algorithm on an accepted connection (as nginx's `tcp_nodelay` does).
 pub fn no_delay(stream: &mut tokio::net::TcpStream) {
     if let Err(e) = stream.set_nodelay(true) {
@@ -62,6 +142,8 @@ pub fn no_delay(stream: &mut tokio::net::TcpStream) {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("{0}")]
+    Exposed(String),
     #[error("cannot use data dir {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -98,6 +180,7 @@ pub struct Running {
 
 impl Running {
     pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
+        check_exposure(&config).map_err(StartError::Exposed)?;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
             path: config.data_dir.clone(),
             source,

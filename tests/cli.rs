@@ -129,3 +129,37 @@ async fn preview_renders_the_task_without_launching() {
         .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_non_loopback_address_without_token_and_keys() {
+    // Refused before anything is bound: nothing listens beyond loopback in this test.
+    let data = tempfile::tempdir().unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_skylaunch"))
+            .arg("serve")
+            .env_clear()
+            .env("SKYLAUNCH_LISTEN", "0.0.0.0:0")
+            .env("SKYLAUNCH_DATA_DIR", data.path())
+            .env("SKYLAUNCH_API_KEYS", "key-one")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("serve exits at once")
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0:0") && err.contains("SKYLAUNCH_ADMIN_TOKEN"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("SKYLAUNCH_API_KEYS ("),
+        "keys were given: {err}"
+    );
+    assert!(
+        !data.path().join("skylaunch.db").exists(),
+        "nothing was created before the refusal"
+    );
+}
