@@ -280,3 +280,122 @@ async fn real_sky_without_cloud_access_fails_with_no_cloud_access() {
         "terminated"
     );
 }
+
+/// The node token goes to the VM as a task secret and nowhere else: not in the control plane's
+/// output (at debug level), the job, its events, its log, the node and its events, `/metrics`,
+/// the provider's calls, or the agent's own output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_token_appears_nowhere_but_on_the_vm() {
+    let Some(python) = common::sky_python() else {
+        return;
+    };
+    let sky = fake_sky(&python, "success-aws-l4-spot.txt", &[]);
+    let data = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let output = data.path().join("serve.log");
+    let log = std::fs::File::create(&output).unwrap();
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_skylaunch"))
+        .arg("serve")
+        .env("SKYLAUNCH_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SKYLAUNCH_DATA_DIR", data.path())
+        .env("SKYLAUNCH_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("SKYLAUNCH_SKY_BIN", &sky.bin)
+        .env("SKYLAUNCH_HEARTBEAT_INTERVAL", "1s")
+        .env("RUST_LOG", "debug")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let get = |path: &str| {
+        client
+            .get(format!("{base}{path}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+    };
+    for _ in 0..100 {
+        if get("/healthz").await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let job: Value = client
+        .post(format!("{base}/admin/launch-jobs"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&l4_spot())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().expect("job id").to_string();
+    // Everything the job's event stream says, from the start until the final job.
+    let mut seen = String::new();
+    let mut events = get(&format!("/admin/launch-jobs/{id}/events"))
+        .await
+        .unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(until, events.chunk()).await {
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let job: Value = get(&format!("/admin/launch-jobs/{id}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    let node_id = job["node_id"].as_str().unwrap().to_string();
+    for path in [
+        format!("/admin/launch-jobs/{id}"),
+        "/admin/launch-jobs".to_string(),
+        format!("/admin/launch-jobs/{id}/logs"),
+        format!("/admin/launch-jobs/{id}/logs?format=json"),
+        format!("/admin/nodes/{node_id}"),
+        "/admin/nodes".to_string(),
+        "/metrics".to_string(),
+        "/admin/cloud-events".to_string(),
+    ] {
+        seen.push_str(&get(&path).await.unwrap().text().await.unwrap());
+    }
+    // Terminate, so the teardown's output is in the log too, then stop the server.
+    client
+        .delete(format!("{base}/admin/nodes/{node_id}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    server.start_kill().unwrap();
+    let _ = server.wait().await;
+    seen.push_str(&std::fs::read_to_string(&output).unwrap());
+    seen.push_str(&std::fs::read_to_string(sky.state.path().join("calls.log")).unwrap());
+    let cluster = job["cluster_name"].as_str().unwrap();
+    let token = std::fs::read_to_string(sky.state.path().join(format!("{cluster}.token")))
+        .expect("the VM got its token");
+    assert!(token.len() >= 32, "a real token: {token:?}");
+    let agent_output =
+        std::fs::read_to_string(sky.state.path().join(format!("{cluster}.agent.log"))).unwrap();
+    assert!(
+        agent_output.contains("registered"),
+        "the agent used the token: {agent_output}"
+    );
+    assert!(
+        !agent_output.contains(&token),
+        "the agent printed its token"
+    );
+    assert!(
+        seen.contains("DEBUG") && seen.contains(&node_id),
+        "the checked output is the real thing"
+    );
+    if let Some(at) = seen.find(&token) {
+        let context = &seen[at.saturating_sub(200)..(at + token.len() + 50).min(seen.len())];
+        panic!("the node token leaked: …{context}…");
+    }
+}

@@ -85,7 +85,13 @@ def start_vm(task_path, cluster):
         "SKYLAUNCH_IMDS_URL": "http://127.0.0.1:9",
         "SKYLAUNCH_NVIDIA_SMI": "/nonexistent/nvidia-smi",
     }
-    agent = subprocess.Popen([os.environ["FAKE_SKY_AGENT_BIN"]], env=agent_env, **quiet)
+    # The "VM's disk": the agent's output and its own copy of the token, so tests can check the
+    # token appears nowhere else.
+    with open(os.path.join(STATE, f"{cluster}.token"), "w") as f:
+        f.write(secrets["SKYLAUNCH_NODE_TOKEN"])
+    agent_log = open(os.path.join(STATE, f"{cluster}.agent.log"), "w")
+    agent = subprocess.Popen([os.environ["FAKE_SKY_AGENT_BIN"]], env=agent_env, stdin=subprocess.DEVNULL,
+                             stdout=agent_log, stderr=agent_log, start_new_session=True)
     with open(os.path.join(STATE, f"{cluster}.pids"), "w") as f:
         json.dump([echo.pid, agent.pid], f)
 
