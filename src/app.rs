@@ -42,6 +42,8 @@ pub struct AppInner {
     /// Becomes true when the server starts shutting down: open event streams end then, so a
     /// graceful stop does not wait on a browser tab.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Rate limits on the agent endpoints.
+    pub agent_limits: crate::api::limits::AgentLimits,
     pub admin_token: String,
     pub public_url: String,
     pub agent_url: String,
@@ -333,6 +335,7 @@ impl Running {
             events,
             node_feed,
             stopping,
+            agent_limits: config.agent_limits(),
             admin_token: token.value.clone(),
             public_url,
             agent_url,
@@ -354,11 +357,15 @@ impl Running {
         let router = crate::api::router(state);
         let server = tokio::spawn(async move {
             // No Nagle delay: streamed tokens and small answers leave as soon as they are written.
-            axum::serve(listener.tap_io(no_delay), router)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
+            axum::serve(
+                listener.tap_io(no_delay),
+                // Handlers see the peer's address (agent rate limits, failed-auth logs).
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
         });
         Ok(Running {
             addr,

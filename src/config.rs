@@ -183,6 +183,16 @@ pub struct ServeConfig {
     #[arg(long, env = "SKYLAUNCH_EJECT_FOR", default_value = "10s", value_parser = parse_duration)]
     pub eject_for: Duration,
 
+    /// Agent requests (register, heartbeat) allowed per node per second, on average (never below
+    /// three per heartbeat interval); bursts of ten times that (at least 10) pass.
+    #[arg(long, env = "SKYLAUNCH_AGENT_RATE_PER_NODE", default_value_t = 1.0, value_parser = parse_rate)]
+    pub agent_rate_per_node: f64,
+
+    /// Agent requests allowed per source address per second, on average (bursts of twice that):
+    /// wide enough for a fleet behind one NAT address.
+    #[arg(long, env = "SKYLAUNCH_AGENT_RATE_PER_SOURCE", default_value_t = 5000.0, value_parser = parse_rate)]
+    pub agent_rate_per_source: f64,
+
     /// How long shutdown waits for in-flight requests before closing them.
     #[arg(long, env = "SKYLAUNCH_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -224,6 +234,16 @@ impl ServeConfig {
             eject_after: self.eject_after,
             eject_for: self.eject_for,
         }
+    }
+
+    pub fn agent_limits(&self) -> crate::api::limits::AgentLimits {
+        // Never below three requests per heartbeat interval: an agent on a short interval is
+        // not a flood.
+        let floor = 3.0 / self.heartbeat_interval.as_secs_f64().max(0.001);
+        crate::api::limits::AgentLimits::new(
+            self.agent_rate_per_node.max(floor),
+            self.agent_rate_per_source,
+        )
     }
 
     pub fn health_policy(&self) -> HealthPolicy {
@@ -281,7 +301,16 @@ fn parse_secret(s: &str) -> Result<Secret, String> {
 }
 
 /// Parses a positive duration such as `500ms`, `5s`, `2m` or `1h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "{text:?} is not a positive number of requests per second"
+        )),
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
     match humantime::parse_duration(s.trim()) {
         Ok(d) if !d.is_zero() => Ok(d),
         Ok(_) => Err(format!("{s:?} must be a positive duration")),

@@ -728,6 +728,53 @@ async fn catalog_and_ui_files_are_served(backend: Backend) {
     }
 }
 
+async fn agent_endpoints_are_rate_limited_per_node(backend: Backend) {
+    let Some(db) = common::TestDb::new(backend).await else {
+        return;
+    };
+    let mut config = common::test_config(&db);
+    // Burst of 10, then one a second (three per 5 s heartbeat interval is below that).
+    config.agent_rate_per_node = 1.0;
+    config.heartbeat_interval = Duration::from_secs(5);
+    let app = TestApp::start(db, config).await;
+    let (busy, busy_token) = app.ready_node("busy").await;
+    let (calm, calm_token) = app.ready_node("calm").await;
+    let mut limited = None;
+    for _ in 0..15 {
+        let r = app.heartbeat(&busy, &busy_token, &healthy()).await;
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    let limited = limited.expect("a flood of heartbeats is limited");
+    assert_eq!(limited.error_code(), "rate_limited");
+    assert!(limited.body["error"]["retry_after_s"].as_f64().unwrap() >= 1.0);
+    assert!(
+        limited.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&busy),
+        "{}",
+        limited.body
+    );
+    // Registration counts too; another node is not affected.
+    assert_eq!(
+        app.register(&busy, &busy_token).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        app.heartbeat(&calm, &calm_token, &healthy()).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.node(&busy).await["status"],
+        "ready",
+        "nothing changed by the refused calls"
+    );
+}
+
 on_both_backends!(
     created_node_has_one_time_token_and_waits_for_agent,
     duplicate_live_name_conflicts,
@@ -752,4 +799,5 @@ on_both_backends!(
     crash_never_loses_registrations_or_status_changes,
     fleet_events_stream_a_snapshot_then_changes_and_end_at_shutdown,
     catalog_and_ui_files_are_served,
+    agent_endpoints_are_rate_limited_per_node,
 );

@@ -46,7 +46,16 @@ impl FromRequestParts<AppState> for Admin {
         });
         match given {
             Some(given) if token::secrets_equal(given, &state.admin_token) => Ok(Admin),
-            Some(_) => Err(ApiError::unauthorized("the admin token is not valid")),
+            Some(_) => {
+                // Who tried, never what they sent.
+                let source = parts
+                    .extensions
+                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                    .map(|c| c.0.ip().to_string())
+                    .unwrap_or_default();
+                tracing::warn!(path = %parts.uri.path(), %source, "request with a wrong admin token refused");
+                Err(ApiError::unauthorized("the admin token is not valid"))
+            }
             None => Err(ApiError::unauthorized(
                 "this endpoint needs the admin token: send `Authorization: Bearer <token>` or `X-Admin-Token: <token>`",
             )),

@@ -5,6 +5,7 @@ pub mod cloud_events;
 pub mod error;
 pub mod extract;
 pub mod jobs;
+pub mod limits;
 pub mod nodes;
 pub mod sse;
 pub mod system;

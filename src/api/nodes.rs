@@ -6,7 +6,9 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::Json;
@@ -110,8 +112,35 @@ pub async fn delete_node(
     ))
 }
 
+/// The agent endpoints' rate limits, and a log line (never the token) for a refused token.
+fn agent_limit(state: &AppState, id: &str, peer: SocketAddr) -> Result<(), ApiError> {
+    state.agent_limits.check(id, peer.ip()).map_err(|limited| {
+        let seconds = limited.retry_after.as_secs_f64().ceil().max(1.0);
+        tracing::warn!(node_id = %id, source = %peer.ip(), limit = %limited.what, "agent request rate limited");
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many {}; retry in {seconds} s", limited.what),
+        )
+        .with("retry_after_s", seconds)
+    })
+}
+
+fn log_refused<T>(
+    result: Result<T, FleetError>,
+    id: &str,
+    peer: SocketAddr,
+    what: &str,
+) -> Result<T, FleetError> {
+    if let Err(FleetError::Unauthorized(_)) = &result {
+        tracing::warn!(node_id = %id, source = %peer.ip(), endpoint = what, "agent request with a wrong node token refused");
+    }
+    result
+}
+
 pub async fn register_node(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     NodeBearer(token): NodeBearer,
     Query(query): Query<HashMap<String, String>>,
     ApiJson(reg): ApiJson<Registration>,
@@ -122,7 +151,13 @@ pub async fn register_node(
             "the `node_id` query parameter is required: POST /admin/nodes/register?node_id=<id>",
         ));
     };
-    let ack = state.fleet.register(id, &token, reg).await?;
+    agent_limit(&state, id, peer)?;
+    let ack = log_refused(
+        state.fleet.register(id, &token, reg).await,
+        id,
+        peer,
+        "register",
+    )?;
     Ok(Json(json!({
         "status": "registered",
         "node_id": ack.node_id,
@@ -134,11 +169,19 @@ pub async fn register_node(
 
 pub async fn heartbeat(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     NodeBearer(token): NodeBearer,
     Path(id): Path<String>,
     ApiJson(report): ApiJson<HeartbeatReport>,
 ) -> Result<Json<crate::fleet::AgentAck>, ApiError> {
-    Ok(Json(state.fleet.heartbeat(&id, &token, report).await?))
+    agent_limit(&state, &id, peer)?;
+    let ack = log_refused(
+        state.fleet.heartbeat(&id, &token, report).await,
+        &id,
+        peer,
+        "heartbeat",
+    )?;
+    Ok(Json(ack))
 }
 
 /// How long node changes are gathered before they go out together on `/admin/nodes/events`.
