@@ -801,3 +801,36 @@ on_both_backends!(
     catalog_and_ui_files_are_served,
     agent_endpoints_are_rate_limited_per_node,
 );
+
+/// Several processes starting together on one fresh PostgreSQL database: each migration runs
+/// once (under an advisory lock) and every process starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_starting_together_migrate_once() {
+    let Some(db) = common::TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    // Four connects in flight at once, each on its own connection pool.
+    let starts = (0..4).map(|_| skylaunch::store::Store::connect(&db.url));
+    let stores: Vec<_> = futures_util::future::join_all(starts)
+        .await
+        .into_iter()
+        .map(|s| s.expect("every process starts"))
+        .collect();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT version, COUNT(*) FROM schema_migrations GROUP BY version ORDER BY version",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert!(rows.len() >= 3, "{rows:?}");
+    assert!(
+        rows.iter().all(|(_, n)| *n == 1),
+        "each migration recorded once: {rows:?}"
+    );
+    for store in stores {
+        store.close().await;
+    }
+}
