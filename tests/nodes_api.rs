@@ -773,6 +773,19 @@ async fn agent_endpoints_are_rate_limited_per_node(backend: Backend) {
         "ready",
         "nothing changed by the refused calls"
     );
+    // A flood with a wrong token for the calm node does not use up its real agent's allowance.
+    for _ in 0..15 {
+        let r = app.heartbeat(&calm, "not-the-token", &healthy()).await;
+        assert!(
+            r.status == StatusCode::UNAUTHORIZED || r.status == StatusCode::TOO_MANY_REQUESTS,
+            "{}",
+            r.body
+        );
+    }
+    assert_eq!(
+        app.heartbeat(&calm, &calm_token, &healthy()).await.status,
+        StatusCode::OK
+    );
 }
 
 on_both_backends!(

@@ -113,14 +113,20 @@ pub async fn delete_node(
 }
 
 /// The agent endpoints' rate limits, and a log line (never the token) for a refused token.
-fn agent_limit(state: &AppState, id: &str, peer: SocketAddr) -> Result<(), ApiError> {
-    state.agent_limits.check(id, peer.ip()).map_err(|limited| {
+///
+/// The per-node bucket is kept per node *and token*: requests with a wrong token for a node
+/// drain their own bucket, never the one of the node's real agent.
+fn agent_limit(state: &AppState, id: &str, token: &str, peer: SocketAddr) -> Result<(), ApiError> {
+    let fingerprint = &crate::fleet::token::hash(token)[..16];
+    let key = format!("{id}/{fingerprint}");
+    state.agent_limits.check(&key, peer.ip()).map_err(|limited| {
+        let what = limited.what.replace(&key, id);
         let seconds = limited.retry_after.as_secs_f64().ceil().max(1.0);
-        tracing::warn!(node_id = %id, source = %peer.ip(), limit = %limited.what, "agent request rate limited");
+        tracing::warn!(node_id = %id, source = %peer.ip(), limit = %what, "agent request rate limited");
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
-            format!("too many {}; retry in {seconds} s", limited.what),
+            format!("too many {what}; retry in {seconds} s"),
         )
         .with("retry_after_s", seconds)
     })
@@ -151,7 +157,7 @@ pub async fn register_node(
             "the `node_id` query parameter is required: POST /admin/nodes/register?node_id=<id>",
         ));
     };
-    agent_limit(&state, id, peer)?;
+    agent_limit(&state, id, &token, peer)?;
     let ack = log_refused(
         state.fleet.register(id, &token, reg).await,
         id,
@@ -174,7 +180,7 @@ pub async fn heartbeat(
     Path(id): Path<String>,
     ApiJson(report): ApiJson<HeartbeatReport>,
 ) -> Result<Json<crate::fleet::AgentAck>, ApiError> {
-    agent_limit(&state, &id, peer)?;
+    agent_limit(&state, &id, &token, peer)?;
     let ack = log_refused(
         state.fleet.heartbeat(&id, &token, report).await,
         &id,
