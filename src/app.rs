@@ -144,8 +144,9 @@ pub fn no_delay(stream: &mut tokio::net::TcpStream) {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// Settings that cannot work together (or are unsafe), with what to change.
     #[error("{0}")]
-    Exposed(String),
+    Settings(String),
     #[error("cannot use data dir {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -182,7 +183,14 @@ pub struct Running {
 
 impl Running {
     pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
-        check_exposure(&config).map_err(StartError::Exposed)?;
+        check_exposure(&config).map_err(StartError::Settings)?;
+        if config.proxy_connect_timeout >= config.proxy_idle_timeout {
+            return Err(StartError::Settings(format!(
+                "--proxy-connect-timeout ({}) must be shorter than --proxy-idle-timeout ({}): a slow connection would end as a timeout instead of being retried on another node",
+                humantime::format_duration(config.proxy_connect_timeout),
+                humantime::format_duration(config.proxy_idle_timeout)
+            )));
+        }
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
             path: config.data_dir.clone(),
             source,

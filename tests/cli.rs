@@ -163,3 +163,31 @@ async fn serve_refuses_a_non_loopback_address_without_token_and_keys() {
         "nothing was created before the refusal"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_connect_timeout_not_below_the_idle_timeout() {
+    let data = tempfile::tempdir().unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_skylaunch"))
+            .arg("serve")
+            .env_clear()
+            .env("SKYLAUNCH_LISTEN", "127.0.0.1:0")
+            .env("SKYLAUNCH_DATA_DIR", data.path())
+            .env("SKYLAUNCH_PROXY_CONNECT_TIMEOUT", "10s")
+            .env("SKYLAUNCH_PROXY_IDLE_TIMEOUT", "5s")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("serve exits at once")
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "--proxy-connect-timeout (10s) must be shorter than --proxy-idle-timeout (5s)"
+        ),
+        "{err}"
+    );
+}
