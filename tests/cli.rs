@@ -130,18 +130,17 @@ async fn preview_renders_the_task_without_launching() {
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_refuses_a_non_loopback_address_without_token_and_keys() {
-    // Refused before anything is bound: nothing listens beyond loopback in this test.
+/// Runs `skylaunch serve` with only `env` (and a fresh data dir) and expects it to refuse to
+/// start; returns what it printed on stderr and the data dir.
+async fn serve_refusal(env: &[(&str, &str)]) -> (String, tempfile::TempDir) {
     let data = tempfile::tempdir().unwrap();
     let out = tokio::time::timeout(
         Duration::from_secs(30),
         tokio::process::Command::new(env!("CARGO_BIN_EXE_skylaunch"))
             .arg("serve")
             .env_clear()
-            .env("SKYLAUNCH_LISTEN", "0.0.0.0:0")
             .env("SKYLAUNCH_DATA_DIR", data.path())
-            .env("SKYLAUNCH_API_KEYS", "key-one")
+            .envs(env.iter().copied())
             .kill_on_drop(true)
             .output(),
     )
@@ -149,7 +148,17 @@ async fn serve_refuses_a_non_loopback_address_without_token_and_keys() {
     .expect("serve exits at once")
     .unwrap();
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    (String::from_utf8_lossy(&out.stderr).to_string(), data)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_non_loopback_address_without_token_and_keys() {
+    // Refused before anything is bound: nothing listens beyond loopback in this test.
+    let (err, data) = serve_refusal(&[
+        ("SKYLAUNCH_LISTEN", "0.0.0.0:0"),
+        ("SKYLAUNCH_API_KEYS", "key-one"),
+    ])
+    .await;
     assert!(
         err.contains("refusing to listen on 0.0.0.0:0") && err.contains("SKYLAUNCH_ADMIN_TOKEN"),
         "{err}"
@@ -166,24 +175,12 @@ async fn serve_refuses_a_non_loopback_address_without_token_and_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_refuses_a_connect_timeout_not_below_the_idle_timeout() {
-    let data = tempfile::tempdir().unwrap();
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_skylaunch"))
-            .arg("serve")
-            .env_clear()
-            .env("SKYLAUNCH_LISTEN", "127.0.0.1:0")
-            .env("SKYLAUNCH_DATA_DIR", data.path())
-            .env("SKYLAUNCH_PROXY_CONNECT_TIMEOUT", "10s")
-            .env("SKYLAUNCH_PROXY_IDLE_TIMEOUT", "5s")
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("serve exits at once")
-    .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (err, _) = serve_refusal(&[
+        ("SKYLAUNCH_LISTEN", "127.0.0.1:0"),
+        ("SKYLAUNCH_PROXY_CONNECT_TIMEOUT", "10s"),
+        ("SKYLAUNCH_PROXY_IDLE_TIMEOUT", "5s"),
+    ])
+    .await;
     assert!(
         err.contains(
             "--proxy-connect-timeout (10s) must be shorter than --proxy-idle-timeout (5s)"
