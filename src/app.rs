@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin_token;
 use crate::config::ServeConfig;
-use crate::fleet::sweeper::FleetTasks;
+use crate::fleet::sweeper::{FleetTasks, SyncSettings};
 use crate::fleet::{Fleet, FleetError};
 use crate::launch::events::JobEvents;
 use crate::launch::orphans::{CloudInventory, OrphanSweeper};
@@ -29,7 +29,7 @@ use crate::launch::runner::{JobRunner, RunnerSettings};
 use crate::launch::spec::Provider;
 use crate::metrics::Metrics;
 use crate::routing::{Proxy, RoutingTable};
-use crate::store::{redact_url, Store, StoreError};
+use crate::store::{redact_url, Backend, Store, StoreError};
 
 pub struct AppInner {
     pub fleet: Arc<Fleet>,
@@ -356,10 +356,15 @@ impl Running {
                 .filter(|k| !k.is_empty())
                 .collect(),
         });
+        let sync = (store.backend() == Backend::Postgres).then(|| SyncSettings {
+            database_url: url.clone(),
+            refresh_every: config.fleet_refresh_interval,
+        });
         let tasks = FleetTasks::spawn(
             fleet,
             config.sweep_interval,
             config.telemetry_flush_interval,
+            sync,
         );
         let (stop_server, stopped) = oneshot::channel::<()>();
         let router = crate::api::router(state);

@@ -62,6 +62,10 @@ pub struct ServeConfig {
     #[arg(long, env = "SKYLAUNCH_SWEEP_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub sweep_interval: Duration,
 
+    /// With several processes on one PostgreSQL database: how often each re-reads every node (the safety net behind change notifications; also brings in the other processes' heartbeat telemetry).
+    #[arg(long, env = "SKYLAUNCH_FLEET_REFRESH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub fleet_refresh_interval: Duration,
+
     /// How often heartbeat telemetry is written to the database (a crash loses at most this much).
     #[arg(long, env = "SKYLAUNCH_TELEMETRY_FLUSH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub telemetry_flush_interval: Duration,

@@ -310,35 +310,70 @@ async fn events_stream_stages_and_ends_with_the_final_job(backend: Backend) {
     .await;
 }
 
-async fn launch_interrupted_by_a_crash_is_failed_and_torn_down_on_restart(backend: Backend) {
-    let app = app!(backend, |c| c.public_url =
-        Some("http://127.0.0.1:9".into()));
+/// Processes running the agent of `node_id` (read from /proc: each local "VM" agent has the
+/// node id in its environment).
+fn agents_of(node_id: &str) -> Vec<u32> {
+    let needle = format!("SKYLAUNCH_NODE_ID={node_id}");
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let is_agent = std::fs::read_link(entry.path().join("exe"))
+            .is_ok_and(|exe| exe.to_string_lossy().contains("skylaunch-agent"));
+        if is_agent
+            && environ
+                .split(|b| *b == 0)
+                .any(|var| var == needle.as_bytes())
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+async fn launch_interrupted_by_a_crash_is_taken_over_on_restart(backend: Backend) {
+    // The first process's public URL leads nowhere, so its agent cannot register: the crash
+    // comes while the launch waits for it.
+    let app = app!(backend, |c| {
+        c.public_url = Some("http://127.0.0.1:9".into());
+        c.job_lease = Duration::from_secs(2);
+    });
     let job = app.launch(&local_launch()).await;
     let id = job["id"].as_str().unwrap().to_string();
+    let node_id = job["node_id"].as_str().unwrap().to_string();
     app.wait_for_job(&id, |j| j["stage"] == "register").await;
-    let app = app.crash_and_restart().await;
+    let first_agents = agents_of(&node_id);
+    assert_eq!(first_agents.len(), 1, "the first attempt's agent runs");
+    let app = app.crash_and_restart_with(|c| c.public_url = None).await;
     let job = app.wait_for_job(&id, common::job_finished).await;
-    assert_eq!(job["status"], "failed");
-    assert_eq!(job["error"]["code"], "internal");
-    assert!(
-        job["error"]["title"]
-            .as_str()
-            .unwrap()
-            .contains("restarted"),
-        "{job:#}"
-    );
+    assert_eq!(job["status"], "succeeded", "{job:#}");
     let logs = app
         .get(
             &format!("/admin/launch-jobs/{id}/logs?format=json"),
             Some(ADMIN_TOKEN),
         )
         .await
-        .body;
-    assert!(logs.to_string().contains("tearing down"), "{logs}");
-    assert_eq!(
-        app.node(job["node_id"].as_str().unwrap()).await["status"],
-        "terminated"
+        .body
+        .to_string();
+    assert!(logs.contains("this one takes it over"), "{logs}");
+    assert!(
+        logs.contains("removing whatever the first attempt started"),
+        "{logs}"
     );
+    assert_eq!(app.node(&node_id).await["status"], "ready");
+    // One machine: the first attempt's agent is gone, one agent serves the node.
+    let agents = agents_of(&node_id);
+    assert_eq!(agents.len(), 1, "exactly one agent: {agents:?}");
+    assert!(
+        !agents.contains(&first_agents[0]),
+        "the first agent was stopped"
+    );
+    app.delete(&format!("/admin/nodes/{node_id}"), Some(ADMIN_TOKEN))
+        .await;
 }
 
 on_both_backends!(
@@ -348,5 +383,5 @@ on_both_backends!(
     cancel_tears_down_a_running_launch,
     agent_that_never_registers_fails_with_registration_timeout,
     events_stream_stages_and_ends_with_the_final_job,
-    launch_interrupted_by_a_crash_is_failed_and_torn_down_on_restart,
+    launch_interrupted_by_a_crash_is_taken_over_on_restart,
 );

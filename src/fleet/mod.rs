@@ -5,14 +5,21 @@
 //! status change and its event) is committed before the caller gets an answer; the latest
 //! heartbeat telemetry is marked dirty and written in batches by [`sweeper::FleetTasks`], so a
 //! crash loses at most one flush interval of telemetry.
+//!
+//! Several processes may share one PostgreSQL database. Each keeps its own live copy of every
+//! node; a stored change is announced on a channel ([`sync`]) and the others re-read the node,
+//! with a periodic full re-read as the safety net. Writes carry the node's revision, so a process
+//! acting on a stale copy loses the race cleanly, re-reads and decides again.
 
 pub mod feed;
 pub mod node;
 pub mod status;
 pub mod sweeper;
+pub mod sync;
 pub mod token;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, RwLock};
 use std::time::Duration;
 
@@ -21,7 +28,7 @@ use tokio::sync::Mutex;
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::store::nodes::{StatusChange, Telemetry};
-use crate::store::{Store, StoreError};
+use crate::store::{Backend, Store, StoreError};
 use node::{HeartbeatReport, NewNode, Node, NodeEvent, Registration};
 use status::{HealthPolicy, HeartbeatSignal, NodeStatus, Transition};
 
@@ -79,7 +86,13 @@ pub struct Fleet {
     /// Nodes whose telemetry changed since the last flush.
     dirty: StdMutex<HashSet<String>>,
     watchers: RwLock<Vec<NodeWatcher>>,
+    /// How late another process's heartbeat telemetry may reach the database (its flush
+    /// interval), in ms: the benefit of the doubt a node heard by another process gets.
+    peer_slack_ms: AtomicI64,
 }
+
+/// How many times a change is re-planned after losing a race with another process.
+const MAX_CONFLICTS: usize = 5;
 
 const TRANSITIONS_HELP: &str = "Node status transitions, by new status.";
 const HEARTBEATS_HELP: &str = "Heartbeats received, by result.";
@@ -126,7 +139,14 @@ impl Fleet {
             nodes: RwLock::new(nodes),
             dirty: StdMutex::new(HashSet::new()),
             watchers: RwLock::new(Vec::new()),
+            peer_slack_ms: AtomicI64::new(0),
         })
+    }
+
+    /// How late other processes write heartbeat telemetry (their flush interval).
+    pub fn set_peer_slack(&self, slack: Duration) {
+        self.peer_slack_ms
+            .store(slack.as_millis() as i64, Ordering::Relaxed);
     }
 
     /// Adds a watcher and tells it about every node there is now.
@@ -155,13 +175,130 @@ impl Fleet {
         &self.policy
     }
 
-    fn entry(&self, id: &str) -> Result<Arc<Mutex<LiveNode>>, FleetError> {
+    fn cached(&self, id: &str) -> Option<Arc<Mutex<LiveNode>>> {
         self.nodes
             .read()
             .expect("node map lock is never poisoned")
             .get(id)
             .cloned()
-            .ok_or_else(|| FleetError::NotFound(id.to_string()))
+    }
+
+    /// The node's live entry; one this process has not heard of yet (another process created
+    /// it a moment ago) is read from the database.
+    async fn entry(&self, id: &str) -> Result<Arc<Mutex<LiveNode>>, FleetError> {
+        if let Some(entry) = self.cached(id) {
+            return Ok(entry);
+        }
+        match self.store.load_node(id).await? {
+            Some(node) => Ok(self.adopt(node)),
+            None => Err(FleetError::NotFound(id.to_string())),
+        }
+    }
+
+    /// Adds a node read from the database (created by another process); if it arrived
+    /// meanwhile, returns the entry there is.
+    fn adopt(&self, node: Node) -> Arc<Mutex<LiveNode>> {
+        let entry = Arc::new(Mutex::new(LiveNode {
+            // A full silence window from now, as after a restart.
+            last_seen_ms: now_ms(),
+            node,
+        }));
+        let live = entry
+            .clone()
+            .try_lock_owned()
+            .expect("a new entry is unlocked");
+        {
+            let mut nodes = self.nodes.write().expect("node map lock is never poisoned");
+            if let Some(there) = nodes.get(&live.node.id) {
+                return there.clone();
+            }
+            nodes.insert(live.node.id.clone(), entry.clone());
+        }
+        self.changed(&live.node);
+        entry
+    }
+
+    /// Brings one node's live state up to what is stored (after another process changed it).
+    pub async fn refresh_node(&self, id: &str) -> Result<(), FleetError> {
+        let Some(stored) = self.store.load_node(id).await? else {
+            return Ok(());
+        };
+        self.take_stored(stored).await;
+        Ok(())
+    }
+
+    /// Brings every node's live state up to what is stored; returns how many changed.
+    pub async fn refresh_all(&self) -> Result<usize, FleetError> {
+        let mut changed = 0;
+        for stored in self.store.load_nodes().await? {
+            if self.take_stored(stored).await {
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
+    async fn take_stored(&self, stored: Node) -> bool {
+        match self.cached(&stored.id) {
+            Some(entry) => {
+                let mut live = entry.lock().await;
+                let changed = self.merge(&mut live, stored);
+                if changed {
+                    self.changed(&live.node);
+                }
+                changed
+            }
+            None => {
+                self.adopt(stored);
+                true
+            }
+        }
+    }
+
+    /// Re-reads a node whose stored revision moved on (a write lost a race) into `live`.
+    async fn reread(&self, live: &mut LiveNode) -> Result<(), FleetError> {
+        if let Some(stored) = self.store.load_node(&live.node.id).await? {
+            if self.merge(live, stored) {
+                self.changed(&live.node);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes what is newer in the stored row: everything but telemetry when its revision is
+    /// newer, and the telemetry when another process heard the agent more recently.
+    fn merge(&self, live: &mut LiveNode, mut stored: Node) -> bool {
+        let telemetry_newer = stored.last_heartbeat_at > live.node.last_heartbeat_at;
+        let heard_at = stored.last_heartbeat_at;
+        let mut changed = false;
+        if stored.revision > live.node.revision {
+            if !telemetry_newer {
+                stored.health_score = live.node.health_score;
+                stored.last_heartbeat_at = live.node.last_heartbeat_at;
+                stored.last_heartbeat = live.node.last_heartbeat.take();
+                stored.agent_version = live.node.agent_version.take().or(stored.agent_version);
+            }
+            if let Some(at) = stored.registered_at {
+                live.last_seen_ms = live.last_seen_ms.max(at);
+            }
+            live.node = stored;
+            changed = true;
+        } else if telemetry_newer {
+            live.node.health_score = stored.health_score;
+            live.node.last_heartbeat_at = stored.last_heartbeat_at;
+            live.node.last_heartbeat = stored.last_heartbeat;
+            if stored.agent_version.is_some() {
+                live.node.agent_version = stored.agent_version;
+            }
+            changed = true;
+        }
+        if let (true, Some(at)) = (telemetry_newer, heard_at) {
+            // Another process hears this agent; what it heard reaches the database up to one
+            // flush interval late, so the silence clock gives the node that much benefit.
+            let slack = self.peer_slack_ms.load(Ordering::Relaxed);
+            live.last_seen_ms = live.last_seen_ms.max((at + slack).min(now_ms()));
+        }
+        changed
     }
 
     fn entries(&self) -> Vec<Arc<Mutex<LiveNode>>> {
@@ -182,7 +319,7 @@ impl Fleet {
         new.validate()?;
         let token = token::generate();
         let now = now_ms();
-        let node = Node {
+        let mut node = Node {
             id: uuid::Uuid::new_v4().to_string(),
             name: new.name,
             status: NodeStatus::Launching,
@@ -206,6 +343,7 @@ impl Fleet {
             created_at: now,
             updated_at: now,
             token_hash: token::hash(&token),
+            revision: 0,
         };
         let change = StatusChange {
             kind: "created",
@@ -224,6 +362,7 @@ impl Fleet {
             }
             Err(e) => return Err(e.into()),
         }
+        node.revision += 1;
         self.metrics.inc(
             "skylaunch_node_transitions_total",
             TRANSITIONS_HELP,
@@ -246,18 +385,51 @@ impl Fleet {
     /// Issues a new token for a node (the old one stops working) and returns it. Launch jobs call
     /// this when they start, so a token's plaintext only ever lives in the running launch.
     pub async fn rotate_token(&self, id: &str) -> Result<String, FleetError> {
-        let entry = self.entry(id)?;
-        let mut live = entry.lock().await;
+        let entry = self.entry(id).await?;
         let token = token::generate();
-        let hash = token::hash(&token);
-        self.store.set_node_token_hash(id, &hash).await?;
-        live.node.token_hash = hash;
-        Ok(token)
+        let mut conflicts = 0;
+        loop {
+            let mut live = entry.lock().await;
+            let mut node = live.node.clone();
+            node.token_hash = token::hash(&token);
+            match self.save(&mut live, node, None).await {
+                Err(FleetError::Store(StoreError::Conflict(_))) if conflicts < MAX_CONFLICTS => {
+                    conflicts += 1;
+                }
+                Err(e) => return Err(e),
+                Ok(()) => return Ok(token),
+            }
+        }
+    }
+
+    /// Stores `node` (with its event) as the node's new state, if nobody changed it meanwhile;
+    /// after losing such a race, `live` is re-read and the error is [`StoreError::Conflict`],
+    /// so the caller decides again on fresh state.
+    async fn save(
+        &self,
+        live: &mut LiveNode,
+        mut node: Node,
+        change: Option<StatusChange<'_>>,
+    ) -> Result<(), FleetError> {
+        match self.store.save_node(&node, change).await {
+            Ok(()) => {
+                node.revision += 1;
+                live.node = node;
+                self.changed(&live.node);
+                Ok(())
+            }
+            Err(e @ StoreError::Conflict(_)) => {
+                tracing::debug!(node_id = %node.id, "node changed by another process; re-reading it");
+                self.reread(live).await?;
+                Err(e.into())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Checks a node token; the node must exist and the token must be that node's.
     async fn authorised(&self, id: &str, token: &str) -> Result<Arc<Mutex<LiveNode>>, FleetError> {
-        let entry = self.entry(id)?;
+        let entry = self.entry(id).await?;
         let hash = {
             let live = entry.lock().await;
             live.node.token_hash.clone()
@@ -276,9 +448,27 @@ impl Fleet {
     ) -> Result<AgentAck, FleetError> {
         let entry = self.authorised(id, token).await?;
         reg.validate()?;
-        let mut live = entry.lock().await;
+        let mut conflicts = 0;
+        loop {
+            let mut live = entry.lock().await;
+            match self.apply_registration(&mut live, reg.clone()).await {
+                Err(FleetError::Store(StoreError::Conflict(_))) if conflicts < MAX_CONFLICTS => {
+                    conflicts += 1;
+                }
+                Err(e) => return Err(e),
+                Ok(()) => return Ok(self.ack(&live.node)),
+            }
+        }
+    }
+
+    async fn apply_registration(
+        &self,
+        live: &mut LiveNode,
+        reg: Registration,
+    ) -> Result<(), FleetError> {
+        let id = live.node.id.clone();
         if live.node.status == NodeStatus::Terminated {
-            return Err(FleetError::Terminated(id.to_string()));
+            return Err(FleetError::Terminated(id));
         }
         let now = now_ms();
         let mut node = live.node.clone();
@@ -311,15 +501,14 @@ impl Fleet {
             to: t.to,
             reason: &t.reason,
         });
-        self.store.save_node(&node, change).await?;
+        let (status, provider) = (node.status, node.provider.clone());
+        self.save(live, node, change).await?;
         if let Some(t) = &transition {
             self.count_transition(t);
         }
-        tracing::info!(node_id = %id, status = %node.status, provider = %node.provider, "agent registered");
-        live.node = node;
+        tracing::info!(node_id = %id, status = %status, provider = %provider, "agent registered");
         live.last_seen_ms = now;
-        self.changed(&live.node);
-        Ok(self.ack(&live.node))
+        Ok(())
     }
 
     pub async fn heartbeat(
@@ -350,10 +539,28 @@ impl Fleet {
     ) -> Result<AgentAck, FleetError> {
         let entry = self.authorised(id, token).await?;
         report.validate()?;
-        let mut live = entry.lock().await;
+        let mut conflicts = 0;
+        loop {
+            let mut live = entry.lock().await;
+            match self.apply_report(&mut live, report.clone()).await {
+                Err(FleetError::Store(StoreError::Conflict(_))) if conflicts < MAX_CONFLICTS => {
+                    conflicts += 1;
+                }
+                Err(e) => return Err(e),
+                Ok(()) => return Ok(self.ack(&live.node)),
+            }
+        }
+    }
+
+    async fn apply_report(
+        &self,
+        live: &mut LiveNode,
+        report: HeartbeatReport,
+    ) -> Result<(), FleetError> {
+        let id = live.node.id.clone();
         match live.node.status {
-            NodeStatus::Terminated => return Err(FleetError::Terminated(id.to_string())),
-            NodeStatus::Launching => return Err(FleetError::NotRegistered(id.to_string())),
+            NodeStatus::Terminated => return Err(FleetError::Terminated(id)),
+            NodeStatus::Launching => return Err(FleetError::NotRegistered(id)),
             _ => {}
         }
         let now = now_ms();
@@ -373,17 +580,17 @@ impl Fleet {
             // A status change is committed (with the telemetry that caused it) before the ack.
             let mut node = live.node.clone();
             record_telemetry(&mut node, report, now);
-            self.apply(&mut live, node, t, kind, now).await?;
+            self.apply(live, node, t, kind, now).await?;
         } else {
             record_telemetry(&mut live.node, report, now);
             self.dirty
                 .lock()
                 .expect("dirty set lock is never poisoned")
-                .insert(id.to_string());
+                .insert(id);
             self.changed(&live.node);
         }
         live.last_seen_ms = now;
-        Ok(self.ack(&live.node))
+        Ok(())
     }
 
     /// Persists `node` with the transition applied, then makes it the live state.
@@ -399,21 +606,15 @@ impl Fleet {
         node.status = t.to;
         node.status_reason = Some(t.reason.clone());
         node.updated_at = now;
-        self.store
-            .save_node(
-                &node,
-                Some(StatusChange {
-                    kind,
-                    from: Some(from),
-                    to: t.to,
-                    reason: &t.reason,
-                }),
-            )
-            .await?;
+        let change = StatusChange {
+            kind,
+            from: Some(from),
+            to: t.to,
+            reason: &t.reason,
+        };
+        self.save(live, node, Some(change)).await?;
         self.count_transition(t);
-        tracing::info!(node_id = %node.id, from = %from, to = %t.to, reason = %t.reason, "node status changed");
-        live.node = node;
-        self.changed(&live.node);
+        tracing::info!(node_id = %live.node.id, from = %from, to = %t.to, reason = %t.reason, "node status changed");
         Ok(())
     }
 
@@ -456,20 +657,28 @@ impl Fleet {
         to: NodeStatus,
         reason: &str,
     ) -> Result<Node, FleetError> {
-        let entry = self.entry(id)?;
-        let mut live = entry.lock().await;
-        match live.node.status {
-            s if s == to => return Ok(live.node.clone()),
-            NodeStatus::Terminated => return Err(FleetError::Terminated(id.to_string())),
-            _ => {}
+        let entry = self.entry(id).await?;
+        let mut conflicts = 0;
+        loop {
+            let mut live = entry.lock().await;
+            match live.node.status {
+                s if s == to => return Ok(live.node.clone()),
+                NodeStatus::Terminated => return Err(FleetError::Terminated(id.to_string())),
+                _ => {}
+            }
+            let t = Transition {
+                to,
+                reason: reason.to_string(),
+            };
+            let node = live.node.clone();
+            match self.apply(&mut live, node, &t, "admin", now_ms()).await {
+                Err(FleetError::Store(StoreError::Conflict(_))) if conflicts < MAX_CONFLICTS => {
+                    conflicts += 1;
+                }
+                Err(e) => return Err(e),
+                Ok(()) => return Ok(live.node.clone()),
+            }
         }
-        let t = Transition {
-            to,
-            reason: reason.to_string(),
-        };
-        let node = live.node.clone();
-        self.apply(&mut live, node, &t, "admin", now_ms()).await?;
-        Ok(live.node.clone())
     }
 
     /// Applies the silence rules to every node as of `now_ms`; returns the transitions made.
@@ -477,14 +686,29 @@ impl Fleet {
         let mut made = Vec::new();
         for entry in self.entries() {
             let mut live = entry.lock().await;
-            let silent =
-                Duration::from_millis(now_ms.saturating_sub(live.last_seen_ms).max(0) as u64);
-            let Some(t) = status::after_silence(live.node.status, silent, &self.policy) else {
+            let silence = |live: &LiveNode| {
+                let silent =
+                    Duration::from_millis(now_ms.saturating_sub(live.last_seen_ms).max(0) as u64);
+                status::after_silence(live.node.status, silent, &self.policy)
+            };
+            if silence(&live).is_none() {
+                continue;
+            }
+            if self.store.backend() == Backend::Postgres {
+                // Other processes may be hearing this agent: look at what they stored first.
+                if let Err(e) = self.reread(&mut live).await {
+                    tracing::warn!(node_id = %live.node.id, error = %e, "could not re-read a silent node; will retry");
+                    continue;
+                }
+            }
+            let Some(t) = silence(&live) else {
                 continue;
             };
             let node = live.node.clone();
             match self.apply(&mut live, node, &t, "sweeper", now_ms).await {
                 Ok(()) => made.push((live.node.id.clone(), t)),
+                // Another process changed it first; the next sweep looks again at fresh state.
+                Err(FleetError::Store(StoreError::Conflict(_))) => {}
                 Err(e) => {
                     tracing::error!(node_id = %live.node.id, error = %e, "could not record status change; will retry")
                 }
@@ -504,7 +728,9 @@ impl Fleet {
         }
         let mut batch = Vec::with_capacity(ids.len());
         for id in &ids {
-            let Ok(entry) = self.entry(id) else { continue };
+            let Some(entry) = self.cached(id) else {
+                continue;
+            };
             let live = entry.lock().await;
             batch.push(Telemetry {
                 node_id: id.clone(),
@@ -539,11 +765,11 @@ impl Fleet {
     }
 
     pub async fn get(&self, id: &str) -> Result<Node, FleetError> {
-        Ok(self.entry(id)?.lock().await.node.clone())
+        Ok(self.entry(id).await?.lock().await.node.clone())
     }
 
     pub async fn events(&self, id: &str, limit: i64) -> Result<Vec<NodeEvent>, FleetError> {
-        self.entry(id)?;
+        self.entry(id).await?;
         Ok(self.store.recent_node_events(id, limit).await?)
     }
 

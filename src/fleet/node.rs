@@ -41,6 +41,9 @@ pub struct Node {
     pub updated_at: i64,
     #[serde(skip)]
     pub token_hash: String,
+    /// Bumped by every stored change other than heartbeat telemetry (see `store::nodes`).
+    #[serde(skip)]
+    pub revision: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -1,5 +1,6 @@
-//! The fleet's background work: the sweeper that applies the silence rules on a timer, and the
-//! flusher that writes batched heartbeat telemetry. Both stop on shutdown, after one last flush.
+//! The fleet's background work: the sweeper that applies the silence rules on a timer, the
+//! flusher that writes batched heartbeat telemetry, and (on PostgreSQL) the sync that follows
+//! other processes' changes. All stop on shutdown, after one last flush.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,16 +8,33 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::sync::FleetSync;
 use super::Fleet;
 use crate::clock::now_ms;
 
 pub struct FleetTasks {
     stop: watch::Sender<bool>,
     handles: Vec<JoinHandle<()>>,
+    sync: Option<FleetSync>,
+}
+
+/// Where and how often to follow the other processes on a shared PostgreSQL database.
+pub struct SyncSettings {
+    pub database_url: String,
+    pub refresh_every: Duration,
 }
 
 impl FleetTasks {
-    pub fn spawn(fleet: Arc<Fleet>, sweep_every: Duration, flush_every: Duration) -> FleetTasks {
+    pub fn spawn(
+        fleet: Arc<Fleet>,
+        sweep_every: Duration,
+        flush_every: Duration,
+        sync: Option<SyncSettings>,
+    ) -> FleetTasks {
+        let sync = sync.map(|s| {
+            fleet.set_peer_slack(flush_every);
+            FleetSync::spawn(fleet.clone(), s.database_url, s.refresh_every)
+        });
         let (stop, stopped) = watch::channel(false);
         let sweeper = {
             let fleet = fleet.clone();
@@ -58,11 +76,15 @@ impl FleetTasks {
         FleetTasks {
             stop,
             handles: vec![sweeper, flusher],
+            sync,
         }
     }
 
     /// Stops both loops; the flusher writes what is pending before it returns.
     pub async fn shutdown(self) {
+        if let Some(sync) = self.sync {
+            sync.shutdown().await;
+        }
         let _ = self.stop.send(true);
         for handle in self.handles {
             let _ = handle.await;
@@ -71,6 +93,9 @@ impl FleetTasks {
 
     /// Stops both loops without the final flush, as a crash would.
     pub fn abort(self) {
+        if let Some(sync) = self.sync {
+            sync.abort();
+        }
         for handle in self.handles {
             handle.abort();
         }

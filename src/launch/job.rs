@@ -178,6 +178,18 @@ impl Job {
         changed
     }
 
+    /// Goes back to `stage`: it and every later stage are pending again, as for a launch that
+    /// another process takes over and starts again.
+    pub fn rewind_to(&mut self, stage: Stage) {
+        for record in self.stages.iter_mut().filter(|r| r.name >= stage) {
+            record.state = StageState::Pending;
+            record.started_at = None;
+            record.finished_at = None;
+            record.detail = None;
+        }
+        self.stage = Some(stage);
+    }
+
     /// Sets the detail line of a stage without changing its state.
     pub fn detail(&mut self, stage: Stage, detail: String) {
         self.record(stage).detail = Some(detail);

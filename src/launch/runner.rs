@@ -3,8 +3,12 @@
 //! what was created so no VM keeps billing for a launch that failed.
 //!
 //! Every change (stage, attempt, log line, outcome) is written to the database before it is sent
-//! to live watchers. A job found running after a restart (its lease expired with its process) is
-//! failed with a clear reason and torn down from its stored provider state.
+//! to live watchers. A job whose process died (its lease lapsed) is taken over by the next process
+//! that claims it, this one after a restart or another on the same PostgreSQL database: if the
+//! node's agent has registered, the machine is up and the new process waits for it to become
+//! ready; if not, it removes whatever the first process may have started (teardown works from
+//! the stored provider state and is idempotent) and launches again under the same name, so a
+//! takeover never leaves two machines.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -157,35 +161,111 @@ impl JobRunner {
         ));
 
         let log = self.job_log(&job_id);
-        let outcome = if reclaimed {
-            Err(LaunchError::new(
-                ErrorCode::Internal,
-                "The control plane restarted during this launch",
-                "skylaunch stopped while this launch was running. To be sure nothing keeps billing, it tore down what the launch had created.",
-            )
-            .suggest("Launch again: nothing from this attempt is left running."))
+        let started = if reclaimed {
+            self.take_over(job.clone(), log.clone(), cancel_rx).await
         } else {
-            match self.prepare(job.clone(), log.clone(), cancel_rx).await {
-                Ok(run) => {
-                    let result = tokio::select! {
-                        r = self.launch_and_wait(&run) => r,
-                        _ = lost_lease.notified() => {
-                            tracing::warn!(job_id = %job_id, "lost the lease on this job to another process; stopping here");
-                            return;
+            self.prepare(job.clone(), log.clone(), cancel_rx)
+                .await
+                .map(|run| (run, Start::Launch))
+        };
+        let outcome = match started {
+            Ok((run, start)) => {
+                let result = tokio::select! {
+                    r = async {
+                        match start {
+                            Start::Launch => self.launch_and_wait(&run).await,
+                            Start::AwaitReady => tokio::select! {
+                                r = self.wait_for_ready(&run) => r,
+                                _ = run.cancelled() => Err(cancelled()),
+                            },
                         }
-                    };
-                    let job = run.snapshot().await;
-                    self.finish(job, result, &log).await;
-                    return;
-                }
-                Err(e) => Err(e),
+                    } => r,
+                    _ = lost_lease.notified() => {
+                        tracing::warn!(job_id = %job_id, "lost the lease on this job to another process; stopping here");
+                        return;
+                    }
+                };
+                let job = run.snapshot().await;
+                self.finish(job, result, &log).await;
+                return;
             }
+            Err(e) => Err(e),
         };
         let job = match self.store.job(&job_id).await {
             Ok(Some(j)) => j,
             _ => job,
         };
         self.finish(job, outcome, &log).await;
+    }
+
+    /// Goes on with a launch whose process stopped (see the module's notes).
+    async fn take_over(
+        &self,
+        mut job: Job,
+        log: JobLog,
+        cancel: watch::Receiver<bool>,
+    ) -> Result<(JobRun, Start), LaunchError> {
+        tracing::warn!(job_id = %job.id, "taking over a launch whose process stopped");
+        log.line(
+            "skylaunch",
+            "the control-plane process that ran this launch stopped (its lease lapsed); this one takes it over",
+        )
+        .await;
+        let node = match &job.node_id {
+            Some(id) => self.fleet.get(id).await.ok(),
+            None => None,
+        };
+        if let Some(node) = node.filter(|n| {
+            n.registered_at.is_some() && n.status != NodeStatus::Terminated && !job.cancel_requested
+        }) {
+            log.line(
+                "skylaunch",
+                &format!(
+                    "the node's agent registered ({}): the machine is up; waiting for it to become ready",
+                    node.status
+                ),
+            )
+            .await;
+            let task_yaml = job.task_yaml.clone().unwrap_or_default();
+            let run = JobRun {
+                job: Mutex::new(job),
+                store: self.store.clone(),
+                events: self.events.clone(),
+                log,
+                cancel,
+                // The agent already holds its token; this process never learns it.
+                node_token: String::new(),
+                task_yaml,
+                settings: self.settings.clone(),
+            };
+            return Ok((run, Start::AwaitReady));
+        }
+        if job.cancel_requested {
+            return Err(cancelled());
+        }
+        if let Some(provider) = self.provider(&job.provider) {
+            log.line(
+                "skylaunch",
+                "the node's agent never registered: removing whatever the first attempt started, then launching again under the same name",
+            )
+            .await;
+            provider.teardown(&job).await.map_err(|e| {
+                LaunchError::new(
+                    e.code,
+                    "Could not clean up after the stopped process",
+                    format!(
+                        "this launch was taken over from a process that stopped, but removing what it had started failed: {}",
+                        e.message
+                    ),
+                )
+                .suggest("Check the provider's console for machines named after this launch's cluster, then launch again")
+            })?;
+        }
+        job.provider_state = json!({});
+        job.rewind_to(Stage::Validate);
+        self.prepare(job, log, cancel)
+            .await
+            .map(|run| (run, Start::Launch))
     }
 
     fn job_log(&self, job_id: &str) -> JobLog {
@@ -465,6 +545,14 @@ impl JobRunner {
             None => Ok(()),
         }
     }
+}
+
+/// How a claimed job goes on.
+enum Start {
+    /// Launch the machine, then wait for the node.
+    Launch,
+    /// The machine is up (taken over after its agent registered): wait for the node.
+    AwaitReady,
 }
 
 /// Aborts a background task when dropped.

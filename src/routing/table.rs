@@ -254,6 +254,7 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             token_hash: String::new(),
+            revision: 0,
         }
     }
 

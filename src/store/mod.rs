@@ -26,6 +26,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "cloud_events",
         include_str!("../../migrations/0003_cloud_events.sql"),
     ),
+    (
+        4,
+        "node_revision",
+        include_str!("../../migrations/0004_node_revision.sql"),
+    ),
 ];
 
 /// Which database a URL points at; the few backend-specific statements branch on it.
@@ -43,6 +48,9 @@ pub enum StoreError {
     Sqlx(#[from] sqlx::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// Another process changed the row since it was read; re-read it and try again.
+    #[error("{0} was changed by another process meanwhile")]
+    Conflict(String),
 }
 
 /// The shared handle to the database.
@@ -50,6 +58,8 @@ pub enum StoreError {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Names this process in the change announcements it makes (see `nodes`).
+    origin: std::sync::Arc<str>,
 }
 
 impl Store {
@@ -85,7 +95,11 @@ impl Store {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
-        let store = Store { pool, backend };
+        let store = Store {
+            pool,
+            backend,
+            origin: uuid::Uuid::new_v4().simple().to_string().into(),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -104,6 +118,10 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     pub async fn close(&self) {

@@ -34,11 +34,17 @@ pub struct Telemetry {
 const NODE_COLUMNS: &str = "id, name, model_name, endpoint_url, provider, region, zone, gpu_type, \
      gpu_count, instance_type, spot_instance, labels, agent_version, status, status_reason, \
      token_hash, launch_job_id, health_score, last_heartbeat_at, last_heartbeat, registered_at, \
-     created_at, updated_at";
+     created_at, updated_at, revision";
+
+/// The PostgreSQL channel on which every committed node change is announced (payload: the
+/// announcing store's origin, a space, the node id),
+/// so the other control-plane processes on the database re-read that node.
+pub const NODE_CHANGES_CHANNEL: &str = "skylaunch_nodes";
 
 impl Store {
     /// Inserts a new node and its creation event. A live node with the same name is a
-    /// unique-index violation, returned as the database error.
+    /// unique-index violation, returned as the database error. The stored revision is then
+    /// `node.revision + 1`, as after [`Store::save_node`].
     pub async fn insert_node(
         &self,
         node: &Node,
@@ -59,9 +65,39 @@ impl Store {
         .bind(node.created_at)
         .execute(&mut *tx)
         .await?;
-        update_node_row(&mut tx, node).await?;
+        if !write_node_row(&mut tx, node).await? {
+            return Err(StoreError::Conflict(format!("new node {}", node.id)));
+        }
         insert_event(&mut tx, &node.id, node.updated_at, &change).await?;
+        self.announce(&mut tx, &node.id).await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// One node as stored, if it exists.
+    pub async fn load_node(&self, id: &str) -> Result<Option<Node>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(node_from_row).transpose()
+    }
+
+    /// Tells the other processes on a PostgreSQL database that a node changed; delivered when
+    /// the transaction commits, and never if it rolls back.
+    async fn announce(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        node_id: &str,
+    ) -> Result<(), StoreError> {
+        if self.backend() == super::Backend::Postgres {
+            // Wrapped in a count: `pg_notify` returns `void`, a type the Any driver cannot describe.
+            sqlx::query("SELECT count(*) FROM (SELECT pg_notify($1, $2)) AS sent")
+                .bind(NODE_CHANGES_CHANNEL)
+                .bind(format!("{} {node_id}", self.origin()))
+                .fetch_one(&mut **tx)
+                .await?;
+        }
         Ok(())
     }
 
@@ -75,28 +111,24 @@ impl Store {
         rows.iter().map(node_from_row).collect()
     }
 
-    /// Writes the whole node row (registration fields, status, telemetry) and, when the status
-    /// changed, its event, in one transaction.
+    /// Writes the whole node row (registration fields, status, token, telemetry) and, when the
+    /// status changed, its event, in one transaction, if the stored revision is still
+    /// `node.revision`: else nothing is written and the answer is [`StoreError::Conflict`].
+    /// The stored revision is then `node.revision + 1`.
     pub async fn save_node(
         &self,
         node: &Node,
         change: Option<StatusChange<'_>>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
-        update_node_row(&mut tx, node).await?;
+        if !write_node_row(&mut tx, node).await? {
+            return Err(StoreError::Conflict(format!("node {}", node.id)));
+        }
         if let Some(change) = change {
             insert_event(&mut tx, &node.id, node.updated_at, &change).await?;
         }
+        self.announce(&mut tx, &node.id).await?;
         tx.commit().await?;
-        Ok(())
-    }
-
-    pub async fn set_node_token_hash(&self, id: &str, token_hash: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE nodes SET token_hash = $2 WHERE id = $1")
-            .bind(id)
-            .bind(token_hash)
-            .execute(self.pool())
-            .await?;
         Ok(())
     }
 
@@ -172,14 +204,16 @@ impl Store {
     }
 }
 
-/// Writes every mutable column of a node's row.
-async fn update_node_row(tx: &mut Transaction<'_, Any>, node: &Node) -> Result<(), StoreError> {
-    sqlx::query(
+/// Writes every mutable column of a node's row and bumps its revision, if the stored revision
+/// is `node.revision`; `false` when it is not (another process changed the node meanwhile).
+async fn write_node_row(tx: &mut Transaction<'_, Any>, node: &Node) -> Result<bool, StoreError> {
+    let done = sqlx::query(
         "UPDATE nodes SET model_name = $2, endpoint_url = $3, provider = $4, region = $5, \
              zone = $6, gpu_type = $7, gpu_count = $8, instance_type = $9, spot_instance = $10, \
              labels = $11, agent_version = $12, status = $13, status_reason = $14, \
              health_score = CASE WHEN $20 = 1 THEN $15 ELSE NULL END, last_heartbeat_at = $16, \
-             last_heartbeat = $17, registered_at = $18, updated_at = $19 WHERE id = $1",
+             last_heartbeat = $17, registered_at = $18, updated_at = $19, token_hash = $21, \
+             revision = revision + 1 WHERE id = $1 AND revision = $22",
     )
     .bind(&node.id)
     .bind(&node.model_name)
@@ -201,9 +235,11 @@ async fn update_node_row(tx: &mut Transaction<'_, Any>, node: &Node) -> Result<(
     .bind(node.registered_at)
     .bind(node.updated_at)
     .bind(i64::from(node.health_score.is_some()))
+    .bind(&node.token_hash)
+    .bind(node.revision)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 async fn insert_event(
@@ -272,6 +308,7 @@ fn node_from_row(row: &AnyRow) -> Result<Node, StoreError> {
         registered_at: row.try_get("registered_at")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        revision: row.try_get("revision")?,
         id,
     })
 }

@@ -200,8 +200,14 @@ impl TestApp {
     }
 
     /// Stop without flushing anything (as `kill -9` would), then start again.
-    pub async fn crash_and_restart(mut self) -> TestApp {
+    pub async fn crash_and_restart(self) -> TestApp {
+        self.crash_and_restart_with(|_| {}).await
+    }
+
+    /// As [`TestApp::crash_and_restart`], with settings changed for the new start.
+    pub async fn crash_and_restart_with(mut self, tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
         self.running.take().expect("running").abort().await;
+        tweak(&mut self.config);
         TestApp::start(self.db, self.config).await
     }
 
