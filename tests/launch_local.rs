@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{Backend, TestApp, ADMIN_TOKEN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use standins::binaries;
+use standins::{agents_of, binaries};
 
 /// An app whose local launches use the built binaries; `tweak` adjusts the settings.
 async fn app_with(
@@ -308,31 +308,6 @@ async fn events_stream_stages_and_ends_with_the_final_job(backend: Backend) {
         Some(ADMIN_TOKEN),
     )
     .await;
-}
-
-/// Processes running the agent of `node_id` (read from /proc: each local "VM" agent has the
-/// node id in its environment).
-fn agents_of(node_id: &str) -> Vec<u32> {
-    let needle = format!("SKYLAUNCH_NODE_ID={node_id}");
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        let is_agent = std::fs::read_link(entry.path().join("exe"))
-            .is_ok_and(|exe| exe.to_string_lossy().contains("skylaunch-agent"));
-        if is_agent
-            && environ
-                .split(|b| *b == 0)
-                .any(|var| var == needle.as_bytes())
-        {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 async fn launch_interrupted_by_a_crash_is_taken_over_on_restart(backend: Backend) {

@@ -232,13 +232,39 @@ pub async fn job_events(
         .map_err(store_error)?
         .ok_or_else(|| job_not_found(&id))?;
     let store = state.store.clone();
+    let runner = state.runner.clone();
     let stream = async_stream(state.stopping.clone(), move |tx| async move {
         let terminal = job.status.is_terminal();
+        let mut last_update = job.updated_at;
         if tx.send(event("job", &json!(job))).await.is_err() || terminal {
             return;
         }
+        // Another control-plane process may be running this job: its live events stay there, so
+        // the stored job is checked every second and sent whenever it changed.
+        let mut poll = tokio::time::interval(Duration::from_secs(1));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            match rx.recv().await {
+            let received = tokio::select! {
+                r = rx.recv() => r,
+                _ = poll.tick() => {
+                    if runner.runs(&id) {
+                        continue;
+                    }
+                    let Ok(Some(job)) = store.job(&id).await else {
+                        continue;
+                    };
+                    if job.updated_at == last_update && !job.status.is_terminal() {
+                        continue;
+                    }
+                    last_update = job.updated_at;
+                    let terminal = job.status.is_terminal();
+                    if tx.send(event("job", &json!(job))).await.is_err() || terminal {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            match received {
                 Ok(ev) if ev.job_id == id => {
                     let done = ev.kind == "job";
                     if tx.send(event(ev.kind, &ev.data)).await.is_err() || done {

@@ -90,6 +90,14 @@ impl JobRunner {
         }
     }
 
+    /// Whether this process is running the job now (else another process may be).
+    pub fn runs(&self, job_id: &str) -> bool {
+        self.cancels
+            .lock()
+            .expect("cancel map lock")
+            .contains_key(job_id)
+    }
+
     pub fn provider(&self, name: &str) -> Option<Arc<dyn LaunchProvider>> {
         let p = match name {
             "skypilot" => Provider::Skypilot,

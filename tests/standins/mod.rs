@@ -71,3 +71,24 @@ pub fn fake_sky(python: &Path, transcript: &str, extra: &[(&str, &str)]) -> Fake
     std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     FakeSky { state, bin }
 }
+
+/// Processes running the agent of `node_id`, read from /proc: the agent of every played VM has
+/// its node id in its environment.
+pub fn agents_of(node_id: &str) -> Vec<u32> {
+    let needle = format!("SKYLAUNCH_NODE_ID={node_id}");
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let is_agent = std::fs::read_link(entry.path().join("exe"))
+            .is_ok_and(|exe| exe.to_string_lossy().contains("skylaunch-agent"));
+        if is_agent && environ.split(|b| *b == 0).any(|v| v == needle.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}

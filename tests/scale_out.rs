@@ -1,0 +1,413 @@
+//! Several `skylaunch serve` processes on one PostgreSQL database (the contract's "Scale-out"):
+//! real processes built from this workspace, the local PostgreSQL, the real agent and echo
+//! model server, and the stand-in `sky` for the launch (no cloud VM can exist here).
+
+mod common;
+mod standins;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{Backend, TestDb, ADMIN_TOKEN};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use standins::{agents_of, binaries, fake_sky};
+
+/// One `skylaunch serve` process with its own data dir and port.
+struct Serve {
+    child: tokio::process::Child,
+    base: String,
+    log: PathBuf,
+    _data: tempfile::TempDir,
+}
+
+impl Serve {
+    async fn start(db: &TestDb, extra: &[(&str, &str)]) -> Serve {
+        let data = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = data.path().join("serve.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let mut cmd = tokio::process::Command::new(binaries().0);
+        cmd.arg("serve")
+            .env("SKYLAUNCH_LISTEN", format!("127.0.0.1:{port}"))
+            .env("SKYLAUNCH_DATA_DIR", data.path())
+            .env("SKYLAUNCH_DATABASE_URL", &db.url)
+            .env("SKYLAUNCH_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("SKYLAUNCH_HEARTBEAT_INTERVAL", "1s")
+            .env("SKYLAUNCH_MISSED_HEARTBEATS", "3")
+            .env("SKYLAUNCH_TELEMETRY_FLUSH_INTERVAL", "200ms")
+            .env("SKYLAUNCH_JOB_LEASE", "2s")
+            .env("RUST_LOG", "info,sqlx=warn")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .kill_on_drop(true);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let serve = Serve {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+            _data: data,
+        };
+        for _ in 0..200 {
+            if reqwest::get(format!("{}/healthz", serve.base))
+                .await
+                .is_ok()
+            {
+                return serve;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("skylaunch serve did not start:\n{}", serve.output());
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `kill -9`: nothing is flushed, nothing is released.
+    async fn sigkill(&mut self) {
+        self.child.start_kill().unwrap();
+        let _ = self.child.wait().await;
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = reqwest::Client::new()
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .timeout(Duration::from_secs(10));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let res = req.send().await.expect("request reaches the server");
+        let status = res.status();
+        let text = res.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn agent(&self, path: &str, token: &str, body: &Value) -> (StatusCode, Value) {
+        let res = reqwest::Client::new()
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(body)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn chat(&self, model: &str) -> (StatusCode, Value) {
+        let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+        self.call(reqwest::Method::POST, "/v1/chat/completions", Some(&body))
+            .await
+    }
+}
+
+/// Polls `check` every 50 ms until it holds, for at most `limit`; returns how long it took.
+async fn within<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < limit {
+        if check().await {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not within {limit:?}");
+}
+
+/// A real echo model server process on a free port.
+fn echo_server(model: &str) -> (tokio::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = tokio::process::Command::new(binaries().0)
+        .args([
+            "echo-server",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--model",
+            model,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
+/// A node created on B, registered and heartbeating on A, serves traffic sent to B; a drain
+/// made on A stops B's routing; B's sweeper does not take a node heard only by A for silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_on_one_process_follows_changes_made_on_another() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let a = Serve::start(&db, &[]).await;
+    let b = Serve::start(&db, &[]).await;
+    let model = "scale/out-model";
+    let (_echo, echo_url) = echo_server(model);
+
+    let (status, created) = b
+        .call(
+            reqwest::Method::POST,
+            "/admin/nodes",
+            Some(&json!({"name": "shared-node", "model_name": model})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["node_id"].as_str().unwrap().to_string();
+    let token = created["token"].as_str().unwrap().to_string();
+
+    // Registration and heartbeats go to A, which never saw the node created.
+    let mut registration = common::registration();
+    registration["model_name"] = json!(model);
+    registration["endpoint_url"] = json!(echo_url);
+    let (status, body) = a
+        .agent(
+            &format!("/admin/nodes/register?node_id={id}"),
+            &token,
+            &registration,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", a.output());
+    let (status, body) = a
+        .agent(
+            &format!("/admin/nodes/{id}/heartbeat"),
+            &token,
+            &common::healthy(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "ready");
+
+    // B routes to it without ever hearing from the agent.
+    let took = within(
+        Duration::from_secs(10),
+        "B routes to the node A made ready",
+        || async { b.chat(model).await.0 == StatusCode::OK },
+    )
+    .await;
+    eprintln!("B routed to the node {took:?} after A made it ready");
+    let (status, answer) = b.chat(model).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert!(
+        answer["choices"][0]["message"]["content"].is_string(),
+        "{answer}"
+    );
+
+    // Heartbeats keep going to A only, for longer than the silence that makes a ready node
+    // unhealthy (3 s here): B must not take the node for silent.
+    let heartbeats = {
+        let (base, id, token) = (a.base.clone(), id.clone(), token.clone());
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for _ in 0..60 {
+                let _ = client
+                    .post(format!("{base}/admin/nodes/{id}/heartbeat"))
+                    .bearer_auth(&token)
+                    .json(&common::healthy())
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (_, node) = b
+            .call(reqwest::Method::GET, &format!("/admin/nodes/{id}"), None)
+            .await;
+        assert_eq!(
+            node["status"],
+            "ready",
+            "B's view of the node: {node:#}\n{}",
+            b.output()
+        );
+        assert_eq!(b.chat(model).await.0, StatusCode::OK);
+    }
+
+    // A drain made on A reaches B's routing table.
+    let (status, _) = a
+        .call(
+            reqwest::Method::POST,
+            &format!("/admin/nodes/{id}/drain"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let took = within(
+        Duration::from_secs(10),
+        "B stops routing to the drained node",
+        || async { b.chat(model).await.0 == StatusCode::SERVICE_UNAVAILABLE },
+    )
+    .await;
+    eprintln!("B stopped routing {took:?} after the drain on A");
+    let (_, refused) = b.chat(model).await;
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 draining"),
+        "{refused}"
+    );
+    heartbeats.abort();
+}
+
+/// A launch started on A goes on on B after A is killed with SIGKILL: the job is not lost, it
+/// ends ready, and one "VM" serves the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_started_on_a_killed_process_finishes_on_another() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let Some(python) = common::sky_python() else {
+        return;
+    };
+    // Paced so A is killed while `sky launch` is still printing.
+    let sky = fake_sky(
+        &python,
+        "success-aws-l4-spot.txt",
+        &[("FAKE_SKY_DELAY_S", "0.25")],
+    );
+    let sky_bin = sky.bin.display().to_string();
+    let mut a = Serve::start(&db, &[("SKYLAUNCH_SKY_BIN", &sky_bin)]).await;
+    let (status, job) = a
+        .call(
+            reqwest::Method::POST,
+            "/admin/launch-jobs",
+            Some(
+                &json!({"model": "meta-llama/Llama-3.1-8B-Instruct", "provider": "skypilot",
+                         "gpu": "L4", "use_spot": true, "regions": ["us-east-1"]}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let node_id = job["node_id"].as_str().unwrap().to_string();
+    let job_path = format!("/admin/launch-jobs/{id}");
+    within(Duration::from_secs(30), "A is provisioning", || async {
+        let (_, j) = a.call(reqwest::Method::GET, &job_path, None).await;
+        j["stage"] == "provision" && j["attempts"].as_array().is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    let b = Serve::start(&db, &[("SKYLAUNCH_SKY_BIN", &sky_bin)]).await;
+    // A watcher on B sees the launch to its end, first from the database while A runs it,
+    // then live once B has taken it over.
+    let watcher = {
+        let url = format!("{}{job_path}/events", b.base);
+        tokio::spawn(async move {
+            let mut res = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap();
+            let mut seen = String::new();
+            let until = tokio::time::Instant::now() + Duration::from_secs(120);
+            while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(until, res.chunk()).await {
+                seen.push_str(&String::from_utf8_lossy(&chunk));
+            }
+            seen
+        })
+    };
+    a.sigkill().await;
+
+    let finished = within(Duration::from_secs(90), "the launch ends on B", || async {
+        let (_, j) = b.call(reqwest::Method::GET, &job_path, None).await;
+        common::job_finished(&j)
+    })
+    .await;
+    eprintln!("the launch ended on B {finished:?} after A was killed");
+    let (_, job) = b.call(reqwest::Method::GET, &job_path, None).await;
+    assert_eq!(
+        job["status"],
+        "succeeded",
+        "{job:#}\nA:\n{}\nB:\n{}",
+        a.output(),
+        b.output()
+    );
+    let (_, node) = b
+        .call(
+            reqwest::Method::GET,
+            &format!("/admin/nodes/{node_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(node["status"], "ready", "{node:#}");
+    let seen = watcher.await.unwrap();
+    let last = seen.trim_end().rsplit("\n\n").next().unwrap();
+    let final_job: Value =
+        serde_json::from_str(last.trim_start_matches("event: job\ndata: ")).unwrap();
+    assert_eq!(final_job["status"], "succeeded", "{seen}");
+    assert!(
+        seen.contains("event: stage"),
+        "B's live events after the takeover: {seen}"
+    );
+    let (_, logs) = b
+        .call(
+            reqwest::Method::GET,
+            &format!("{job_path}/logs?format=json"),
+            None,
+        )
+        .await;
+    let logs = logs.to_string();
+    assert!(logs.contains("this one takes it over"), "{logs}");
+
+    // One VM: every `sky launch` used the job's one cluster name, the takeover ran `sky down`
+    // on it before launching again, and one agent serves the node.
+    let cluster = job["cluster_name"].as_str().unwrap();
+    let calls = sky.calls();
+    let launches: Vec<_> = calls.iter().filter(|c| c[0] == "launch").collect();
+    assert_eq!(launches.len(), 2, "{calls:?}");
+    assert!(
+        launches.iter().all(|c| c.contains(&cluster.to_string())),
+        "{calls:?}"
+    );
+    let second_launch = calls.iter().rposition(|c| c[0] == "launch").unwrap();
+    assert!(
+        calls[..second_launch]
+            .iter()
+            .any(|c| c[0] == "down" && c.contains(&cluster.to_string())),
+        "the takeover tears down before launching again: {calls:?}"
+    );
+    assert_eq!(agents_of(&node_id).len(), 1, "one agent serves the node");
+    let (status, _) = b
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/admin/nodes/{node_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    within(Duration::from_secs(30), "the VM is stopped", || async {
+        agents_of(&node_id).is_empty()
+    })
+    .await;
+}
