@@ -788,7 +788,55 @@ async fn agent_endpoints_are_rate_limited_per_node(backend: Backend) {
     );
 }
 
+/// Found by the fuzz run on PostgreSQL, which cannot store NUL in text: a NUL in an id is
+/// "not found", a NUL in a body is a 400, and neither changes anything.
+async fn nul_characters_are_refused_not_a_server_error(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let (id, token) = app.create_node("nul-test").await;
+    let r = app
+        .post(
+            "/admin/nodes/register?node_id=ab%00cd",
+            Some(&token),
+            &registration(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    let r = app
+        .get("/admin/launch-jobs/ab%00cd", Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    let r = app.get("/admin/nodes/ab%00cd", Some(ADMIN_TOKEN)).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    let mut reg = registration();
+    reg["region"] = json!("us-east-1\u{0}");
+    let r = app
+        .post(
+            &format!("/admin/nodes/register?node_id={id}"),
+            Some(&token),
+            &reg,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert_eq!(r.error_code(), "invalid_character");
+    let r = app
+        .post(
+            "/admin/nodes",
+            Some(ADMIN_TOKEN),
+            &json!({"name": "x\u{0}y", "model_name": "m"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert_eq!(
+        app.node(&id).await["status"],
+        "launching",
+        "nothing changed"
+    );
+}
+
 on_both_backends!(
+    nul_characters_are_refused_not_a_server_error,
     created_node_has_one_time_token_and_waits_for_agent,
     duplicate_live_name_conflicts,
     name_of_terminated_node_can_be_reused,

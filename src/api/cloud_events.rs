@@ -15,6 +15,7 @@ use crate::fleet::FleetError;
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
 
+#[utoipa::path(get, path = "/admin/cloud-events", tag = "launch", security(("admin" = [])), params(("limit" = Option<i64>, Query, description = "1 to 1000, default 100")), responses((status = 200, description = "What the orphan sweeper did, newest first", body = serde_json::Value), (status = 400, description = "Bad input", body = crate::api::openapi::ErrorBody), (status = 401, description = "Missing or wrong token", body = crate::api::openapi::ErrorBody)))]
 pub async fn list_cloud_events(
     State(state): State<AppState>,
     _: Admin,

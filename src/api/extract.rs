@@ -22,9 +22,27 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        let bytes = axum::body::to_bytes(body, super::BODY_LIMIT)
+            .await
+            .map_err(|_| ApiError::payload_too_large())?;
+        if has_nul_escape(&bytes) {
+            // PostgreSQL cannot store NUL in text; no field of ours has a use for it.
+            return Err(ApiError::bad_request(
+                "invalid_character",
+                "text in the request contains a NUL character (\\u0000), which no field accepts",
+            ));
+        }
+        let req = Request::from_parts(parts, axum::body::Body::from(bytes));
         let Json(value) = Json::<T>::from_request(req, state).await?;
         Ok(ApiJson(value))
     }
+}
+
+/// Whether JSON text has `\u0000` in a string (raw NUL bytes are not valid JSON anyway).
+fn has_nul_escape(json: &[u8]) -> bool {
+    json.windows(6)
+        .any(|w| w[0] == b'\\' && w[1] == b'u' && &w[2..] == b"0000")
 }
 
 /// Proof that the request carried the admin token.

@@ -76,6 +76,7 @@ fn default_name(model: &str, job_id: &str) -> String {
     format!("{base}-{}", &job_id.replace('-', "")[..6])
 }
 
+#[utoipa::path(post, path = "/admin/launch-jobs", tag = "launch", security(("admin" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "Repeats with the same key return the first job")), request_body = crate::launch::spec::LaunchRequest, responses((status = 202, description = "The queued job", body = serde_json::Value), (status = 400, description = "Bad input", body = crate::api::openapi::ErrorBody), (status = 401, description = "Missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 409, description = "Conflict with the current state", body = crate::api::openapi::ErrorBody), (status = 413, description = "Body too large", body = crate::api::openapi::ErrorBody), (status = 422, description = "Well-formed but invalid (with field and suggestions)", body = crate::api::openapi::ErrorBody)))]
 pub async fn create_job(
     State(state): State<AppState>,
     _: Admin,
@@ -171,11 +172,13 @@ pub async fn create_job(
     Ok((StatusCode::ACCEPTED, Json(json!(job))))
 }
 
+#[utoipa::path(get, path = "/admin/launch-jobs", tag = "launch", security(("admin" = [])), responses((status = 200, description = "`{\"jobs\": [...]}`, newest first", body = serde_json::Value), (status = 401, description = "Missing or wrong token", body = crate::api::openapi::ErrorBody)))]
 pub async fn list_jobs(State(state): State<AppState>, _: Admin) -> Result<Json<Value>, ApiError> {
     let jobs = state.store.jobs(500).await.map_err(store_error)?;
     Ok(Json(json!({ "jobs": jobs })))
 }
 
+#[utoipa::path(get, path = "/admin/launch-jobs/{id}", tag = "launch", security(("admin" = [])), params(("id" = String, Path, description = "Launch job id")), responses((status = 200, description = "The job: stages, attempts, error", body = serde_json::Value), (status = 401, description = "Missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 404, description = "Not found", body = crate::api::openapi::ErrorBody)))]
 pub async fn get_job(
     State(state): State<AppState>,
     _: Admin,
@@ -191,6 +194,7 @@ pub async fn get_job(
 }
 
 /// Raw provider output as text (`?format=json` for structured lines, `?after=<line id>` to page).
+#[utoipa::path(get, path = "/admin/launch-jobs/{id}/logs", tag = "launch", security(("admin" = [])), params(("id" = String, Path, description = "Launch job id"), ("format" = Option<String>, Query, description = "`json` for structured lines"), ("after" = Option<i64>, Query, description = "Only lines after this line id")), responses((status = 200, description = "Provider output as text, or `{\"lines\": [...]}`", body = serde_json::Value), (status = 401, description = "Missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 404, description = "Not found", body = crate::api::openapi::ErrorBody)))]
 pub async fn job_logs(
     State(state): State<AppState>,
     _: Admin,
@@ -218,6 +222,7 @@ pub async fn job_logs(
 
 /// Live stage changes, attempts and log lines, starting with the job as it is and ending with
 /// the final job.
+#[utoipa::path(get, path = "/admin/launch-jobs/{id}/events", tag = "launch", security(("admin" = [])), params(("id" = String, Path, description = "Launch job id")), responses((status = 200, description = "Server-sent events: `job`, `stage`, `attempt`, `log`, ending with the final `job`", content_type = "text/event-stream"), (status = 401, description = "Missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 404, description = "Not found", body = crate::api::openapi::ErrorBody)))]
 pub async fn job_events(
     State(state): State<AppState>,
     _: Admin,
@@ -289,6 +294,7 @@ pub async fn job_events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
+#[utoipa::path(post, path = "/admin/launch-jobs/{id}/cancel", tag = "launch", security(("admin" = [])), params(("id" = String, Path, description = "Launch job id")), responses((status = 202, description = "Cancel requested; the job", body = serde_json::Value), (status = 401, description = "Missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 404, description = "Not found", body = crate::api::openapi::ErrorBody), (status = 409, description = "Conflict with the current state", body = crate::api::openapi::ErrorBody)))]
 pub async fn cancel_job(
     State(state): State<AppState>,
     _: Admin,
@@ -358,6 +364,7 @@ pub async fn cancel_job(
 }
 
 /// The task a launch would run, without launching (the node token shown as `<secret>`).
+#[utoipa::path(post, path = "/admin/task-yaml/preview", tag = "launch", security(("admin" = [])), request_body = crate::launch::spec::LaunchRequest, responses((status = 200, description = "The SkyPilot task a launch would run", body = serde_json::Value), (status = 400, description = "Bad input", body = crate::api::openapi::ErrorBody), (status = 401, description = "Missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 413, description = "Body too large", body = crate::api::openapi::ErrorBody), (status = 422, description = "Well-formed but invalid (with field and suggestions)", body = crate::api::openapi::ErrorBody)))]
 pub async fn preview_task(
     State(state): State<AppState>,
     _: Admin,
@@ -377,6 +384,7 @@ pub async fn preview_task(
 }
 
 /// The agent binary that sits next to this control plane, for VMs to download in their setup.
+#[utoipa::path(get, path = "/downloads/skylaunch-agent", tag = "agent", responses((status = 200, description = "The agent binary", content_type = "application/octet-stream"), (status = 404, description = "Not found", body = crate::api::openapi::ErrorBody)))]
 pub async fn download_agent(State(state): State<AppState>) -> Result<Response, ApiError> {
     let bytes = tokio::fs::read(&state.agent_bin).await.map_err(|_| {
         ApiError::not_found("this control plane has no skylaunch-agent binary next to it; build the workspace or set SKYLAUNCH_AGENT_BIN")

@@ -7,6 +7,7 @@ pub mod extract;
 pub mod jobs;
 pub mod limits;
 pub mod nodes;
+pub mod openapi;
 pub mod sse;
 pub mod system;
 pub mod v1;
@@ -32,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/app.js", get(system::ui_script))
         .route("/ui/app.css", get(system::ui_style))
         .route("/healthz", get(system::healthz))
+        .route("/openapi.json", get(openapi::openapi_json))
         .route("/metrics", get(system::metrics))
         .route(
             "/admin/nodes",

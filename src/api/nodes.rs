@@ -35,6 +35,7 @@ struct NodeWithEvents {
     events: Vec<NodeEvent>,
 }
 
+#[utoipa::path(post, path = "/admin/nodes", tag = "nodes", security(("admin" = [])), request_body = crate::fleet::node::NewNode, responses((status = 201, description = "The node, its one-time `token` and `agent_env`", body = serde_json::Value), (status = 400, description = "Bad input", body = crate::api::openapi::ErrorBody), (status = 401, description = "Missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 409, description = "Conflict with the current state", body = crate::api::openapi::ErrorBody), (status = 413, description = "Body too large", body = crate::api::openapi::ErrorBody), (status = 422, description = "Well-formed but invalid (with field and suggestions)", body = crate::api::openapi::ErrorBody)))]
 pub async fn create_node(
     State(state): State<AppState>,
     _: Admin,
@@ -51,10 +52,12 @@ pub async fn create_node(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
+#[utoipa::path(get, path = "/admin/nodes", tag = "nodes", security(("admin" = [])), responses((status = 200, description = "`{\"nodes\": [...]}`", body = serde_json::Value), (status = 401, description = "Missing or wrong token", body = crate::api::openapi::ErrorBody)))]
 pub async fn list_nodes(State(state): State<AppState>, _: Admin) -> Json<Value> {
     Json(json!({ "nodes": state.fleet.list().await }))
 }
 
+#[utoipa::path(get, path = "/admin/nodes/{id}", tag = "nodes", security(("admin" = [])), params(("id" = String, Path, description = "Node id")), responses((status = 200, description = "The node with its recent events", body = serde_json::Value), (status = 401, description = "Missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 404, description = "Not found", body = crate::api::openapi::ErrorBody)))]
 pub async fn get_node(
     State(state): State<AppState>,
     _: Admin,
@@ -65,6 +68,7 @@ pub async fn get_node(
     Ok(Json(json!(NodeWithEvents { node, events })))
 }
 
+#[utoipa::path(post, path = "/admin/nodes/{id}/drain", tag = "nodes", security(("admin" = [])), params(("id" = String, Path, description = "Node id")), responses((status = 200, description = "The node, now draining", body = serde_json::Value), (status = 401, description = "Missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 404, description = "Not found", body = crate::api::openapi::ErrorBody), (status = 409, description = "Conflict with the current state", body = crate::api::openapi::ErrorBody)))]
 pub async fn drain_node(
     State(state): State<AppState>,
     _: Admin,
@@ -75,6 +79,7 @@ pub async fn drain_node(
 
 /// Terminates a node. For a node skylaunch launched, its launch is cancelled (if still running)
 /// or what it created is torn down first, so nothing keeps billing.
+#[utoipa::path(delete, path = "/admin/nodes/{id}", tag = "nodes", security(("admin" = [])), params(("id" = String, Path, description = "Node id")), responses((status = 200, description = "The node, terminated (a launched node is torn down first)", body = serde_json::Value), (status = 401, description = "Missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 404, description = "Not found", body = crate::api::openapi::ErrorBody), (status = 409, description = "Conflict with the current state", body = crate::api::openapi::ErrorBody)))]
 pub async fn delete_node(
     State(state): State<AppState>,
     _: Admin,
@@ -144,6 +149,7 @@ fn log_refused<T>(
     result
 }
 
+#[utoipa::path(post, path = "/admin/nodes/register", tag = "agent", security(("node" = [])), params(("node_id" = String, Query, description = "The node registering")), request_body = crate::fleet::node::Registration, responses((status = 200, description = "Registered: status, desired state, heartbeat interval", body = serde_json::Value), (status = 400, description = "Bad input", body = crate::api::openapi::ErrorBody), (status = 401, description = "Missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 404, description = "Not found", body = crate::api::openapi::ErrorBody), (status = 409, description = "Conflict with the current state", body = crate::api::openapi::ErrorBody), (status = 413, description = "Body too large", body = crate::api::openapi::ErrorBody), (status = 422, description = "Well-formed but invalid (with field and suggestions)", body = crate::api::openapi::ErrorBody), (status = 429, description = "Rate limited (with retry_after_s)", body = crate::api::openapi::ErrorBody)))]
 pub async fn register_node(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -173,6 +179,7 @@ pub async fn register_node(
     })))
 }
 
+#[utoipa::path(post, path = "/admin/nodes/{id}/heartbeat", tag = "agent", security(("node" = [])), params(("id" = String, Path, description = "Node id")), request_body = crate::fleet::node::HeartbeatReport, responses((status = 200, description = "Accepted: status, desired state, heartbeat interval", body = serde_json::Value), (status = 400, description = "Bad input", body = crate::api::openapi::ErrorBody), (status = 401, description = "Missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 404, description = "Not found", body = crate::api::openapi::ErrorBody), (status = 409, description = "Conflict with the current state", body = crate::api::openapi::ErrorBody), (status = 413, description = "Body too large", body = crate::api::openapi::ErrorBody), (status = 422, description = "Well-formed but invalid (with field and suggestions)", body = crate::api::openapi::ErrorBody), (status = 429, description = "Rate limited (with retry_after_s)", body = crate::api::openapi::ErrorBody)))]
 pub async fn heartbeat(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -197,6 +204,7 @@ const FEED_BATCH: Duration = Duration::from_millis(500);
 /// every node, then `nodes` with the nodes that changed, gathered for half a second so a busy
 /// fleet's heartbeats arrive as a few batches rather than a flood. A subscriber that falls
 /// behind gets a fresh `snapshot`.
+#[utoipa::path(get, path = "/admin/nodes/events", tag = "nodes", security(("admin" = [])), responses((status = 200, description = "Server-sent events: `snapshot`, then `nodes` batches", content_type = "text/event-stream"), (status = 401, description = "Missing or wrong token", body = crate::api::openapi::ErrorBody)))]
 pub async fn node_events(
     State(state): State<AppState>,
     _: Admin,

@@ -11,10 +11,12 @@ use crate::app::AppState;
 use crate::launch::catalog;
 use crate::metrics::Gauge;
 
+#[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, description = "`{\"status\":\"ok\"}`", body = serde_json::Value)))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let nodes = state
         .fleet
@@ -86,10 +88,12 @@ const UI_HEADERS: [(header::HeaderName, &str); 4] = [
     ),
 ];
 
+#[utoipa::path(get, path = "/", tag = "ui", responses((status = 200, description = "The web UI", content_type = "text/html")))]
 pub async fn ui_index() -> impl IntoResponse {
     (UI_HEADERS, Html(include_str!("../../web/index.html")))
 }
 
+#[utoipa::path(get, path = "/ui/app.js", tag = "ui", responses((status = 200, description = "The web UI script", content_type = "text/javascript")))]
 pub async fn ui_script() -> impl IntoResponse {
     (
         UI_HEADERS,
@@ -98,6 +102,7 @@ pub async fn ui_script() -> impl IntoResponse {
     )
 }
 
+#[utoipa::path(get, path = "/ui/app.css", tag = "ui", responses((status = 200, description = "The web UI style sheet", content_type = "text/css")))]
 pub async fn ui_style() -> impl IntoResponse {
     (
         UI_HEADERS,
@@ -108,6 +113,7 @@ pub async fn ui_style() -> impl IntoResponse {
 
 /// `GET /admin/catalog`: what a launch can ask for, for the Launch Instance form and scripts:
 /// providers, templates, GPUs (memory, counts per VM, clouds) and each cloud's regions.
+#[utoipa::path(get, path = "/admin/catalog", tag = "launch", security(("admin" = [])), responses((status = 200, description = "Providers, GPUs, regions and templates a launch may name", body = serde_json::Value), (status = 401, description = "Missing or wrong token", body = crate::api::openapi::ErrorBody)))]
 pub async fn catalog(_: Admin) -> Json<Value> {
     let gpus: Vec<Value> = catalog::GPUS
         .iter()

@@ -37,6 +37,7 @@ fn check_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+#[utoipa::path(get, path = "/v1/models", tag = "inference", security((), ("api_key" = [])), responses((status = 200, description = "Models served by ready nodes (OpenAI format)", body = serde_json::Value), (status = 401, description = "Missing or wrong token", body = crate::api::openapi::ErrorBody)))]
 pub async fn list_models(
     State(state): State<AppState>,
     headers: HeaderMap,

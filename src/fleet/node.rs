@@ -58,7 +58,7 @@ pub struct NodeEvent {
 }
 
 /// `POST /admin/nodes`: a host that skylaunch did not launch.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewNode {
     pub name: String,
@@ -72,7 +72,7 @@ pub struct NewNode {
 }
 
 /// `POST /admin/nodes/register`: what the agent found out about its VM.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct Registration {
     pub provider: String,
     pub region: String,
@@ -92,7 +92,7 @@ pub struct Registration {
 }
 
 /// `POST /admin/nodes/<id>/heartbeat`. Unknown fields are ignored so newer agents keep working.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HeartbeatReport {
     pub health_score: f64,
     #[serde(default)]
@@ -109,7 +109,7 @@ pub struct HeartbeatReport {
     pub agent_version: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModelServerReport {
     pub ready: bool,
     #[serde(default)]
@@ -120,7 +120,7 @@ pub struct ModelServerReport {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GpuReport {
     pub present: bool,
     #[serde(default)]
@@ -137,7 +137,7 @@ pub struct GpuReport {
     pub temperature_c: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct QueueReport {
     #[serde(default)]
     pub running: Option<f64>,
@@ -147,7 +147,7 @@ pub struct QueueReport {
     pub kv_cache_usage: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SpotNotice {
     pub source: String,
     pub action: String,

@@ -10,7 +10,7 @@ use super::catalog::{self, Gpu};
 use super::error::ErrorCode;
 
 /// `POST /admin/launch-jobs` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LaunchRequest {
     /// Hugging Face model id, e.g. `meta-llama/Llama-3.1-8B-Instruct`.

@@ -74,6 +74,9 @@ impl Store {
     }
 
     pub async fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        if !super::plausible_id(id) {
+            return Ok(None);
+        }
         let row = sqlx::query(&format!(
             "SELECT {JOB_COLUMNS} FROM launch_jobs WHERE id = $1"
         ))
@@ -180,6 +183,9 @@ impl Store {
         id: &str,
         now: i64,
     ) -> Result<Option<JobStatus>, StoreError> {
+        if !super::plausible_id(id) {
+            return Ok(None);
+        }
         let row = sqlx::query(
             "UPDATE launch_jobs SET cancel_requested = 1, updated_at = $2 WHERE id = $1 RETURNING status",
         )
@@ -240,6 +246,9 @@ impl Store {
         after_id: i64,
         limit: i64,
     ) -> Result<Vec<LogLine>, StoreError> {
+        if !super::plausible_id(job_id) {
+            return Ok(Vec::new());
+        }
         let rows = sqlx::query(
             "SELECT id, at, stream, line FROM launch_job_logs WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3",
         )

@@ -181,6 +181,12 @@ impl Store {
     }
 }
 
+/// Whether an id from a path or query can name anything: ids are UUIDs, and PostgreSQL refuses
+/// text with NUL in it, so such an id is "not found" without asking the database.
+pub fn plausible_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 200 && !id.contains('\0')
+}
+
 /// Hides the password of a database URL so it can appear in errors and logs.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

@@ -76,6 +76,9 @@ impl Store {
 
     /// One node as stored, if it exists.
     pub async fn load_node(&self, id: &str) -> Result<Option<Node>, StoreError> {
+        if !super::plausible_id(id) {
+            return Ok(None);
+        }
         let row = sqlx::query(&format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1"))
             .bind(id)
             .fetch_optional(self.pool())
