@@ -39,11 +39,7 @@ async fn fuzz_run_finds_no_server_error(backend: Backend) {
     let Some(db) = TestDb::new(backend).await else {
         return;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = standins::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let log = db.data_dir.path().join("serve.log");
     let out = std::fs::File::create(&log).unwrap();

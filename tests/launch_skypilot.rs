@@ -291,11 +291,7 @@ async fn the_node_token_appears_nowhere_but_on_the_vm() {
     };
     let sky = fake_sky(&python, "success-aws-l4-spot.txt", &[]);
     let data = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = standins::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let output = data.path().join("serve.log");
     let log = std::fs::File::create(&output).unwrap();

@@ -25,11 +25,7 @@ struct Serve {
 impl Serve {
     async fn start(db: &TestDb, extra: &[(&str, &str)]) -> Serve {
         let data = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = standins::free_port();
         let log = data.path().join("serve.log");
         let out = std::fs::File::create(&log).unwrap();
         let mut cmd = tokio::process::Command::new(binaries().0);
@@ -139,11 +135,7 @@ where
 
 /// A real echo model server process on a free port.
 fn echo_server(model: &str) -> (tokio::process::Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = standins::free_port();
     let child = tokio::process::Command::new(binaries().0)
         .args([
             "echo-server",
