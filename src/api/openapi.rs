@@ -119,29 +119,30 @@ pub async fn openapi_json() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], document())
 }
 
-#[utoipa::path(post, path = "/v1/chat/completions", tag = "inference", security((), ("api_key" = [])), request_body = InferenceRequest,
-    responses((status = 200, description = "The model server's answer, streamed as sent (server-sent events when `stream` is true)"),
-        (status = 400, description = "Not JSON, or no `model`", body = ErrorBody), (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 413, description = "Body over --proxy-body-limit", body = ErrorBody), (status = 502, description = "Every node tried failed before answering", body = ErrorBody),
-        (status = 503, description = "No healthy node for the model, with counts by status", body = ErrorBody), (status = 504, description = "The model server was silent too long", body = ErrorBody)))]
-#[allow(dead_code)]
-fn chat_completions() {}
+/// The three `/v1` routes one handler forwards (`v1::forward`), documented alike.
+macro_rules! v1_forwarded {
+    ($name:ident, $path:literal, $answer:literal) => {
+        #[utoipa::path(post, path = $path, tag = "inference", security((), ("api_key" = [])), request_body = InferenceRequest,
+            responses((status = 200, description = $answer),
+                (status = 400, description = "Not JSON, or no `model`", body = ErrorBody), (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+                (status = 413, description = "Body over --proxy-body-limit", body = ErrorBody), (status = 502, description = "Every node tried failed before answering", body = ErrorBody),
+                (status = 503, description = "No healthy node for the model, with counts by status", body = ErrorBody), (status = 504, description = "The model server was silent too long", body = ErrorBody)))]
+        #[allow(dead_code)]
+        fn $name() {}
+    };
+}
 
-#[utoipa::path(post, path = "/v1/completions", tag = "inference", security((), ("api_key" = [])), request_body = InferenceRequest,
-    responses((status = 200, description = "The model server's answer, streamed as sent"),
-        (status = 400, description = "Not JSON, or no `model`", body = ErrorBody), (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 413, description = "Body over --proxy-body-limit", body = ErrorBody), (status = 502, description = "Every node tried failed before answering", body = ErrorBody),
-        (status = 503, description = "No healthy node for the model, with counts by status", body = ErrorBody), (status = 504, description = "The model server was silent too long", body = ErrorBody)))]
-#[allow(dead_code)]
-fn completions() {}
-
-#[utoipa::path(post, path = "/v1/embeddings", tag = "inference", security((), ("api_key" = [])), request_body = InferenceRequest,
-    responses((status = 200, description = "The model server's answer"),
-        (status = 400, description = "Not JSON, or no `model`", body = ErrorBody), (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 413, description = "Body over --proxy-body-limit", body = ErrorBody), (status = 502, description = "Every node tried failed before answering", body = ErrorBody),
-        (status = 503, description = "No healthy node for the model, with counts by status", body = ErrorBody), (status = 504, description = "The model server was silent too long", body = ErrorBody)))]
-#[allow(dead_code)]
-fn embeddings() {}
+v1_forwarded!(
+    chat_completions,
+    "/v1/chat/completions",
+    "The model server's answer, streamed as sent (server-sent events when `stream` is true)"
+);
+v1_forwarded!(
+    completions,
+    "/v1/completions",
+    "The model server's answer, streamed as sent"
+);
+v1_forwarded!(embeddings, "/v1/embeddings", "The model server's answer");
 
 #[cfg(test)]
 mod tests {

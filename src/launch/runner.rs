@@ -235,17 +235,8 @@ impl JobRunner {
             )
             .await;
             let task_yaml = job.task_yaml.clone().unwrap_or_default();
-            let run = JobRun {
-                job: Mutex::new(job),
-                store: self.store.clone(),
-                events: self.events.clone(),
-                log,
-                cancel,
-                // The agent already holds its token; this process never learns it.
-                node_token: String::new(),
-                task_yaml,
-                settings: self.settings.clone(),
-            };
+            // The agent already holds its token; this process never learns it.
+            let run = self.job_run(job, log, cancel, String::new(), task_yaml);
             return Ok((run, Start::AwaitReady));
         }
         if job.cancel_requested {
@@ -388,7 +379,18 @@ impl JobRunner {
             "stage",
             json!({"stage": Stage::RenderTask, "stages": job.stages}),
         );
-        Ok(JobRun {
+        Ok(self.job_run(job, log, cancel, node_token, task_yaml))
+    }
+
+    fn job_run(
+        &self,
+        job: Job,
+        log: JobLog,
+        cancel: watch::Receiver<bool>,
+        node_token: String,
+        task_yaml: String,
+    ) -> JobRun {
+        JobRun {
             job: Mutex::new(job),
             store: self.store.clone(),
             events: self.events.clone(),
@@ -397,7 +399,7 @@ impl JobRunner {
             node_token,
             task_yaml,
             settings: self.settings.clone(),
-        })
+        }
     }
 
     async fn launch_and_wait(&self, run: &JobRun) -> Result<(), LaunchError> {
