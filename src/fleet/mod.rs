@@ -94,6 +94,27 @@ pub struct Fleet {
 /// How many times a change is re-planned after losing a race with another process.
 const MAX_CONFLICTS: usize = 5;
 
+/// `retrying!(entry, |live| async { ... })`: runs the block with `live`, the node's live state,
+/// locked. When its write lost a race with another process ([`Fleet::save`] then re-read the
+/// node), runs it again on the fresh state, up to [`MAX_CONFLICTS`] times. (A macro: an async
+/// closure borrowing `live` would not be provably `Send` for the spawned launch tasks.)
+macro_rules! retrying {
+    ($entry:expr, |$live:ident| $attempt:expr) => {{
+        let mut conflicts = 0;
+        loop {
+            let mut guard = $entry.lock().await;
+            let $live: &mut LiveNode = &mut guard;
+            let result: Result<_, FleetError> = $attempt.await;
+            match result {
+                Err(FleetError::Store(StoreError::Conflict(_))) if conflicts < MAX_CONFLICTS => {
+                    conflicts += 1;
+                }
+                result => break result,
+            }
+        }
+    }};
+}
+
 const TRANSITIONS_HELP: &str = "Node status transitions, by new status.";
 const HEARTBEATS_HELP: &str = "Heartbeats received, by result.";
 
@@ -240,14 +261,7 @@ impl Fleet {
 
     async fn take_stored(&self, stored: Node) -> bool {
         match self.cached(&stored.id) {
-            Some(entry) => {
-                let mut live = entry.lock().await;
-                let changed = self.merge(&mut live, stored);
-                if changed {
-                    self.changed(&live.node);
-                }
-                changed
-            }
+            Some(entry) => self.merge(&mut *entry.lock().await, stored),
             None => {
                 self.adopt(stored);
                 true
@@ -258,15 +272,14 @@ impl Fleet {
     /// Re-reads a node whose stored revision moved on (a write lost a race) into `live`.
     async fn reread(&self, live: &mut LiveNode) -> Result<(), FleetError> {
         if let Some(stored) = self.store.load_node(&live.node.id).await? {
-            if self.merge(live, stored) {
-                self.changed(&live.node);
-            }
+            self.merge(live, stored);
         }
         Ok(())
     }
 
     /// Takes what is newer in the stored row: everything but telemetry when its revision is
-    /// newer, and the telemetry when another process heard the agent more recently.
+    /// newer, and the telemetry when another process heard the agent more recently. Watchers
+    /// hear of it; returns whether anything changed.
     fn merge(&self, live: &mut LiveNode, mut stored: Node) -> bool {
         let telemetry_newer = stored.last_heartbeat_at > live.node.last_heartbeat_at;
         let heard_at = stored.last_heartbeat_at;
@@ -297,6 +310,9 @@ impl Fleet {
             // flush interval late, so the silence clock gives the node that much benefit.
             let slack = self.peer_slack_ms.load(Ordering::Relaxed);
             live.last_seen_ms = live.last_seen_ms.max((at + slack).min(now_ms()));
+        }
+        if changed {
+            self.changed(&live.node);
         }
         changed
     }
@@ -387,19 +403,13 @@ impl Fleet {
     pub async fn rotate_token(&self, id: &str) -> Result<String, FleetError> {
         let entry = self.entry(id).await?;
         let token = token::generate();
-        let mut conflicts = 0;
-        loop {
-            let mut live = entry.lock().await;
+        let hash = token::hash(&token);
+        retrying!(entry, |live| async {
             let mut node = live.node.clone();
-            node.token_hash = token::hash(&token);
-            match self.save(&mut live, node, None).await {
-                Err(FleetError::Store(StoreError::Conflict(_))) if conflicts < MAX_CONFLICTS => {
-                    conflicts += 1;
-                }
-                Err(e) => return Err(e),
-                Ok(()) => return Ok(token),
-            }
-        }
+            node.token_hash = hash.clone();
+            self.save(live, node, None).await
+        })?;
+        Ok(token)
     }
 
     /// Stores `node` (with its event) as the node's new state, if nobody changed it meanwhile;
@@ -448,17 +458,10 @@ impl Fleet {
     ) -> Result<AgentAck, FleetError> {
         let entry = self.authorised(id, token).await?;
         reg.validate()?;
-        let mut conflicts = 0;
-        loop {
-            let mut live = entry.lock().await;
-            match self.apply_registration(&mut live, reg.clone()).await {
-                Err(FleetError::Store(StoreError::Conflict(_))) if conflicts < MAX_CONFLICTS => {
-                    conflicts += 1;
-                }
-                Err(e) => return Err(e),
-                Ok(()) => return Ok(self.ack(&live.node)),
-            }
-        }
+        retrying!(entry, |live| async {
+            self.apply_registration(live, reg.clone()).await?;
+            Ok(self.ack(&live.node))
+        })
     }
 
     async fn apply_registration(
@@ -501,12 +504,11 @@ impl Fleet {
             to: t.to,
             reason: &t.reason,
         });
-        let (status, provider) = (node.status, node.provider.clone());
         self.save(live, node, change).await?;
         if let Some(t) = &transition {
             self.count_transition(t);
         }
-        tracing::info!(node_id = %id, status = %status, provider = %provider, "agent registered");
+        tracing::info!(node_id = %id, status = %live.node.status, provider = %live.node.provider, "agent registered");
         live.last_seen_ms = now;
         Ok(())
     }
@@ -539,24 +541,23 @@ impl Fleet {
     ) -> Result<AgentAck, FleetError> {
         let entry = self.authorised(id, token).await?;
         report.validate()?;
-        let mut conflicts = 0;
-        loop {
-            let mut live = entry.lock().await;
-            match self.apply_report(&mut live, report.clone()).await {
-                Err(FleetError::Store(StoreError::Conflict(_))) if conflicts < MAX_CONFLICTS => {
-                    conflicts += 1;
-                }
-                Err(e) => return Err(e),
-                Ok(()) => return Ok(self.ack(&live.node)),
-            }
-        }
+        let report = &mut Some(report);
+        retrying!(entry, |live| async {
+            self.apply_report(live, report).await?;
+            Ok(self.ack(&live.node))
+        })
     }
 
+    /// Applies a heartbeat. The report is taken only once it is applied: a status change that
+    /// lost a race works on a copy, so the retry still has the report.
     async fn apply_report(
         &self,
         live: &mut LiveNode,
-        report: HeartbeatReport,
+        report: &mut Option<HeartbeatReport>,
     ) -> Result<(), FleetError> {
+        let pending = report
+            .as_ref()
+            .expect("a report is taken only when applied, which ends the retries");
         let id = live.node.id.clone();
         match live.node.status {
             NodeStatus::Terminated => return Err(FleetError::Terminated(id)),
@@ -565,10 +566,10 @@ impl Fleet {
         }
         let now = now_ms();
         let signal = HeartbeatSignal {
-            health_score: report.health_score,
-            model_ready: report.model_ready(),
-            spot_notice: report.spot_interruption.as_ref().map(|n| n.describe()),
-            going_away: report.going_away,
+            health_score: pending.health_score,
+            model_ready: pending.model_ready(),
+            spot_notice: pending.spot_interruption.as_ref().map(|n| n.describe()),
+            going_away: pending.going_away,
         };
         let transition = status::after_heartbeat(live.node.status, &signal, &self.policy);
         let kind = if signal.spot_notice.is_some() {
@@ -579,9 +580,10 @@ impl Fleet {
         if let Some(t) = &transition {
             // A status change is committed (with the telemetry that caused it) before the ack.
             let mut node = live.node.clone();
-            record_telemetry(&mut node, report, now);
+            record_telemetry(&mut node, pending.clone(), now);
             self.apply(live, node, t, kind, now).await?;
-        } else {
+        } else if let Some(report) = report.take() {
+            // The common case, on every heartbeat: the report moves, no copy.
             record_telemetry(&mut live.node, report, now);
             self.dirty
                 .lock()
@@ -658,9 +660,7 @@ impl Fleet {
         reason: &str,
     ) -> Result<Node, FleetError> {
         let entry = self.entry(id).await?;
-        let mut conflicts = 0;
-        loop {
-            let mut live = entry.lock().await;
+        retrying!(entry, |live| async {
             match live.node.status {
                 s if s == to => return Ok(live.node.clone()),
                 NodeStatus::Terminated => return Err(FleetError::Terminated(id.to_string())),
@@ -671,14 +671,9 @@ impl Fleet {
                 reason: reason.to_string(),
             };
             let node = live.node.clone();
-            match self.apply(&mut live, node, &t, "admin", now_ms()).await {
-                Err(FleetError::Store(StoreError::Conflict(_))) if conflicts < MAX_CONFLICTS => {
-                    conflicts += 1;
-                }
-                Err(e) => return Err(e),
-                Ok(()) => return Ok(live.node.clone()),
-            }
-        }
+            self.apply(live, node, &t, "admin", now_ms()).await?;
+            Ok(live.node.clone())
+        })
     }
 
     /// Applies the silence rules to every node as of `now_ms`; returns the transitions made.
@@ -794,4 +789,80 @@ fn record_telemetry(node: &mut Node, report: HeartbeatReport, now: i64) {
     }
     node.last_heartbeat = Some(report);
     node.updated_at = now;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ServeConfig;
+
+    fn registration() -> Registration {
+        serde_json::from_value(serde_json::json!({
+            "provider": "aws", "region": "us-east-1", "model_name": "m",
+            "endpoint_url": "http://127.0.0.1:9", "gpu_type": "L4",
+            "instance_type": "g6.xlarge", "spot_instance": false
+        }))
+        .unwrap()
+    }
+
+    fn healthy() -> HeartbeatReport {
+        serde_json::from_value(serde_json::json!({
+            "health_score": 0.9, "model_server": {"ready": true}
+        }))
+        .unwrap()
+    }
+
+    /// Two fleets on one database stand for two processes that have not heard of each other's
+    /// change yet: a heartbeat on A after a drain on B must not write `ready` over `draining`.
+    #[tokio::test]
+    async fn a_write_on_a_stale_copy_rereads_and_decides_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&Store::sqlite_url_for(dir.path()))
+            .await
+            .unwrap();
+        let policy = ServeConfig::defaults().health_policy();
+        let metrics = Arc::new(Metrics::default());
+        let a = Fleet::load(store.clone(), policy.clone(), metrics.clone())
+            .await
+            .unwrap();
+        let (node, token) = a
+            .create_node(
+                NewNode {
+                    name: "shared".into(),
+                    model_name: "m".into(),
+                    endpoint_url: None,
+                    provider: None,
+                    labels: None,
+                },
+                None,
+            )
+            .await
+            .unwrap();
+        a.register(&node.id, &token, registration()).await.unwrap();
+        let b = Fleet::load(store.clone(), policy, metrics).await.unwrap();
+        b.drain(&node.id, "drained on B").await.unwrap();
+
+        // A still believes the node is registered; its heartbeat would make it ready.
+        assert_eq!(
+            a.get(&node.id).await.unwrap().status,
+            NodeStatus::Registered
+        );
+        let ack = a.heartbeat(&node.id, &token, healthy()).await.unwrap();
+        assert_eq!(ack.status, NodeStatus::Draining);
+        assert_eq!(ack.desired, "drain");
+        let stored = store.load_node(&node.id).await.unwrap().unwrap();
+        assert_eq!(stored.status, NodeStatus::Draining);
+        assert_eq!(a.get(&node.id).await.unwrap().status, NodeStatus::Draining);
+
+        // Now B's copy falls behind (A issues a new token); B's terminate re-reads and lands.
+        let new_token = a.rotate_token(&node.id).await.unwrap();
+        let terminated = b.terminate(&node.id, "gone").await.unwrap();
+        assert_eq!(terminated.status, NodeStatus::Terminated);
+        let stored = store.load_node(&node.id).await.unwrap().unwrap();
+        assert_eq!(stored.status, NodeStatus::Terminated);
+        assert!(
+            token::matches_hash(&new_token, &stored.token_hash),
+            "A's token kept"
+        );
+    }
 }
