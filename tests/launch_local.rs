@@ -336,7 +336,7 @@ async fn launch_interrupted_by_a_crash_is_taken_over_on_restart(backend: Backend
         .to_string();
     assert!(logs.contains("this one takes it over"), "{logs}");
     assert!(
-        logs.contains("removing whatever the first attempt started"),
+        logs.contains("removing whatever it started, then launching again"),
         "{logs}"
     );
     assert_eq!(app.node(&node_id).await["status"], "ready");

@@ -289,7 +289,17 @@ async fn launch_started_on_a_killed_process_finishes_on_another() {
         &[("FAKE_SKY_DELAY_S", "0.25")],
     );
     let sky_bin = sky.bin.display().to_string();
-    let mut a = Serve::start(&db, &[("SKYLAUNCH_SKY_BIN", &sky_bin)]).await;
+    // Agents reach the processes through one shared address (SKYLAUNCH_PUBLIC_URL); here it
+    // leads to B, the process that stays up.
+    let b = Serve::start(&db, &[("SKYLAUNCH_SKY_BIN", &sky_bin)]).await;
+    let mut a = Serve::start(
+        &db,
+        &[
+            ("SKYLAUNCH_SKY_BIN", &sky_bin),
+            ("SKYLAUNCH_PUBLIC_URL", &b.base),
+        ],
+    )
+    .await;
     let (status, job) = a
         .call(
             reqwest::Method::POST,
@@ -309,7 +319,6 @@ async fn launch_started_on_a_killed_process_finishes_on_another() {
         j["stage"] == "provision" && j["attempts"].as_array().is_some_and(|a| !a.is_empty())
     })
     .await;
-    let b = Serve::start(&db, &[("SKYLAUNCH_SKY_BIN", &sky_bin)]).await;
     // A watcher on B sees the launch to its end, first from the database while A runs it,
     // then live once B has taken it over.
     let watcher = {
@@ -331,11 +340,26 @@ async fn launch_started_on_a_killed_process_finishes_on_another() {
     };
     a.sigkill().await;
 
-    let finished = within(Duration::from_secs(90), "the launch ends on B", || async {
+    let mut finished = None;
+    let started = tokio::time::Instant::now();
+    while finished.is_none() && started.elapsed() < Duration::from_secs(90) {
         let (_, j) = b.call(reqwest::Method::GET, &job_path, None).await;
-        common::job_finished(&j)
-    })
-    .await;
+        if common::job_finished(&j) {
+            finished = Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if finished.is_none() {
+        let (_, j) = b.call(reqwest::Method::GET, &job_path, None).await;
+        let (_, logs) = b
+            .call(reqwest::Method::GET, &format!("{job_path}/logs"), None)
+            .await;
+        panic!(
+            "the launch did not end on B within 90 s: {j:#}\nlog: {logs}\nsky: {:?}\nB:\n{}",
+            sky.calls(),
+            b.output()
+        );
+    }
     eprintln!("the launch ended on B {finished:?} after A was killed");
     let (_, job) = b.call(reqwest::Method::GET, &job_path, None).await;
     assert_eq!(
@@ -372,22 +396,23 @@ async fn launch_started_on_a_killed_process_finishes_on_another() {
     let logs = logs.to_string();
     assert!(logs.contains("this one takes it over"), "{logs}");
 
-    // One VM: every `sky launch` used the job's one cluster name, the takeover ran `sky down`
-    // on it before launching again, and one agent serves the node.
+    // One VM: SkyPilot went on with A's launch after A died, B found its cluster with
+    // `sky status` and waited for its agent, so there was one `sky launch`, no teardown, and one
+    // VM ever started for the cluster.
     let cluster = job["cluster_name"].as_str().unwrap();
     let calls = sky.calls();
     let launches: Vec<_> = calls.iter().filter(|c| c[0] == "launch").collect();
-    assert_eq!(launches.len(), 2, "{calls:?}");
+    assert_eq!(launches.len(), 1, "{calls:?}");
+    assert!(launches[0].contains(&cluster.to_string()), "{calls:?}");
     assert!(
-        launches.iter().all(|c| c.contains(&cluster.to_string())),
-        "{calls:?}"
+        calls.iter().any(|c| c[..] == ["status", cluster]),
+        "B asked SkyPilot about the cluster: {calls:?}"
     );
-    let second_launch = calls.iter().rposition(|c| c[0] == "launch").unwrap();
+    assert!(!calls.iter().any(|c| c[0] == "down"), "{calls:?}");
+    assert_eq!(sky.vms_started(cluster), 1, "one VM for the cluster");
     assert!(
-        calls[..second_launch]
-            .iter()
-            .any(|c| c[0] == "down" && c.contains(&cluster.to_string())),
-        "the takeover tears down before launching again: {calls:?}"
+        logs.contains("waiting for its agent to register instead of launching again"),
+        "{logs}"
     );
     assert_eq!(agents_of(&node_id).len(), 1, "one agent serves the node");
     let (status, _) = b

@@ -6,9 +6,12 @@
 //! to live watchers. A job whose process died (its lease lapsed) is taken over by the next process
 //! that claims it, this one after a restart or another on the same PostgreSQL database: if the
 //! node's agent has registered, the machine is up and the new process waits for it to become
-//! ready; if not, it removes whatever the first process may have started (teardown works from
-//! the stored provider state and is idempotent) and launches again under the same name, so a
-//! takeover never leaves two machines.
+//! ready. If not, the provider is asked whether the first attempt's machine exists or is still
+//! being made (SkyPilot's launch goes on in its API server without the process that started it);
+//! if so, the new process waits for that machine's agent, which holds the launch's token. Only
+//! when nothing is coming up does it remove whatever the first process may have started
+//! (teardown works from the stored provider state and is idempotent) and launch again under the
+//! same name, so a takeover never leaves two machines.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -223,29 +226,49 @@ impl JobRunner {
             Some(id) => self.fleet.get(id).await.ok(),
             None => None,
         };
-        if let Some(node) = node.filter(|n| {
-            n.registered_at.is_some() && n.status != NodeStatus::Terminated && !job.cancel_requested
-        }) {
-            log.line(
-                "skylaunch",
-                &format!(
-                    "the node's agent registered ({}): the machine is up; waiting for it to become ready",
-                    node.status
-                ),
-            )
-            .await;
-            let task_yaml = job.task_yaml.clone().unwrap_or_default();
-            // The agent already holds its token; this process never learns it.
-            let run = self.job_run(job, log, cancel, String::new(), task_yaml);
-            return Ok((run, Start::AwaitReady));
-        }
+        let provider = self.provider(&job.provider);
         if job.cancel_requested {
             return Err(cancelled());
         }
-        if let Some(provider) = self.provider(&job.provider) {
+        // Whether the first attempt's agent registered, or will: it holds the launch's token,
+        // which this process never learns, so the launch goes on by waiting for it.
+        let first_attempt = if let Some(node) = node
+            .as_ref()
+            .filter(|n| n.registered_at.is_some() && n.status != NodeStatus::Terminated)
+        {
+            Some(format!(
+                "the node's agent registered ({}): the machine is up; waiting for it to become ready",
+                node.status
+            ))
+        } else if let (Some(provider), Some(_)) = (
+            &provider,
+            node.as_ref().filter(|n| n.status != NodeStatus::Terminated),
+        ) {
+            match provider.still_launching(&job).await {
+                Ok(true) => Some("the provider still has the first attempt's machine (up or being made): waiting for its agent to register instead of launching again".to_string()),
+                Ok(false) => None,
+                Err(e) => {
+                    log.line(
+                        "skylaunch",
+                        &format!("could not tell whether the first attempt's machine exists ({}); starting over", e.message),
+                    )
+                    .await;
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(why) = first_attempt {
+            log.line("skylaunch", &why).await;
+            let task_yaml = job.task_yaml.clone().unwrap_or_default();
+            let run = self.job_run(job, log, cancel, String::new(), task_yaml);
+            return Ok((run, Start::AwaitReady));
+        }
+        if let Some(provider) = provider {
             log.line(
                 "skylaunch",
-                "the node's agent never registered: removing whatever the first attempt started, then launching again under the same name",
+                "the node's agent never registered and the first attempt left no machine coming up: removing whatever it started, then launching again under the same name",
             )
             .await;
             provider.teardown(&job).await.map_err(|e| {

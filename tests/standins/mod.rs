@@ -31,6 +31,16 @@ impl FakeSky {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }
+
+    /// How many VMs the stand-in ever started for `cluster` (its vms.log).
+    pub fn vms_started(&self, cluster: &str) -> usize {
+        std::fs::read_to_string(self.state.path().join("vms.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["event"] == "up" && v["cluster"] == cluster)
+            .count()
+    }
 }
 
 pub fn fixture(name: &str) -> PathBuf {

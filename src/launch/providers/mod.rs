@@ -30,6 +30,15 @@ pub trait LaunchProvider: Send + Sync {
     /// started; the runner then waits for the agent to register and the node to become ready.
     fn launch<'a>(&'a self, run: &'a JobRun) -> BoxFuture<'a, Result<(), LaunchError>>;
 
+    /// Asked when a launch is taken over from a process that stopped before the node's agent
+    /// registered: whether the machine that process asked for exists or is still being made.
+    /// If so, the agent started there holds the launch's token and will register, so the launch
+    /// goes on by waiting for it instead of making a second machine. The default (this provider
+    /// cannot find a stopped attempt again) makes the takeover tear down and launch again.
+    fn still_launching<'a>(&'a self, _job: &'a Job) -> BoxFuture<'a, Result<bool, LaunchError>> {
+        Box::pin(async { Ok(false) })
+    }
+
     /// Removes everything the job created. Idempotent; works from `job.provider_state` alone.
     fn teardown<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<(), LaunchError>>;
 }

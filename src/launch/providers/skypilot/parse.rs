@@ -585,6 +585,19 @@ fn attempt_detail(attempt: &Attempt) -> String {
     detail
 }
 
+/// The status of cluster `name` in the table `sky status` prints (its row starts with the name;
+/// the status is one of SkyPilot's cluster statuses), or `None` when it is not listed.
+pub fn cluster_status(table: &str, name: &str) -> Option<&'static str> {
+    table.lines().find_map(|line| {
+        let clean = strip_ansi(line);
+        let mut words = clean.split_whitespace();
+        if words.next() != Some(name) {
+            return None;
+        }
+        words.find_map(|w| ["INIT", "UP", "STOPPED"].into_iter().find(|s| *s == w))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -801,5 +814,21 @@ mod tests {
         }
         parser.feed(Stream::Stderr, "d");
         assert_eq!(parser.tail(3), vec!["b", "c", "d"]);
+    }
+
+    #[test]
+    fn cluster_status_reads_the_row_of_the_named_cluster() {
+        let table = "Clusters\n\
+            NAME           INFRA            RESOURCES                          STATUS  AUTOSTOP  LAUNCHED\n\
+            sl-other       AWS (us-east-1)  1x(gpus=L4:1, g6.xlarge, cpus=4)   UP      -         3 mins ago\n\
+            sl-abc         AWS (us-east-1)  1x(gpus=L4:1, g6.xlarge, cpus=4)   \x1b[1mINIT\x1b[0m    -         1 min ago\n\
+            \nManaged jobs\nNo in-progress managed jobs.\n";
+        assert_eq!(cluster_status(table, "sl-abc"), Some("INIT"));
+        assert_eq!(cluster_status(table, "sl-other"), Some("UP"));
+        assert_eq!(cluster_status(table, "sl-ab"), None);
+        assert_eq!(
+            cluster_status("Clusters\nCluster(s) not found: sl-abc.\n", "sl-abc"),
+            None
+        );
     }
 }

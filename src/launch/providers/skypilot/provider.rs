@@ -4,6 +4,10 @@
 //! mapper. The task file holds the node token (a SkyPilot secret), so it is private to the
 //! process and deleted once `sky launch` returns.
 //!
+//! A launch taken over from a stopped process asks `sky status <cluster>` first: the stopped
+//! process's launch goes on inside SkyPilot's API server, so a cluster that is INIT or UP is that
+//! launch, and its agent will register with the token it was given.
+//!
 //! Cancelling kills the whole `sky` process group, but that alone does not stop a SkyPilot
 //! launch: the request keeps running inside SkyPilot's API server (reference §0.5). Teardown
 //! therefore always runs `sky down -y <cluster>`, which waits for the cluster's lock behind the
@@ -65,6 +69,10 @@ impl LaunchProvider for SkypilotProvider {
 
     fn teardown<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<(), LaunchError>> {
         Box::pin(self.sky_down(job))
+    }
+
+    fn still_launching<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<bool, LaunchError>> {
+        Box::pin(self.cluster_exists(job))
     }
 }
 
@@ -233,6 +241,39 @@ impl SkypilotProvider {
             &parser.tail(30),
             &ctx,
         ))
+    }
+
+    /// Whether SkyPilot has the job's cluster, as INIT (being launched) or UP.
+    async fn cluster_exists(&self, job: &Job) -> Result<bool, LaunchError> {
+        let Some(cluster) = job.provider_state["cluster"].as_str() else {
+            return Ok(false);
+        };
+        let run = Command::new(&self.sky_bin)
+            .args(["status", cluster])
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let unavailable = |why: String| {
+            LaunchError::new(
+                ErrorCode::ProviderUnavailable,
+                "Could not ask SkyPilot about the cluster",
+                format!("`sky status {cluster}` {why}"),
+            )
+        };
+        let out = tokio::time::timeout(self.teardown_timeout, run)
+            .await
+            .map_err(|_| unavailable("did not answer in time".into()))?
+            .map_err(|e| unavailable(format!("could not run: {e}")))?;
+        if !out.status.success() {
+            return Err(unavailable(format!(
+                "failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let status = super::parse::cluster_status(&String::from_utf8_lossy(&out.stdout), cluster);
+        tracing::info!(job_id = %job.id, cluster, status = ?status, "asked SkyPilot about a stopped launch's cluster");
+        Ok(matches!(status, Some("INIT" | "UP")))
     }
 
     async fn sky_down(&self, job: &Job) -> Result<(), LaunchError> {
