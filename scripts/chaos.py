@@ -15,6 +15,7 @@ import concurrent.futures
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -93,7 +94,6 @@ class Serve:
 
 
 def free_port():
-    import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -261,9 +261,19 @@ def kill_model_server_scenario(serve, job):
         os.kill(echo, signal.SIGKILL)
         killed["at"] = time.time()
 
+    def out_of_routing():
+        wait_for("the node to leave routing", 12, lambda: node_status(serve, job["node_id"]) != "ready", every=0.05)
+        killed["out"] = time.time()
+
+    watcher = threading.Thread(target=lambda: (wait_for("the kill", 12, lambda: "at" in killed, every=0.01),
+                                               out_of_routing()))
+    watcher.start()
     counts, errors = proxy_load(serve, 12, kill)
+    watcher.join()
     total = counts["ok"] + counts["error"]
     status = node_status(serve, job["node_id"])
+    print(f"  the node left routing {killed['out'] - killed['at']:.1f} s after its model server died "
+          "(its agent's probe failing; the proxy retried refused connections on other nodes meanwhile)")
     print(f"  requests: {total}, failed: {counts['error']} ({counts['error'] / max(total, 1):.3%}) {errors or ''}")
     print(f"  the node is {status} at the end of the load")
     check(counts["error"] == 0, "no client request failed while a model server died")
@@ -274,7 +284,8 @@ def postgres_scenario(serve_pg):
     print("== 4. Restart PostgreSQL under heartbeat load ==")
     if not PG_RESTART:
         print("  SKIPPED: no way to restart PostgreSQL here (set SKYLAUNCH_CHAOS_PG_RESTART to a command)")
-        failures.append("PostgreSQL restart not run") if os.environ.get("CI") == "true" else None
+        if os.environ.get("CI") == "true":
+            failures.append("PostgreSQL restart not run")
         return
     nodes = []
     registration = {"provider": "aws", "region": "us-east-1", "model_name": MODEL, "endpoint_url": "http://127.0.0.1:9",
@@ -304,8 +315,24 @@ def postgres_scenario(serve_pg):
                 log.append((t, ok))
             time.sleep(max(0.0, 1.0 - (time.time() - t)))
 
-    with concurrent.futures.ThreadPoolExecutor(len(nodes)) as pool:
+    writes = []  # (time, status) of admin writes every 0.2 s through the restart
+
+    def writer():
+        i = 0
+        while time.time() < stop - 10:
+            t = time.time()
+            try:
+                status = http(serve_pg.base, "POST", "/admin/nodes", {"name": f"w-{i}", "model_name": MODEL}, timeout=5)[0]
+            except OSError as e:
+                status = type(e).__name__
+            with lock:
+                writes.append((t, status))
+            i += 1
+            time.sleep(0.2)
+
+    with concurrent.futures.ThreadPoolExecutor(len(nodes) + 1) as pool:
         futures = [pool.submit(agent, n, t, i / len(nodes)) for i, (n, t) in enumerate(nodes)]
+        futures.append(pool.submit(writer))
         time.sleep(10)
         pid_before = serve_pg.proc.pid
         t_restart = time.time()
@@ -324,6 +351,12 @@ def postgres_scenario(serve_pg):
           f"(between {min(failed) - t_restart:+.1f} s and {max(failed) - t_restart:+.1f} s of the restart)" if failed else
           f"  heartbeats: {len(log)}, failed: 0")
     print(f"  first admin write after the restart succeeded {write_ok_at - t_back:.1f} s after PostgreSQL was back")
+    refused = [(t, st) for t, st in writes if st not in (200, 201)]
+    kinds = sorted({str(st) for _, st in refused})
+    print(f"  admin writes every 0.2 s: {len(writes)}, refused: {len(refused)} {kinds if refused else ''}"
+          + (f" (from {refused[0][0] - t_restart:+.1f} s to {refused[-1][0] - t_restart:+.1f} s of the restart)" if refused else ""))
+    check(all(st in (200, 201, 503) for _, st in writes),
+          "admin writes during the restart were accepted or refused with 503, never left hanging or 500")
     check(serve_pg.proc.poll() is None and serve_pg.proc.pid == pid_before, "the process kept running (no restart)")
     check(after and all(after), f"every heartbeat from 5 s after the restart on succeeded ({sum(after)}/{len(after)})")
     statuses = {}

@@ -428,8 +428,8 @@ impl Running {
                 server.abort();
             }
         }
-        // Launches in flight stop with the process; their leases expire and the next start
-        // fails them with a reason and tears down what they created.
+        // Launches in flight stop with the process; once their leases expire, the next process
+        // to look (this one after a restart, or another on the same database) takes them over.
         let _ = self.stop_runner.send(true);
         let _ = self.runner.await;
         let _ = self.orphans.await;

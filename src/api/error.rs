@@ -98,14 +98,14 @@ impl From<FleetError> for ApiError {
             FleetError::NotRegistered(_) => {
                 ApiError::new(StatusCode::CONFLICT, "not_registered", message)
             }
-            FleetError::Store(e) => match e {
-                crate::store::StoreError::Sqlx(sqlx::Error::PoolTimedOut) => ApiError::new(
+            FleetError::Store(crate::store::StoreError::Sqlx(e)) if database_unreachable(&e) => {
+                ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "database_unavailable",
                     "the database is not answering; try again shortly",
-                ),
-                other => ApiError::internal(&other),
-            },
+                )
+            }
+            FleetError::Store(other) => ApiError::internal(&other),
         }
     }
 }
@@ -183,6 +183,48 @@ mod tests {
         assert_eq!(
             field_of("invalid type: map, expected a string").as_deref(),
             None
+        );
+    }
+}
+
+/// Errors that mean the database cannot be reached right now (a restart, a failover, a full
+/// pool), not that the request or the data is wrong: PostgreSQL's "connection exception" (08)
+/// and "operator intervention" (57, e.g. the server shutting down) classes included.
+fn database_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57")),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_database_is_503_and_a_bad_query_is_500() {
+        let status = |e: sqlx::Error| {
+            ApiError::from(FleetError::Store(crate::store::StoreError::Sqlx(e))).status
+        };
+        assert_eq!(
+            status(sqlx::Error::PoolTimedOut),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(sqlx::Error::Io(std::io::Error::from(
+                std::io::ErrorKind::ConnectionReset
+            ))),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(sqlx::Error::RowNotFound),
+            StatusCode::INTERNAL_SERVER_ERROR
         );
     }
 }

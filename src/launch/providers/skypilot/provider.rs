@@ -13,6 +13,7 @@
 //! therefore always runs `sky down -y <cluster>`, which waits for the cluster's lock behind the
 //! running launch and then removes whatever it created.
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -39,16 +40,38 @@ pub struct SkypilotProvider {
     pub teardown_timeout: Duration,
 }
 
-/// Kills a process group when dropped (a cancelled launch drops the future that owns it).
+/// The `sky` process groups this process started and has not seen end. Only these may be killed
+/// by the group id stored in a job: after a restart that id may name someone else's processes.
+static OUR_GROUPS: std::sync::Mutex<BTreeSet<u32>> = std::sync::Mutex::new(BTreeSet::new());
+
+/// Kills a process group of ours when dropped (a cancelled launch drops the future that owns it).
 struct GroupGuard(Option<u32>);
+
+impl GroupGuard {
+    fn started(pgid: Option<u32>) -> GroupGuard {
+        if let Some(pgid) = pgid {
+            OUR_GROUPS.lock().expect("process groups").insert(pgid);
+        }
+        GroupGuard(pgid)
+    }
+
+    /// The group ended by itself: nothing to kill.
+    fn ended(mut self) {
+        if let Some(pgid) = self.0.take() {
+            OUR_GROUPS.lock().expect("process groups").remove(&pgid);
+        }
+    }
+}
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         if let Some(pgid) = self.0.take() {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pgid}")])
-                .stderr(Stdio::null())
-                .status();
+            if OUR_GROUPS.lock().expect("process groups").remove(&pgid) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{pgid}")])
+                    .stderr(Stdio::null())
+                    .status();
+            }
         }
     }
 }
@@ -126,7 +149,7 @@ impl SkypilotProvider {
             .suggest("Install SkyPilot on the control-plane host (pip install \"skypilot[aws]==0.14.1\") or set SKYLAUNCH_SKY_BIN")
             .suggest("Or launch with provider \"local\" to try skylaunch without a cloud")
         })?;
-        let mut guard = GroupGuard(child.id());
+        let guard = GroupGuard::started(child.id());
         run.set_provider_state(json!({"cluster": job.cluster_name, "sky_pgid": child.id()}))
             .await;
 
@@ -212,7 +235,7 @@ impl SkypilotProvider {
                 e.to_string(),
             )
         })?;
-        guard.0 = None;
+        guard.ended();
         drop(task_file);
         if status.success() {
             if let Some(last) = run.snapshot().await.attempts.last() {
