@@ -176,6 +176,7 @@ pub struct Running {
     tasks: FleetTasks,
     stop_runner: tokio::sync::watch::Sender<bool>,
     runner: JoinHandle<()>,
+    job_runner: Arc<JobRunner>,
     orphans: JoinHandle<()>,
     store: Store,
     shutdown_timeout: std::time::Duration,
@@ -339,7 +340,7 @@ impl Running {
             fleet: fleet.clone(),
             metrics: metrics.clone(),
             store: store.clone(),
-            runner,
+            runner: runner.clone(),
             events,
             node_feed,
             stopping,
@@ -390,6 +391,7 @@ impl Running {
             tasks,
             stop_runner,
             runner: runner_task,
+            job_runner: runner,
             orphans: orphans_task,
             store,
             shutdown_timeout: config.shutdown_timeout,
@@ -428,10 +430,12 @@ impl Running {
                 server.abort();
             }
         }
-        // Launches in flight stop with the process; once their leases expire, the next process
-        // to look (this one after a restart, or another on the same database) takes them over.
+        // Launches in flight stop with the process and their leases are handed back: the next
+        // process to look (this one after a restart, or another on the same database) takes
+        // them over at once.
         let _ = self.stop_runner.send(true);
         let _ = self.runner.await;
+        self.job_runner.hand_back().await;
         let _ = self.orphans.await;
         self.tasks.shutdown().await;
         self.store.close().await;

@@ -351,7 +351,36 @@ async fn launch_interrupted_by_a_crash_is_taken_over_on_restart(backend: Backend
         .await;
 }
 
+/// A graceful stop hands its launches back: with a ten-minute lease, only that lets the next
+/// start take the launch over and finish it.
+async fn launch_stopped_by_a_graceful_shutdown_is_handed_back(backend: Backend) {
+    let app = app!(backend, |c| {
+        c.public_url = Some("http://127.0.0.1:9".into());
+        c.job_lease = Duration::from_secs(600);
+    });
+    let job = app.launch(&local_launch()).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let node_id = job["node_id"].as_str().unwrap().to_string();
+    app.wait_for_job(&id, |j| j["stage"] == "register").await;
+    let app = app.restart_with(|c| c.public_url = None).await;
+    let job = app.wait_for_job(&id, common::job_finished).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    let logs = app
+        .get(
+            &format!("/admin/launch-jobs/{id}/logs?format=json"),
+            Some(ADMIN_TOKEN),
+        )
+        .await
+        .body
+        .to_string();
+    assert!(logs.contains("this one takes it over"), "{logs}");
+    assert_eq!(agents_of(&node_id).len(), 1, "one agent serves the node");
+    app.delete(&format!("/admin/nodes/{node_id}"), Some(ADMIN_TOKEN))
+        .await;
+}
+
 on_both_backends!(
+    launch_stopped_by_a_graceful_shutdown_is_handed_back,
     local_launch_reaches_ready_and_serves,
     same_idempotency_key_returns_the_first_job,
     invalid_launch_is_422_with_suggestions_and_queues_nothing,

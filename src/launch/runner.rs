@@ -58,6 +58,8 @@ pub struct JobRunner {
     wake: Notify,
     running: AtomicUsize,
     cancels: StdMutex<HashMap<String, watch::Sender<bool>>>,
+    /// The launches this process runs, to stop them when it shuts down.
+    launches: StdMutex<HashMap<String, tokio::task::AbortHandle>>,
 }
 
 impl JobRunner {
@@ -78,12 +80,44 @@ impl JobRunner {
             wake: Notify::new(),
             running: AtomicUsize::new(0),
             cancels: StdMutex::new(HashMap::new()),
+            launches: StdMutex::new(HashMap::new()),
         })
     }
 
     /// A new job is queued: look now rather than at the next poll.
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// At shutdown, after [`run`](Self::run) returned: stops the launches this process runs and
+    /// hands their leases back, so the next process to look (another one, or this one after a
+    /// restart) takes them over at once instead of after `--job-lease`. What a launch started
+    /// keeps running; the takeover finds it (see the module's notes).
+    pub async fn hand_back(&self) {
+        let launches: Vec<_> = self
+            .launches
+            .lock()
+            .expect("launch map lock")
+            .values()
+            .cloned()
+            .collect();
+        for launch in &launches {
+            launch.abort();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.running.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        match self.store.release_leases(&self.owner).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                launches = n,
+                "handed running launches back for another process to take over"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not hand launches back; they are taken over once their leases lapse")
+            }
+        }
     }
 
     /// Asks a job this process runs to stop; other processes notice at their next lease renewal.
@@ -129,10 +163,22 @@ impl JobRunner {
                             let launch = tokio::spawn(
                                 runner.clone().run_claimed(claimed.job, claimed.reclaimed),
                             );
-                            if let Err(e) = launch.await {
-                                tracing::error!(job_id = %id, error = %e, "launch task failed; ending the launch and tearing down");
-                                runner.end_after_crash(&id).await;
+                            runner
+                                .launches
+                                .lock()
+                                .expect("launch map lock")
+                                .insert(id.clone(), launch.abort_handle());
+                            match launch.await {
+                                Err(e) if e.is_cancelled() => {
+                                    tracing::info!(job_id = %id, "launch stopped with this process; handed back for another to take over")
+                                }
+                                Err(e) => {
+                                    tracing::error!(job_id = %id, error = %e, "launch task failed; ending the launch and tearing down");
+                                    runner.end_after_crash(&id).await;
+                                }
+                                Ok(()) => {}
                             }
+                            runner.launches.lock().expect("launch map lock").remove(&id);
                             runner.cancels.lock().expect("cancel map lock").remove(&id);
                             runner.running.fetch_sub(1, Ordering::SeqCst);
                             runner.wake();

@@ -177,6 +177,18 @@ impl Store {
         })
     }
 
+    /// Gives up `owner`'s leases on running jobs (at shutdown), so any process may claim them at
+    /// once. Returns how many.
+    pub async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE launch_jobs SET lease_expires_at = 0 WHERE lease_owner = $1 AND status = 'running'",
+        )
+        .bind(owner)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Marks a cancel request; returns the job's status at that moment.
     pub async fn request_cancel(
         &self,

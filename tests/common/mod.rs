@@ -194,8 +194,14 @@ impl TestApp {
     }
 
     /// Graceful stop, then a fresh process-equivalent start on the same database.
-    pub async fn restart(mut self) -> TestApp {
+    pub async fn restart(self) -> TestApp {
+        self.restart_with(|_| {}).await
+    }
+
+    /// As [`TestApp::restart`], with settings changed for the new start.
+    pub async fn restart_with(mut self, tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
         self.running.take().expect("running").shutdown().await;
+        tweak(&mut self.config);
         TestApp::start(self.db, self.config).await
     }
 
