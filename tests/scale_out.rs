@@ -272,6 +272,107 @@ async fn routing_on_one_process_follows_changes_made_on_another() {
     heartbeats.abort();
 }
 
+/// Two processes on one database, a SkyPilot launch through the stand-in `sky` (paced so it is
+/// still printing) started on A, and A killed with SIGKILL mid-`sky launch`. Agents reach the
+/// processes through one shared address (SKYLAUNCH_PUBLIC_URL), which leads to B.
+struct Takeover {
+    b: Serve,
+    a: Serve,
+    sky: standins::FakeSky,
+    node_id: String,
+    job_path: String,
+}
+
+impl Takeover {
+    async fn start(db: &TestDb, python: &std::path::Path, transcript: &str) -> Takeover {
+        let sky = fake_sky(python, transcript, &[("FAKE_SKY_DELAY_S", "0.25")]);
+        let sky_bin = sky.bin.display().to_string();
+        let b = Serve::start(db, &[("SKYLAUNCH_SKY_BIN", &sky_bin)]).await;
+        let a = Serve::start(
+            db,
+            &[
+                ("SKYLAUNCH_SKY_BIN", &sky_bin),
+                ("SKYLAUNCH_PUBLIC_URL", &b.base),
+            ],
+        )
+        .await;
+        let (status, job) = a
+            .call(
+                reqwest::Method::POST,
+                "/admin/launch-jobs",
+                Some(
+                    &json!({"model": "meta-llama/Llama-3.1-8B-Instruct", "provider": "skypilot",
+                             "gpu": "L4", "use_spot": true, "regions": ["us-east-1"]}),
+                ),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+        let id = job["id"].as_str().unwrap().to_string();
+        let node_id = job["node_id"].as_str().unwrap().to_string();
+        let job_path = format!("/admin/launch-jobs/{id}");
+        within(Duration::from_secs(30), "A is provisioning", || async {
+            let (_, j) = a.call(reqwest::Method::GET, &job_path, None).await;
+            j["stage"] == "provision" && j["attempts"].as_array().is_some_and(|a| !a.is_empty())
+        })
+        .await;
+        Takeover {
+            b,
+            a,
+            sky,
+            node_id,
+            job_path,
+        }
+    }
+
+    /// Waits for the job to end on B; says why not if it does not.
+    async fn ended_on_b(&self) -> Value {
+        let started = tokio::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(90) {
+            let (_, j) = self
+                .b
+                .call(reqwest::Method::GET, &self.job_path, None)
+                .await;
+            if common::job_finished(&j) {
+                eprintln!(
+                    "the launch ended on B {:?} after A was killed",
+                    started.elapsed()
+                );
+                return j;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (_, j) = self
+            .b
+            .call(reqwest::Method::GET, &self.job_path, None)
+            .await;
+        let (_, logs) = self
+            .b
+            .call(
+                reqwest::Method::GET,
+                &format!("{}/logs", self.job_path),
+                None,
+            )
+            .await;
+        panic!(
+            "the launch did not end on B within 90 s: {j:#}\nlog: {logs}\nsky: {:?}\nB:\n{}",
+            self.sky.calls(),
+            self.b.output()
+        );
+    }
+
+    async fn logs(&self) -> String {
+        let (_, logs) = self
+            .b
+            .call(
+                reqwest::Method::GET,
+                &format!("{}/logs?format=json", self.job_path),
+                None,
+            )
+            .await;
+        logs.to_string()
+    }
+}
+
 /// A launch started on A goes on on B after A is killed with SIGKILL: the job is not lost, it
 /// ends ready, and one "VM" serves the node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,47 +383,11 @@ async fn launch_started_on_a_killed_process_finishes_on_another() {
     let Some(python) = common::sky_python() else {
         return;
     };
-    // Paced so A is killed while `sky launch` is still printing.
-    let sky = fake_sky(
-        &python,
-        "success-aws-l4-spot.txt",
-        &[("FAKE_SKY_DELAY_S", "0.25")],
-    );
-    let sky_bin = sky.bin.display().to_string();
-    // Agents reach the processes through one shared address (SKYLAUNCH_PUBLIC_URL); here it
-    // leads to B, the process that stays up.
-    let b = Serve::start(&db, &[("SKYLAUNCH_SKY_BIN", &sky_bin)]).await;
-    let mut a = Serve::start(
-        &db,
-        &[
-            ("SKYLAUNCH_SKY_BIN", &sky_bin),
-            ("SKYLAUNCH_PUBLIC_URL", &b.base),
-        ],
-    )
-    .await;
-    let (status, job) = a
-        .call(
-            reqwest::Method::POST,
-            "/admin/launch-jobs",
-            Some(
-                &json!({"model": "meta-llama/Llama-3.1-8B-Instruct", "provider": "skypilot",
-                         "gpu": "L4", "use_spot": true, "regions": ["us-east-1"]}),
-            ),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
-    let id = job["id"].as_str().unwrap().to_string();
-    let node_id = job["node_id"].as_str().unwrap().to_string();
-    let job_path = format!("/admin/launch-jobs/{id}");
-    within(Duration::from_secs(30), "A is provisioning", || async {
-        let (_, j) = a.call(reqwest::Method::GET, &job_path, None).await;
-        j["stage"] == "provision" && j["attempts"].as_array().is_some_and(|a| !a.is_empty())
-    })
-    .await;
+    let mut t = Takeover::start(&db, &python, "success-aws-l4-spot.txt").await;
     // A watcher on B sees the launch to its end, first from the database while A runs it,
     // then live once B has taken it over.
     let watcher = {
-        let url = format!("{}{job_path}/events", b.base);
+        let url = format!("{}{}/events", t.b.base, t.job_path);
         tokio::spawn(async move {
             let mut res = reqwest::Client::new()
                 .get(url)
@@ -338,39 +403,12 @@ async fn launch_started_on_a_killed_process_finishes_on_another() {
             seen
         })
     };
-    a.sigkill().await;
-
-    let mut finished = None;
-    let started = tokio::time::Instant::now();
-    while finished.is_none() && started.elapsed() < Duration::from_secs(90) {
-        let (_, j) = b.call(reqwest::Method::GET, &job_path, None).await;
-        if common::job_finished(&j) {
-            finished = Some(started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if finished.is_none() {
-        let (_, j) = b.call(reqwest::Method::GET, &job_path, None).await;
-        let (_, logs) = b
-            .call(reqwest::Method::GET, &format!("{job_path}/logs"), None)
-            .await;
-        panic!(
-            "the launch did not end on B within 90 s: {j:#}\nlog: {logs}\nsky: {:?}\nB:\n{}",
-            sky.calls(),
-            b.output()
-        );
-    }
-    eprintln!("the launch ended on B {finished:?} after A was killed");
-    let (_, job) = b.call(reqwest::Method::GET, &job_path, None).await;
-    assert_eq!(
-        job["status"],
-        "succeeded",
-        "{job:#}\nA:\n{}\nB:\n{}",
-        a.output(),
-        b.output()
-    );
-    let (_, node) = b
-        .call(
+    t.a.sigkill().await;
+    let job = t.ended_on_b().await;
+    assert_eq!(job["status"], "succeeded", "{job:#}\nB:\n{}", t.b.output());
+    let node_id = t.node_id.clone();
+    let (_, node) =
+        t.b.call(
             reqwest::Method::GET,
             &format!("/admin/nodes/{node_id}"),
             None,
@@ -386,21 +424,18 @@ async fn launch_started_on_a_killed_process_finishes_on_another() {
         seen.contains("event: stage"),
         "B's live events after the takeover: {seen}"
     );
-    let (_, logs) = b
-        .call(
-            reqwest::Method::GET,
-            &format!("{job_path}/logs?format=json"),
-            None,
-        )
-        .await;
-    let logs = logs.to_string();
+    let logs = t.logs().await;
     assert!(logs.contains("this one takes it over"), "{logs}");
+    assert!(
+        logs.contains("waiting for its agent to register instead of launching again"),
+        "{logs}"
+    );
 
     // One VM: SkyPilot went on with A's launch after A died, B found its cluster with
     // `sky status` and waited for its agent, so there was one `sky launch`, no teardown, and one
     // VM ever started for the cluster.
     let cluster = job["cluster_name"].as_str().unwrap();
-    let calls = sky.calls();
+    let calls = t.sky.calls();
     let launches: Vec<_> = calls.iter().filter(|c| c[0] == "launch").collect();
     assert_eq!(launches.len(), 1, "{calls:?}");
     assert!(launches[0].contains(&cluster.to_string()), "{calls:?}");
@@ -409,14 +444,10 @@ async fn launch_started_on_a_killed_process_finishes_on_another() {
         "B asked SkyPilot about the cluster: {calls:?}"
     );
     assert!(!calls.iter().any(|c| c[0] == "down"), "{calls:?}");
-    assert_eq!(sky.vms_started(cluster), 1, "one VM for the cluster");
-    assert!(
-        logs.contains("waiting for its agent to register instead of launching again"),
-        "{logs}"
-    );
+    assert_eq!(t.sky.vms_started(cluster), 1, "one VM for the cluster");
     assert_eq!(agents_of(&node_id).len(), 1, "one agent serves the node");
-    let (status, _) = b
-        .call(
+    let (status, _) =
+        t.b.call(
             reqwest::Method::DELETE,
             &format!("/admin/nodes/{node_id}"),
             None,
@@ -427,4 +458,47 @@ async fn launch_started_on_a_killed_process_finishes_on_another() {
         agents_of(&node_id).is_empty()
     })
     .await;
+}
+
+/// B takes over while SkyPilot still runs A's launch, which then fails (the recorded failover
+/// that fails on credentials everywhere): B notices the cluster is gone, launches again, and
+/// the job ends with SkyPilot's own error instead of waiting out the registration timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_followed_after_a_kill_that_then_fails_is_launched_again_and_explained() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let Some(python) = common::sky_python() else {
+        return;
+    };
+    let mut t = Takeover::start(&db, &python, "14-sim-sky-launch-y-L4-spot.txt").await;
+    t.a.sigkill().await;
+    let job = t.ended_on_b().await;
+    assert_eq!(job["status"], "failed", "{job:#}");
+    assert_eq!(job["error"]["code"], "credentials_invalid", "{job:#}");
+    let logs = t.logs().await;
+    assert!(
+        logs.contains("waiting for its agent to register instead of launching again"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("the first attempt's launch ended without a machine"),
+        "{logs}"
+    );
+    let cluster = job["cluster_name"].as_str().unwrap();
+    let calls = t.sky.calls();
+    let launches = calls.iter().filter(|c| c[0] == "launch").count();
+    assert_eq!(
+        launches, 2,
+        "launched again once A's launch had failed: {calls:?}"
+    );
+    let relaunch = calls.iter().rposition(|c| c[0] == "launch").unwrap();
+    assert!(
+        calls[..relaunch]
+            .iter()
+            .any(|c| c[..] == ["down", "-y", cluster]),
+        "torn down before launching again: {calls:?}"
+    );
+    assert_eq!(t.sky.vms_started(cluster), 0, "no VM ever started");
+    assert!(agents_of(&t.node_id).is_empty());
 }

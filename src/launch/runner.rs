@@ -227,16 +227,8 @@ impl JobRunner {
         };
         let outcome = match started {
             Ok((run, start)) => {
-                let result = tokio::select! {
-                    r = async {
-                        match start {
-                            Start::Launch => self.launch_and_wait(&run).await,
-                            Start::AwaitReady => tokio::select! {
-                                r = self.wait_for_ready(&run) => r,
-                                _ = run.cancelled() => Err(cancelled()),
-                            },
-                        }
-                    } => r,
+                let (run, result) = tokio::select! {
+                    r = self.go_on(run, start) => r,
                     _ = lost_lease.notified() => {
                         tracing::warn!(job_id = %job_id, "lost the lease on this job to another process; stopping here");
                         return;
@@ -258,7 +250,7 @@ impl JobRunner {
     /// Goes on with a launch whose process stopped (see the module's notes).
     async fn take_over(
         &self,
-        mut job: Job,
+        job: Job,
         log: JobLog,
         cancel: watch::Receiver<bool>,
     ) -> Result<(JobRun, Start), LaunchError> {
@@ -282,16 +274,19 @@ impl JobRunner {
             .as_ref()
             .filter(|n| n.registered_at.is_some() && n.status != NodeStatus::Terminated)
         {
-            Some(format!(
-                "the node's agent registered ({}): the machine is up; waiting for it to become ready",
-                node.status
+            Some((
+                format!(
+                    "the node's agent registered ({}): the machine is up; waiting for it to become ready",
+                    node.status
+                ),
+                Start::AwaitReady,
             ))
         } else if let (Some(provider), Some(_)) = (
             &provider,
             node.as_ref().filter(|n| n.status != NodeStatus::Terminated),
         ) {
             match provider.still_launching(&job).await {
-                Ok(true) => Some("the provider still has the first attempt's machine (up or being made): waiting for its agent to register instead of launching again".to_string()),
+                Ok(true) => Some(("the provider still has the first attempt's machine (up or being made): waiting for its agent to register instead of launching again".to_string(), Start::Follow)),
                 Ok(false) => None,
                 Err(e) => {
                     log.line(
@@ -305,18 +300,31 @@ impl JobRunner {
         } else {
             None
         };
-        if let Some(why) = first_attempt {
+        if let Some((why, start)) = first_attempt {
             log.line("skylaunch", &why).await;
             let task_yaml = job.task_yaml.clone().unwrap_or_default();
             let run = self.job_run(job, log, cancel, String::new(), task_yaml);
-            return Ok((run, Start::AwaitReady));
+            return Ok((run, start));
         }
-        if let Some(provider) = provider {
-            log.line(
-                "skylaunch",
-                "the node's agent never registered and the first attempt left no machine coming up: removing whatever it started, then launching again under the same name",
-            )
-            .await;
+        log.line(
+            "skylaunch",
+            "the node's agent never registered and the first attempt left no machine coming up: removing whatever it started, then launching again under the same name",
+        )
+        .await;
+        self.start_over(job, log, cancel)
+            .await
+            .map(|run| (run, Start::Launch))
+    }
+
+    /// Removes whatever an earlier attempt of this launch started, rewinds its stages, and
+    /// prepares it again (a new node token) to launch under the same name.
+    async fn start_over(
+        &self,
+        mut job: Job,
+        log: JobLog,
+        cancel: watch::Receiver<bool>,
+    ) -> Result<JobRun, LaunchError> {
+        if let Some(provider) = self.provider(&job.provider) {
             provider.teardown(&job).await.map_err(|e| {
                 LaunchError::new(
                     e.code,
@@ -331,9 +339,81 @@ impl JobRunner {
         }
         job.provider_state = json!({});
         job.rewind_to(Stage::Validate);
-        self.prepare(job, log, cancel)
+        self.prepare(job, log, cancel).await
+    }
+
+    /// Runs a claimed job from where [`Start`] says to its outcome; returns the run it ended
+    /// with (a new one if the launch had to start over).
+    async fn go_on(&self, run: JobRun, start: Start) -> (JobRun, Result<(), LaunchError>) {
+        let followed = match start {
+            Start::Launch => {
+                let result = self.launch_and_wait(&run).await;
+                return (run, result);
+            }
+            Start::AwaitReady => tokio::select! {
+                r = self.wait_for_ready(&run) => Some(r),
+                _ = run.cancelled() => Some(Err(cancelled())),
+            },
+            Start::Follow => tokio::select! {
+                r = self.wait_for_ready(&run) => Some(r),
+                _ = run.cancelled() => Some(Err(cancelled())),
+                _ = self.first_attempt_ended(&run) => None,
+            },
+        };
+        if let Some(result) = followed {
+            return (run, result);
+        }
+        run.log
+            .line(
+                "skylaunch",
+                "the first attempt's launch ended without a machine: removing whatever it started, then launching again under the same name",
+            )
+            .await;
+        let job = run.snapshot().await;
+        match self
+            .start_over(job, run.log.clone(), run.cancel.clone())
             .await
-            .map(|run| (run, Start::Launch))
+        {
+            Ok(again) => {
+                let result = self.launch_and_wait(&again).await;
+                (again, result)
+            }
+            Err(e) => (run, Err(e)),
+        }
+    }
+
+    /// Returns once the provider no longer has the first attempt's machine, neither up nor
+    /// being made (asked at every lease renewal; twice in a row, so a moment's absence between
+    /// two provider states does not count), while the node's agent has not registered. Never
+    /// returns once it registered: the machine is up.
+    async fn first_attempt_ended(&self, run: &JobRun) {
+        let job = run.snapshot().await;
+        let (Some(provider), Some(node_id)) = (self.provider(&job.provider), job.node_id.clone())
+        else {
+            return std::future::pending().await;
+        };
+        let mut absent = 0;
+        loop {
+            tokio::time::sleep(self.settings.lease / 3).await;
+            if self
+                .fleet
+                .get(&node_id)
+                .await
+                .is_ok_and(|n| n.registered_at.is_some())
+            {
+                return std::future::pending().await;
+            }
+            match provider.still_launching(&job).await {
+                Ok(false) => absent += 1,
+                Ok(true) => absent = 0,
+                Err(e) => {
+                    tracing::warn!(job_id = %job.id, error = %e.message, "could not ask the provider about the first attempt; asking again later")
+                }
+            }
+            if absent >= 2 {
+                return;
+            }
+        }
     }
 
     fn job_log(&self, job_id: &str) -> JobLog {
@@ -632,6 +712,9 @@ enum Start {
     Launch,
     /// The machine is up (taken over after its agent registered): wait for the node.
     AwaitReady,
+    /// The provider is still making the first attempt's machine (taken over before its agent
+    /// registered): wait for its agent, and start over if that attempt ends without a machine.
+    Follow,
 }
 
 /// Aborts a background task when dropped.
