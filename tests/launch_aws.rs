@@ -339,6 +339,44 @@ async fn spot_launch_starts_a_tagged_spot_instance_that_becomes_a_ready_node() {
     drop(vm);
 }
 
+/// A launch taken over after a crash, while its instance runs and its agent has not registered
+/// yet, waits for that instance instead of starting a second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_taken_over_after_a_crash_keeps_its_running_instance() {
+    let Some(aws) = aws().await else { return };
+    let Some(app) = app_with(&aws, Duration::from_secs(60), |c| {
+        c.job_lease = Duration::from_secs(2)
+    })
+    .await
+    else {
+        return;
+    };
+    let job = app.launch(&l4(true, false)).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    app.wait_for_job(&id, |j| j["stage"] == "register").await;
+    let instances = instances_of(&aws.endpoint, &id).await;
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    let instance_id = instances[0].0.clone();
+    let first_base = app.base.clone();
+
+    let app = app.crash_and_restart().await;
+    app.wait_for_log(&id, "takes it over").await;
+    // The instance boots now. Its agent reaches the restarted control plane (in production both
+    // sit behind one public address).
+    let script = user_data(&aws.endpoint, &instance_id)
+        .await
+        .replace(&first_base, &app.base);
+    let vm = play_vm(&script);
+    let done = app.wait_for_followed_launch(&id).await;
+    let after = instances_of(&aws.endpoint, &id).await;
+    assert_eq!(after.len(), 1, "no second instance: {after:?}");
+    assert_eq!(after[0].1, "running");
+    let node_id = done["node_id"].as_str().unwrap();
+    app.delete(&format!("/admin/nodes/{node_id}"), Some(ADMIN_TOKEN))
+        .await;
+    drop(vm);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capacity_error_moves_to_the_next_zone_and_a_silent_vm_is_terminated() {
     let Some(aws) = aws().await else { return };

@@ -184,6 +184,38 @@ async fn spot_launch_creates_a_tagged_spot_vm_that_becomes_a_ready_node() {
     drop(played);
 }
 
+/// A launch taken over after a crash, while its VM runs and its agent has not registered yet,
+/// waits for that VM instead of creating a second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_taken_over_after_a_crash_keeps_its_running_vm() {
+    let arm = ArmStandIn::start().await;
+    arm.offer("eastus", A10, &["1", "2", "3"]);
+    let Some(app) = app_with(&arm, Duration::from_secs(60), |c| {
+        c.job_lease = Duration::from_secs(2)
+    })
+    .await
+    else {
+        return;
+    };
+    let id = app.launch_id(&a10(true, false, &["eastus"])).await;
+    app.wait_for_job(&id, |j| j["stage"] == "register").await;
+    let names = wait_for_vm_count(&arm, 1).await;
+    let first_base = app.base.clone();
+
+    let app = app.crash_and_restart().await;
+    app.wait_for_log(&id, "takes it over").await;
+    // The VM boots now. Its agent reaches the restarted control plane (in production both sit
+    // behind one public address).
+    let script = arm.custom_data(&names[0]).replace(&first_base, &app.base);
+    let played = played_vm::play_vm(&script, "azure", "eastus", A10);
+    let done = app.wait_for_followed_launch(&id).await;
+    assert_eq!(arm.vm_names(), names, "no second VM");
+    let node_id = done["node_id"].as_str().unwrap();
+    app.delete(&format!("/admin/nodes/{node_id}"), Some(ADMIN_TOKEN))
+        .await;
+    drop(played);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capacity_errors_move_through_zones_and_regions_and_failed_vms_are_deleted() {
     let arm = ArmStandIn::start().await;

@@ -326,14 +326,7 @@ async fn launch_interrupted_by_a_crash_is_taken_over_on_restart(backend: Backend
     let app = app.crash_and_restart_with(|c| c.public_url = None).await;
     let job = app.wait_for_job(&id, common::job_finished).await;
     assert_eq!(job["status"], "succeeded", "{job:#}");
-    let logs = app
-        .get(
-            &format!("/admin/launch-jobs/{id}/logs?format=json"),
-            Some(ADMIN_TOKEN),
-        )
-        .await
-        .body
-        .to_string();
+    let logs = app.job_logs(&id).await;
     assert!(logs.contains("this one takes it over"), "{logs}");
     assert!(
         logs.contains("removing whatever it started, then launching again"),
@@ -365,14 +358,7 @@ async fn launch_stopped_by_a_graceful_shutdown_is_handed_back(backend: Backend) 
     let app = app.restart_with(|c| c.public_url = None).await;
     let job = app.wait_for_job(&id, common::job_finished).await;
     assert_eq!(job["status"], "succeeded", "{job:#}");
-    let logs = app
-        .get(
-            &format!("/admin/launch-jobs/{id}/logs?format=json"),
-            Some(ADMIN_TOKEN),
-        )
-        .await
-        .body
-        .to_string();
+    let logs = app.job_logs(&id).await;
     assert!(logs.contains("this one takes it over"), "{logs}");
     assert_eq!(agents_of(&node_id).len(), 1, "one agent serves the node");
     app.delete(&format!("/admin/nodes/{node_id}"), Some(ADMIN_TOKEN))

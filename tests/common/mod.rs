@@ -396,6 +396,43 @@ impl TestApp {
             .await
     }
 
+    /// The job's log lines as JSON text.
+    pub async fn job_logs(&self, id: &str) -> String {
+        self.get(
+            &format!("/admin/launch-jobs/{id}/logs?format=json"),
+            Some(ADMIN_TOKEN),
+        )
+        .await
+        .body
+        .to_string()
+    }
+
+    /// Waits for a launch taken over while its machine was coming up: it ends ready, and the log
+    /// says the new process waited for that machine's agent instead of launching again.
+    pub async fn wait_for_followed_launch(&self, id: &str) -> Value {
+        let done = self.wait_for_job(id, job_finished).await;
+        assert_eq!(done["status"], "succeeded", "{done:#}");
+        let logs = self.job_logs(id).await;
+        assert!(
+            logs.contains("waiting for its agent to register instead of launching again"),
+            "{logs}"
+        );
+        done
+    }
+
+    /// Polls the job's log until it contains `needle` (at most 20 s); returns it.
+    pub async fn wait_for_log(&self, id: &str, needle: &str) -> String {
+        let mut logs = String::new();
+        for _ in 0..200 {
+            logs = self.job_logs(id).await;
+            if logs.contains(needle) {
+                return logs;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the log of job {id} never said {needle:?}: {logs}");
+    }
+
     /// Polls until `done` holds for the job, for at most `budget`; returns it.
     pub async fn wait_for_job_within(
         &self,

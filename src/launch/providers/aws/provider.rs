@@ -6,6 +6,8 @@
 //! so a retried call can never start a second VM. The VM is tagged `skylaunch:managed=true`,
 //! `skylaunch:job-id` and `skylaunch:node-id`; its user data exports the launch's values and
 //! runs the template. The node token travels only in the user data, never in tags or logs.
+//! A launch taken over from a stopped process whose recorded instance is pending or running
+//! waits for that instance's agent instead of starting another.
 
 use std::time::Duration;
 
@@ -58,6 +60,10 @@ impl LaunchProvider for AwsProvider {
     fn teardown<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<(), LaunchError>> {
         Box::pin(self.terminate(job))
     }
+
+    fn still_launching<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<bool, LaunchError>> {
+        Box::pin(self.instance_alive(job))
+    }
 }
 
 enum Outcome {
@@ -89,7 +95,9 @@ impl AwsProvider {
         let markets = placement::markets(spec);
         let user_data = bootstrap::for_launch(run, &job, &template);
         let mut reasons = Vec::new();
-        let mut attempt_no = 0u32;
+        // Numbered on from earlier attempts (a launch started over after a takeover keeps them),
+        // so no ClientToken is ever reused: EC2 would answer with the earlier attempt's instance.
+        let mut attempt_no = job.attempts.len() as u32;
         'markets: for market in &markets {
             for region in &regions {
                 let client = self.client(region).await;
@@ -428,6 +436,39 @@ impl AwsProvider {
                 }
                 _ => tokio::time::sleep(Duration::from_secs(2)).await,
             }
+        }
+    }
+
+    /// Whether the job's recorded instance is pending or running (after a takeover: its agent,
+    /// which holds the launch's token, will register).
+    async fn instance_alive(&self, job: &Job) -> Result<bool, LaunchError> {
+        let (Some(region), Some(id)) = (
+            job.provider_state["region"].as_str(),
+            job.provider_state["instance_id"].as_str(),
+        ) else {
+            return Ok(false);
+        };
+        let client = self.client(region).await;
+        match client.describe_instances().instance_ids(id).send().await {
+            Ok(out) => Ok(out
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .any(|i| {
+                    matches!(
+                        i.state().and_then(|s| s.name()),
+                        Some(InstanceStateName::Pending | InstanceStateName::Running)
+                    )
+                })),
+            Err(e) if e.code() == Some("InvalidInstanceID.NotFound") => Ok(false),
+            Err(e) => Err(LaunchError::new(
+                ErrorCode::ProviderUnavailable,
+                "Could not look up the instance",
+                format!(
+                    "DescribeInstances {id} in {region} failed: {}",
+                    super::errors::describe(&e)
+                ),
+            )),
         }
     }
 

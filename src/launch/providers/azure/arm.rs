@@ -293,6 +293,31 @@ impl Arm {
         }
     }
 
+    /// Whether the VM exists and is being created or made (its provisioning state is neither
+    /// Failed nor Deleting).
+    pub async fn vm_alive(&self, vm: &VmRef) -> Result<bool, ArmError> {
+        match self.get_json(&self.vm_url(vm)?).await {
+            Ok((doc, _)) => Ok(matches!(
+                doc["properties"]["provisioningState"].as_str(),
+                Some(state) if state != "Failed" && state != "Deleting"
+            )),
+            Err(ArmError::Refused {
+                status: Some(404), ..
+            }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn vm_url(&self, vm: &VmRef) -> Result<Url, ArmError> {
+        let mut url = self.url(&format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachines/{}",
+            vm.subscription, vm.resource_group, vm.name
+        ))?;
+        url.query_pairs_mut()
+            .append_pair("api-version", "2024-07-01");
+        Ok(url)
+    }
+
     /// Every VM in the resource group tagged `skylaunch:managed=true`.
     pub async fn managed_vms(&self) -> Result<Vec<ListedVm>, ArmError> {
         let mut url = self.url(&format!(
@@ -430,13 +455,8 @@ impl Arm {
         timeout: Duration,
     ) -> Result<(), ArmError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut url = self.url(&format!(
-            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachines/{}",
-            vm.subscription, vm.resource_group, vm.name
-        ))?;
-        url.query_pairs_mut()
-            .append_pair("api-version", "2024-07-01")
-            .append_pair("$expand", "instanceView");
+        let mut url = self.vm_url(vm)?;
+        url.query_pairs_mut().append_pair("$expand", "instanceView");
         loop {
             match resources::provisioning(&doc) {
                 Ok(true) => return Ok(()),

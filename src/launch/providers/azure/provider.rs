@@ -52,6 +52,10 @@ impl LaunchProvider for AzureProvider {
     fn teardown<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<(), LaunchError>> {
         Box::pin(self.delete_all(job))
     }
+
+    fn still_launching<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<bool, LaunchError>> {
+        Box::pin(self.last_vm_alive(job))
+    }
 }
 
 impl AzureProvider {
@@ -363,6 +367,20 @@ impl AzureProvider {
             vm["zones"] = json!([zone]);
         }
         vm
+    }
+
+    /// Whether the VM that runs the node (the job's last recorded one) is being created or runs.
+    async fn last_vm_alive(&self, job: &Job) -> Result<bool, LaunchError> {
+        let Some(vm) = job_vms(job).pop() else {
+            return Ok(false);
+        };
+        let arm = self
+            .arm()
+            .await
+            .map_err(|e| arm_failed("set up the Azure client", &e))?;
+        arm.vm_alive(&vm)
+            .await
+            .map_err(|e| arm_failed(&format!("look up VM {}", vm.name), &e))
     }
 
     /// Asks Azure to delete every VM the job created (failed placements included).
