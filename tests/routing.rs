@@ -367,6 +367,43 @@ async fn a_refused_connection_is_retried_on_another_node() {
     );
 }
 
+/// A model server that reads each request and closes the connection without a byte of answer,
+/// as one killed mid-request does.
+async fn hanging_up_url() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await;
+                drop(socket);
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_before_any_answer_is_retried_on_another_node() {
+    let Some(app) = app().await else { return };
+    let (good, good_url) = upstream("good", Behaviour::Complete { delay_ms: 0 }).await;
+    // The hanging-up node looks healthier, so it is drawn first while it is routable.
+    node_at(&app, "hangs-up", "m", &hanging_up_url().await, 1.0).await;
+    node_at(&app, "good", "m", &good_url, 0.5).await;
+    for _ in 0..5 {
+        let (status, body) = chat(&app, "m").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["served_by"], "good");
+    }
+    assert_eq!(good.hits.load(Ordering::SeqCst), 5);
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("status=\"closed\"") && metrics.contains("node=\"hangs-up\""),
+        "{metrics}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_node_is_ejected_gets_no_traffic_and_the_ejection_is_recorded() {
     let Some(app) = app().await else { return };

@@ -125,6 +125,31 @@ fn hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
+/// Whether the model server's connection ended (closed or reset) before its answer began.
+fn closed_before_answering(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(h) = cause.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() {
+                return true;
+            }
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            ) {
+                return true;
+            }
+        }
+        source = cause.source();
+    }
+    false
+}
+
 /// An error with its causes ("client error (Connect): tcp connect error: Connection refused"):
 /// hyper's own message alone does not say what went wrong.
 fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
@@ -237,6 +262,15 @@ impl Proxy {
                     // Nothing reached the model server: another node may take it.
                     self.failed(&endpoint, model, "connect_error").await;
                     tracing::warn!(node_id = %endpoint.node_id, model, error = %with_causes(&e), "model server refused the connection; trying another node");
+                    tried.push(endpoint.node_id.clone());
+                    continue;
+                }
+                Ok(Err(e)) if closed_before_answering(&e) => {
+                    // The model server took the request and dropped the connection (it died, or
+                    // closed a pooled connection) before any byte of an answer: nothing reached
+                    // the client, so another node may take it.
+                    self.failed(&endpoint, model, "closed").await;
+                    tracing::warn!(node_id = %endpoint.node_id, model, error = %with_causes(&e), "model server closed the connection without answering; trying another node");
                     tried.push(endpoint.node_id.clone());
                     continue;
                 }
