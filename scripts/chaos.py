@@ -273,7 +273,7 @@ def kill_model_server_scenario(serve, job):
     total = counts["ok"] + counts["error"]
     status = node_status(serve, job["node_id"])
     print(f"  the node left routing {killed['out'] - killed['at']:.1f} s after its model server died "
-          "(its agent's probe failing; the proxy retried refused connections on other nodes meanwhile)")
+          "(its agent's probe failing; meanwhile the proxy retried refused or closed connections on other nodes)")
     print(f"  requests: {total}, failed: {counts['error']} ({counts['error'] / max(total, 1):.3%}) {errors or ''}")
     print(f"  the node is {status} at the end of the load")
     check(counts["error"] == 0, "no client request failed while a model server died")
