@@ -137,20 +137,32 @@ async fn local_launch_reaches_ready_and_serves(backend: Backend) {
 async fn same_idempotency_key_returns_the_first_job(backend: Backend) {
     let app = app!(backend, |c| c.public_url =
         Some("http://127.0.0.1:9".into()));
-    let send = || {
+    let send = |body: Value| {
         app.send(
             app.client
                 .post(app.url("/admin/launch-jobs"))
                 .bearer_auth(ADMIN_TOKEN)
                 .header("Idempotency-Key", "abc-123")
-                .json(&local_launch()),
+                .json(&body),
         )
     };
-    let first = send().await;
-    let second = send().await;
+    let first = send(local_launch()).await;
+    let second = send(local_launch()).await;
     assert_eq!(first.status, StatusCode::ACCEPTED);
     assert_eq!(second.status, StatusCode::ACCEPTED);
     assert_eq!(first.body["id"], second.body["id"]);
+    // The same key for another launch is a mistake: refused, nothing made.
+    let other = send(json!({"model": "echo/another-model", "provider": "local"})).await;
+    assert_eq!(other.status, StatusCode::CONFLICT, "{}", other.body);
+    assert_eq!(other.error_code(), "idempotency_key_reused");
+    assert!(
+        other.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(first.body["id"].as_str().unwrap()),
+        "{}",
+        other.body
+    );
     assert_eq!(
         app.get("/admin/launch-jobs", Some(ADMIN_TOKEN)).await.body["jobs"]
             .as_array()

@@ -76,7 +76,7 @@ fn default_name(model: &str, job_id: &str) -> String {
     format!("{base}-{}", &job_id.replace('-', "")[..6])
 }
 
-#[utoipa::path(post, path = "/admin/launch-jobs", tag = "launch", security(("admin" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "Repeats with the same key return the first job")), request_body = crate::launch::spec::LaunchRequest, responses((status = 202, description = "The queued job", body = serde_json::Value), (status = 400, description = "Bad input", body = crate::api::openapi::ErrorBody), (status = 401, description = "Missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 409, description = "Conflict with the current state", body = crate::api::openapi::ErrorBody), (status = 413, description = "Body too large", body = crate::api::openapi::ErrorBody), (status = 422, description = "Well-formed but invalid (with field and suggestions)", body = crate::api::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/admin/launch-jobs", tag = "launch", security(("admin" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "Repeats with the same key return the first job; the same key with another request is 409 `idempotency_key_reused`")), request_body = crate::launch::spec::LaunchRequest, responses((status = 202, description = "The queued job", body = serde_json::Value), (status = 400, description = "Bad input", body = crate::api::openapi::ErrorBody), (status = 401, description = "Missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 409, description = "Conflict with the current state", body = crate::api::openapi::ErrorBody), (status = 413, description = "Body too large", body = crate::api::openapi::ErrorBody), (status = 422, description = "Well-formed but invalid (with field and suggestions)", body = crate::api::openapi::ErrorBody)))]
 pub async fn create_job(
     State(state): State<AppState>,
     _: Admin,
@@ -101,13 +101,13 @@ pub async fn create_job(
         ));
     }
     if let Some(key) = &key {
-        if let Some(job) = state
+        if let Some(first) = state
             .store
             .job_by_idempotency_key(key)
             .await
             .map_err(store_error)?
         {
-            return Ok((StatusCode::ACCEPTED, Json(json!(job))));
+            return same_request(key, first, &request);
         }
     }
     let id = uuid::Uuid::new_v4().to_string();
@@ -162,13 +162,35 @@ pub async fn create_job(
                 .await
                 .map_err(store_error)?
             {
-                return Ok((StatusCode::ACCEPTED, Json(json!(first))));
+                return same_request(key, first, &request);
             }
         }
         return Err(store_error(e));
     }
     tracing::info!(job_id = %job.id, node_id = %node.id, provider = %job.provider, model = %job.spec.model, "launch job queued");
     state.runner.wake();
+    Ok((StatusCode::ACCEPTED, Json(json!(job))))
+}
+
+/// A repeat with an `Idempotency-Key` gets the first job, if it asks for the same launch; the
+/// same key with another request is a mistake the caller should hear about.
+fn same_request(
+    key: &str,
+    (job, first_request): (Job, String),
+    request: &LaunchRequest,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let first: Value = serde_json::from_str(&first_request).map_err(|e| ApiError::internal(&e))?;
+    let now = serde_json::to_value(request).map_err(|e| ApiError::internal(&e))?;
+    if first != now {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_key_reused",
+            format!(
+                "Idempotency-Key {key:?} was first used for a different launch (job {}); send a new key for a new launch",
+                job.id
+            ),
+        ));
+    }
     Ok((StatusCode::ACCEPTED, Json(json!(job))))
 }
 

@@ -63,14 +63,21 @@ impl Store {
         Ok(())
     }
 
-    pub async fn job_by_idempotency_key(&self, key: &str) -> Result<Option<Job>, StoreError> {
+    /// The job first made with `key`, and the request (JSON) it was made from.
+    pub async fn job_by_idempotency_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Job, String)>, StoreError> {
         let row = sqlx::query(&format!(
-            "SELECT {JOB_COLUMNS} FROM launch_jobs WHERE idempotency_key = $1"
+            "SELECT {JOB_COLUMNS}, request FROM launch_jobs WHERE idempotency_key = $1"
         ))
         .bind(key)
         .fetch_optional(self.pool())
         .await?;
-        row.as_ref().map(job_from_row).transpose()
+        match row {
+            Some(row) => Ok(Some((job_from_row(&row)?, row.try_get("request")?))),
+            None => Ok(None),
+        }
     }
 
     pub async fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
