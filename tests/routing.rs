@@ -347,24 +347,30 @@ async fn traffic_follows_health_and_load() {
     assert!(w < a && w < b, "the weaker node gets less: {a} {b} {w}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_connection_is_retried_on_another_node() {
+/// A broken node at `broken_url` that looks healthier than a good one, so it is drawn first
+/// while routable: every request still ends on the good node, and the broken node's failures
+/// are counted with `status`.
+async fn retried_on_the_good_node(broken_url: &str, status: &str) {
     let Some(app) = app().await else { return };
     let (good, good_url) = upstream("good", Behaviour::Complete { delay_ms: 0 }).await;
-    // The dead node looks healthier, so it is always drawn first while it is routable.
-    node_at(&app, "dead", "m", &refusing_url(), 1.0).await;
+    node_at(&app, "broken", "m", broken_url, 1.0).await;
     node_at(&app, "good", "m", &good_url, 0.5).await;
     for _ in 0..5 {
-        let (status, body) = chat(&app, "m").await;
-        assert_eq!(status, StatusCode::OK, "{body}");
+        let (code, body) = chat(&app, "m").await;
+        assert_eq!(code, StatusCode::OK, "{body}");
         assert_eq!(body["served_by"], "good");
     }
     assert_eq!(good.hits.load(Ordering::SeqCst), 5);
     let metrics = app.metrics().await;
     assert!(
-        metrics.contains("status=\"connect_error\"") && metrics.contains("node=\"dead\""),
+        metrics.contains(&format!("status=\"{status}\"")) && metrics.contains("node=\"broken\""),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_is_retried_on_another_node() {
+    retried_on_the_good_node(&refusing_url(), "connect_error").await;
 }
 
 /// A model server that reads each request and closes the connection without a byte of answer,
@@ -386,22 +392,7 @@ async fn hanging_up_url() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_closed_before_any_answer_is_retried_on_another_node() {
-    let Some(app) = app().await else { return };
-    let (good, good_url) = upstream("good", Behaviour::Complete { delay_ms: 0 }).await;
-    // The hanging-up node looks healthier, so it is drawn first while it is routable.
-    node_at(&app, "hangs-up", "m", &hanging_up_url().await, 1.0).await;
-    node_at(&app, "good", "m", &good_url, 0.5).await;
-    for _ in 0..5 {
-        let (status, body) = chat(&app, "m").await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        assert_eq!(body["served_by"], "good");
-    }
-    assert_eq!(good.hits.load(Ordering::SeqCst), 5);
-    let metrics = app.metrics().await;
-    assert!(
-        metrics.contains("status=\"closed\"") && metrics.contains("node=\"hangs-up\""),
-        "{metrics}"
-    );
+    retried_on_the_good_node(&hanging_up_url().await, "closed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
