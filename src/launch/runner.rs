@@ -345,20 +345,15 @@ impl JobRunner {
     /// Runs a claimed job from where [`Start`] says to its outcome; returns the run it ended
     /// with (a new one if the launch had to start over).
     async fn go_on(&self, run: JobRun, start: Start) -> (JobRun, Result<(), LaunchError>) {
-        let followed = match start {
-            Start::Launch => {
-                let result = self.launch_and_wait(&run).await;
-                return (run, result);
-            }
-            Start::AwaitReady => tokio::select! {
-                r = self.wait_for_ready(&run) => Some(r),
-                _ = run.cancelled() => Some(Err(cancelled())),
-            },
-            Start::Follow => tokio::select! {
-                r = self.wait_for_ready(&run) => Some(r),
-                _ = run.cancelled() => Some(Err(cancelled())),
-                _ = self.first_attempt_ended(&run) => None,
-            },
+        if let Start::Launch = start {
+            let result = self.launch_and_wait(&run).await;
+            return (run, result);
+        }
+        let follow = matches!(start, Start::Follow);
+        let followed = tokio::select! {
+            r = self.wait_for_ready(&run) => Some(r),
+            _ = run.cancelled() => Some(Err(cancelled())),
+            _ = self.first_attempt_ended(&run), if follow => None,
         };
         if let Some(result) = followed {
             return (run, result);

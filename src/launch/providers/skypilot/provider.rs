@@ -266,17 +266,29 @@ impl SkypilotProvider {
         ))
     }
 
+    /// Runs a short `sky` command (`status`, `down`) to its end, for at most the teardown
+    /// timeout. `Err(None)`: it did not finish in time; `Err(Some(_))`: it could not be run.
+    async fn sky_output(
+        &self,
+        args: &[&str],
+    ) -> Result<std::process::Output, Option<std::io::Error>> {
+        let run = Command::new(&self.sky_bin)
+            .args(args)
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        match tokio::time::timeout(self.teardown_timeout, run).await {
+            Ok(out) => out.map_err(Some),
+            Err(_) => Err(None),
+        }
+    }
+
     /// Whether SkyPilot has the job's cluster, as INIT (being launched) or UP.
     async fn cluster_exists(&self, job: &Job) -> Result<bool, LaunchError> {
         let Some(cluster) = job.provider_state["cluster"].as_str() else {
             return Ok(false);
         };
-        let run = Command::new(&self.sky_bin)
-            .args(["status", cluster])
-            .env("PYTHONUNBUFFERED", "1")
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output();
         let unavailable = |why: String| {
             LaunchError::new(
                 ErrorCode::ProviderUnavailable,
@@ -284,10 +296,12 @@ impl SkypilotProvider {
                 format!("`sky status {cluster}` {why}"),
             )
         };
-        let out = tokio::time::timeout(self.teardown_timeout, run)
-            .await
-            .map_err(|_| unavailable("did not answer in time".into()))?
-            .map_err(|e| unavailable(format!("could not run: {e}")))?;
+        let out = self.sky_output(&["status", cluster]).await.map_err(|e| {
+            unavailable(match e {
+                None => "did not answer in time".into(),
+                Some(e) => format!("could not run: {e}"),
+            })
+        })?;
         if !out.status.success() {
             return Err(unavailable(format!(
                 "failed: {}",
@@ -306,22 +320,15 @@ impl SkypilotProvider {
         let Some(cluster) = job.provider_state["cluster"].as_str() else {
             return Ok(());
         };
-        let run = Command::new(&self.sky_bin)
-            .args(["down", "-y", cluster])
-            .env("PYTHONUNBUFFERED", "1")
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output();
-        let out = tokio::time::timeout(self.teardown_timeout, run)
-            .await
-            .map_err(|_| {
-                LaunchError::new(
-                    ErrorCode::ProviderUnavailable,
-                    "Teardown timed out",
-                    format!("`sky down -y {cluster}` did not finish in time; check `sky status` and remove the cluster by hand"),
-                )
-            })?
-            .map_err(|e| LaunchError::new(ErrorCode::ProviderUnavailable, "Could not run sky down", e.to_string()))?;
+        let out = match self.sky_output(&["down", "-y", cluster]).await {
+            Ok(out) => out,
+            Err(None) => return Err(LaunchError::new(
+                ErrorCode::ProviderUnavailable,
+                "Teardown timed out",
+                format!("`sky down -y {cluster}` did not finish in time; check `sky status` and remove the cluster by hand"),
+            )),
+            Err(Some(e)) => return Err(LaunchError::new(ErrorCode::ProviderUnavailable, "Could not run sky down", e.to_string())),
+        };
         let stderr = String::from_utf8_lossy(&out.stderr);
         // A cluster that never came up does not exist: nothing is left to remove.
         if out.status.success() || stderr.contains("does not exist") || stderr.contains("not found")
