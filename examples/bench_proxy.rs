@@ -498,6 +498,21 @@ async fn ttfb_all(client: &reqwest::Client, args: &Args, targets: &[Target]) {
 
 #[tokio::main]
 async fn main() {
+    // `bench_proxy echo-server ADDR`: the model server of the benchmark. It runs from this
+    // program, not from the skylaunch binary, so that it stays the same whatever skylaunch is
+    // built with (its allocator above all): only the proxy under test changes between runs.
+    let mut argv = std::env::args().skip(1);
+    if argv.next().as_deref() == Some("echo-server") {
+        let listen = argv
+            .next()
+            .and_then(|a| a.parse().ok())
+            .expect("echo-server 127.0.0.1:PORT");
+        assert_loopback(&format!("http://{listen}"));
+        skylaunch::echo_server::serve(listen, MODEL)
+            .await
+            .expect("the echo model server runs");
+        return;
+    }
     let args = parse_args();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
