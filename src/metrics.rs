@@ -2,8 +2,9 @@
 //! the text exposition format at `/metrics`. Gauges that describe current state (nodes by
 //! status) are computed at scrape time by their owners and passed in.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Mutex;
 
 /// Upper bounds of the latency buckets, in seconds.
@@ -29,7 +30,69 @@ struct Histogram {
 
 struct Family<T> {
     help: &'static str,
-    series: BTreeMap<Labels, T>,
+    /// Series by a hash of their labels (collisions share the bucket), so that counting one
+    /// looks it up from borrowed labels: no allocation on the request path once it exists.
+    series: HashMap<u64, Vec<(Labels, T)>, BuildHasherDefault<Fnv1a>>,
+}
+
+/// FNV-1a: a few instructions per byte for the short label values of a series, where the
+/// default SipHash cost more than the counting itself. Label values are bounded (routes, known
+/// models and nodes), so a flood of chosen collisions is not a concern here.
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Fnv1a {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv1a {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl<T: Default> Family<T> {
+    fn new(help: &'static str) -> Family<T> {
+        Family {
+            help,
+            series: HashMap::default(),
+        }
+    }
+
+    fn series_mut(&mut self, labels: &[(&'static str, &str)]) -> &mut T {
+        let mut hasher = Fnv1a::default();
+        labels.hash(&mut hasher);
+        let bucket = self.series.entry(hasher.finish()).or_default();
+        let same = |(known, _): &(Labels, T)| {
+            known.len() == labels.len()
+                && known
+                    .iter()
+                    .zip(labels)
+                    .all(|((k1, v1), (k2, v2))| k1 == k2 && v1 == v2)
+        };
+        let at = match bucket.iter().position(same) {
+            Some(at) => at,
+            None => {
+                bucket.push((owned(labels), T::default()));
+                bucket.len() - 1
+            }
+        };
+        &mut bucket[at].1
+    }
+
+    /// Every series, in label order (stable output).
+    fn sorted(&self) -> Vec<&(Labels, T)> {
+        let mut all: Vec<&(Labels, T)> = self.series.values().flatten().collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
 }
 
 #[derive(Default)]
@@ -58,11 +121,10 @@ impl Metrics {
             .counters
             .lock()
             .expect("metrics lock is never poisoned");
-        let family = counters.entry(name).or_insert_with(|| Family {
-            help,
-            series: BTreeMap::new(),
-        });
-        *family.series.entry(owned(labels)).or_insert(0) += n;
+        *counters
+            .entry(name)
+            .or_insert_with(|| Family::new(help))
+            .series_mut(labels) += n;
     }
 
     pub fn observe(
@@ -76,11 +138,10 @@ impl Metrics {
             .histograms
             .lock()
             .expect("metrics lock is never poisoned");
-        let family = histograms.entry(name).or_insert_with(|| Family {
-            help,
-            series: BTreeMap::new(),
-        });
-        let h = family.series.entry(owned(labels)).or_default();
+        let h = histograms
+            .entry(name)
+            .or_insert_with(|| Family::new(help))
+            .series_mut(labels);
         for (i, bound) in BUCKETS.iter().enumerate() {
             if seconds <= *bound {
                 h.counts[i] += 1;
@@ -106,7 +167,7 @@ impl Metrics {
             .iter()
         {
             let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} counter", family.help);
-            for (labels, value) in &family.series {
+            for (labels, value) in family.sorted() {
                 let _ = writeln!(out, "{name}{} {value}", fmt_labels(labels, None));
             }
         }
@@ -121,7 +182,7 @@ impl Metrics {
                 "# HELP {name} {}\n# TYPE {name} histogram",
                 family.help
             );
-            for (labels, h) in &family.series {
+            for (labels, h) in family.sorted() {
                 for (i, bound) in BUCKETS.iter().enumerate() {
                     let le = bound.to_string();
                     let _ = writeln!(

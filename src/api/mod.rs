@@ -102,24 +102,25 @@ async fn refuse_large_bodies(req: Request, next: Next) -> Response {
 }
 
 async fn record_request(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
-    let method = req.method().to_string();
+    // Borrowed or shared, not copied: this runs for every proxied request.
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
+    let method = req.method().clone();
     let started = Instant::now();
     let response = next.run(req).await;
-    let status = response.status().as_u16().to_string();
     state.metrics.inc(
         "skylaunch_http_requests_total",
         "HTTP requests handled, by route, method and status.",
-        &[("route", &route), ("method", &method), ("status", &status)],
+        &[
+            ("route", route),
+            ("method", method.as_str()),
+            ("status", response.status().as_str()),
+        ],
     );
     state.metrics.observe(
         "skylaunch_http_request_duration_seconds",
         "HTTP request latency in seconds, by route.",
-        &[("route", &route)],
+        &[("route", route)],
         started.elapsed().as_secs_f64(),
     );
     response
