@@ -27,6 +27,8 @@ enum Behaviour {
     StreamOnRelease,
     /// The first SSE event, then the connection breaks.
     DieMidStream,
+    /// Three SSE events, each after a pause of `pause_ms`.
+    Trickle { pause_ms: u64 },
 }
 
 #[derive(Clone)]
@@ -122,6 +124,21 @@ async fn serve(State(up): State<Upstream>, headers: axum::http::HeaderMap, body:
                         }
                         _ => None,
                     }
+                }
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(stream))
+                .unwrap()
+        }
+        Behaviour::Trickle { pause_ms } => {
+            let events: Vec<Bytes> = (0..3).map(|i| event(&format!("part {i}"))).collect();
+            let stream = futures_util::stream::unfold(0, move |step| {
+                let event = events.get(step).cloned();
+                async move {
+                    let event = event?;
+                    tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+                    Some((Ok::<_, std::io::Error>(event), step + 1))
                 }
             });
             Response::builder()
@@ -539,6 +556,58 @@ async fn a_node_dying_mid_stream_is_a_clean_error_and_is_not_retried() {
         0,
         "never retried once started"
     );
+}
+
+/// The whole body of a streamed answer, and whether it ended in an error.
+async fn read_to_end(mut response: reqwest::Response) -> (String, bool) {
+    let mut text = String::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), response.chunk()).await {
+            Ok(Ok(Some(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            Ok(Ok(None)) => return (text, false),
+            Ok(Err(_)) => return (text, true),
+            Err(_) => panic!("the answer neither went on nor ended within 20 s"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idle_timeout_ends_a_silent_stream_and_counts_each_pause_on_its_own() {
+    let Some(db) = common::TestDb::new(Backend::Sqlite).await else {
+        return;
+    };
+    let mut config = common::test_config(&db);
+    config.heartbeat_interval = Duration::from_secs(30);
+    config.offline_after = Duration::from_secs(300);
+    config.proxy_idle_timeout = Duration::from_millis(1500);
+    let app = TestApp::start(db, config).await;
+
+    // Silent after the first event: the answer breaks off after the idle timeout, and the
+    // request no longer counts as in flight.
+    let (_silent, silent_url) = upstream("silent", Behaviour::StreamOnRelease).await;
+    node_at(&app, "silent", "quiet", &silent_url, 1.0).await;
+    let (text, failed) = read_to_end(stream_chat(&app, "quiet").await).await;
+    assert!(text.contains("first"), "{text}");
+    assert!(
+        failed,
+        "a stream that went silent ends in an error, not cleanly"
+    );
+    assert!(
+        app.metrics()
+            .await
+            .contains("skylaunch_proxy_in_flight{node=\"silent\"} 0"),
+        "the silent request no longer counts as in flight"
+    );
+
+    // Three pauses of 0.8 s: 2.4 s in all, each under the 1.5 s timeout. The timeout is for the
+    // wait between two chunks, not for the whole answer.
+    let (_slow, slow_url) = upstream("slow", Behaviour::Trickle { pause_ms: 800 }).await;
+    node_at(&app, "slow", "slow", &slow_url, 1.0).await;
+    let (text, failed) = read_to_end(stream_chat(&app, "slow").await).await;
+    assert!(!failed, "a slow but steady stream is not cut off: {text}");
+    for part in ["part 0", "part 1", "part 2"] {
+        assert!(text.contains(part), "{part} missing from {text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

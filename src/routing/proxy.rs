@@ -8,17 +8,19 @@
 //! idle timeout ends the response. Connection failures and 5xx answers in a row eject a node
 //! from routing for a growing backoff period, recorded as a node event.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, HeaderName};
+use axum::http::{HeaderMap, HeaderName, Method};
 use axum::http::{Request, Uri};
 use axum::response::Response;
-use futures_util::StreamExt;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::Full;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -95,6 +97,79 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A model server's response body on its way to the client, frame by frame as it arrives: never
+/// buffered. It ends the response with an error when the model server fails mid-way or sends
+/// nothing for the idle timeout. Dropping it (the client went away) drops the upstream request.
+/// It holds the request's in-flight place until it is done, and passes on the body's size, so a
+/// response with a `content-length` ends with its last byte.
+struct Relay {
+    incoming: Incoming,
+    idle: Duration,
+    /// Made the first time the model server keeps the client waiting, then reused.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether `timer` counts the current wait (it is re-armed after each frame).
+    armed: bool,
+    /// `None` once the body ended or failed.
+    guard: Option<InFlight>,
+}
+
+impl hyper::body::Body for Relay {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = self.get_mut();
+        let Some(guard) = &this.guard else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(&mut this.incoming).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.armed = false;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                tracing::warn!(node_id = %guard.0.node_id, error = %with_causes(&e), "model server failed mid-response");
+                this.guard = None;
+                Poll::Ready(Some(Err(std::io::Error::other(e))))
+            }
+            Poll::Ready(None) => {
+                this.guard = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let deadline = tokio::time::Instant::now() + this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if !this.armed {
+                    timer.as_mut().reset(deadline);
+                    this.armed = true;
+                }
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                tracing::warn!(node_id = %guard.0.node_id, "model server went silent mid-response");
+                this.guard = None;
+                Poll::Ready(Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the model server sent nothing within the idle timeout",
+                ))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.guard.is_none() || self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.incoming.size_hint()
     }
 }
 
@@ -237,15 +312,14 @@ impl Proxy {
                     })
                 }
             };
-            let mut request = Request::post(uri);
+            let mut request = Request::new(Full::new(body.clone()));
+            *request.method_mut() = Method::POST;
+            *request.uri_mut() = uri;
             for (name, value) in headers {
                 if forwarded_request_header(name) {
-                    request = request.header(name, value);
+                    request.headers_mut().append(name.clone(), value.clone());
                 }
             }
-            let request = request
-                .body(Full::new(body.clone()))
-                .expect("a request from a parsed URI and copied headers builds");
             let started = Instant::now();
             let sent =
                 tokio::time::timeout(self.settings.idle_timeout, self.client.request(request))
@@ -301,40 +375,22 @@ impl Proxy {
 
     /// The upstream response, passed through as it arrives.
     fn stream_back(&self, response: hyper::Response<Incoming>, guard: InFlight) -> Response {
-        let status = response.status();
-        let mut headers = HeaderMap::new();
-        for (name, value) in response.headers() {
-            if !hop_by_hop(name) {
-                headers.append(name.clone(), value.clone());
+        let (parts, incoming) = response.into_parts();
+        let mut headers = HeaderMap::with_capacity(parts.headers.len());
+        for (name, value) in parts.headers {
+            if let Some(name) = name.filter(|n| !hop_by_hop(n)) {
+                headers.append(name, value);
             }
         }
-        let idle = self.settings.idle_timeout;
-        let chunks = response.into_body().into_data_stream();
-        // The guard lives as long as the stream: until the last chunk, an error, or the client
-        // going away (which drops the stream, and with it the upstream request).
-        let stream = futures_util::stream::unfold(Some((chunks, guard)), move |state| async move {
-            let (mut chunks, guard) = state?;
-            match tokio::time::timeout(idle, chunks.next()).await {
-                Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some((chunks, guard)))),
-                Ok(Some(Err(e))) => {
-                    tracing::warn!(node_id = %guard.0.node_id, error = %with_causes(&e), "model server failed mid-response");
-                    Some((Err(std::io::Error::other(e)), None))
-                }
-                Ok(None) => None,
-                Err(_) => {
-                    tracing::warn!(node_id = %guard.0.node_id, "model server went silent mid-response");
-                    Some((
-                        Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "the model server sent nothing within the idle timeout",
-                        )),
-                        None,
-                    ))
-                }
-            }
-        });
-        let mut out = Response::new(Body::from_stream(stream));
-        *out.status_mut() = status;
+        let relay = Relay {
+            incoming,
+            idle: self.settings.idle_timeout,
+            timer: None,
+            armed: false,
+            guard: Some(guard),
+        };
+        let mut out = Response::new(Body::new(relay));
+        *out.status_mut() = parts.status;
         *out.headers_mut() = headers;
         out
     }
