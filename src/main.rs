@@ -8,6 +8,12 @@ use skylaunch::app::Running;
 use skylaunch::cli;
 use skylaunch::config::{LogFormat, ServeConfig};
 
+/// mimalloc rather than glibc's malloc: the load balancer allocates and frees small buffers on
+/// every request from two threads, where glibc's allocator cost about a tenth of the proxy's CPU
+/// (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "skylaunch",
