@@ -265,4 +265,29 @@ mod tests {
         assert!(text.contains("lat_seconds_count 1\n"), "{text}");
         assert!(text.contains("g{s=\"ready\"} 2\n"), "{text}");
     }
+
+    #[test]
+    fn each_label_set_is_its_own_series_listed_in_label_order() {
+        let m = Metrics::default();
+        for (node, times) in [("b", 3), ("a", 1), ("c", 2)] {
+            for _ in 0..times {
+                m.inc("r_total", "R.", &[("node", node), ("status", "200")]);
+            }
+        }
+        m.inc("r_total", "R.", &[("node", "a"), ("status", "502")]);
+        // Same values under other names are another series.
+        m.inc("r_total", "R.", &[("status", "a"), ("node", "200")]);
+        let text = m.render(&[]);
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            lines,
+            [
+                "r_total{node=\"a\",status=\"200\"} 1",
+                "r_total{node=\"a\",status=\"502\"} 1",
+                "r_total{node=\"b\",status=\"200\"} 3",
+                "r_total{node=\"c\",status=\"200\"} 2",
+                "r_total{status=\"a\",node=\"200\"} 1",
+            ]
+        );
+    }
 }
