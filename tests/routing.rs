@@ -70,6 +70,8 @@ async fn serve(State(up): State<Upstream>, headers: axum::http::HeaderMap, body:
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
             Response::builder()
                 .header("content-type", "application/json")
+                .header("x-model-server", "one")
+                .header("x-model-server", "two")
                 .body(Body::from(
                     json!({"object": "chat.completion", "served_by": up.name, "model": request["model"],
                            "choices": [{"message": {"role": "assistant", "content": "hi"}}]})
@@ -279,6 +281,8 @@ async fn requests_reach_a_ready_node_of_their_model_and_models_are_listed() {
         StatusCode::OK,
         "an escaped model name is read"
     );
+    let repeated: Vec<_> = raw.headers().get_all("x-model-server").iter().collect();
+    assert_eq!(repeated, ["one", "two"], "every value of a repeated header");
     let length = raw.content_length().expect("a content-length");
     let text = raw.text().await.unwrap();
     assert_eq!(length as usize, text.len());

@@ -185,20 +185,17 @@ fn forwarded_request_header(name: &HeaderName) -> bool {
 /// Response headers that belong to one connection, never passed back. `content-length` is kept:
 /// the client gets the answer with the model server's length rather than re-chunked, and a
 /// model server that dies before sending all of it leaves a visibly short body.
-fn hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "host"
-    )
-}
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
 
 /// Whether the model server's connection ended (closed or reset) before its answer began.
 fn closed_before_answering(e: &hyper_util::client::legacy::Error) -> bool {
@@ -376,11 +373,11 @@ impl Proxy {
     /// The upstream response, passed through as it arrives.
     fn stream_back(&self, response: hyper::Response<Incoming>, guard: InFlight) -> Response {
         let (parts, incoming) = response.into_parts();
-        let mut headers = HeaderMap::with_capacity(parts.headers.len());
-        for (name, value) in parts.headers {
-            if let Some(name) = name.filter(|n| !hop_by_hop(n)) {
-                headers.append(name, value);
-            }
+        // The model server's headers as they are (every value of a repeated one), less those of
+        // its connection.
+        let mut headers = parts.headers;
+        for name in HOP_BY_HOP {
+            headers.remove(name);
         }
         let relay = Relay {
             incoming,
