@@ -584,6 +584,7 @@ async fn the_idle_timeout_ends_a_silent_stream_and_counts_each_pause_on_its_own(
     config.heartbeat_interval = Duration::from_secs(30);
     config.offline_after = Duration::from_secs(300);
     config.proxy_idle_timeout = Duration::from_millis(1500);
+    config.proxy_connect_timeout = Duration::from_millis(500);
     let app = TestApp::start(db, config).await;
 
     // Silent after the first event: the answer breaks off after the idle timeout, and the
