@@ -368,18 +368,13 @@ impl Running {
             sync,
         );
         let (stop_server, stopped) = oneshot::channel::<()>();
-        let router = crate::api::router(state);
         let server = tokio::spawn(async move {
             // No Nagle delay: streamed tokens and small answers leave as soon as they are written.
-            axum::serve(
-                listener.tap_io(no_delay),
-                // Handlers see the peer's address (agent rate limits, failed-auth logs).
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async {
+            crate::api::serve(listener.tap_io(no_delay), state, async {
                 let _ = stopped.await;
             })
-            .await
+            .await;
+            Ok::<(), std::io::Error>(())
         });
         Ok(Running {
             addr,

@@ -678,3 +678,125 @@ async fn large_bodies_pass_up_to_the_proxy_limit_and_credentials_stay_behind() {
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(up.hits.load(Ordering::SeqCst), 1);
 }
+
+/// A model server on raw TCP that counts the connections it accepts. It answers each request on
+/// a connection in turn with a small completion, chunked when the request asks to stream. With
+/// `close_idle_after`, it closes a connection that long after its last answer, as uvicorn's
+/// keep-alive timeout does.
+async fn keep_alive_server(close_idle_after: Option<Duration>) -> (Arc<AtomicUsize>, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(answer_each_request(socket, close_idle_after));
+        }
+    });
+    (accepted, url)
+}
+
+async fn answer_each_request(socket: tokio::net::TcpStream, close_idle_after: Option<Duration>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let mut reader = tokio::io::BufReader::new(socket);
+    let mut line = String::new();
+    loop {
+        let mut content_length = 0;
+        let mut first = true;
+        loop {
+            line.clear();
+            let read = match close_idle_after {
+                Some(after) if first => {
+                    match tokio::time::timeout(after, reader.read_line(&mut line)).await {
+                        Ok(read) => read,
+                        Err(_) => return, // idle too long: the connection is closed
+                    }
+                }
+                _ => reader.read_line(&mut line).await,
+            };
+            if !matches!(read, Ok(n) if n > 0) {
+                return;
+            }
+            first = false;
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                content_length = value.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; content_length];
+        if reader.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let streaming = String::from_utf8_lossy(&body).contains("\"stream\":true");
+        let answer = if streaming {
+            let chunk = |data: &str| format!("{:x}\r\n{data}\r\n", data.len());
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{}{}0\r\n\r\n",
+                chunk("data: {\"served_by\": \"kept\"}\n\n"),
+                chunk("data: [DONE]\n\n")
+            )
+        } else {
+            let json = r#"{"object": "chat.completion", "served_by": "kept"}"#;
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{json}",
+                json.len()
+            )
+        };
+        if reader.get_mut().write_all(answer.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_to_a_model_server_are_kept_and_reused_once_an_answer_was_read() {
+    let Some(app) = app().await else { return };
+    let (accepted, url) = keep_alive_server(None).await;
+    node_at(&app, "kept", "m", &url, 1.0).await;
+    for _ in 0..3 {
+        let (code, body) = chat(&app, "m").await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        assert_eq!(body["served_by"], "kept");
+        // A streamed (chunked) answer read to its end gives its connection back too.
+        let (text, failed) = read_to_end(stream_chat(&app, "m").await).await;
+        assert!(!failed && text.contains("[DONE]"), "{text}");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "six requests one after another share one connection"
+    );
+
+    // Two at once need two connections; both are kept for what follows.
+    let (a, b) = tokio::join!(chat(&app, "m"), chat(&app, "m"));
+    assert_eq!((a.0, b.0), (StatusCode::OK, StatusCode::OK));
+    let opened = accepted.load(Ordering::SeqCst);
+    assert!((1..=2).contains(&opened), "{opened} connections");
+    for _ in 0..3 {
+        assert_eq!(chat(&app, "m").await.0, StatusCode::OK);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), opened);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_connection_the_model_server_closed_is_not_used_and_not_held_against_it() {
+    let Some(app) = app().await else { return };
+    let (accepted, url) = keep_alive_server(Some(Duration::from_millis(100))).await;
+    node_at(&app, "closing", "m", &url, 1.0).await;
+    for round in 1..=3 {
+        let (code, body) = chat(&app, "m").await;
+        assert_eq!(code, StatusCode::OK, "round {round}: {body}");
+        assert_eq!(accepted.load(Ordering::SeqCst), round);
+        // The model server closes the idle connection meanwhile.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let metrics = app.metrics().await;
+    assert!(
+        !metrics.contains("status=\"closed\"")
+            && !metrics.contains("skylaunch_proxy_ejections_total{"),
+        "a connection closed while idle is not a failure of the node: {metrics}"
+    );
+}

@@ -12,14 +12,25 @@ pub mod sse;
 pub mod system;
 pub mod v1;
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::Listener;
 use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+use tower_service::Service;
 
 use crate::app::AppState;
 use error::ApiError;
@@ -102,12 +113,24 @@ async fn refuse_large_bodies(req: Request, next: Next) -> Response {
 }
 
 async fn record_request(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    // Borrowed or shared, not copied: this runs for every proxied request.
     let route = req.extensions().get::<MatchedPath>().cloned();
     let route = route.as_ref().map_or("unmatched", |p| p.as_str());
     let method = req.method().clone();
     let started = Instant::now();
     let response = next.run(req).await;
+    count_request(&state, route, &method, &response, started);
+    response
+}
+
+/// Counts a handled request in the HTTP metrics. Labels are borrowed, not copied: this runs for
+/// every proxied request.
+fn count_request(
+    state: &AppState,
+    route: &str,
+    method: &Method,
+    response: &Response,
+    started: Instant,
+) {
     state.metrics.inc(
         "skylaunch_http_requests_total",
         "HTTP requests handled, by route, method and status.",
@@ -123,5 +146,75 @@ async fn record_request(State(state): State<AppState>, req: Request, next: Next)
         &[("route", route)],
         started.elapsed().as_secs_f64(),
     );
-    response
+}
+
+/// Serves HTTP/1.1 on `listener` until `shutdown` completes; then stops accepting, lets each
+/// open connection finish the request it is on, and returns once all are closed.
+///
+/// Requests the load balancer forwards go straight to it (see [`Front`]); hyper's own
+/// connection loop is used directly, without a general-purpose server's per-request service
+/// layers.
+pub async fn serve<L>(mut listener: L, state: AppState, shutdown: impl Future<Output = ()>)
+where
+    L: Listener<Addr = SocketAddr>,
+{
+    let router = router(state.clone());
+    // Dropping `stop` tells every connection to finish. Each holds a clone of `open`, so
+    // `tracker.closed()` completes once the last one has closed.
+    let (stop, stopping) = watch::channel(());
+    let (tracker, open) = watch::channel(());
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let (io, peer) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let front = Front {
+            state: state.clone(),
+            router: router.clone(),
+            peer,
+        };
+        let mut stopping = stopping.clone();
+        let open = open.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| front.clone().handle(request));
+            let connection = http1::Builder::new().serve_connection(TokioIo::new(io), service);
+            let mut connection = pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = stopping.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::trace!(error = %e, "connection ended with an error");
+            }
+            drop(open);
+        });
+    }
+    drop(listener);
+    drop(stop);
+    drop(open);
+    tracker.closed().await;
+}
+
+/// One connection's requests: those the load balancer forwards go straight to it; the rest
+/// (the admin API, the UI, `GET /v1/models`, wrong methods) go through the router, with the
+/// peer's address for handlers that want it.
+#[derive(Clone)]
+struct Front {
+    state: AppState,
+    router: Router,
+    peer: SocketAddr,
+}
+
+impl Front {
+    async fn handle(mut self, mut request: Request<Incoming>) -> Result<Response, Infallible> {
+        if let Some(route) = v1::forwarded_route(request.method(), request.uri().path()) {
+            return Ok(v1::serve_forwarded(self.state, route, request).await);
+        }
+        request.extensions_mut().insert(ConnectInfo(self.peer));
+        self.router.call(request).await
+    }
 }

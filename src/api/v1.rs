@@ -2,11 +2,15 @@
 //! routed by the body's `model` to a ready node; `GET /v1/models` lists the models with at least
 //! one. Bearer keys from `SKYLAUNCH_API_KEYS` when set.
 
+use std::time::Instant;
+
 use axum::body::{Body, Bytes};
 use axum::extract::{OriginalUri, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::http::{HeaderMap, Method, Request as HttpRequest, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
+use http_body_util::BodyExt;
+use hyper::body::Body as HttpBody;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
@@ -55,7 +59,7 @@ pub async fn list_models(
 
 enum BodyError {
     TooLarge,
-    Read(axum::Error),
+    Read(String),
 }
 
 /// Most of an oversized body read and dropped before the 413 goes out: a client still uploading
@@ -65,17 +69,19 @@ const DRAIN_AT_MOST: usize = 64 * 1024 * 1024;
 const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The request body, up to `limit` bytes.
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, BodyError> {
-    use futures_util::StreamExt;
-    let mut chunks = body.into_data_stream();
+async fn read_body<B>(mut body: B, limit: usize) -> Result<Bytes, BodyError>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let mut read: Vec<u8> = Vec::new();
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(BodyError::Read)?;
+    while let Some(chunk) = next_chunk(&mut body).await {
+        let chunk = chunk.map_err(|e| BodyError::Read(e.to_string()))?;
         if read.len() + chunk.len() > limit {
             let until = tokio::time::Instant::now() + DRAIN_FOR;
             let mut drained = 0;
             while drained < DRAIN_AT_MOST {
-                match tokio::time::timeout_at(until, chunks.next()).await {
+                match tokio::time::timeout_at(until, next_chunk(&mut body)).await {
                     Ok(Some(Ok(more))) => drained += more.len(),
                     _ => break,
                 }
@@ -87,6 +93,23 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, BodyError> {
     Ok(Bytes::from(read))
 }
 
+/// The body's next piece of data; trailers are skipped.
+async fn next_chunk<B>(body: &mut B) -> Option<Result<Bytes, B::Error>>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+{
+    loop {
+        match body.frame().await? {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    return Some(Ok(data));
+                }
+            }
+            Err(e) => return Some(Err(e)),
+        }
+    }
+}
+
 /// The one field the load balancer reads from a request body. The rest is skipped by the parser,
 /// not built into a JSON tree: a long prompt costs a scan, not an allocation per value.
 #[derive(serde::Deserialize)]
@@ -95,14 +118,60 @@ struct ModelOnly<'a> {
     model: std::borrow::Cow<'a, str>,
 }
 
-/// `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`.
+/// The route of a request the load balancer forwards (`POST /v1/chat/completions`,
+/// `/v1/completions`, `/v1/embeddings`), if it is one.
+pub fn forwarded_route(method: &Method, path: &str) -> Option<&'static str> {
+    if method != Method::POST {
+        return None;
+    }
+    ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+        .into_iter()
+        .find(|route| *route == path)
+}
+
+/// A request on a [`forwarded_route`], served ahead of the router (`api::Front`): the proxy's
+/// hot path skips route matching, middleware and extractors, and is counted in the request
+/// metrics like every other route.
+pub async fn serve_forwarded<B>(
+    state: AppState,
+    route: &'static str,
+    request: HttpRequest<B>,
+) -> Response
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let started = Instant::now();
+    let (parts, body) = request.into_parts();
+    let response = proxy(&state, &parts.uri, &parts.headers, body)
+        .await
+        .into_response();
+    super::count_request(&state, route, &parts.method, &response, started);
+    response
+}
+
+/// `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings` through the router (the
+/// server hands these to [`serve_forwarded`] first).
 pub async fn forward(
     State(state): State<AppState>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    check_key(&state, &headers)?;
+    proxy(&state, &uri, &headers, body).await
+}
+
+async fn proxy<B>(
+    state: &AppState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: B,
+) -> Result<Response, ApiError>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    check_key(state, headers)?;
     let limit = state.proxy.settings.body_limit;
     let body = read_body(body, limit).await.map_err(|e| match e {
         BodyError::TooLarge => ApiError::new(
@@ -127,12 +196,7 @@ pub async fn forward(
         })?;
     state
         .proxy
-        .forward(
-            &model,
-            uri.path_and_query().map_or(uri.path(), |p| p.as_str()),
-            &headers,
-            body,
-        )
+        .forward(&model, uri, headers, body)
         .await
         .map_err(|e| match e {
             ProxyError::NoHealthyNodes(none) => ApiError::new(

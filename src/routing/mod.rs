@@ -5,6 +5,7 @@
 pub mod policy;
 pub mod proxy;
 pub mod table;
+pub mod upstream;
 
 pub use proxy::{Proxy, ProxyError, ProxySettings};
 pub use table::RoutingTable;

@@ -16,18 +16,15 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, HeaderName, Method};
+use axum::http::{header, HeaderMap, HeaderName, Method};
 use axum::http::{Request, Uri};
 use axum::response::Response;
 use http_body_util::Full;
 use hyper::body::{Frame, Incoming, SizeHint};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::policy::{choose, SplitMix64};
 use super::table::{Endpoint, NoHealthyNodes, RoutingTable};
+use super::upstream::{Conn, Connector, SendError};
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -70,15 +67,12 @@ const LATENCY_HELP: &str =
 const EJECTIONS_HELP: &str =
     "Times a node was ejected from routing by passive health (failures in a row), by node.";
 
-/// The model servers' HTTP/1.1 client: hyper's own pooled client, without the per-request URL
-/// parsing and layers of a general-purpose client (a third of the proxy's CPU in
-/// `scripts/bench-proxy`). Model servers are reached directly: no HTTP(S)_PROXY applies.
-type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
 pub struct Proxy {
     pub table: Arc<RoutingTable>,
     pub settings: ProxySettings,
-    client: UpstreamClient,
+    /// Model servers are reached over HTTP/1.1 keep-alive connections kept per endpoint
+    /// (`upstream.rs`), directly: no HTTP(S)_PROXY applies.
+    connector: Connector,
     rng: Mutex<SplitMix64>,
     metrics: Arc<Metrics>,
     store: Store,
@@ -104,7 +98,8 @@ impl Drop for InFlight {
 /// buffered. It ends the response with an error when the model server fails mid-way or sends
 /// nothing for the idle timeout. Dropping it (the client went away) drops the upstream request.
 /// It holds the request's in-flight place until it is done, and passes on the body's size, so a
-/// response with a `content-length` ends with its last byte.
+/// response with a `content-length` ends with its last byte. A body read to its end hands the
+/// connection back to the endpoint's pool; any other ending closes it.
 struct Relay {
     incoming: Incoming,
     idle: Duration,
@@ -114,6 +109,29 @@ struct Relay {
     armed: bool,
     /// `None` once the body ended or failed.
     guard: Option<InFlight>,
+    conn: Option<Conn>,
+}
+
+impl Relay {
+    /// Gives up the in-flight place; the connection goes back to the pool when the whole
+    /// answer was read, and is closed otherwise.
+    fn finish(&mut self, read_to_end: bool) {
+        if let Some(guard) = self.guard.take() {
+            if let Some(conn) = self.conn.take() {
+                if read_to_end {
+                    guard.0.pool.put(conn);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // The server stops polling once `is_end_stream` says the last byte went out.
+        let read_to_end = hyper::body::Body::is_end_stream(&self.incoming);
+        self.finish(read_to_end);
+    }
 }
 
 impl hyper::body::Body for Relay {
@@ -135,11 +153,11 @@ impl hyper::body::Body for Relay {
             }
             Poll::Ready(Some(Err(e))) => {
                 tracing::warn!(node_id = %guard.0.node_id, error = %with_causes(&e), "model server failed mid-response");
-                this.guard = None;
+                this.finish(false);
                 Poll::Ready(Some(Err(std::io::Error::other(e))))
             }
             Poll::Ready(None) => {
-                this.guard = None;
+                this.finish(true);
                 Poll::Ready(None)
             }
             Poll::Pending => {
@@ -155,7 +173,7 @@ impl hyper::body::Body for Relay {
                     return Poll::Pending;
                 }
                 tracing::warn!(node_id = %guard.0.node_id, "model server went silent mid-response");
-                this.guard = None;
+                this.finish(false);
                 Poll::Ready(Some(Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     "the model server sent nothing within the idle timeout",
@@ -185,46 +203,22 @@ fn forwarded_request_header(name: &HeaderName) -> bool {
 /// Response headers that belong to one connection, never passed back. `content-length` is kept:
 /// the client gets the answer with the model server's length rather than re-chunked, and a
 /// model server that dies before sending all of it leaves a visibly short body.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-];
-
-/// Whether the model server's connection ended (closed or reset) before its answer began.
-fn closed_before_answering(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        if let Some(h) = cause.downcast_ref::<hyper::Error>() {
-            if h.is_incomplete_message() || h.is_canceled() {
-                return true;
-            }
-        }
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            if matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::UnexpectedEof
-            ) {
-                return true;
-            }
-        }
-        source = cause.source();
-    }
-    false
+fn hop_by_hop(name: &HeaderName) -> bool {
+    // Known names compare as tags, not strings; `keep-alive` has no constant of its own.
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::UPGRADE
+        || name == header::HOST
+        || name.as_str() == "keep-alive"
 }
 
 /// An error with its causes ("client error (Connect): tcp connect error: Connection refused"):
 /// hyper's own message alone does not say what went wrong.
-fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -242,27 +236,10 @@ impl Proxy {
         metrics: Arc<Metrics>,
         store: Store,
     ) -> Proxy {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_nodelay(true);
-        // https:// endpoints are handed on to rustls (Mozilla's roots); http:// ones go straight.
-        connector.enforce_http(false);
-        let connector = HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .expect("rustls's safe default protocol versions are supported by ring")
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
-        let client = Client::builder(TokioExecutor::new())
-            // Below the 5 s keep-alive of uvicorn (vLLM): never reuse a connection the model
-            // server is about to close.
-            .pool_idle_timeout(Duration::from_secs(4))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         Proxy {
             table,
+            connector: Connector::new(settings.connect_timeout),
             settings,
-            client,
             rng: Mutex::new(SplitMix64::from_entropy()),
             metrics,
             store,
@@ -274,11 +251,12 @@ impl Proxy {
         *self.rng.lock().expect("rng lock") = SplitMix64::seeded(seed);
     }
 
-    /// Forwards `body` for `model` to `path` (e.g. `/v1/chat/completions`) on a ready node.
+    /// Forwards `body` for `model` to `path` (e.g. `/v1/chat/completions?x=1`, as the client
+    /// sent it) on a ready node.
     pub async fn forward(
         &self,
         model: &str,
-        path: &str,
+        path: &Uri,
         headers: &HeaderMap,
         body: Bytes,
     ) -> Result<Response, ProxyError> {
@@ -300,28 +278,37 @@ impl Proxy {
                 });
             };
             let guard = InFlight::new(endpoint.clone());
-            let uri = match format!("{}{path}", endpoint.url).parse::<Uri>() {
-                Ok(uri) => uri,
-                Err(e) => {
+            let (target, uri) = match endpoint
+                .target
+                .as_ref()
+                .map_err(String::clone)
+                .and_then(|t| Ok((t, t.uri(path)?)))
+            {
+                Ok(found) => found,
+                Err(message) => {
                     return Err(ProxyError::Upstream {
                         node: endpoint.node_name.clone(),
-                        message: format!("bad endpoint URL: {e}"),
+                        message,
                     })
                 }
             };
             let mut request = Request::new(Full::new(body.clone()));
             *request.method_mut() = Method::POST;
             *request.uri_mut() = uri;
+            let out = request.headers_mut();
+            out.insert(header::HOST, target.host().clone());
             for (name, value) in headers {
                 if forwarded_request_header(name) {
-                    request.headers_mut().append(name.clone(), value.clone());
+                    out.append(name.clone(), value.clone());
                 }
             }
             let started = Instant::now();
-            let sent =
-                tokio::time::timeout(self.settings.idle_timeout, self.client.request(request))
-                    .await;
-            let response = match sent {
+            let sent = tokio::time::timeout(
+                self.settings.idle_timeout,
+                self.connector.send(&endpoint.pool, target, request),
+            )
+            .await;
+            let (response, conn) = match sent {
                 Err(_) => {
                     // Slow is not broken: a long completion under load must not eject a node.
                     self.count(&endpoint, model, "timeout");
@@ -329,14 +316,14 @@ impl Proxy {
                         node: endpoint.node_name.clone(),
                     });
                 }
-                Ok(Err(e)) if e.is_connect() => {
+                Ok(Err(SendError::Connect(error))) => {
                     // Nothing reached the model server: another node may take it.
                     self.failed(&endpoint, model, "connect_error").await;
-                    tracing::warn!(node_id = %endpoint.node_id, model, error = %with_causes(&e), "model server refused the connection; trying another node");
+                    tracing::warn!(node_id = %endpoint.node_id, model, error = %error, "model server refused the connection; trying another node");
                     tried.push(endpoint.node_id.clone());
                     continue;
                 }
-                Ok(Err(e)) if closed_before_answering(&e) => {
+                Ok(Err(SendError::Closed(e))) => {
                     // The model server took the request and dropped the connection (it died, or
                     // closed a pooled connection) before any byte of an answer: nothing reached
                     // the client, so another node may take it.
@@ -345,14 +332,14 @@ impl Proxy {
                     tried.push(endpoint.node_id.clone());
                     continue;
                 }
-                Ok(Err(e)) => {
+                Ok(Err(SendError::Failed(e))) => {
                     self.failed(&endpoint, model, "upstream_error").await;
                     return Err(ProxyError::Upstream {
                         node: endpoint.node_name.clone(),
                         message: with_causes(&e),
                     });
                 }
-                Ok(Ok(response)) => response,
+                Ok(Ok(sent)) => sent,
             };
             self.metrics.observe(
                 "skylaunch_proxy_upstream_seconds",
@@ -366,18 +353,24 @@ impl Proxy {
             } else {
                 self.succeeded(&endpoint, model, status.as_str());
             }
-            return Ok(self.stream_back(response, guard));
+            return Ok(self.stream_back(response, guard, conn));
         }
     }
 
     /// The upstream response, passed through as it arrives.
-    fn stream_back(&self, response: hyper::Response<Incoming>, guard: InFlight) -> Response {
+    fn stream_back(
+        &self,
+        response: hyper::Response<Incoming>,
+        guard: InFlight,
+        conn: Conn,
+    ) -> Response {
         let (parts, incoming) = response.into_parts();
         // The model server's headers as they are (every value of a repeated one), less those of
         // its connection.
         let mut headers = parts.headers;
-        for name in HOP_BY_HOP {
-            headers.remove(name);
+        // Looked for before anything is removed: most answers have none of them.
+        while let Some(name) = headers.keys().find(|n| hop_by_hop(n)).cloned() {
+            headers.remove(&name);
         }
         let relay = Relay {
             incoming,
@@ -385,6 +378,7 @@ impl Proxy {
             timer: None,
             armed: false,
             guard: Some(guard),
+            conn: Some(conn),
         };
         let mut out = Response::new(Body::new(relay));
         *out.status_mut() = parts.status;

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
+use super::upstream::{Pool, Target};
 use crate::fleet::node::Node;
 use crate::fleet::status::NodeStatus;
 
@@ -29,6 +30,10 @@ pub struct Endpoint {
     /// When the agent registered: a re-registration (restarted agent and model server) starts
     /// a fresh endpoint, without the old one's failures and ejection.
     registered_at: Option<i64>,
+    /// Where requests go, from `url`; the reason when the URL cannot be used.
+    pub target: Result<Target, String>,
+    /// Idle keep-alive connections to the model server.
+    pub pool: Pool,
 }
 
 impl Endpoint {
@@ -53,6 +58,8 @@ impl Endpoint {
             ejected_until: AtomicI64::new(0),
             ejections: AtomicU32::new(0),
             registered_at,
+            target: Target::parse(url.trim_end_matches('/')),
+            pool: Pool::default(),
         }
     }
 
