@@ -682,19 +682,27 @@ async fn large_bodies_pass_up_to_the_proxy_limit_and_credentials_stay_behind() {
 /// A model server on raw TCP that counts the connections it accepts. It answers each request on
 /// a connection in turn with a small completion, chunked when the request asks to stream. With
 /// `close_idle_after`, it closes a connection that long after its last answer, as uvicorn's
-/// keep-alive timeout does.
-async fn keep_alive_server(close_idle_after: Option<Duration>) -> (Arc<AtomicUsize>, String) {
+/// keep-alive timeout does. Returns the connections accepted, and those still open.
+async fn keep_alive_server(
+    close_idle_after: Option<Duration>,
+) -> (Arc<AtomicUsize>, Arc<AtomicUsize>, String) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
+    let open = Arc::new(AtomicUsize::new(0));
+    let (count, still_open) = (accepted.clone(), open.clone());
     tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(answer_each_request(socket, close_idle_after));
+            still_open.fetch_add(1, Ordering::SeqCst);
+            let still_open = still_open.clone();
+            tokio::spawn(async move {
+                answer_each_request(socket, close_idle_after).await;
+                still_open.fetch_sub(1, Ordering::SeqCst);
+            });
         }
     });
-    (accepted, url)
+    (accepted, open, url)
 }
 
 async fn answer_each_request(socket: tokio::net::TcpStream, close_idle_after: Option<Duration>) {
@@ -754,7 +762,7 @@ async fn answer_each_request(socket: tokio::net::TcpStream, close_idle_after: Op
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_to_a_model_server_are_kept_and_reused_once_an_answer_was_read() {
     let Some(app) = app().await else { return };
-    let (accepted, url) = keep_alive_server(None).await;
+    let (accepted, open, url) = keep_alive_server(None).await;
     node_at(&app, "kept", "m", &url, 1.0).await;
     for _ in 0..3 {
         let (code, body) = chat(&app, "m").await;
@@ -779,12 +787,26 @@ async fn connections_to_a_model_server_are_kept_and_reused_once_an_answer_was_re
         assert_eq!(chat(&app, "m").await.0, StatusCode::OK);
     }
     assert_eq!(accepted.load(Ordering::SeqCst), opened);
+
+    // With no traffic, skylaunch closes them itself once they are too old to reuse (4 s), even
+    // though this model server would keep them open for ever.
+    let mut waited = 0;
+    while open.load(Ordering::SeqCst) > 0 {
+        assert!(
+            waited < 300,
+            "idle connections still open after 15 s: {}",
+            open.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    assert_eq!(chat(&app, "m").await.0, StatusCode::OK, "a new one is made");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_connection_the_model_server_closed_is_not_used_and_not_held_against_it() {
     let Some(app) = app().await else { return };
-    let (accepted, url) = keep_alive_server(Some(Duration::from_millis(100))).await;
+    let (accepted, _, url) = keep_alive_server(Some(Duration::from_millis(100))).await;
     node_at(&app, "closing", "m", &url, 1.0).await;
     for round in 1..=3 {
         let (code, body) = chat(&app, "m").await;

@@ -24,7 +24,7 @@ use hyper::body::{Frame, Incoming, SizeHint};
 
 use super::policy::{choose, SplitMix64};
 use super::table::{Endpoint, NoHealthyNodes, RoutingTable};
-use super::upstream::{Conn, Connector, SendError};
+use super::upstream::{Conn, Connector, SendError, IDLE_FOR};
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -236,6 +236,19 @@ impl Proxy {
         metrics: Arc<Metrics>,
         store: Store,
     ) -> Proxy {
+        // Ends with the table: the task holds it weakly.
+        let idle_table = Arc::downgrade(&table);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(IDLE_FOR);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(table) = idle_table.upgrade() else {
+                    return;
+                };
+                table.close_idle_connections();
+            }
+        });
         Proxy {
             table,
             connector: Connector::new(settings.connect_timeout),

@@ -8,6 +8,9 @@
 //! connection the model server had already closed is dropped before the request goes out, and
 //! the next one (or a new one) takes it.
 //!
+//! A task of the proxy closes connections idle for longer than that every [`IDLE_FOR`], so a
+//! burst's connections do not stay open after its traffic stopped.
+//!
 //! Each endpoint has its own list, found through the endpoint the policy picked: no look-up by
 //! host, no task per request to watch a connection come back (what a general-purpose pooled
 //! client costs on every request).
@@ -129,7 +132,18 @@ impl Pool {
         }
     }
 
-    /// How many idle connections are kept (tests).
+    /// Closes the idle connections that are too old to be reused, and forgets those the model
+    /// server closed: run every [`IDLE_FOR`] so a burst's connections do not stay open (a
+    /// socket and a task each) after its traffic stopped.
+    pub fn close_expired(&self) {
+        let now = Instant::now();
+        self.idle
+            .lock()
+            .expect("pool lock")
+            .retain(|(since, conn)| now.duration_since(*since) < IDLE_FOR && !conn.is_closed());
+    }
+
+    /// How many idle connections are kept.
     pub fn idle(&self) -> usize {
         self.idle.lock().expect("pool lock").len()
     }
