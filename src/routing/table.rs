@@ -48,17 +48,18 @@ impl Endpoint {
         health: f64,
         registered_at: Option<i64>,
     ) -> Endpoint {
+        let url = url.trim_end_matches('/');
         Endpoint {
             node_id: node_id.to_string(),
             node_name: node_name.to_string(),
-            url: url.trim_end_matches('/').to_string(),
+            url: url.to_string(),
             health: AtomicU64::new(health.to_bits()),
             in_flight: AtomicUsize::new(0),
             failures: AtomicU32::new(0),
             ejected_until: AtomicI64::new(0),
             ejections: AtomicU32::new(0),
             registered_at,
-            target: Target::parse(url.trim_end_matches('/')),
+            target: Target::parse(url),
             pool: Pool::default(),
         }
     }

@@ -142,11 +142,6 @@ impl Pool {
             .expect("pool lock")
             .retain(|(since, conn)| now.duration_since(*since) < IDLE_FOR && !conn.is_closed());
     }
-
-    /// How many idle connections are kept.
-    pub fn idle(&self) -> usize {
-        self.idle.lock().expect("pool lock").len()
-    }
 }
 
 /// Why a request got no answer from a model server.
