@@ -2,6 +2,7 @@
 //! policy that picks a node (power of two choices, weighted by health and load), and the proxy
 //! that forwards and streams requests, with retries on refused connections and passive health.
 
+mod http1;
 pub mod policy;
 pub mod proxy;
 pub mod table;

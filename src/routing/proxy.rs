@@ -16,15 +16,13 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderMap, HeaderName, Method};
-use axum::http::{Request, Uri};
+use axum::http::{HeaderMap, HeaderName, Uri};
 use axum::response::Response;
-use http_body_util::Full;
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::{Frame, SizeHint};
 
 use super::policy::{choose, SplitMix64};
 use super::table::{Endpoint, NoHealthyNodes, RoutingTable};
-use super::upstream::{Conn, Connector, SendError, IDLE_FOR};
+use super::upstream::{Answer, Connector, Head, SendError, IDLE_FOR};
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -101,7 +99,7 @@ impl Drop for InFlight {
 /// response with a `content-length` ends with its last byte. A body read to its end hands the
 /// connection back to the endpoint's pool; any other ending closes it.
 struct Relay {
-    incoming: Incoming,
+    answer: Answer,
     idle: Duration,
     /// Made the first time the model server keeps the client waiting, then reused.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -109,7 +107,6 @@ struct Relay {
     armed: bool,
     /// `None` once the body ended or failed.
     guard: Option<InFlight>,
-    conn: Option<Conn>,
 }
 
 impl Relay {
@@ -117,8 +114,8 @@ impl Relay {
     /// answer was read, and is closed otherwise.
     fn finish(&mut self, read_to_end: bool) {
         if let Some(guard) = self.guard.take() {
-            if let Some(conn) = self.conn.take() {
-                if read_to_end {
+            if read_to_end {
+                if let Some(conn) = self.answer.take_reusable() {
                     guard.0.pool.put(conn);
                 }
             }
@@ -129,7 +126,7 @@ impl Relay {
 impl Drop for Relay {
     fn drop(&mut self) {
         // The server stops polling once `is_end_stream` says the last byte went out.
-        let read_to_end = hyper::body::Body::is_end_stream(&self.incoming);
+        let read_to_end = self.answer.is_end();
         self.finish(read_to_end);
     }
 }
@@ -146,15 +143,15 @@ impl hyper::body::Body for Relay {
         let Some(guard) = &this.guard else {
             return Poll::Ready(None);
         };
-        match Pin::new(&mut this.incoming).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
+        match this.answer.poll_data(cx) {
+            Poll::Ready(Some(Ok(data))) => {
                 this.armed = false;
-                Poll::Ready(Some(Ok(frame)))
+                Poll::Ready(Some(Ok(Frame::data(data))))
             }
             Poll::Ready(Some(Err(e))) => {
-                tracing::warn!(node_id = %guard.0.node_id, error = %with_causes(&e), "model server failed mid-response");
+                tracing::warn!(node_id = %guard.0.node_id, error = %e, "model server failed mid-response");
                 this.finish(false);
-                Poll::Ready(Some(Err(std::io::Error::other(e))))
+                Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
                 this.finish(true);
@@ -183,11 +180,13 @@ impl hyper::body::Body for Relay {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.guard.is_none() || self.incoming.is_end_stream()
+        self.guard.is_none() || self.answer.is_end()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.incoming.size_hint()
+        self.answer
+            .remaining()
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }
 
@@ -198,22 +197,6 @@ fn forwarded_request_header(name: &HeaderName) -> bool {
         name.as_str(),
         "content-type" | "accept" | "accept-encoding" | "user-agent" | "x-request-id"
     ) || name.as_str().starts_with("openai-")
-}
-
-/// Response headers that belong to one connection, never passed back. `content-length` is kept:
-/// the client gets the answer with the model server's length rather than re-chunked, and a
-/// model server that dies before sending all of it leaves a visibly short body.
-fn hop_by_hop(name: &HeaderName) -> bool {
-    // Known names compare as tags, not strings; `keep-alive` has no constant of its own.
-    name == header::CONNECTION
-        || name == header::TRANSFER_ENCODING
-        || name == header::PROXY_AUTHENTICATE
-        || name == header::PROXY_AUTHORIZATION
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::UPGRADE
-        || name == header::HOST
-        || name.as_str() == "keep-alive"
 }
 
 /// An error with its causes ("client error (Connect): tcp connect error: Connection refused"):
@@ -291,37 +274,29 @@ impl Proxy {
                 });
             };
             let guard = InFlight::new(endpoint.clone());
-            let (target, uri) = match endpoint
-                .target
-                .as_ref()
-                .map_err(String::clone)
-                .and_then(|t| Ok((t, t.uri(path)?)))
-            {
-                Ok(found) => found,
+            let target = match &endpoint.target {
+                Ok(target) => target,
                 Err(message) => {
                     return Err(ProxyError::Upstream {
                         node: endpoint.node_name.clone(),
-                        message,
+                        message: message.clone(),
                     })
                 }
             };
-            let mut request = Request::new(Full::new(body.clone()));
-            *request.method_mut() = Method::POST;
-            *request.uri_mut() = uri;
-            let out = request.headers_mut();
-            out.insert(header::HOST, target.host().clone());
-            for (name, value) in headers {
-                if forwarded_request_header(name) {
-                    out.append(name.clone(), value.clone());
-                }
-            }
+            let head = target.post_head(
+                path,
+                headers
+                    .iter()
+                    .filter(|(name, _)| forwarded_request_header(name)),
+                body.len(),
+            );
             let started = Instant::now();
             let sent = tokio::time::timeout(
                 self.settings.idle_timeout,
-                self.connector.send(&endpoint.pool, target, request),
+                self.connector.send(&endpoint.pool, target, head, &body),
             )
             .await;
-            let (response, conn) = match sent {
+            let (answer_head, answer) = match sent {
                 Err(_) => {
                     // Slow is not broken: a long completion under load must not eject a node.
                     self.count(&endpoint, model, "timeout");
@@ -341,7 +316,7 @@ impl Proxy {
                     // closed a pooled connection) before any byte of an answer: nothing reached
                     // the client, so another node may take it.
                     self.failed(&endpoint, model, "closed").await;
-                    tracing::warn!(node_id = %endpoint.node_id, model, error = %with_causes(&e), "model server closed the connection without answering; trying another node");
+                    tracing::warn!(node_id = %endpoint.node_id, model, error = %e, "model server closed the connection without answering; trying another node");
                     tried.push(endpoint.node_id.clone());
                     continue;
                 }
@@ -349,7 +324,7 @@ impl Proxy {
                     self.failed(&endpoint, model, "upstream_error").await;
                     return Err(ProxyError::Upstream {
                         node: endpoint.node_name.clone(),
-                        message: with_causes(&e),
+                        message: e,
                     });
                 }
                 Ok(Ok(sent)) => sent,
@@ -360,42 +335,29 @@ impl Proxy {
                 &[("model", model)],
                 started.elapsed().as_secs_f64(),
             );
-            let status = response.status();
+            let status = answer_head.status;
             if status.is_server_error() {
                 self.failed(&endpoint, model, status.as_str()).await;
             } else {
                 self.succeeded(&endpoint, model, status.as_str());
             }
-            return Ok(self.stream_back(response, guard, conn));
+            return Ok(self.stream_back(answer_head, answer, guard));
         }
     }
 
-    /// The upstream response, passed through as it arrives.
-    fn stream_back(
-        &self,
-        response: hyper::Response<Incoming>,
-        guard: InFlight,
-        conn: Conn,
-    ) -> Response {
-        let (parts, incoming) = response.into_parts();
-        // The model server's headers as they are (every value of a repeated one), less those of
-        // its connection.
-        let mut headers = parts.headers;
-        // Looked for before anything is removed: most answers have none of them.
-        while let Some(name) = headers.keys().find(|n| hop_by_hop(n)).cloned() {
-            headers.remove(&name);
-        }
+    /// The upstream response, passed through as it arrives, with the model server's headers
+    /// as they are (every value of a repeated one), less those of its connection.
+    fn stream_back(&self, head: Head, answer: Answer, guard: InFlight) -> Response {
         let relay = Relay {
-            incoming,
+            answer,
             idle: self.settings.idle_timeout,
             timer: None,
             armed: false,
             guard: Some(guard),
-            conn: Some(conn),
         };
         let mut out = Response::new(Body::new(relay));
-        *out.status_mut() = parts.status;
-        *out.headers_mut() = headers;
+        *out.status_mut() = head.status;
+        *out.headers_mut() = head.headers;
         out
     }
 

@@ -19,23 +19,20 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::http::{HeaderValue, Request, Response, Uri};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
+use axum::http::{HeaderName, HeaderValue, Uri};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
 use tower_service::Service;
+
+use super::http1::Failure;
+pub use super::http1::{Answer, Conn, Head};
 
 /// Longest an idle connection is kept for reuse.
 pub const IDLE_FOR: Duration = Duration::from_secs(4);
 
 /// Idle connections kept per endpoint at most; beyond that, a returning one is closed.
 const MAX_IDLE: usize = 1024;
-
-/// A connection to a model server, ready for one request at a time.
-pub type Conn = SendRequest<Full<Bytes>>;
 
 /// Where an endpoint's requests go, worked out once from its URL.
 #[derive(Debug)]
@@ -74,16 +71,31 @@ impl Target {
         })
     }
 
-    /// The request line's target for `path` (e.g. `/v1/completions?x=1`) on this endpoint.
-    /// A client's absolute-form target (`http://host/v1/...`) is sent on in origin form.
-    pub fn uri(&self, path: &Uri) -> Result<Uri, String> {
-        if self.prefix.is_empty() && path.scheme().is_none() {
-            return Ok(path.clone());
-        }
+    /// The head of a `POST` of `body_len` bytes to `path` (e.g. `/v1/completions?x=1`, as the
+    /// client sent it) on this endpoint, with `headers`. A client's absolute-form target
+    /// (`http://host/v1/...`) is sent on in origin form.
+    pub fn post_head<'a>(
+        &self,
+        path: &Uri,
+        headers: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+        body_len: usize,
+    ) -> Vec<u8> {
         let path = path.path_and_query().map_or("/", |p| p.as_str());
-        format!("{}{path}", self.prefix)
-            .parse()
-            .map_err(|e| format!("bad endpoint URL: {e}"))
+        let mut head = Vec::with_capacity(512);
+        head.extend_from_slice(b"POST ");
+        head.extend_from_slice(self.prefix.as_bytes());
+        head.extend_from_slice(path.as_bytes());
+        head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        head.extend_from_slice(self.host.as_bytes());
+        head.extend_from_slice(b"\r\n");
+        for (name, value) in headers {
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(format!("content-length: {body_len}\r\n\r\n").as_bytes());
+        head
     }
 
     pub fn host(&self) -> &HeaderValue {
@@ -92,33 +104,41 @@ impl Target {
 }
 
 /// One endpoint's idle connections, oldest first.
-#[derive(Default, Debug)]
+#[derive(Default)]
 pub struct Pool {
     idle: Mutex<VecDeque<(Instant, Conn)>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let idle = self.idle.lock().map_or(0, |idle| idle.len());
+        f.debug_struct("Pool").field("idle", &idle).finish()
+    }
 }
 
 impl Pool {
     /// The most recently used idle connection still worth trying, if any.
     fn take(&self) -> Option<Conn> {
-        let mut idle = self.idle.lock().expect("pool lock");
-        while let Some((since, conn)) = idle.pop_back() {
-            if since.elapsed() >= IDLE_FOR {
-                // The newest is too old: so are the rest.
-                idle.clear();
-                return None;
-            }
+        loop {
+            let mut conn = {
+                let mut idle = self.idle.lock().expect("pool lock");
+                let (since, conn) = idle.pop_back()?;
+                if since.elapsed() >= IDLE_FOR {
+                    // The newest is too old: so are the rest.
+                    idle.clear();
+                    return None;
+                }
+                conn
+            };
+            // Looked at outside the lock.
             if !conn.is_closed() {
                 return Some(conn);
             }
         }
-        None
     }
 
     /// A connection whose answer was read to its end, back for the next request.
     pub fn put(&self, conn: Conn) {
-        if conn.is_closed() {
-            return;
-        }
         let now = Instant::now();
         let mut idle = self.idle.lock().expect("pool lock");
         while idle
@@ -132,15 +152,15 @@ impl Pool {
         }
     }
 
-    /// Closes the idle connections that are too old to be reused, and forgets those the model
-    /// server closed: run every [`IDLE_FOR`] so a burst's connections do not stay open (a
-    /// socket and a task each) after its traffic stopped.
+    /// Closes the idle connections that are too old to be reused, and those the model server
+    /// closed: run every [`IDLE_FOR`] so a burst's connections do not stay open after its
+    /// traffic stopped.
     pub fn close_expired(&self) {
         let now = Instant::now();
         self.idle
             .lock()
             .expect("pool lock")
-            .retain(|(since, conn)| now.duration_since(*since) < IDLE_FOR && !conn.is_closed());
+            .retain_mut(|(since, conn)| now.duration_since(*since) < IDLE_FOR && !conn.is_closed());
     }
 }
 
@@ -151,9 +171,18 @@ pub enum SendError {
     Connect(String),
     /// The model server took the request and closed the connection (or reset it) before any
     /// byte of an answer.
-    Closed(hyper::Error),
+    Closed(String),
     /// Anything else (a malformed answer, say).
-    Failed(hyper::Error),
+    Failed(String),
+}
+
+impl From<Failure> for SendError {
+    fn from(failure: Failure) -> SendError {
+        match failure {
+            Failure::Closed(e) => SendError::Closed(e),
+            Failure::Failed(e) => SendError::Failed(e),
+        }
+    }
 }
 
 /// Dials model servers: TCP without Nagle's delay, under the connect timeout; `https://`
@@ -178,33 +207,22 @@ impl Connector {
         Connector { inner }
     }
 
-    /// Sends `request` to the endpoint that owns `pool`: on the newest idle connection that is
-    /// still open, else on a new one. Returns the answer's head and the connection, which goes
-    /// back to `pool` once the body was read to its end.
+    /// Sends a request (its `head` from [`Target::post_head`], and `body`) to the endpoint that
+    /// owns `pool`: on the newest idle connection that is still open, else on a new one.
+    /// Returns the answer's head and its body, whose connection goes back to `pool` once the
+    /// body was read to its end.
     pub async fn send(
         &self,
         pool: &Pool,
         target: &Target,
-        mut request: Request<Full<Bytes>>,
-    ) -> Result<(Response<Incoming>, Conn), SendError> {
-        while let Some(mut conn) = pool.take() {
-            if conn.ready().await.is_err() {
-                continue;
-            }
-            match conn.try_send_request(request).await {
-                Ok(response) => return Ok((response, conn)),
-                Err(mut e) => match e.take_message() {
-                    // The connection closed before the request went out: try the next.
-                    Some(unsent) => request = unsent,
-                    None => return Err(classify(e.into_error())),
-                },
-            }
-        }
-        let mut conn = self.connect(target).await?;
-        match conn.send_request(request).await {
-            Ok(response) => Ok((response, conn)),
-            Err(e) => Err(classify(e)),
-        }
+        head: Vec<u8>,
+        body: &[u8],
+    ) -> Result<(Head, Answer), SendError> {
+        let conn = match pool.take() {
+            Some(conn) => conn,
+            None => self.connect(target).await?,
+        };
+        Ok(conn.exchange(head, body).await?)
     }
 
     async fn connect(&self, target: &Target) -> Result<Conn, SendError> {
@@ -216,45 +234,8 @@ impl Connector {
             .call(target.connect.clone())
             .await
             .map_err(|e| SendError::Connect(super::proxy::with_causes(&*e)))?;
-        let (conn, connection) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|e| SendError::Connect(super::proxy::with_causes(&e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %super::proxy::with_causes(&e), "model server connection ended");
-            }
-        });
-        Ok(conn)
+        Ok(Conn::new(TokioIo::new(io)))
     }
-}
-
-/// Whether the model server's connection ended (closed or reset) before its answer began.
-fn classify(e: hyper::Error) -> SendError {
-    if e.is_incomplete_message() || e.is_canceled() || reset(&e) {
-        SendError::Closed(e)
-    } else {
-        SendError::Failed(e)
-    }
-}
-
-fn reset(e: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            if matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::UnexpectedEof
-            ) {
-                return true;
-            }
-        }
-        source = cause.source();
-    }
-    false
 }
 
 #[cfg(test)]
@@ -269,12 +250,19 @@ mod tests {
         let t = Target::parse("https://models.example:443/base").unwrap();
         assert_eq!(t.host(), "models.example");
         let path: Uri = "/v1/completions?x=1".parse().unwrap();
-        assert_eq!(t.uri(&path).unwrap(), "/base/v1/completions?x=1");
+        let head = |t: &Target, path: &Uri| {
+            String::from_utf8(t.post_head(path, std::iter::empty(), 2)).unwrap()
+        };
+        assert_eq!(
+            head(&t, &path),
+            "POST /base/v1/completions?x=1 HTTP/1.1\r\nhost: models.example\r\ncontent-length: 2\r\n\r\n"
+        );
         let t = Target::parse("http://[::1]:9000/").unwrap();
         assert_eq!(t.host(), "[::1]:9000");
-        assert_eq!(t.uri(&path).unwrap(), path);
+        assert!(head(&t, &path)
+            .starts_with("POST /v1/completions?x=1 HTTP/1.1\r\nhost: [::1]:9000\r\n"));
         let absolute: Uri = "http://skylaunch:8080/v1/completions?x=1".parse().unwrap();
-        assert_eq!(t.uri(&absolute).unwrap(), path);
+        assert_eq!(head(&t, &absolute), head(&t, &path));
     }
 
     #[test]
