@@ -74,10 +74,13 @@ where
     B: HttpBody<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
+    // A body that comes in one piece (most do) is kept as it came, not copied.
+    let mut first: Option<Bytes> = None;
     let mut read: Vec<u8> = Vec::new();
     while let Some(chunk) = next_chunk(&mut body).await {
         let chunk = chunk.map_err(|e| BodyError::Read(e.to_string()))?;
-        if read.len() + chunk.len() > limit {
+        let so_far = first.as_ref().map_or(read.len(), Bytes::len);
+        if so_far + chunk.len() > limit {
             let until = tokio::time::Instant::now() + DRAIN_FOR;
             let mut drained = 0;
             while drained < DRAIN_AT_MOST {
@@ -88,9 +91,16 @@ where
             }
             return Err(BodyError::TooLarge);
         }
+        if read.is_empty() && first.is_none() {
+            first = Some(chunk);
+            continue;
+        }
+        if let Some(first) = first.take() {
+            read.extend_from_slice(&first);
+        }
         read.extend_from_slice(&chunk);
     }
-    Ok(Bytes::from(read))
+    Ok(first.unwrap_or_else(|| Bytes::from(read)))
 }
 
 /// The body's next piece of data; trailers are skipped.

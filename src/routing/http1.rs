@@ -159,7 +159,9 @@ impl Conn {
             .and(self.io.flush().await)
             .map_err(|e| io_failure(&e, "could not send the request"))?;
         loop {
-            if let Some((head, framing, keep_alive)) = self.parse_head()? {
+            if self.buf.is_empty() {
+                // Nothing to parse yet: read first.
+            } else if let Some((head, framing, keep_alive)) = self.parse_head()? {
                 return Ok((
                     head,
                     Answer {

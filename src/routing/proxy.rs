@@ -158,14 +158,15 @@ impl hyper::body::Body for Relay {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                let deadline = tokio::time::Instant::now() + this.idle;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 if !this.armed {
-                    timer.as_mut().reset(deadline);
+                    let deadline = tokio::time::Instant::now() + this.idle;
+                    match &mut this.timer {
+                        Some(timer) => timer.as_mut().reset(deadline),
+                        None => this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
                     this.armed = true;
                 }
+                let timer = this.timer.as_mut().expect("armed above");
                 if timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
