@@ -426,8 +426,12 @@ async fn launch_started_on_a_killed_process_finishes_on_another() {
     );
     let logs = t.logs().await;
     assert!(logs.contains("this one takes it over"), "{logs}");
+    // B took over either before the first attempt's agent registered (it asks SkyPilot about
+    // the cluster and follows it) or, on a slow machine, just after (it waits for the
+    // registered node to become ready). Either way it goes on with A's VM.
+    let followed = logs.contains("waiting for its agent to register instead of launching again");
     assert!(
-        logs.contains("waiting for its agent to register instead of launching again"),
+        followed || logs.contains("the node's agent registered ("),
         "{logs}"
     );
 
@@ -440,7 +444,7 @@ async fn launch_started_on_a_killed_process_finishes_on_another() {
     assert_eq!(launches.len(), 1, "{calls:?}");
     assert!(launches[0].contains(&cluster.to_string()), "{calls:?}");
     assert!(
-        calls.iter().any(|c| c[..] == ["status", cluster]),
+        !followed || calls.iter().any(|c| c[..] == ["status", cluster]),
         "B asked SkyPilot about the cluster: {calls:?}"
     );
     assert!(!calls.iter().any(|c| c[0] == "down"), "{calls:?}");
