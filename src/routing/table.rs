@@ -214,7 +214,6 @@ impl RoutingTable {
         }
     }
 
-    /// Models with at least one ready node, and how many, sorted by name.
     /// Closes every routable endpoint's connections idle for too long (see `upstream.rs`).
     pub fn close_idle_connections(&self) {
         let inner = self.inner.read().expect("routing lock is never poisoned");
@@ -223,6 +222,7 @@ impl RoutingTable {
         }
     }
 
+    /// Models with at least one ready node, and how many, sorted by name.
     pub fn models(&self) -> Vec<(String, usize)> {
         let inner = self.inner.read().expect("routing lock is never poisoned");
         let mut models: Vec<(String, usize)> = inner

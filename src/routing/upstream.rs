@@ -16,6 +16,7 @@
 //! client costs on every request).
 
 use std::collections::VecDeque;
+use std::io::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -94,12 +95,9 @@ impl Target {
             head.extend_from_slice(value.as_bytes());
             head.extend_from_slice(b"\r\n");
         }
-        head.extend_from_slice(format!("content-length: {body_len}\r\n\r\n").as_bytes());
+        // Writing to a Vec cannot fail.
+        let _ = write!(head, "content-length: {body_len}\r\n\r\n");
         head
-    }
-
-    pub fn host(&self) -> &HeaderValue {
-        &self.host
     }
 }
 
@@ -245,10 +243,10 @@ mod tests {
     #[test]
     fn a_target_keeps_the_port_only_when_it_is_not_the_default() {
         let t = Target::parse("http://10.0.0.5:8000").unwrap();
-        assert_eq!(t.host(), "10.0.0.5:8000");
+        assert_eq!(t.host, "10.0.0.5:8000");
         assert_eq!(t.connect, "http://10.0.0.5:8000/");
         let t = Target::parse("https://models.example:443/base").unwrap();
-        assert_eq!(t.host(), "models.example");
+        assert_eq!(t.host, "models.example");
         let path: Uri = "/v1/completions?x=1".parse().unwrap();
         let head = |t: &Target, path: &Uri| {
             String::from_utf8(t.post_head(path, std::iter::empty(), 2)).unwrap()
@@ -258,7 +256,7 @@ mod tests {
             "POST /base/v1/completions?x=1 HTTP/1.1\r\nhost: models.example\r\ncontent-length: 2\r\n\r\n"
         );
         let t = Target::parse("http://[::1]:9000/").unwrap();
-        assert_eq!(t.host(), "[::1]:9000");
+        assert_eq!(t.host, "[::1]:9000");
         assert!(head(&t, &path)
             .starts_with("POST /v1/completions?x=1 HTTP/1.1\r\nhost: [::1]:9000\r\n"));
         let absolute: Uri = "http://skylaunch:8080/v1/completions?x=1".parse().unwrap();
