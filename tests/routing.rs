@@ -822,3 +822,248 @@ async fn a_kept_connection_the_model_server_closed_is_not_used_and_not_held_agai
         "a connection closed while idle is not a failure of the node: {metrics}"
     );
 }
+
+/// One connection to the control plane, written and read byte by byte as a client would.
+struct RawClient {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+/// A response as read off the wire: status, headers (names in lower case), body (un-chunked).
+struct RawResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+impl RawClient {
+    async fn connect(app: &TestApp) -> RawClient {
+        let addr = app.base.trim_start_matches("http://").to_string();
+        RawClient {
+            stream: tokio::net::TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads more into the buffer; false at the connection's end.
+    async fn fill(&mut self) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 16 * 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
+            .await
+            .expect("the server answers within 10 s")
+            .unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    /// The next response on the connection (an interim 1xx one included).
+    async fn response(&mut self) -> RawResponse {
+        self.read_response(true).await
+    }
+
+    /// The next response, to a `HEAD` request: no body follows its head.
+    async fn response_to_head(&mut self) -> RawResponse {
+        self.read_response(false).await
+    }
+
+    async fn read_response(&mut self, with_body: bool) -> RawResponse {
+        loop {
+            let mut lines = [httparse::EMPTY_HEADER; 64];
+            let mut parsed = httparse::Response::new(&mut lines);
+            if let httparse::Status::Complete(len) = parsed.parse(&self.buf).unwrap() {
+                let status = parsed.code.unwrap();
+                let headers: Vec<(String, String)> = parsed
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_ascii_lowercase(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                self.buf.drain(..len);
+                let mut response = RawResponse {
+                    status,
+                    headers,
+                    body: Vec::new(),
+                };
+                if with_body && status >= 200 && status != 204 && status != 304 {
+                    response.body = self.body(&response).await;
+                }
+                return response;
+            }
+            assert!(self.fill().await, "the connection ended before a response");
+        }
+    }
+
+    async fn body(&mut self, response: &RawResponse) -> Vec<u8> {
+        if let Some(length) = response.header("content-length") {
+            let length: usize = length.parse().unwrap();
+            while self.buf.len() < length {
+                assert!(self.fill().await, "the connection ended within a body");
+            }
+            return self.buf.drain(..length).collect();
+        }
+        assert_eq!(response.header("transfer-encoding"), Some("chunked"));
+        let mut body = Vec::new();
+        loop {
+            let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") else {
+                assert!(self.fill().await, "the connection ended within a body");
+                continue;
+            };
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&self.buf[..end]).unwrap(), 16).unwrap();
+            while self.buf.len() < end + 2 + size + 2 {
+                assert!(self.fill().await, "the connection ended within a chunk");
+            }
+            body.extend_from_slice(&self.buf[end + 2..end + 2 + size]);
+            self.buf.drain(..end + 2 + size + 2);
+            if size == 0 {
+                return body;
+            }
+        }
+    }
+
+    /// Whether the server closed the connection (nothing more comes).
+    async fn closed(&mut self) -> bool {
+        !self.fill().await && self.buf.is_empty()
+    }
+}
+
+fn post_chat(model: &str, extra_headers: &str) -> Vec<u8> {
+    let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: skylaunch\r\ncontent-type: application/json\r\n{extra_headers}content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_carries_inference_and_other_requests_in_turn_and_pipelined() {
+    let Some(app) = app().await else { return };
+    let (up, url) = upstream("llama", Behaviour::Complete { delay_ms: 0 }).await;
+    node_at(&app, "llama-1", "m", &url, 1.0).await;
+    let mut client = RawClient::connect(&app).await;
+    // In turn: inference, an admin read, inference again.
+    client.send(&post_chat("m", "")).await;
+    let r = client.response().await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["served_by"], "llama");
+    assert_eq!(r.header("content-length"), Some(&*r.body.len().to_string()));
+    let repeated: Vec<&str> = r
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "x-model-server")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(repeated, ["one", "two"], "every value of a repeated header");
+    client
+        .send(b"GET /healthz HTTP/1.1\r\nhost: skylaunch\r\n\r\n")
+        .await;
+    assert_eq!(client.response().await.status, 200);
+    client.send(&post_chat("m", "")).await;
+    assert_eq!(client.response().await.json()["served_by"], "llama");
+    // Pipelined in one write: the answers come back in order.
+    let mut three = post_chat("m", "x-request-id: first\r\n");
+    three.extend_from_slice(b"GET /v1/models HTTP/1.1\r\nhost: skylaunch\r\n\r\n");
+    three.extend_from_slice(&post_chat("nobody-serves-this", ""));
+    client.send(&three).await;
+    assert_eq!(client.response().await.json()["served_by"], "llama");
+    let models = client.response().await.json();
+    assert_eq!(models["data"][0]["id"], "m", "{models}");
+    let none = client.response().await;
+    assert_eq!(none.status, 503);
+    assert_eq!(none.json()["error"]["code"], "no_healthy_nodes");
+    assert_eq!(up.hits.load(Ordering::SeqCst), 3);
+    let (seen, _) = up.seen.lock().unwrap().clone().unwrap();
+    assert_eq!(seen["x-request-id"], "first", "request headers went on");
+    // A client that waits for 100 Continue before sending its body.
+    let request = post_chat("m", "expect: 100-continue\r\n");
+    let split = request.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    client.send(&request[..split]).await;
+    assert_eq!(client.response().await.status, 100);
+    client.send(&request[split..]).await;
+    assert_eq!(client.response().await.json()["served_by"], "llama");
+    // A chunked body (hyper reads those), and the same connection still serves after it.
+    let body = json!({"model": "m", "messages": []}).to_string();
+    let chunked = format!(
+        "POST /v1/completions HTTP/1.1\r\nhost: skylaunch\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    client.send(chunked.as_bytes()).await;
+    assert_eq!(client.response().await.json()["served_by"], "llama");
+    client.send(&post_chat("m", "")).await;
+    assert_eq!(client.response().await.json()["served_by"], "llama");
+    // Asked to, the server closes the connection after the answer.
+    let mut client = RawClient::connect(&app).await;
+    client.send(&post_chat("m", "connection: close\r\n")).await;
+    let r = client.response().await;
+    assert_eq!(r.json()["served_by"], "llama");
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(client.closed().await, "the connection was closed");
+    assert_eq!(up.hits.load(Ordering::SeqCst), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_requests_get_proper_http_answers() {
+    let Some(app) = app().await else { return };
+    let (up, url) = upstream("llama", Behaviour::Complete { delay_ms: 0 }).await;
+    node_at(&app, "llama-1", "m", &url, 1.0).await;
+    // HTTP/1.0, without keep-alive: answered, then closed.
+    let mut client = RawClient::connect(&app).await;
+    client.send(b"GET /healthz HTTP/1.0\r\n\r\n").await;
+    assert_eq!(client.response().await.status, 200);
+    assert!(client.closed().await);
+    // Not HTTP at all.
+    let mut client = RawClient::connect(&app).await;
+    client.send(b"GARBAGE\x01 / HTTP/9\r\n\r\n").await;
+    assert_eq!(client.response().await.status, 400);
+    // A forwarded route without a body is a clear 400, not a node's problem.
+    let mut client = RawClient::connect(&app).await;
+    client
+        .send(b"POST /v1/completions HTTP/1.1\r\nhost: skylaunch\r\n\r\n")
+        .await;
+    let r = client.response().await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], "invalid_request");
+    // HEAD of a page, and an admin call without its token, on one connection.
+    client
+        .send(b"HEAD /healthz HTTP/1.1\r\nhost: skylaunch\r\n\r\n")
+        .await;
+    let head = client.response_to_head().await;
+    assert_eq!(head.status, 200);
+    client
+        .send(b"GET /admin/nodes HTTP/1.1\r\nhost: skylaunch\r\n\r\n")
+        .await;
+    assert_eq!(client.response().await.status, 401);
+    // Bad JSON on the fast path changes nothing and reaches no node.
+    let mut client = RawClient::connect(&app).await;
+    client
+        .send(b"POST /v1/embeddings HTTP/1.1\r\nhost: skylaunch\r\ncontent-length: 5\r\n\r\n{oops")
+        .await;
+    let r = client.response().await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], "invalid_request");
+    assert_eq!(up.hits.load(Ordering::SeqCst), 0);
+}

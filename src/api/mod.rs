@@ -4,6 +4,7 @@
 pub mod cloud_events;
 pub mod error;
 pub mod extract;
+mod front;
 pub mod jobs;
 pub mod limits;
 pub mod nodes;
@@ -19,16 +20,13 @@ use std::pin::pin;
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::Listener;
 use axum::Router;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 use tower_service::Service;
 
@@ -118,7 +116,7 @@ async fn record_request(State(state): State<AppState>, req: Request, next: Next)
     let method = req.method().clone();
     let started = Instant::now();
     let response = next.run(req).await;
-    count_request(&state, route, &method, &response, started);
+    count_request(&state, route, method.as_str(), response.status(), started);
     response
 }
 
@@ -127,8 +125,8 @@ async fn record_request(State(state): State<AppState>, req: Request, next: Next)
 fn count_request(
     state: &AppState,
     route: &str,
-    method: &Method,
-    response: &Response,
+    method: &str,
+    status: StatusCode,
     started: Instant,
 ) {
     state.metrics.inc(
@@ -136,8 +134,8 @@ fn count_request(
         "HTTP requests handled, by route, method and status.",
         &[
             ("route", route),
-            ("method", method.as_str()),
-            ("status", response.status().as_str()),
+            ("method", method),
+            ("status", status.as_str()),
         ],
     );
     state.metrics.observe(
@@ -151,9 +149,9 @@ fn count_request(
 /// Serves HTTP/1.1 on `listener` until `shutdown` completes; then stops accepting, lets each
 /// open connection finish the request it is on, and returns once all are closed.
 ///
-/// Requests the load balancer forwards go straight to it (see [`Front`]); hyper's own
-/// connection loop is used directly, without a general-purpose server's per-request service
-/// layers.
+/// Requests the load balancer forwards are read and answered by [`front`] itself; every other
+/// request goes to hyper's HTTP/1.1 server (see [`Front`]), without a general-purpose server's
+/// per-request service layers.
 pub async fn serve<L>(mut listener: L, state: AppState, shutdown: impl Future<Output = ()>)
 where
     L: Listener<Addr = SocketAddr>,
@@ -174,22 +172,10 @@ where
             router: router.clone(),
             peer,
         };
-        let mut stopping = stopping.clone();
+        let stopping = stopping.clone();
         let open = open.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| front.clone().handle(request));
-            let connection = http1::Builder::new().serve_connection(TokioIo::new(io), service);
-            let mut connection = pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                _ = stopping.changed() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::trace!(error = %e, "connection ended with an error");
-            }
+            front::serve_connection(io, front, stopping).await;
             drop(open);
         });
     }

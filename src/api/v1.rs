@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{OriginalUri, State};
-use axum::http::{HeaderMap, Method, Request as HttpRequest, StatusCode, Uri};
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, HeaderValue, Method, Request as HttpRequest, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http_body_util::BodyExt;
@@ -16,19 +17,18 @@ use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use crate::app::AppState;
-use crate::routing::ProxyError;
+use crate::routing::{forwarded_request_header, Forwarded, ProxyError};
 
-fn check_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Checks the `Authorization` header's value against the API keys, if any are set.
+pub fn check_key(state: &AppState, authorization: Option<&[u8]>) -> Result<(), ApiError> {
     if state.api_keys.is_empty() {
         return Ok(());
     }
-    let given = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+    let given = authorization
+        .and_then(|v| v.strip_prefix(b"Bearer "))
         .unwrap_or_default();
     let known = state.api_keys.iter().fold(false, |found, key| {
-        found | bool::from(key.as_bytes().ct_eq(given.as_bytes()))
+        found | bool::from(key.as_bytes().ct_eq(given))
     });
     if known {
         Ok(())
@@ -46,7 +46,7 @@ pub async fn list_models(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    check_key(&state, &headers)?;
+    check_key(&state, authorization(&headers))?;
     let data: Vec<Value> = state
         .proxy
         .table
@@ -134,14 +134,24 @@ pub fn forwarded_route(method: &Method, path: &str) -> Option<&'static str> {
     if method != Method::POST {
         return None;
     }
+    forwarded_path(path)
+}
+
+/// The forwarded route `path` (without its query) is, if it is one.
+pub fn forwarded_path(path: &str) -> Option<&'static str> {
     ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
         .into_iter()
         .find(|route| *route == path)
 }
 
-/// A request on a [`forwarded_route`], served ahead of the router (`api::Front`): the proxy's
-/// hot path skips route matching, middleware and extractors, and is counted in the request
-/// metrics like every other route.
+/// The `Authorization` header's value.
+fn authorization(headers: &HeaderMap) -> Option<&[u8]> {
+    headers.get(AUTHORIZATION).map(HeaderValue::as_bytes)
+}
+
+/// A request on a [`forwarded_route`] that hyper read (`api::front` hands over connections it
+/// does not serve itself), served ahead of the router: it skips route matching, middleware and
+/// extractors, and is counted in the request metrics like every other route.
 pub async fn serve_forwarded<B>(
     state: AppState,
     route: &'static str,
@@ -155,8 +165,14 @@ where
     let (parts, body) = request.into_parts();
     let response = proxy(&state, &parts.uri, &parts.headers, body)
         .await
-        .into_response();
-    super::count_request(&state, route, &parts.method, &response, started);
+        .map_or_else(IntoResponse::into_response, Forwarded::into_response);
+    super::count_request(
+        &state,
+        route,
+        parts.method.as_str(),
+        response.status(),
+        started,
+    );
     response
 }
 
@@ -168,7 +184,9 @@ pub async fn forward(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    proxy(&state, &uri, &headers, body).await
+    proxy(&state, &uri, &headers, body)
+        .await
+        .map(Forwarded::into_response)
 }
 
 async fn proxy<B>(
@@ -176,12 +194,12 @@ async fn proxy<B>(
     uri: &Uri,
     headers: &HeaderMap,
     body: B,
-) -> Result<Response, ApiError>
+) -> Result<Forwarded, ApiError>
 where
     B: HttpBody<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    check_key(state, headers)?;
+    check_key(state, authorization(headers))?;
     let limit = state.proxy.settings.body_limit;
     let body = read_body(body, limit).await.map_err(|e| match e {
         BodyError::TooLarge => ApiError::new(
@@ -193,6 +211,24 @@ where
             ApiError::bad_request("invalid_body", format!("could not read the request body: {e}"))
         }
     })?;
+    let forwarded: Vec<(&[u8], &[u8])> = headers
+        .iter()
+        .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
+        .filter(|(name, _)| forwarded_request_header(name))
+        .collect();
+    // A client's absolute-form target (`http://host/v1/...`) goes on in origin form.
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    forward_body(state, path, &forwarded, body).await
+}
+
+/// Forwards a request whose body was read (and whose key was checked) to a node serving the
+/// body's `model`: `path` is its path and query, `headers` those a model server gets.
+pub async fn forward_body(
+    state: &AppState,
+    path: &str,
+    headers: &[(&[u8], &[u8])],
+    body: Bytes,
+) -> Result<Forwarded, ApiError> {
     let model = serde_json::from_slice::<ModelOnly>(&body)
         .ok()
         .map(|m| m.model.into_owned())
@@ -206,7 +242,7 @@ where
         })?;
     state
         .proxy
-        .forward(&model, uri, headers, body)
+        .forward(&model, path, headers, body)
         .await
         .map_err(|e| match e {
             ProxyError::NoHealthyNodes(none) => ApiError::new(

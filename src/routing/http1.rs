@@ -539,8 +539,7 @@ mod tests {
         target: &Target,
         pool: &Pool,
     ) -> Result<(Head, Answer), crate::routing::upstream::SendError> {
-        let path = "/v1/completions".parse().unwrap();
-        let head = target.post_head(&path, std::iter::empty(), 2);
+        let head = target.post_head("/v1/completions", &[], 2);
         Connector::new(Duration::from_secs(2))
             .send(pool, target, head, b"{}")
             .await

@@ -8,5 +8,5 @@ pub mod proxy;
 pub mod table;
 pub mod upstream;
 
-pub use proxy::{Proxy, ProxyError, ProxySettings};
+pub use proxy::{forwarded_request_header, Forwarded, Proxy, ProxyError, ProxySettings, Relay};
 pub use table::RoutingTable;

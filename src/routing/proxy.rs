@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, HeaderName, Uri};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use hyper::body::{Frame, SizeHint};
 
@@ -98,7 +98,7 @@ impl Drop for InFlight {
 /// It holds the request's in-flight place until it is done, and passes on the body's size, so a
 /// response with a `content-length` ends with its last byte. A body read to its end hands the
 /// connection back to the endpoint's pool; any other ending closes it.
-struct Relay {
+pub struct Relay {
     answer: Answer,
     idle: Duration,
     /// Made the first time the model server keeps the client waiting, then reused.
@@ -191,13 +191,39 @@ impl hyper::body::Body for Relay {
     }
 }
 
-/// The request headers a model server gets: what describes the request, nothing that
-/// authenticates the client to skylaunch (its API key, the admin token, cookies).
-fn forwarded_request_header(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "content-type" | "accept" | "accept-encoding" | "user-agent" | "x-request-id"
-    ) || name.as_str().starts_with("openai-")
+/// Whether a model server gets a request header named `name` (in any case): those that
+/// describe the request, none that authenticates the client to skylaunch (its API key, the
+/// admin token, cookies).
+pub fn forwarded_request_header(name: &[u8]) -> bool {
+    [
+        &b"content-type"[..],
+        b"accept",
+        b"accept-encoding",
+        b"user-agent",
+        b"x-request-id",
+    ]
+    .iter()
+    .any(|known| name.eq_ignore_ascii_case(known))
+        || name
+            .get(..7)
+            .is_some_and(|start| start.eq_ignore_ascii_case(b"openai-"))
+}
+
+/// A model server's answer on its way to the client: its status, its end-to-end headers, and
+/// its body as it arrives.
+pub struct Forwarded {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Relay,
+}
+
+impl Forwarded {
+    pub fn into_response(self) -> Response {
+        let mut out = Response::new(Body::new(self.body));
+        *out.status_mut() = self.status;
+        *out.headers_mut() = self.headers;
+        out
+    }
 }
 
 /// An error with its causes ("client error (Connect): tcp connect error: Connection refused"):
@@ -248,15 +274,16 @@ impl Proxy {
         *self.rng.lock().expect("rng lock") = SplitMix64::seeded(seed);
     }
 
-    /// Forwards `body` for `model` to `path` (e.g. `/v1/chat/completions?x=1`, as the client
-    /// sent it) on a ready node.
+    /// Forwards `body` for `model` to `path` (its path and query, e.g.
+    /// `/v1/chat/completions?x=1`) on a ready node, with `headers` (those
+    /// [`forwarded_request_header`] lets through).
     pub async fn forward(
         &self,
         model: &str,
-        path: &Uri,
-        headers: &HeaderMap,
+        path: &str,
+        headers: &[(&[u8], &[u8])],
         body: Bytes,
-    ) -> Result<Response, ProxyError> {
+    ) -> Result<Forwarded, ProxyError> {
         let endpoints = self
             .table
             .endpoints(model)
@@ -284,13 +311,7 @@ impl Proxy {
                     })
                 }
             };
-            let head = target.post_head(
-                path,
-                headers
-                    .iter()
-                    .filter(|(name, _)| forwarded_request_header(name)),
-                body.len(),
-            );
+            let head = target.post_head(path, headers, body.len());
             let started = Instant::now();
             let sent = tokio::time::timeout(
                 self.settings.idle_timeout,
@@ -348,18 +369,18 @@ impl Proxy {
 
     /// The upstream response, passed through as it arrives, with the model server's headers
     /// as they are (every value of a repeated one), less those of its connection.
-    fn stream_back(&self, head: Head, answer: Answer, guard: InFlight) -> Response {
-        let relay = Relay {
-            answer,
-            idle: self.settings.idle_timeout,
-            timer: None,
-            armed: false,
-            guard: Some(guard),
-        };
-        let mut out = Response::new(Body::new(relay));
-        *out.status_mut() = head.status;
-        *out.headers_mut() = head.headers;
-        out
+    fn stream_back(&self, head: Head, answer: Answer, guard: InFlight) -> Forwarded {
+        Forwarded {
+            status: head.status,
+            headers: head.headers,
+            body: Relay {
+                answer,
+                idle: self.settings.idle_timeout,
+                timer: None,
+                armed: false,
+                guard: Some(guard),
+            },
+        }
     }
 
     fn count(&self, endpoint: &Endpoint, model: &str, status: &str) {

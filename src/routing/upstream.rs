@@ -20,7 +20,7 @@ use std::io::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderName, HeaderValue, Uri};
+use axum::http::{HeaderValue, Uri};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
@@ -72,16 +72,9 @@ impl Target {
         })
     }
 
-    /// The head of a `POST` of `body_len` bytes to `path` (e.g. `/v1/completions?x=1`, as the
-    /// client sent it) on this endpoint, with `headers`. A client's absolute-form target
-    /// (`http://host/v1/...`) is sent on in origin form.
-    pub fn post_head<'a>(
-        &self,
-        path: &Uri,
-        headers: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
-        body_len: usize,
-    ) -> Vec<u8> {
-        let path = path.path_and_query().map_or("/", |p| p.as_str());
+    /// The head of a `POST` of `body_len` bytes to `path` (its path and query in origin form,
+    /// e.g. `/v1/completions?x=1`) on this endpoint, with `headers` (name and value).
+    pub fn post_head(&self, path: &str, headers: &[(&[u8], &[u8])], body_len: usize) -> Vec<u8> {
         let mut head = Vec::with_capacity(512);
         head.extend_from_slice(b"POST ");
         head.extend_from_slice(self.prefix.as_bytes());
@@ -90,9 +83,9 @@ impl Target {
         head.extend_from_slice(self.host.as_bytes());
         head.extend_from_slice(b"\r\n");
         for (name, value) in headers {
-            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(name);
             head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(value);
             head.extend_from_slice(b"\r\n");
         }
         // Writing to a Vec cannot fail.
@@ -247,10 +240,8 @@ mod tests {
         assert_eq!(t.connect, "http://10.0.0.5:8000/");
         let t = Target::parse("https://models.example:443/base").unwrap();
         assert_eq!(t.host, "models.example");
-        let path: Uri = "/v1/completions?x=1".parse().unwrap();
-        let head = |t: &Target, path: &Uri| {
-            String::from_utf8(t.post_head(path, std::iter::empty(), 2)).unwrap()
-        };
+        let path = "/v1/completions?x=1";
+        let head = |t: &Target, path: &str| String::from_utf8(t.post_head(path, &[], 2)).unwrap();
         assert_eq!(
             head(&t, &path),
             "POST /base/v1/completions?x=1 HTTP/1.1\r\nhost: models.example\r\ncontent-length: 2\r\n\r\n"
@@ -259,8 +250,11 @@ mod tests {
         assert_eq!(t.host, "[::1]:9000");
         assert!(head(&t, &path)
             .starts_with("POST /v1/completions?x=1 HTTP/1.1\r\nhost: [::1]:9000\r\n"));
-        let absolute: Uri = "http://skylaunch:8080/v1/completions?x=1".parse().unwrap();
-        assert_eq!(head(&t, &absolute), head(&t, &path));
+        let forwarded: &[(&[u8], &[u8])] = &[(b"content-type", b"application/json")];
+        assert_eq!(
+            String::from_utf8(t.post_head(path, forwarded, 2)).unwrap(),
+            "POST /v1/completions?x=1 HTTP/1.1\r\nhost: [::1]:9000\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n"
+        );
     }
 
     #[test]
