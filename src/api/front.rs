@@ -128,8 +128,8 @@ struct Request {
 enum What {
     /// A request the load balancer forwards, on this route.
     Forward(&'static str),
-    /// A request for the router: its method and headers.
-    Route(Method, HeaderMap),
+    /// A request for the router: its method, target and headers.
+    Route(Method, Uri, HeaderMap),
 }
 
 enum Parsed {
@@ -171,7 +171,9 @@ fn parse(buf: &[u8], forward_limit: usize) -> Parsed {
     let (what, limit) = match forward {
         Some(route) => (What::Forward(route), forward_limit),
         None => {
-            let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+            let (Ok(method), Ok(uri)) =
+                (Method::from_bytes(method.as_bytes()), Uri::try_from(path))
+            else {
                 return Parsed::Other;
             };
             let mut headers = HeaderMap::with_capacity(parsed.headers.len());
@@ -184,7 +186,7 @@ fn parse(buf: &[u8], forward_limit: usize) -> Parsed {
                 };
                 headers.append(name, value);
             }
-            (What::Route(method, headers), BODY_LIMIT)
+            (What::Route(method, uri, headers), BODY_LIMIT)
         }
     };
     let start = buf.as_ptr() as usize;
@@ -268,11 +270,11 @@ where
             }
         }
         let body = self.buf.split_to(request.body_len).freeze();
-        // The parser only hands out a path that is text.
-        let path = std::str::from_utf8(&head[request.path.clone()]).unwrap_or("/");
         let written = match request.what {
             What::Forward(route) => {
                 let started = Instant::now();
+                // The parser only hands out a path that is text.
+                let path = std::str::from_utf8(&head[request.path.clone()]).unwrap_or("/");
                 let state = &front.state;
                 let forwarded: Vec<(&[u8], &[u8])> = request
                     .forwarded
@@ -297,10 +299,7 @@ where
                     }
                 }
             }
-            What::Route(method, headers) => {
-                let Ok(uri) = Uri::try_from(path) else {
-                    return false;
-                };
+            What::Route(method, uri, headers) => {
                 let mut routed = HttpRequest::new(Body::from(body));
                 *routed.method_mut() = method;
                 *routed.uri_mut() = uri;
@@ -342,7 +341,13 @@ where
             || status == StatusCode::NOT_MODIFIED
         {
             Framing::None
-        } else if let Some(n) = body.size_hint().exact() {
+        } else if let Some(n) = body
+            .size_hint()
+            .exact()
+            .or_else(|| declared_length(headers))
+        {
+            // A length the handler declared for a stream (a file) is kept, as hyper does: the
+            // client sees the size up front, and a stream that ends short breaks the answer.
             Framing::Length(n)
         } else {
             Framing::Chunked
@@ -351,6 +356,11 @@ where
         if framing == Framing::None {
             return self.flush_out().await;
         }
+        // Bytes the declared length still promises.
+        let mut owed = match framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
         loop {
             let frame = match poll_once(&mut body) {
                 Poll::Ready(frame) => frame,
@@ -380,6 +390,11 @@ where
                         self.out.extend_from_slice(&data);
                         self.out.extend_from_slice(b"\r\n");
                     } else {
+                        let Some(left) = owed.checked_sub(data.len() as u64) else {
+                            self.flush_out().await?;
+                            return Err(io::Error::other("a body longer than its length"));
+                        };
+                        owed = left;
                         self.out.extend_from_slice(&data);
                     }
                     if self.out.len() >= WRITE_AT {
@@ -396,7 +411,13 @@ where
                     if framing == Framing::Chunked {
                         self.out.extend_from_slice(b"0\r\n\r\n");
                     }
-                    return self.flush_out().await;
+                    self.flush_out().await?;
+                    // A body that ended short of its length leaves the connection unusable.
+                    return if owed == 0 {
+                        Ok(())
+                    } else {
+                        Err(io::Error::other("a body shorter than its length"))
+                    };
                 }
             }
         }
@@ -465,6 +486,16 @@ fn write_head(
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// The `content-length` a response's headers declare, if one valid one.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    value.to_str().ok()?.trim().parse().ok()
 }
 
 /// Polls a body once, without waiting.
