@@ -7,7 +7,6 @@ pub mod extract;
 mod front;
 pub mod jobs;
 pub mod limits;
-mod model_field;
 pub mod nodes;
 pub mod openapi;
 pub mod sse;

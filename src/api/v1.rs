@@ -120,6 +120,14 @@ where
     }
 }
 
+/// The one field the load balancer reads from a request body. The rest is skipped by the parser,
+/// not built into a JSON tree: a long prompt costs a scan, not an allocation per value.
+#[derive(serde::Deserialize)]
+struct ModelOnly<'a> {
+    #[serde(borrow)]
+    model: std::borrow::Cow<'a, str>,
+}
+
 /// The route of a request the load balancer forwards (`POST /v1/chat/completions`,
 /// `/v1/completions`, `/v1/embeddings`), if it is one.
 pub fn forwarded_route(method: &Method, path: &str) -> Option<&'static str> {
@@ -221,7 +229,9 @@ pub async fn forward_body(
     headers: &[(&[u8], &[u8])],
     body: Bytes,
 ) -> Result<Forwarded, ApiError> {
-    let model = super::model_field::model(&body)
+    let model = serde_json::from_slice::<ModelOnly>(&body)
+        .ok()
+        .map(|m| m.model.into_owned())
         .filter(|m| !m.is_empty())
         .ok_or_else(|| {
             ApiError::bad_request(
@@ -232,7 +242,7 @@ pub async fn forward_body(
         })?;
     state
         .proxy
-        .forward(&model, path, headers, body.clone())
+        .forward(&model, path, headers, body)
         .await
         .map_err(|e| match e {
             ProxyError::NoHealthyNodes(none) => ApiError::new(
