@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -21,11 +22,49 @@ pub struct Gauge<'a> {
     pub series: Vec<(Labels, f64)>,
 }
 
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+#[derive(Default, Debug)]
+struct HistogramCell {
+    counts: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    /// f64 bits.
+    sum: AtomicU64,
+}
+
+impl HistogramCell {
+    fn observe(&self, seconds: f64) {
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                self.counts[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let _ = self
+            .sum
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some((f64::from_bits(bits) + seconds).to_bits())
+            });
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One counter series, looked up once and kept by a hot path: counting is then one atomic add,
+/// with no lock and no label hashing.
+#[derive(Clone, Debug)]
+pub struct Counter(Arc<AtomicU64>);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One histogram series, looked up once and kept (see [`Counter`]).
+#[derive(Clone, Debug)]
+pub struct Histogram(Arc<HistogramCell>);
+
+impl Histogram {
+    pub fn observe(&self, seconds: f64) {
+        self.0.observe(seconds);
+    }
 }
 
 struct Family<T> {
@@ -115,8 +154,8 @@ impl<T: Default> Family<T> {
 
 #[derive(Default)]
 pub struct Metrics {
-    counters: Mutex<BTreeMap<&'static str, Family<u64>>>,
-    histograms: Mutex<BTreeMap<&'static str, Family<Histogram>>>,
+    counters: Mutex<BTreeMap<&'static str, Family<Arc<AtomicU64>>>>,
+    histograms: Mutex<BTreeMap<&'static str, Family<Arc<HistogramCell>>>>,
 }
 
 impl Metrics {
@@ -139,10 +178,51 @@ impl Metrics {
             .counters
             .lock()
             .expect("metrics lock is never poisoned");
-        *counters
+        counters
             .entry(name)
             .or_insert_with(|| Family::new(help))
-            .series_mut(labels) += n;
+            .series_mut(labels)
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The counter series `labels` of `name`, made (at 0) if new, to be kept and counted on.
+    pub fn counter(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+    ) -> Counter {
+        let mut counters = self
+            .counters
+            .lock()
+            .expect("metrics lock is never poisoned");
+        Counter(
+            counters
+                .entry(name)
+                .or_insert_with(|| Family::new(help))
+                .series_mut(labels)
+                .clone(),
+        )
+    }
+
+    /// The histogram series `labels` of `name`, made if new, to be kept and observed on.
+    pub fn histogram(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+    ) -> Histogram {
+        let mut histograms = self
+            .histograms
+            .lock()
+            .expect("metrics lock is never poisoned");
+        Histogram(
+            histograms
+                .entry(name)
+                .or_insert_with(|| Family::new(help))
+                .series_mut(labels)
+                .clone(),
+        )
     }
 
     pub fn observe(
@@ -156,17 +236,11 @@ impl Metrics {
             .histograms
             .lock()
             .expect("metrics lock is never poisoned");
-        let h = histograms
+        histograms
             .entry(name)
             .or_insert_with(|| Family::new(help))
-            .series_mut(labels);
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if seconds <= *bound {
-                h.counts[i] += 1;
-            }
-        }
-        h.count += 1;
-        h.sum += seconds;
+            .series_mut(labels)
+            .observe(seconds);
     }
 
     /// The exposition text, with the caller's current gauges first.
@@ -186,6 +260,7 @@ impl Metrics {
         {
             let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} counter", family.help);
             for (labels, value) in family.sorted() {
+                let value = value.load(Ordering::Relaxed);
                 let _ = writeln!(out, "{name}{} {value}", fmt_labels(labels, None));
             }
         }
@@ -201,23 +276,26 @@ impl Metrics {
                 family.help
             );
             for (labels, h) in family.sorted() {
+                // Read count first: observations landing meanwhile show in the buckets, not
+                // the other way round, so no bucket ever exceeds the count.
+                let count = h.count.load(Ordering::Relaxed);
                 for (i, bound) in BUCKETS.iter().enumerate() {
                     let le = bound.to_string();
                     let _ = writeln!(
                         out,
                         "{name}_bucket{} {}",
                         fmt_labels(labels, Some(&le)),
-                        h.counts[i]
+                        h.counts[i].load(Ordering::Relaxed).min(count)
                     );
                 }
                 let _ = writeln!(
                     out,
-                    "{name}_bucket{} {}",
+                    "{name}_bucket{} {count}",
                     fmt_labels(labels, Some("+Inf")),
-                    h.count
                 );
-                let _ = writeln!(out, "{name}_sum{} {}", fmt_labels(labels, None), h.sum);
-                let _ = writeln!(out, "{name}_count{} {}", fmt_labels(labels, None), h.count);
+                let sum = f64::from_bits(h.sum.load(Ordering::Relaxed));
+                let _ = writeln!(out, "{name}_sum{} {sum}", fmt_labels(labels, None));
+                let _ = writeln!(out, "{name}_count{} {count}", fmt_labels(labels, None));
             }
         }
         out
@@ -282,6 +360,33 @@ mod tests {
         );
         assert!(text.contains("lat_seconds_count 1\n"), "{text}");
         assert!(text.contains("g{s=\"ready\"} 2\n"), "{text}");
+    }
+
+    #[test]
+    fn kept_series_count_into_the_same_series_as_labelled_calls() {
+        let m = Metrics::default();
+        let kept = m.counter("k_total", "K.", &[("node", "a")]);
+        assert!(
+            m.render(&[]).contains("k_total{node=\"a\"} 0\n"),
+            "made at 0"
+        );
+        kept.inc();
+        m.inc("k_total", "K.", &[("node", "a")]);
+        kept.inc();
+        let latency = m.histogram("h_seconds", "H.", &[("model", "m")]);
+        latency.observe(0.002);
+        m.observe("h_seconds", "H.", &[("model", "m")], 0.5);
+        let text = m.render(&[]);
+        assert!(text.contains("k_total{node=\"a\"} 3\n"), "{text}");
+        assert!(
+            text.contains("h_seconds_bucket{model=\"m\",le=\"0.0025\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("h_seconds_count{model=\"m\"} 2\n"), "{text}");
+        assert!(
+            text.contains("h_seconds_sum{model=\"m\"} 0.502\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -43,6 +43,8 @@ use tokio::sync::watch;
 use tower_service::Service;
 
 use super::{v1, Front, BODY_LIMIT};
+use crate::app::AppState;
+use crate::metrics::{Counter, Histogram};
 use crate::routing::forwarded_request_header;
 
 /// Largest request head read here; a longer one goes to hyper with the connection.
@@ -65,6 +67,7 @@ where
         io,
         buf: BytesMut::with_capacity(READ_SIZE),
         out: Vec::with_capacity(READ_SIZE),
+        series: Vec::new(),
     };
     loop {
         if client.buf.is_empty() {
@@ -107,6 +110,9 @@ struct Client<I> {
     io: I,
     buf: BytesMut,
     out: Vec<u8>,
+    /// The request-metric series of this connection's forwarded requests, by route and
+    /// status, looked up once.
+    series: Vec<(&'static str, StatusCode, Counter, Histogram)>,
 }
 
 /// Where a request's parts are in its head.
@@ -132,6 +138,8 @@ enum What {
     Route(Method, Uri, HeaderMap),
 }
 
+// Made once per request and moved once: boxing the request would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Parsed {
     Ready(Request),
     /// Not a request read here: hyper serves it.
@@ -287,7 +295,7 @@ where
                     Err(e) => Err(e),
                 };
                 let status = answer.as_ref().map_or_else(|e| e.status, |a| a.status);
-                super::count_request(state, route, "POST", status, started);
+                self.count(state, route, status, started);
                 match answer {
                     Ok(answer) => {
                         self.send(answer.status, &answer.headers, answer.body, request.close)
@@ -313,6 +321,31 @@ where
             }
         };
         written.is_ok() && !request.close
+    }
+
+    /// Counts a forwarded request in the HTTP metrics, as [`super::count_request`] does.
+    fn count(
+        &mut self,
+        state: &AppState,
+        route: &'static str,
+        status: StatusCode,
+        started: Instant,
+    ) {
+        let at = match self
+            .series
+            .iter()
+            .position(|(r, s, _, _)| *r == route && *s == status)
+        {
+            Some(at) => at,
+            None => {
+                let (counter, histogram) = super::request_series(state, route, "POST", status);
+                self.series.push((route, status, counter, histogram));
+                self.series.len() - 1
+            }
+        };
+        let (_, _, counter, histogram) = &self.series[at];
+        counter.inc();
+        histogram.observe(started.elapsed().as_secs_f64());
     }
 
     async fn send_response(&mut self, response: Response, close: bool) -> io::Result<()> {

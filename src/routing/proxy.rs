@@ -351,13 +351,31 @@ impl Proxy {
                 }
                 Ok(Ok(sent)) => sent,
             };
-            self.metrics.observe(
-                "skylaunch_proxy_upstream_seconds",
-                LATENCY_HELP,
-                &[("model", model)],
-                started.elapsed().as_secs_f64(),
-            );
+            let (ok, latency) = endpoint.series.get_or_init(|| {
+                (
+                    self.metrics.counter(
+                        "skylaunch_proxy_requests_total",
+                        REQUESTS_HELP,
+                        &[
+                            ("model", model),
+                            ("node", &endpoint.node_name),
+                            ("status", "200"),
+                        ],
+                    ),
+                    self.metrics.histogram(
+                        "skylaunch_proxy_upstream_seconds",
+                        LATENCY_HELP,
+                        &[("model", model)],
+                    ),
+                )
+            });
+            latency.observe(started.elapsed().as_secs_f64());
             let status = answer_head.status;
+            if status == StatusCode::OK {
+                ok.inc();
+                self.reset_failures(&endpoint);
+                return Ok(self.stream_back(answer_head, answer, guard));
+            }
             if status.is_server_error() {
                 self.failed(&endpoint, model, status.as_str()).await;
             } else {
@@ -397,8 +415,16 @@ impl Proxy {
 
     fn succeeded(&self, endpoint: &Endpoint, model: &str, status: &str) {
         self.count(endpoint, model, status);
-        endpoint.failures.store(0, Ordering::SeqCst);
-        if !endpoint.is_ejected(now_ms()) {
+        self.reset_failures(endpoint);
+    }
+
+    /// An answer that is not a failure ends a run of failures (and of ejections, once the
+    /// node is back in routing).
+    fn reset_failures(&self, endpoint: &Endpoint) {
+        if endpoint.failures.load(Ordering::Relaxed) != 0 {
+            endpoint.failures.store(0, Ordering::SeqCst);
+        }
+        if endpoint.ejections.load(Ordering::Relaxed) != 0 && !endpoint.is_ejected(now_ms()) {
             endpoint.ejections.store(0, Ordering::SeqCst);
         }
     }

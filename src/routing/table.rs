@@ -10,6 +10,7 @@ use std::sync::{Arc, RwLock};
 use super::upstream::{Pool, Target};
 use crate::fleet::node::Node;
 use crate::fleet::status::NodeStatus;
+use crate::metrics::{Counter, Histogram};
 
 /// One ready node as the balancer sees it.
 #[derive(Debug)]
@@ -34,6 +35,9 @@ pub struct Endpoint {
     pub target: Result<Target, String>,
     /// Idle keep-alive connections to the model server.
     pub pool: Pool,
+    /// Its metric series for answers with status 200 and for upstream latency, looked up on
+    /// the first request and kept (the proxy's `Metrics`).
+    pub series: std::sync::OnceLock<(Counter, Histogram)>,
 }
 
 impl Endpoint {
@@ -61,6 +65,7 @@ impl Endpoint {
             registered_at,
             target: Target::parse(url),
             pool: Pool::default(),
+            series: std::sync::OnceLock::new(),
         }
     }
 
