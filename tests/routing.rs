@@ -1035,10 +1035,19 @@ async fn odd_requests_get_proper_http_answers() {
     client.send(b"GET /healthz HTTP/1.0\r\n\r\n").await;
     assert_eq!(client.response().await.status, 200);
     assert!(client.closed().await);
-    // Not HTTP at all.
+    // Not HTTP at all: a JSON error, like every other, then the connection closes.
     let mut client = RawClient::connect(&app).await;
     client.send(b"GARBAGE\x01 / HTTP/9\r\n\r\n").await;
-    assert_eq!(client.response().await.status, 400);
+    let r = client.response().await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json()["error"]["code"],
+        "malformed_request",
+        "{:?}",
+        r.body
+    );
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(client.closed().await);
     // A forwarded route without a body is a clear 400, not a node's problem.
     let mut client = RawClient::connect(&app).await;
     client

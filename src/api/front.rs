@@ -10,8 +10,9 @@
 //! `content-length` (or no body) of at most [`BODY_LIMIT`] go to the router as usual, their
 //! answers streamed the same way (server-sent events included).
 //!
-//! Anything else (a chunked or oversized body, HTTP/1.0, `HEAD`, an upgrade, a head this reader
-//! does not take) hands the connection, with every byte read from it, to hyper's HTTP/1.1
+//! A request that is not HTTP at all gets a JSON 400 (`malformed_request`), and the connection
+//! is closed. Anything else (a chunked or oversized body, HTTP/1.0, `HEAD`, an upgrade, a head
+//! this reader does not take) hands the connection, with every byte read from it, to hyper's HTTP/1.1
 //! server for the rest of its life, and hyper answers it as it answers every request (errors
 //! included).
 //!
@@ -42,6 +43,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 use tower_service::Service;
 
+use super::error::ApiError;
 use super::{v1, Front, BODY_LIMIT};
 use crate::app::AppState;
 use crate::metrics::{Counter, Histogram};
@@ -85,6 +87,15 @@ where
         let request = match parse(&client.buf, limit) {
             Parsed::Ready(request) => request,
             Parsed::Other => return hand_over(client, front, stopping).await,
+            Parsed::Malformed(e) => {
+                let error = ApiError::bad_request(
+                    "malformed_request",
+                    format!("the request is not valid HTTP/1.1: {e}"),
+                );
+                let _ = client.send_response(error.into_response(), true).await;
+                let _ = client.io.shutdown().await;
+                return;
+            }
             Parsed::Partial if client.buf.len() >= MAX_HEAD => {
                 return hand_over(client, front, stopping).await
             }
@@ -144,6 +155,8 @@ enum Parsed {
     Ready(Request),
     /// Not a request read here: hyper serves it.
     Other,
+    /// Not HTTP/1.1: answered with a JSON 400, and the connection closed.
+    Malformed(httparse::Error),
     /// The head is not all here yet.
     Partial,
 }
@@ -162,7 +175,9 @@ fn parse(buf: &[u8], forward_limit: usize) -> Parsed {
     ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Other,
+        // hyper allows a few more header lines.
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Other,
+        Err(e) => return Parsed::Malformed(e),
     };
     let (Some(method), Some(1), Some(path)) = (parsed.method, parsed.version, parsed.path) else {
         return Parsed::Other;
