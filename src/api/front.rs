@@ -47,7 +47,7 @@ use super::error::ApiError;
 use super::{v1, Front, BODY_LIMIT};
 use crate::app::AppState;
 use crate::metrics::{Counter, Histogram};
-use crate::routing::forwarded_request_header;
+use crate::routing::{content_length, forwarded_request_header, lists_token};
 
 /// Largest request head read here; a longer one goes to hyper with the connection.
 const MAX_HEAD: usize = 16 * 1024;
@@ -233,10 +233,7 @@ fn parse(buf: &[u8], forward_limit: usize) -> Parsed {
         let name = line.name.as_bytes();
         let value = line.value.trim_ascii();
         if name.eq_ignore_ascii_case(b"content-length") {
-            let n = std::str::from_utf8(value)
-                .ok()
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<usize>().ok());
+            let n = content_length(value).and_then(|n| usize::try_from(n).ok());
             // Two lengths, a bad one or one over the limit: hyper answers it.
             if length.is_some() || n.is_none_or(|n| n > limit) {
                 return Parsed::Other;
@@ -252,9 +249,7 @@ fn parse(buf: &[u8], forward_limit: usize) -> Parsed {
             }
             request.expects_continue = true;
         } else if name.eq_ignore_ascii_case(b"connection") {
-            request.close |= value
-                .split(|b| *b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+            request.close |= lists_token(value, b"close");
         } else if !forwarding {
         } else if name.eq_ignore_ascii_case(b"authorization") {
             request.authorization = Some(at(line.value));
@@ -543,7 +538,7 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
     if values.next().is_some() {
         return None;
     }
-    value.to_str().ok()?.trim().parse().ok()
+    content_length(value.as_bytes())
 }
 
 /// Polls a body once, without waiting.

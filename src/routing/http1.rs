@@ -226,11 +226,7 @@ impl Conn {
             for line in parsed.headers.iter() {
                 let name = HeaderName::from_bytes(line.name.as_bytes()).map_err(malformed)?;
                 if name == header::CONTENT_LENGTH {
-                    let n = std::str::from_utf8(line.value)
-                        .ok()
-                        .map(|v| v.trim())
-                        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                        .and_then(|v| v.parse::<u64>().ok())
+                    let n = content_length(line.value)
                         .ok_or_else(|| malformed("a bad content-length"))?;
                     if length_header.is_some_and(|earlier| earlier != n) {
                         return Err(malformed("two different content-lengths"));
@@ -242,13 +238,10 @@ impl Conn {
                     chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
                     other_coding = !chunked;
                 } else if name == header::CONNECTION {
-                    for token in line.value.split(|b| *b == b',') {
-                        let token = token.trim_ascii();
-                        if token.eq_ignore_ascii_case(b"close") {
-                            close = true;
-                        } else if token.eq_ignore_ascii_case(b"keep-alive") && !http11 {
-                            close = false;
-                        }
+                    if lists_token(line.value, b"close") {
+                        close = true;
+                    } else if !http11 && lists_token(line.value, b"keep-alive") {
+                        close = false;
                     }
                 }
                 if hop_by_hop(&name) {
@@ -300,6 +293,23 @@ impl Conn {
         self.buf.truncate(filled + n);
         polled.map_ok(|()| n)
     }
+}
+
+/// A `content-length` value: digits only (no sign, no list), surrounding spaces allowed.
+pub fn content_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Whether a comma-separated header value (`connection: keep-alive, Close`) lists `token`, in
+/// any case.
+pub fn lists_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// Headers that belong to one connection, never passed on. `content-length` is kept: the
@@ -502,6 +512,23 @@ mod tests {
 
     use super::*;
     use crate::routing::upstream::{Connector, Pool, Target};
+
+    #[test]
+    fn lengths_are_plain_digits_and_tokens_are_listed_in_any_case() {
+        assert_eq!(content_length(b" 42 "), Some(42));
+        for bad in [
+            &b"+5"[..],
+            b"-1",
+            b"5, 5",
+            b"",
+            b"0x10",
+            b"99999999999999999999999",
+        ] {
+            assert_eq!(content_length(bad), None, "{bad:?}");
+        }
+        assert!(lists_token(b"keep-alive, Close", b"close"));
+        assert!(!lists_token(b"closed", b"close"));
+    }
 
     /// A model server on 127.0.0.1 that answers each request on its one connection with
     /// `pieces`, written apart so the answer arrives over several reads, then closes the

@@ -3,6 +3,7 @@
 //! that forwards and streams requests, with retries on refused connections and passive health.
 
 mod http1;
+pub use http1::{content_length, lists_token};
 pub mod policy;
 pub mod proxy;
 pub mod table;
