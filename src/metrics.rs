@@ -22,27 +22,29 @@ pub struct Gauge<'a> {
     pub series: Vec<(Labels, f64)>,
 }
 
+/// One histogram series. Each observation adds to one bucket (the first whose bound it is
+/// within, or the overflow bucket past the last) and to the sum: two atomic adds, however many
+/// buckets there are. The exposition's cumulative buckets and count are added up at scrape time,
+/// so they always agree with each other.
 #[derive(Default, Debug)]
 struct HistogramCell {
-    counts: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    /// f64 bits.
-    sum: AtomicU64,
+    /// Observations by bucket, not cumulative; the last one counts those above every bound.
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    /// Sum of the observations in nanoseconds (an integer add, where an f64 sum needs a
+    /// compare-and-swap loop; it overflows after some 580 years of summed latency).
+    sum_nanos: AtomicU64,
 }
 
 impl HistogramCell {
     fn observe(&self, seconds: f64) {
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if seconds <= *bound {
-                self.counts[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        let _ = self
-            .sum
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                Some((f64::from_bits(bits) + seconds).to_bits())
-            });
-        self.count.fetch_add(1, Ordering::Relaxed);
+        let bucket = BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(BUCKETS.len());
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        // `as` saturates: a negative or NaN value adds nothing to the sum.
+        self.sum_nanos
+            .fetch_add((seconds * 1e9).round() as u64, Ordering::Relaxed);
     }
 }
 
@@ -276,24 +278,23 @@ impl Metrics {
                 family.help
             );
             for (labels, h) in family.sorted() {
-                // Read count first: observations landing meanwhile show in the buckets, not
-                // the other way round, so no bucket ever exceeds the count.
-                let count = h.count.load(Ordering::Relaxed);
+                let mut count = 0;
                 for (i, bound) in BUCKETS.iter().enumerate() {
+                    count += h.counts[i].load(Ordering::Relaxed);
                     let le = bound.to_string();
                     let _ = writeln!(
                         out,
-                        "{name}_bucket{} {}",
+                        "{name}_bucket{} {count}",
                         fmt_labels(labels, Some(&le)),
-                        h.counts[i].load(Ordering::Relaxed).min(count)
                     );
                 }
+                count += h.counts[BUCKETS.len()].load(Ordering::Relaxed);
                 let _ = writeln!(
                     out,
                     "{name}_bucket{} {count}",
                     fmt_labels(labels, Some("+Inf")),
                 );
-                let sum = f64::from_bits(h.sum.load(Ordering::Relaxed));
+                let sum = h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
                 let _ = writeln!(out, "{name}_sum{} {sum}", fmt_labels(labels, None));
                 let _ = writeln!(out, "{name}_count{} {count}", fmt_labels(labels, None));
             }
@@ -360,6 +361,30 @@ mod tests {
         );
         assert!(text.contains("lat_seconds_count 1\n"), "{text}");
         assert!(text.contains("g{s=\"ready\"} 2\n"), "{text}");
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_bounds_inclusive() {
+        let m = Metrics::default();
+        // On a bound, between two bounds, past the last bound.
+        for seconds in [0.005, 0.007, 20.0] {
+            m.observe("d_seconds", "D.", &[], seconds);
+        }
+        let text = m.render(&[]);
+        for (le, count) in [
+            ("0.0025", 0),
+            ("0.005", 1),
+            ("0.01", 2),
+            ("10", 2),
+            ("+Inf", 3),
+        ] {
+            assert!(
+                text.contains(&format!("d_seconds_bucket{{le=\"{le}\"}} {count}\n")),
+                "le={le}: {text}"
+            );
+        }
+        assert!(text.contains("d_seconds_count 3\n"), "{text}");
+        assert!(text.contains("d_seconds_sum 20.012\n"), "{text}");
     }
 
     #[test]
