@@ -7,7 +7,7 @@
 //! two (not scanning all) keeps concurrent choosers from stampeding the same "best" node. The
 //! random source is a parameter, so tests choose with a seed.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::table::Endpoint;
@@ -15,12 +15,21 @@ use super::table::Endpoint;
 /// Scores below this count as this, so a node near 0 still has a finite (huge) cost.
 const MIN_HEALTH: f64 = 0.05;
 
-/// A small, fast, seedable random source (SplitMix64); not for secrets.
-pub struct SplitMix64(u64);
+/// A small, fast, seedable random source (SplitMix64); not for secrets. Its state only ever
+/// moves by a constant, so it is one atomic add, shared by every thread without a lock; draws
+/// made one after another give the same sequence as a single-threaded generator.
+pub struct SplitMix64(AtomicU64);
+
+const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
 impl SplitMix64 {
     pub fn seeded(seed: u64) -> SplitMix64 {
-        SplitMix64(seed)
+        SplitMix64(AtomicU64::new(seed))
+    }
+
+    /// Starts the sequence over from `seed`.
+    pub fn reseed(&self, seed: u64) {
+        self.0.store(seed, Ordering::SeqCst);
     }
 
     /// Seeded from the operating system's randomness.
@@ -30,19 +39,21 @@ impl SplitMix64 {
         if getrandom::fill(&mut bytes).is_err() {
             bytes = (crate::clock::now_ms() as u64).to_le_bytes();
         }
-        SplitMix64(u64::from_le_bytes(bytes))
+        SplitMix64::seeded(u64::from_le_bytes(bytes))
     }
 
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
+    pub fn next_u64(&self) -> u64 {
+        let mut z = self
+            .0
+            .fetch_add(GOLDEN_GAMMA, Ordering::Relaxed)
+            .wrapping_add(GOLDEN_GAMMA);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
 
     /// A number in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: usize) -> usize {
+    pub fn below(&self, n: usize) -> usize {
         (self.next_u64() % n as u64) as usize
     }
 }
@@ -52,27 +63,29 @@ fn cost(e: &Endpoint) -> f64 {
 }
 
 /// Picks an endpoint among `candidates` that are not ejected at `now_ms` and not in `exclude`
-/// (those already tried for this request).
+/// (those already tried for this request). Allocates nothing: the usable ones are counted, and
+/// the two drawn are found by walking the list again.
 pub fn choose(
     candidates: &[Arc<Endpoint>],
     exclude: &[String],
     now_ms: i64,
-    rng: &mut SplitMix64,
+    rng: &SplitMix64,
 ) -> Option<Arc<Endpoint>> {
-    let usable: Vec<&Arc<Endpoint>> = candidates
-        .iter()
-        .filter(|e| !e.is_ejected(now_ms) && !exclude.contains(&e.node_id))
-        .collect();
-    match usable.len() {
+    let usable = || {
+        candidates
+            .iter()
+            .filter(move |e| !e.is_ejected(now_ms) && !exclude.contains(&e.node_id))
+    };
+    match usable().count() {
         0 => None,
-        1 => Some(usable[0].clone()),
+        1 => usable().next().cloned(),
         n => {
             let a = rng.below(n);
             let mut b = rng.below(n - 1);
             if b >= a {
                 b += 1;
             }
-            let (a, b) = (usable[a], usable[b]);
+            let (a, b) = (usable().nth(a)?, usable().nth(b)?);
             Some(if cost(b) < cost(a) { b } else { a }.clone())
         }
     }
@@ -98,10 +111,10 @@ mod tests {
     }
 
     fn shares(list: &[Arc<Endpoint>], rounds: usize, seed: u64) -> Vec<usize> {
-        let mut rng = SplitMix64::seeded(seed);
+        let rng = SplitMix64::seeded(seed);
         let mut counts = vec![0; list.len()];
         for _ in 0..rounds {
-            let e = choose(list, &[], 0, &mut rng).unwrap();
+            let e = choose(list, &[], 0, &rng).unwrap();
             counts[list.iter().position(|x| Arc::ptr_eq(x, &e)).unwrap()] += 1;
         }
         counts
@@ -136,14 +149,14 @@ mod tests {
     fn ejected_and_already_tried_nodes_are_skipped() {
         let list = endpoints(&[1.0, 1.0, 1.0]);
         list[0].ejected_until.store(100, Ordering::SeqCst);
-        let mut rng = SplitMix64::seeded(1);
+        let rng = SplitMix64::seeded(1);
         for _ in 0..100 {
-            let e = choose(&list, &["n1".into()], 50, &mut rng).unwrap();
+            let e = choose(&list, &["n1".into()], 50, &rng).unwrap();
             assert_eq!(e.node_id, "n2");
         }
-        assert!(choose(&list, &["n1".into(), "n2".into()], 50, &mut rng).is_none());
+        assert!(choose(&list, &["n1".into(), "n2".into()], 50, &rng).is_none());
         assert_eq!(
-            choose(&list, &["n1".into(), "n2".into()], 100, &mut rng)
+            choose(&list, &["n1".into(), "n2".into()], 100, &rng)
                 .unwrap()
                 .node_id,
             "n0",

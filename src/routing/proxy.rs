@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -71,7 +71,7 @@ pub struct Proxy {
     /// Model servers are reached over HTTP/1.1 keep-alive connections kept per endpoint
     /// (`upstream.rs`), directly: no HTTP(S)_PROXY applies.
     connector: Connector,
-    rng: Mutex<SplitMix64>,
+    rng: SplitMix64,
     metrics: Arc<Metrics>,
     store: Store,
 }
@@ -263,7 +263,7 @@ impl Proxy {
             table,
             connector: Connector::new(settings.connect_timeout),
             settings,
-            rng: Mutex::new(SplitMix64::from_entropy()),
+            rng: SplitMix64::from_entropy(),
             metrics,
             store,
         }
@@ -271,7 +271,7 @@ impl Proxy {
 
     /// Uses a seeded random source from now on (tests).
     pub fn seed(&self, seed: u64) {
-        *self.rng.lock().expect("rng lock") = SplitMix64::seeded(seed);
+        self.rng.reseed(seed);
     }
 
     /// Forwards `body` for `model` to `path` (its path and query, e.g.
@@ -290,10 +290,17 @@ impl Proxy {
             .map_err(ProxyError::NoHealthyNodes)?;
         let mut tried: Vec<String> = Vec::new();
         loop {
-            let picked = {
-                let mut rng = self.rng.lock().expect("rng lock");
-                choose(&endpoints, &tried, now_ms(), &mut rng)
+            // The clock is read only when some node was ever ejected: `ejected_until` stays 0
+            // until then, and 0 is never after any time.
+            let now = if endpoints
+                .iter()
+                .any(|e| e.ejected_until.load(Ordering::Relaxed) != 0)
+            {
+                now_ms()
+            } else {
+                0
             };
+            let picked = choose(&endpoints, &tried, now, &self.rng);
             let Some(endpoint) = picked else {
                 // Every node refused the connection, or every ready node is ejected for now.
                 return Err(ProxyError::AllFailed {
