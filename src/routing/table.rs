@@ -114,8 +114,9 @@ impl std::fmt::Display for NoHealthyNodes {
 
 #[derive(Default)]
 struct Inner {
-    /// Routable endpoints by model.
-    ready: HashMap<String, Vec<Arc<Endpoint>>>,
+    /// Routable endpoints by model; a request takes the list with one reference count, and a
+    /// change (rare: a node becomes routable or stops being) makes a new list.
+    ready: HashMap<String, Arc<[Arc<Endpoint>]>>,
     /// Each routable node's endpoint and the model it is listed under.
     by_node: HashMap<String, (String, Arc<Endpoint>)>,
     /// Every node that is not terminated: (model, status), for the 503 message.
@@ -159,10 +160,14 @@ impl RoutingTable {
         let mut inner = self.inner.write().expect("routing lock is never poisoned");
         let existing = inner.by_node.remove(&node.id);
         if let Some((model, _)) = &existing {
-            if let Some(endpoints) = inner.ready.get_mut(model) {
-                endpoints.retain(|e| e.node_id != node.id);
-                if endpoints.is_empty() {
-                    inner.ready.remove(model);
+            if let Some(endpoints) = inner.ready.remove(model) {
+                let rest: Arc<[Arc<Endpoint>]> = endpoints
+                    .iter()
+                    .filter(|e| e.node_id != node.id)
+                    .cloned()
+                    .collect();
+                if !rest.is_empty() {
+                    inner.ready.insert(model.clone(), rest);
                 }
             }
         }
@@ -189,18 +194,21 @@ impl RoutingTable {
                 node.registered_at,
             )),
         };
-        inner
-            .ready
-            .entry(node.model_name.clone())
-            .or_default()
-            .push(endpoint.clone());
+        let listed = inner.ready.remove(&node.model_name);
+        let endpoints: Arc<[Arc<Endpoint>]> = listed
+            .iter()
+            .flat_map(|list| list.iter())
+            .chain([&endpoint])
+            .cloned()
+            .collect();
+        inner.ready.insert(node.model_name.clone(), endpoints);
         inner
             .by_node
             .insert(node.id.clone(), (node.model_name.clone(), endpoint));
     }
 
     /// The routable endpoints of a model, or why there are none.
-    pub fn endpoints(&self, model: &str) -> Result<Vec<Arc<Endpoint>>, NoHealthyNodes> {
+    pub fn endpoints(&self, model: &str) -> Result<Arc<[Arc<Endpoint>]>, NoHealthyNodes> {
         let inner = self.inner.read().expect("routing lock is never poisoned");
         match inner.ready.get(model) {
             Some(endpoints) if !endpoints.is_empty() => Ok(endpoints.clone()),
