@@ -61,10 +61,15 @@ const WRITE_AT: usize = 64 * 1024;
 
 /// Serves one client connection until it closes, or until `stopping` says the server stops
 /// (an idle connection closes at once; one in a request finishes it first).
-pub(super) async fn serve_connection<I>(io: I, front: Front, mut stopping: watch::Receiver<()>)
+pub(super) async fn serve_connection<I>(io: I, front: Front, stopping: watch::Receiver<()>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // The wait for the stop is made once per connection and kept: a new one for each idle
+    // spell would take the channel's waiter-list lock twice per request, a lock every
+    // connection shares.
+    let mut stop_rx = stopping.clone();
+    let mut stop = pin!(stop_rx.changed());
     let mut client = Client {
         io,
         buf: BytesMut::with_capacity(READ_SIZE),
@@ -76,8 +81,9 @@ where
             // Idle between requests: the stop closes the connection.
             client.buf.reserve(READ_SIZE);
             let read = tokio::select! {
+                biased;
                 read = client.io.read_buf(&mut client.buf) => read,
-                _ = stopping.changed() => return,
+                _ = stop.as_mut() => return,
             };
             if !matches!(read, Ok(n) if n > 0) {
                 return;
