@@ -143,11 +143,48 @@ async fn register_upstream(client: &reqwest::Client, args: &Args) {
     });
 }
 
-/// CPU seconds used so far by a set of processes.
-fn cpu_seconds(pids: &[u32]) -> Option<f64> {
-    pids.iter()
-        .map(|p| process_usage(*p).map(|(cpu, _)| cpu))
-        .sum()
+/// CPU seconds used so far by a set of processes: (user, system).
+fn cpu_seconds(pids: &[u32]) -> Option<(f64, f64)> {
+    let mut total = (0.0, 0.0);
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        total.0 += fields.get(11)?.parse::<f64>().ok()? / 100.0;
+        total.1 += fields.get(12)?.parse::<f64>().ok()? / 100.0;
+    }
+    Some(total)
+}
+
+/// CPU seconds the whole machine spent busy so far (every core: user, system, interrupts), from
+/// /proc/stat.
+fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal: all but idle and iowait.
+    let busy: f64 = fields.iter().take(8).sum::<f64>() - fields.get(3)? - fields.get(4)?;
+    Some(busy / 100.0)
+}
+
+/// Context switches so far of every thread of a set of processes, from /proc.
+fn context_switches(pids: &[u32]) -> Option<u64> {
+    let mut total = 0;
+    for pid in pids {
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+            let status = std::fs::read_to_string(task.ok()?.path().join("status")).ok()?;
+            total += status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    Some(total)
 }
 
 struct Saturated {
@@ -155,8 +192,12 @@ struct Saturated {
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
-    /// The proxy's (or model server's, for direct) CPU per 1,000 requests.
-    cpu_ms_per_1k: Option<f64>,
+    /// The proxy's (or model server's, for direct) CPU per 1,000 requests: user, system.
+    cpu_ms_per_1k: Option<(f64, f64)>,
+    /// The whole machine's (load generator, model server, proxy, kernel) per 1,000 requests.
+    machine_ms_per_1k: Option<f64>,
+    /// The proxy's (or model server's) context switches per request.
+    switches_per_request: Option<f64>,
 }
 
 /// wrk's latency figures ("1.23ms", "850.00us", "1.02s") in milliseconds.
@@ -183,6 +224,8 @@ fn wrk_field<'a>(output: &'a str, prefix: &str) -> Option<&'a str> {
 
 fn saturate(args: &Args, base: &str, script: &std::path::Path, pids: &[u32]) -> Saturated {
     let cpu_before = cpu_seconds(pids);
+    let machine_before = machine_busy_seconds();
+    let switches_before = context_switches(pids);
     let output = Command::new(&args.wrk)
         .args(["-t1", "--latency", "--timeout", "10s"])
         .arg(format!("-c{}", args.connections))
@@ -193,6 +236,8 @@ fn saturate(args: &Args, base: &str, script: &std::path::Path, pids: &[u32]) -> 
         .output()
         .expect("wrk runs (apt-get install wrk)");
     let cpu_after = cpu_seconds(pids);
+    let machine_after = machine_busy_seconds();
+    let switches_after = context_switches(pids);
     let text = String::from_utf8_lossy(&output.stdout).to_string();
     assert!(output.status.success(), "wrk failed: {text}");
     let requests: u64 = text
@@ -216,7 +261,18 @@ fn saturate(args: &Args, base: &str, script: &std::path::Path, pids: &[u32]) -> 
         p99_ms: wrk_ms(wrk_field(&text, "99%").expect("wrk's p99")),
         errors,
         cpu_ms_per_1k: match (cpu_before, cpu_after) {
+            (Some(a), Some(b)) if requests > 0 => {
+                let per_1k = 1000.0 / requests as f64 * 1000.0;
+                Some(((b.0 - a.0) * per_1k, (b.1 - a.1) * per_1k))
+            }
+            _ => None,
+        },
+        machine_ms_per_1k: match (machine_before, machine_after) {
             (Some(a), Some(b)) if requests > 0 => Some((b - a) * 1000.0 / requests as f64 * 1000.0),
+            _ => None,
+        },
+        switches_per_request: match (switches_before, switches_after) {
+            (Some(a), Some(b)) if requests > 0 => Some((b - a) as f64 / requests as f64),
             _ => None,
         },
     }
@@ -421,21 +477,28 @@ fn saturate_all(args: &Args, targets: &[Target]) -> f64 {
         args.duration.as_secs()
     );
     println!(
-        "| Path | Requests/s | p50 | p99 | Errors | CPU per 1,000 requests (the path's server) |"
+        "| Path | Requests/s | p50 | p99 | Errors | CPU per 1,000 requests (the path's server) | Machine CPU per 1,000 requests | Context switches per request (the path's server) |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut saturated = Vec::new();
     for (label, base, pids) in targets {
         eprintln!("saturating {label}...");
         let s = saturate(args, base, &script, pids);
         println!(
-            "| {label} | {:.0} | {:.2} ms | {:.2} ms | {} | {} |",
+            "| {label} | {:.0} | {:.2} ms | {:.2} ms | {} | {} | {} | {} |",
             s.requests_per_s,
             s.p50_ms,
             s.p99_ms,
             s.errors,
             s.cpu_ms_per_1k
-                .map_or("n/a".into(), |c| format!("{c:.0} ms"))
+                .map_or("n/a".into(), |(user, system)| format!(
+                    "{:.1} ms (user {user:.1}, system {system:.1})",
+                    user + system
+                )),
+            s.machine_ms_per_1k
+                .map_or("n/a".into(), |c| format!("{c:.0} ms")),
+            s.switches_per_request
+                .map_or("n/a".into(), |c| format!("{c:.2}"))
         );
         saturated.push(s);
     }
