@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 mod common;
-use common::{assert_loopback, process_usage, quantile_ms};
+use common::{assert_loopback, cpu_times, process_usage, quantile_ms};
 
 const MODEL: &str = "bench/model";
 const CHAT_PATH: &str = "/v1/chat/completions";
@@ -147,10 +147,9 @@ async fn register_upstream(client: &reqwest::Client, args: &Args) {
 fn cpu_seconds(pids: &[u32]) -> Option<(f64, f64)> {
     let mut total = (0.0, 0.0);
     for pid in pids {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        total.0 += fields.get(11)?.parse::<f64>().ok()? / 100.0;
-        total.1 += fields.get(12)?.parse::<f64>().ok()? / 100.0;
+        let (user, system) = cpu_times(*pid)?;
+        total.0 += user;
+        total.1 += system;
     }
     Some(total)
 }

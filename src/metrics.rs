@@ -176,15 +176,9 @@ impl Metrics {
     }
 
     fn add(&self, name: &'static str, help: &'static str, labels: &[(&'static str, &str)], n: u64) {
-        let mut counters = self
-            .counters
-            .lock()
-            .expect("metrics lock is never poisoned");
-        counters
-            .entry(name)
-            .or_insert_with(|| Family::new(help))
-            .series_mut(labels)
-            .fetch_add(n, Ordering::Relaxed);
+        with_series(&self.counters, name, help, labels, |c| {
+            c.fetch_add(n, Ordering::Relaxed)
+        });
     }
 
     /// The counter series `labels` of `name`, made (at 0) if new, to be kept and counted on.
@@ -194,17 +188,7 @@ impl Metrics {
         help: &'static str,
         labels: &[(&'static str, &str)],
     ) -> Counter {
-        let mut counters = self
-            .counters
-            .lock()
-            .expect("metrics lock is never poisoned");
-        Counter(
-            counters
-                .entry(name)
-                .or_insert_with(|| Family::new(help))
-                .series_mut(labels)
-                .clone(),
-        )
+        with_series(&self.counters, name, help, labels, |c| Counter(c.clone()))
     }
 
     /// The histogram series `labels` of `name`, made if new, to be kept and observed on.
@@ -214,17 +198,9 @@ impl Metrics {
         help: &'static str,
         labels: &[(&'static str, &str)],
     ) -> Histogram {
-        let mut histograms = self
-            .histograms
-            .lock()
-            .expect("metrics lock is never poisoned");
-        Histogram(
-            histograms
-                .entry(name)
-                .or_insert_with(|| Family::new(help))
-                .series_mut(labels)
-                .clone(),
-        )
+        with_series(&self.histograms, name, help, labels, |h| {
+            Histogram(h.clone())
+        })
     }
 
     pub fn observe(
@@ -234,15 +210,7 @@ impl Metrics {
         labels: &[(&'static str, &str)],
         seconds: f64,
     ) {
-        let mut histograms = self
-            .histograms
-            .lock()
-            .expect("metrics lock is never poisoned");
-        histograms
-            .entry(name)
-            .or_insert_with(|| Family::new(help))
-            .series_mut(labels)
-            .observe(seconds);
+        with_series(&self.histograms, name, help, labels, |h| h.observe(seconds));
     }
 
     /// The exposition text, with the caller's current gauges first.
@@ -301,6 +269,21 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Runs `f` on the series `labels` of the family `name` in `families`, making either if new.
+fn with_series<T: Default, R>(
+    families: &Mutex<BTreeMap<&'static str, Family<T>>>,
+    name: &'static str,
+    help: &'static str,
+    labels: &[(&'static str, &str)],
+    f: impl FnOnce(&mut T) -> R,
+) -> R {
+    let mut families = families.lock().expect("metrics lock is never poisoned");
+    f(families
+        .entry(name)
+        .or_insert_with(|| Family::new(help))
+        .series_mut(labels))
 }
 
 fn owned(labels: &[(&'static str, &str)]) -> Labels {

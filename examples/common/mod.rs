@@ -2,11 +2,17 @@
 
 use serde_json::{json, Value};
 
-/// CPU seconds (user + system) and peak RSS in MiB of a process, from /proc.
-pub fn process_usage(pid: u32) -> Option<(f64, f64)> {
+/// CPU seconds a process spent in user space and in the kernel, from /proc.
+pub fn cpu_times(pid: u32) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    Some((ticks(11)? / 100.0, ticks(12)? / 100.0))
+}
+
+/// CPU seconds (user + system) and peak RSS in MiB of a process, from /proc.
+pub fn process_usage(pid: u32) -> Option<(f64, f64)> {
+    let (user, system) = cpu_times(pid)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let hwm_kib: f64 = status
         .lines()
@@ -15,7 +21,7 @@ pub fn process_usage(pid: u32) -> Option<(f64, f64)> {
         .nth(1)?
         .parse()
         .ok()?;
-    Some((ticks / 100.0, hwm_kib / 1024.0))
+    Some((user + system, hwm_kib / 1024.0))
 }
 
 /// Panics unless `url` is a loopback address: the benchmarks never leave the machine.
