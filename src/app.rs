@@ -7,12 +7,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::admin_token;
+use crate::api::ConnectionThreads;
 use crate::config::ServeConfig;
 use crate::fleet::sweeper::{FleetTasks, SyncSettings};
 use crate::fleet::{Fleet, FleetError};
@@ -163,6 +163,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start the threads that serve connections: {0} (try fewer with --connection-threads)")]
+    Threads(std::io::Error),
 }
 
 /// A started control plane.
@@ -172,7 +174,7 @@ pub struct Running {
     database: String,
     stop_server: oneshot::Sender<()>,
     stop_streams: tokio::sync::watch::Sender<bool>,
-    server: JoinHandle<std::io::Result<()>>,
+    server: JoinHandle<()>,
     tasks: FleetTasks,
     stop_runner: tokio::sync::watch::Sender<bool>,
     runner: JoinHandle<()>,
@@ -368,14 +370,14 @@ impl Running {
             sync,
         );
         let (stop_server, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            // No Nagle delay: streamed tokens and small answers leave as soon as they are written.
-            crate::api::serve(listener.tap_io(no_delay), state, async {
-                let _ = stopped.await;
-            })
-            .await;
-            Ok::<(), std::io::Error>(())
-        });
+        let threads = ConnectionThreads::start(
+            usize::from(config.connection_threads),
+            state.proxy.table.clone(),
+        )
+        .map_err(StartError::Threads)?;
+        let server = tokio::spawn(crate::api::serve(listener, state, threads, async {
+            let _ = stopped.await;
+        }));
         Ok(Running {
             addr,
             admin_token: token,
@@ -416,8 +418,8 @@ impl Running {
         let _ = self.stop_server.send(());
         let mut server = self.server;
         match tokio::time::timeout(self.shutdown_timeout, &mut server).await {
-            Ok(Ok(Err(e))) => tracing::error!(error = %e, "server stopped with an error"),
-            Ok(_) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "the server failed"),
+            Ok(Ok(())) => {}
             Err(_) => {
                 tracing::warn!(
                     "in-flight requests did not finish within the shutdown timeout; closing them"

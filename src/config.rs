@@ -179,6 +179,12 @@ pub struct ServeConfig {
     #[arg(long, env = "SKYLAUNCH_PROXY_BODY_LIMIT", default_value = "32MiB", value_parser = parse_size)]
     pub proxy_body_limit: usize,
 
+    /// Threads that serve client connections, each with a runtime of its own (0: one per CPU
+    /// core). The admin API, the UI and launch jobs run on tokio's main runtime, whose threads
+    /// TOKIO_WORKER_THREADS sets.
+    #[arg(long, env = "SKYLAUNCH_CONNECTION_THREADS", default_value_t = 0, value_parser = clap::value_parser!(u16).range(..=1024))]
+    pub connection_threads: u16,
+
     /// Connection failures or 5xx answers in a row that eject a node from routing.
     #[arg(long, env = "SKYLAUNCH_EJECT_AFTER", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub eject_after: u32,

@@ -28,7 +28,6 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::ConnectInfo;
 use axum::http::{
     header, HeaderMap, HeaderName, HeaderValue, Method, Request as HttpRequest, StatusCode, Uri,
 };
@@ -41,7 +40,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
-use tower_service::Service;
 
 use super::error::ApiError;
 use super::{v1, Front, BODY_LIMIT};
@@ -328,11 +326,7 @@ where
                 *routed.method_mut() = method;
                 *routed.uri_mut() = uri;
                 *routed.headers_mut() = headers;
-                routed.extensions_mut().insert(ConnectInfo(front.peer));
-                let response = match front.router.clone().call(routed).await {
-                    Ok(response) => response,
-                    Err(never) => match never {},
-                };
+                let response = front.route(routed).await;
                 self.send_response(response, request.close).await
             }
         };

@@ -11,6 +11,7 @@ pub mod nodes;
 pub mod openapi;
 pub mod sse;
 pub mod system;
+pub mod threads;
 pub mod v1;
 
 use std::convert::Infallible;
@@ -24,15 +25,16 @@ use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::Listener;
 use axum::Router;
 use hyper::body::Incoming;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower_service::Service;
 
 use crate::app::AppState;
 use crate::metrics::{Counter, Histogram};
 use error::ApiError;
+pub use threads::ConnectionThreads;
 
 /// Request bodies over this many bytes are refused with 413.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -165,33 +167,61 @@ fn request_series(
 /// Serves HTTP/1.1 on `listener` until `shutdown` completes; then stops accepting, lets each
 /// open connection finish the request it is on, and returns once all are closed.
 ///
+/// Connections are served on `threads`, in turn, each a thread with a single-threaded runtime
+/// of its own (see [`threads`]); requests for the router run on the runtime that calls this.
 /// Requests the load balancer forwards are read and answered by [`front`] itself; every other
-/// request goes to hyper's HTTP/1.1 server (see [`Front`]), without a general-purpose server's
+/// request goes to the router, read and answered by [`front`] too or, when it is not one that
+/// reader takes, by hyper's HTTP/1.1 server (see [`Front`]), without a general-purpose server's
 /// per-request service layers.
-pub async fn serve<L>(mut listener: L, state: AppState, shutdown: impl Future<Output = ()>)
-where
-    L: Listener<Addr = SocketAddr>,
-{
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    mut threads: ConnectionThreads,
+    shutdown: impl Future<Output = ()>,
+) {
     let router = router(state.clone());
+    let main = tokio::runtime::Handle::current();
     // Dropping `stop` tells every connection to finish. Each holds a clone of `open`, so
     // `tracker.closed()` completes once the last one has closed.
     let (stop, stopping) = watch::channel(());
     let (tracker, open) = watch::channel(());
     let mut shutdown = pin!(shutdown);
     loop {
-        let (io, peer) = tokio::select! {
+        let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
+        };
+        let (io, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                accept_failed(e).await;
+                continue;
+            }
+        };
+        let mut io = io;
+        // No Nagle delay: streamed tokens and small answers leave as soon as they are written.
+        crate::app::no_delay(&mut io);
+        // Off this runtime's reactor, onto the connection thread's.
+        let io = match io.into_std() {
+            Ok(io) => io,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not hand a connection to its thread");
+                continue;
+            }
         };
         let front = Front {
             state: state.clone(),
             router: router.clone(),
+            main: main.clone(),
             peer,
         };
         let stopping = stopping.clone();
         let open = open.clone();
-        tokio::spawn(async move {
-            front::serve_connection(io, front, stopping).await;
+        threads.next().spawn(async move {
+            match TcpStream::from_std(io) {
+                Ok(io) => front::serve_connection(io, front, stopping).await,
+                Err(e) => tracing::debug!(error = %e, "could not take a connection on its thread"),
+            }
             drop(open);
         });
     }
@@ -199,24 +229,83 @@ where
     drop(stop);
     drop(open);
     tracker.closed().await;
+    // Stops the connection threads.
+    drop(threads);
+}
+
+/// After a failed `accept`: a connection that went away before it was taken is no matter; any
+/// other failure (out of file descriptors, say) is logged, and accepting waits a second rather
+/// than spinning.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "could not accept a connection; trying again in a second");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
 }
 
 /// One connection's requests: those the load balancer forwards go straight to it; the rest
-/// (the admin API, the UI, `GET /v1/models`, wrong methods) go through the router, with the
-/// peer's address for handlers that want it.
+/// (the admin API, the UI, `GET /v1/models`, wrong methods) go through the router, on the main
+/// runtime, with the peer's address for handlers that want it.
 #[derive(Clone)]
 struct Front {
     state: AppState,
     router: Router,
+    /// The runtime the router's handlers run on.
+    main: tokio::runtime::Handle,
     peer: SocketAddr,
 }
 
 impl Front {
-    async fn handle(mut self, mut request: Request<Incoming>) -> Result<Response, Infallible> {
+    /// A request on a connection hyper serves.
+    async fn handle(self, request: Request<Incoming>) -> Result<Response, Infallible> {
         if let Some(route) = v1::forwarded_route(request.method(), request.uri().path()) {
             return Ok(v1::serve_forwarded(self.state, route, request).await);
         }
+        Ok(self.route(request).await)
+    }
+
+    /// Serves a request through the router, on the main runtime: the admin API's database
+    /// connections and the tasks its handlers start belong there, not to a connection thread
+    /// (see [`threads`]). The answer's body is read here. Dropping this (the connection went
+    /// away) drops the handler.
+    async fn route<B>(&self, mut request: Request<B>) -> Response
+    where
+        B: hyper::body::Body<Data = axum::body::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
         request.extensions_mut().insert(ConnectInfo(self.peer));
-        self.router.call(request).await
+        let request = request.map(axum::body::Body::new);
+        let mut router = self.router.clone();
+        let handler = AbortOnDrop(self.main.spawn(async move { router.call(request).await }));
+        match handler.await {
+            Ok(Ok(response)) => response,
+            Ok(Err(never)) => match never {},
+            Err(e) => ApiError::internal(&e).into_response(),
+        }
+    }
+}
+
+/// A task that is aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -74,6 +74,9 @@ pub struct Proxy {
     rng: SplitMix64,
     metrics: Arc<Metrics>,
     store: Store,
+    /// The runtime that made the proxy: node events are written on it, where the database's
+    /// connections live, whichever thread forwards the request.
+    runtime: tokio::runtime::Handle,
 }
 
 /// Holds a request's place in its endpoint's in-flight count until dropped.
@@ -266,6 +269,7 @@ impl Proxy {
             rng: SplitMix64::from_entropy(),
             metrics,
             store,
+            runtime: tokio::runtime::Handle::current(),
         }
     }
 
@@ -472,7 +476,7 @@ impl Proxy {
         // Recorded off the request path: a slow database must not hold up the client.
         let store = self.store.clone();
         let node_id = endpoint.node_id.clone();
-        tokio::spawn(async move {
+        self.runtime.spawn(async move {
             if let Err(e) = store
                 .insert_node_event(&node_id, now, "ejected", &reason)
                 .await

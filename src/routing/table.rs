@@ -235,6 +235,15 @@ impl RoutingTable {
         }
     }
 
+    /// Closes the idle connections kept for the threads that serve client connections (see
+    /// `upstream::set_thread_slot`), once those threads' runtimes stopped.
+    pub fn close_threads_connections(&self) {
+        let inner = self.inner.read().expect("routing lock is never poisoned");
+        for (_, endpoint) in inner.by_node.values() {
+            endpoint.pool.close_threads_connections();
+        }
+    }
+
     /// Models with at least one ready node, and how many, sorted by name.
     pub fn models(&self) -> Vec<(String, usize)> {
         let inner = self.inner.read().expect("routing lock is never poisoned");
@@ -255,10 +264,11 @@ impl RoutingTable {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn node(id: &str, model: &str, status: NodeStatus, score: Option<f64>) -> Node {
+    /// A node as the fleet would hand it to the table (its endpoint on a port nothing listens on).
+    pub(crate) fn node(id: &str, model: &str, status: NodeStatus, score: Option<f64>) -> Node {
         Node {
             id: id.into(),
             name: id.into(),

@@ -11,13 +11,16 @@
 //! A task of the proxy closes connections idle for longer than that every [`IDLE_FOR`], so a
 //! burst's connections do not stay open after its traffic stopped.
 //!
-//! Each endpoint has its own list, found through the endpoint the policy picked: no look-up by
+//! Each endpoint has its own lists, found through the endpoint the policy picked: no look-up by
 //! host, no task per request to watch a connection come back (what a general-purpose pooled
-//! client costs on every request).
+//! client costs on every request). It has one list per thread that serves client connections
+//! (see [`set_thread_slot`]), so a connection is only ever used by the thread whose runtime
+//! made it, and no two threads share a lock.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderValue, Uri};
@@ -94,25 +97,70 @@ impl Target {
     }
 }
 
-/// One endpoint's idle connections, oldest first.
-#[derive(Default)]
+thread_local! {
+    /// This thread's share of every pool: 0, unless it is one of the threads that serve client
+    /// connections on a runtime of their own (see [`set_thread_slot`]).
+    static SLOT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks the current thread as the `n`th (from 1) of those that serve client connections, each
+/// on a single-threaded runtime of its own. Its connections to model servers are kept apart
+/// from every other thread's: a connection is driven by the runtime that made it, and stays on
+/// that runtime's thread from request to request.
+pub fn set_thread_slot(n: usize) {
+    SLOT.set(n);
+}
+
+/// Shares per pool: one for threads that are not marked (the main runtime's), and one per core
+/// for the marked ones (two marked threads share one only when there are more than cores).
+fn slot_count() -> usize {
+    static COUNT: OnceLock<usize> = OnceLock::new();
+    *COUNT.get_or_init(|| 1 + std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// One endpoint's idle connections: a list per thread share (see [`set_thread_slot`]), oldest
+/// first.
 pub struct Pool {
-    idle: Mutex<VecDeque<(Instant, Conn)>>,
+    slots: Box<[Slot]>,
+}
+
+/// A share's list, on a cache line of its own: each is used by one thread, and none should
+/// slow another down by sharing its line.
+#[derive(Default)]
+#[repr(align(128))]
+struct Slot(Mutex<VecDeque<(Instant, Conn)>>);
+
+impl Default for Pool {
+    fn default() -> Pool {
+        Pool {
+            slots: (0..slot_count()).map(|_| Slot::default()).collect(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let idle = self.idle.lock().map_or(0, |idle| idle.len());
-        f.debug_struct("Pool").field("idle", &idle).finish()
+        f.debug_struct("Pool").field("idle", &self.idle()).finish()
     }
 }
 
 impl Pool {
+    /// The current thread's list.
+    fn mine(&self) -> &Mutex<VecDeque<(Instant, Conn)>> {
+        let n = self.slots.len();
+        let at = match SLOT.get() {
+            0 => 0,
+            marked => 1 + (marked - 1) % (n - 1).max(1),
+        };
+        &self.slots[at.min(n - 1)].0
+    }
+
     /// The most recently used idle connection still worth trying, if any.
     fn take(&self) -> Option<Conn> {
+        let list = self.mine();
         loop {
             let mut conn = {
-                let mut idle = self.idle.lock().expect("pool lock");
+                let mut idle = list.lock().expect("pool lock");
                 let (since, conn) = idle.pop_back()?;
                 if since.elapsed() >= IDLE_FOR {
                     // The newest is too old: so are the rest.
@@ -128,10 +176,11 @@ impl Pool {
         }
     }
 
-    /// A connection whose answer was read to its end, back for the next request.
+    /// A connection whose answer was read to its end, back for the next request (on the
+    /// thread that made it: the only one that takes from this list).
     pub fn put(&self, conn: Conn) {
         let now = Instant::now();
-        let mut idle = self.idle.lock().expect("pool lock");
+        let mut idle = self.mine().lock().expect("pool lock");
         while idle
             .front()
             .is_some_and(|(since, _)| now.duration_since(*since) >= IDLE_FOR)
@@ -148,10 +197,30 @@ impl Pool {
     /// traffic stopped.
     pub fn close_expired(&self) {
         let now = Instant::now();
-        self.idle
-            .lock()
-            .expect("pool lock")
-            .retain_mut(|(since, conn)| now.duration_since(*since) < IDLE_FOR && !conn.is_closed());
+        for slot in &self.slots {
+            slot.0
+                .lock()
+                .expect("pool lock")
+                .retain_mut(|(since, conn)| {
+                    now.duration_since(*since) < IDLE_FOR && !conn.is_closed()
+                });
+        }
+    }
+
+    /// Closes the idle connections of the marked threads (see [`set_thread_slot`]): once their
+    /// runtimes stopped, nothing drives those connections any more.
+    pub fn close_threads_connections(&self) {
+        for slot in self.slots.iter().skip(1) {
+            slot.0.lock().expect("pool lock").clear();
+        }
+    }
+
+    /// How many idle connections it keeps, all threads together.
+    pub fn idle(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|slot| slot.0.lock().map_or(0, |idle| idle.len()))
+            .sum()
     }
 }
 
