@@ -3,7 +3,8 @@
 //! an equivalent reverse proxy. The script starts the three servers; this program registers the
 //! model server as a ready node, then measures, in one run:
 //!
-//! 1. saturating throughput with `wrk` (closed loop, keep-alive): requests/s, p50, p99;
+//! 1. saturating throughput with `wrk` (closed loop, keep-alive): requests/s, p50, p99, in
+//!    rounds of the three paths in turn (`--rounds`, default 3), the ratios taken per round;
 //! 2. latency at a fixed rate of half skylaunch's saturating throughput (open loop: requests
 //!    leave on schedule whatever the answers do): p50, p99, p99.9;
 //! 3. time to the first byte of a streaming (`"stream": true`) answer, one request at a time.
@@ -38,6 +39,9 @@ struct Args {
     rate: Option<f64>,
     /// Which parts to run (default all): `saturate`, `fixed`, `ttfb`.
     parts: Vec<String>,
+    /// Rounds of part 1, the three paths in turn in each: a shared machine's speed drifts
+    /// within a minute, so one measurement per path says little about their ratio.
+    rounds: usize,
 }
 
 fn parse_args() -> Args {
@@ -55,6 +59,7 @@ fn parse_args() -> Args {
         upstream_pid: None,
         rate: None,
         parts: vec!["saturate".into(), "fixed".into(), "ttfb".into()],
+        rounds: 3,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -80,6 +85,10 @@ fn parse_args() -> Args {
             "--rate" => args.rate = Some(value.parse().expect("--rate N")),
             "--parts" => args.parts = value.split(',').map(str::to_string).collect(),
             "--upstream-pid" => args.upstream_pid = Some(value.parse().expect("--upstream-pid")),
+            "--rounds" => {
+                args.rounds = value.parse().expect("--rounds N");
+                assert!(args.rounds > 0, "--rounds must be at least 1");
+            }
             other => panic!("unknown flag {other}"),
         }
     }
@@ -458,7 +467,7 @@ fn warm_up(client: &reqwest::Client, url: &str) -> impl std::future::Future<Outp
 
 type Target = (&'static str, String, Vec<u32>);
 
-/// Part 1; returns skylaunch's saturating throughput.
+/// Part 1; returns skylaunch's saturating throughput (the median of its rounds).
 fn saturate_all(args: &Args, targets: &[Target]) -> f64 {
     let script =
         std::env::temp_dir().join(format!("skylaunch-bench-proxy-{}.lua", std::process::id()));
@@ -471,44 +480,77 @@ fn saturate_all(args: &Args, targets: &[Target]) -> f64 {
     )
     .expect("write the wrk script");
     println!(
-        "## 1. Saturating throughput (wrk, 1 thread, {} keep-alive connections, {} s each)\n",
+        "## 1. Saturating throughput (wrk, 1 thread, {} keep-alive connections, {} s each, {} rounds of the three paths in turn)\n",
         args.connections,
-        args.duration.as_secs()
+        args.duration.as_secs(),
+        args.rounds
     );
     println!(
-        "| Path | Requests/s | p50 | p99 | Errors | CPU per 1,000 requests (the path's server) | Machine CPU per 1,000 requests | Context switches per request (the path's server) |"
+        "| Path | Round | Requests/s | p50 | p99 | Errors | CPU per 1,000 requests (the path's server) | Machine CPU per 1,000 requests | Context switches per request (the path's server) |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
-    let mut saturated = Vec::new();
-    for (label, base, pids) in targets {
-        eprintln!("saturating {label}...");
-        let s = saturate(args, base, &script, pids);
-        println!(
-            "| {label} | {:.0} | {:.2} ms | {:.2} ms | {} | {} | {} | {} |",
-            s.requests_per_s,
-            s.p50_ms,
-            s.p99_ms,
-            s.errors,
-            s.cpu_ms_per_1k
-                .map_or("n/a".into(), |(user, system)| format!(
-                    "{:.1} ms (user {user:.1}, system {system:.1})",
-                    user + system
-                )),
-            s.machine_ms_per_1k
-                .map_or("n/a".into(), |c| format!("{c:.0} ms")),
-            s.switches_per_request
-                .map_or("n/a".into(), |c| format!("{c:.2}"))
-        );
-        saturated.push(s);
+    println!("|---|---|---|---|---|---|---|---|---|");
+    // Requests/s by path, one per round.
+    let mut rates = vec![Vec::new(); targets.len()];
+    for round in 1..=args.rounds {
+        for ((label, base, pids), rates) in targets.iter().zip(&mut rates) {
+            eprintln!("saturating {label} (round {round})...");
+            let s = saturate(args, base, &script, pids);
+            println!(
+                "| {label} | {round} | {:.0} | {:.2} ms | {:.2} ms | {} | {} | {} | {} |",
+                s.requests_per_s,
+                s.p50_ms,
+                s.p99_ms,
+                s.errors,
+                s.cpu_ms_per_1k
+                    .map_or("n/a".into(), |(user, system)| format!(
+                        "{:.1} ms (user {user:.1}, system {system:.1})",
+                        user + system
+                    )),
+                s.machine_ms_per_1k
+                    .map_or("n/a".into(), |c| format!("{c:.0} ms")),
+                s.switches_per_request
+                    .map_or("n/a".into(), |c| format!("{c:.2}"))
+            );
+            rates.push(s.requests_per_s);
+        }
     }
     let _ = std::fs::remove_file(&script);
-    let (a, b, c) = (&saturated[0], &saturated[1], &saturated[2]);
+    let per_round = |x: usize, y: usize| -> Vec<f64> {
+        rates[x].iter().zip(&rates[y]).map(|(x, y)| x / y).collect()
+    };
+    let listed = |ratios: &[f64]| {
+        ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (b_a, b_c) = (per_round(1, 0), per_round(1, 2));
     println!(
-        "\nThroughput ratios: b/a = {:.2}, b/c = {:.2}\n",
-        b.requests_per_s / a.requests_per_s,
-        b.requests_per_s / c.requests_per_s
+        "\nMedian requests/s: (a) {:.0}, (b) {:.0}, (c) {:.0}",
+        median(&rates[0]),
+        median(&rates[1]),
+        median(&rates[2])
     );
-    b.requests_per_s
+    println!(
+        "Throughput ratios (median of the rounds' ratios): b/a = {:.2}, b/c = {:.2}; b/c by round: {}\n",
+        median(&b_a),
+        median(&b_c),
+        listed(&b_c)
+    );
+    median(&rates[1])
+}
+
+/// The middle value (the mean of the middle two for an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
 }
 
 /// Part 2.
