@@ -6,7 +6,8 @@
 //! 1. saturating throughput with `wrk` (closed loop, keep-alive): requests/s, p50, p99, in
 //!    rounds of the three paths in turn (`--rounds`, default 3), the ratios taken per round;
 //! 2. latency at a fixed rate of half skylaunch's saturating throughput (open loop: requests
-//!    leave on schedule whatever the answers do): p50, p99, p99.9;
+//!    leave on schedule whatever the answers do): p50, p99, p99.9, in rounds too, each proxy's
+//!    added p99 taken against the direct path of the same round;
 //! 3. time to the first byte of a streaming (`"stream": true`) answer, one request at a time.
 //!
 //! Only ever talks to the URLs it is given; the script gives it loopback addresses.
@@ -556,20 +557,42 @@ fn median(values: &[f64]) -> f64 {
 /// Part 2.
 async fn fixed_all(args: &Args, targets: &[Target], rate: f64) {
     println!(
-        "## 2. Latency at a fixed {rate:.0} requests/s, {} s each\n",
-        args.duration.as_secs()
+        "## 2. Latency at a fixed {rate:.0} requests/s, {} s each, {} rounds of the three paths in turn\n",
+        args.duration.as_secs(),
+        args.rounds
     );
-    println!("| Path | Sent | Errors | p50 | p99 | p99.9 | Added p99 over direct |");
-    println!("|---|---|---|---|---|---|---|");
-    let mut direct_p99 = None;
-    for (label, base, _) in targets {
-        eprintln!("fixed rate through {label}...");
-        let f = fixed_rate(base, rate, args.duration).await;
-        let added = direct_p99.map_or("-".to_string(), |d: f64| format!("{:+.2} ms", f.p99_ms - d));
-        direct_p99.get_or_insert(f.p99_ms);
+    println!("| Path | Round | Sent | Errors | p50 | p99 | p99.9 | Added p99 over direct (same round) |");
+    println!("|---|---|---|---|---|---|---|---|");
+    // Added p99 by path (the direct one first, always none), one per round.
+    let mut added = vec![Vec::new(); targets.len()];
+    for round in 1..=args.rounds {
+        let mut direct_p99 = None;
+        for ((label, base, _), added) in targets.iter().zip(&mut added) {
+            eprintln!("fixed rate through {label} (round {round})...");
+            let f = fixed_rate(base, rate, args.duration).await;
+            let shown = match direct_p99 {
+                None => {
+                    direct_p99 = Some(f.p99_ms);
+                    "-".to_string()
+                }
+                Some(d) => {
+                    added.push(f.p99_ms - d);
+                    format!("{:+.2} ms", f.p99_ms - d)
+                }
+            };
+            println!(
+                "| {label} | {round} | {} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {shown} |",
+                f.sent, f.errors, f.p50_ms, f.p99_ms, f.p999_ms
+            );
+        }
+    }
+    println!();
+    for ((label, _, _), added) in targets.iter().zip(&added).skip(1) {
+        let by_round: Vec<String> = added.iter().map(|a| format!("{a:+.2}")).collect();
         println!(
-            "| {label} | {} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {added} |",
-            f.sent, f.errors, f.p50_ms, f.p99_ms, f.p999_ms
+            "Added p99 of {label}, median of the rounds: {:+.2} ms (by round: {} ms)",
+            median(added),
+            by_round.join(", ")
         );
     }
 }
