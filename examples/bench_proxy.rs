@@ -561,7 +561,9 @@ async fn fixed_all(args: &Args, targets: &[Target], rate: f64) {
         args.duration.as_secs(),
         args.rounds
     );
-    println!("| Path | Round | Sent | Errors | p50 | p99 | p99.9 | Added p99 over direct (same round) |");
+    println!(
+        "| Path | Round | Sent | Errors | p50 | p99 | p99.9 | Added p99 over direct (same round) |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     // Added p99 by path (the direct one first, always none), one per round.
     let mut added = vec![Vec::new(); targets.len()];
