@@ -191,14 +191,13 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
-        let (io, peer) = match accepted {
+        let (mut io, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 accept_failed(e).await;
                 continue;
             }
         };
-        let mut io = io;
         // No Nagle delay: streamed tokens and small answers leave as soon as they are written.
         crate::app::no_delay(&mut io);
         // Off this runtime's reactor, onto the connection thread's.
