@@ -147,12 +147,12 @@ impl std::fmt::Debug for Pool {
 impl Pool {
     /// The current thread's list.
     fn mine(&self) -> &Mutex<VecDeque<(Instant, Conn)>> {
-        let n = self.slots.len();
+        // There are always at least two lists (see `slot_count`).
         let at = match SLOT.get() {
             0 => 0,
-            marked => 1 + (marked - 1) % (n - 1).max(1),
+            marked => 1 + (marked - 1) % (self.slots.len() - 1),
         };
-        &self.slots[at.min(n - 1)].0
+        &self.slots[at].0
     }
 
     /// The most recently used idle connection still worth trying, if any.
