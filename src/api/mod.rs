@@ -194,7 +194,13 @@ pub async fn serve(
         let (mut io, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
-                accept_failed(e).await;
+                if accept_failed(e) {
+                    // Not spinning on a failure that lasts (out of file descriptors, say).
+                    tokio::select! {
+                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                        () = &mut shutdown => break,
+                    }
+                }
                 continue;
             }
         };
@@ -232,19 +238,18 @@ pub async fn serve(
     drop(threads);
 }
 
-/// After a failed `accept`: a connection that went away before it was taken is no matter; any
-/// other failure (out of file descriptors, say) is logged, and accepting waits a second rather
-/// than spinning.
-async fn accept_failed(e: std::io::Error) {
+/// After a failed `accept`: whether accepting should wait a moment. A connection that went away
+/// before it was taken is no matter; any other failure is logged.
+fn accept_failed(e: std::io::Error) -> bool {
     use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
     if matches!(
         e.kind(),
         ConnectionAborted | ConnectionRefused | ConnectionReset
     ) {
-        return;
+        return false;
     }
     tracing::error!(error = %e, "could not accept a connection; trying again in a second");
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    true
 }
 
 /// One connection's requests: those the load balancer forwards go straight to it; the rest
