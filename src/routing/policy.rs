@@ -7,6 +7,7 @@
 //! two (not scanning all) keeps concurrent choosers from stampeding the same "best" node. The
 //! random source is a parameter, so tests choose with a seed.
 
+use std::cell::OnceCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -62,19 +63,26 @@ fn cost(e: &Endpoint) -> f64 {
     (e.in_flight.load(Ordering::Relaxed) as f64 + 1.0) / e.health().max(MIN_HEALTH)
 }
 
-/// Picks an endpoint among `candidates` that are not ejected at `now_ms` and not in `exclude`
-/// (those already tried for this request). Allocates nothing: the usable ones are counted, and
-/// the two drawn are found by walking the list again.
+/// Picks an endpoint among `candidates` that are not ejected now and not in `exclude` (those
+/// already tried for this request). Allocates nothing: the usable ones are counted, and the
+/// two drawn are found by walking the list again. The clock (`now_ms`) is read at most once, and
+/// only when some candidate was ever ejected: `ejected_until` stays 0 until then, and 0 is
+/// never after any time.
 pub fn choose(
     candidates: &[Arc<Endpoint>],
     exclude: &[String],
-    now_ms: i64,
+    now_ms: impl Fn() -> i64,
     rng: &SplitMix64,
 ) -> Option<Arc<Endpoint>> {
+    let now = OnceCell::new();
+    let ejected = |e: &Endpoint| {
+        e.ejected_until.load(Ordering::Relaxed) != 0 && e.is_ejected(*now.get_or_init(&now_ms))
+    };
+    let ejected = &ejected;
     let usable = || {
         candidates
             .iter()
-            .filter(move |e| !e.is_ejected(now_ms) && !exclude.contains(&e.node_id))
+            .filter(move |e| !ejected(e) && !exclude.contains(&e.node_id))
     };
     match usable().count() {
         0 => None,
@@ -114,7 +122,7 @@ mod tests {
         let rng = SplitMix64::seeded(seed);
         let mut counts = vec![0; list.len()];
         for _ in 0..rounds {
-            let e = choose(list, &[], 0, &rng).unwrap();
+            let e = choose(list, &[], || 0, &rng).unwrap();
             counts[list.iter().position(|x| Arc::ptr_eq(x, &e)).unwrap()] += 1;
         }
         counts
@@ -151,12 +159,12 @@ mod tests {
         list[0].ejected_until.store(100, Ordering::SeqCst);
         let rng = SplitMix64::seeded(1);
         for _ in 0..100 {
-            let e = choose(&list, &["n1".into()], 50, &rng).unwrap();
+            let e = choose(&list, &["n1".into()], || 50, &rng).unwrap();
             assert_eq!(e.node_id, "n2");
         }
-        assert!(choose(&list, &["n1".into(), "n2".into()], 50, &rng).is_none());
+        assert!(choose(&list, &["n1".into(), "n2".into()], || 50, &rng).is_none());
         assert_eq!(
-            choose(&list, &["n1".into(), "n2".into()], 100, &rng)
+            choose(&list, &["n1".into(), "n2".into()], || 100, &rng)
                 .unwrap()
                 .node_id,
             "n0",

@@ -294,17 +294,7 @@ impl Proxy {
             .map_err(ProxyError::NoHealthyNodes)?;
         let mut tried: Vec<String> = Vec::new();
         loop {
-            // The clock is read only when some node was ever ejected: `ejected_until` stays 0
-            // until then, and 0 is never after any time.
-            let now = if endpoints
-                .iter()
-                .any(|e| e.ejected_until.load(Ordering::Relaxed) != 0)
-            {
-                now_ms()
-            } else {
-                0
-            };
-            let picked = choose(&endpoints, &tried, now, &self.rng);
+            let picked = choose(&endpoints, &tried, now_ms, &self.rng);
             let Some(endpoint) = picked else {
                 // Every node refused the connection, or every ready node is ejected for now.
                 return Err(ProxyError::AllFailed {
