@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use tokio::runtime::{Builder, Handle};
 use tokio::sync::watch;
 
-use crate::routing::upstream::set_thread_slot;
+use crate::routing::upstream::{cores, set_thread_slot};
 use crate::routing::RoutingTable;
 
 pub struct ConnectionThreads {
@@ -40,7 +40,7 @@ impl ConnectionThreads {
     /// dropped. `table`'s pooled connections made on them are closed when they stop.
     pub fn start(count: usize, table: Arc<RoutingTable>) -> io::Result<ConnectionThreads> {
         let count = match count {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => cores(),
             n => n,
         };
         let (stop, stopped) = watch::channel(());

@@ -229,18 +229,20 @@ impl RoutingTable {
 
     /// Closes every routable endpoint's connections idle for too long (see `upstream.rs`).
     pub fn close_idle_connections(&self) {
-        let inner = self.inner.read().expect("routing lock is never poisoned");
-        for (_, endpoint) in inner.by_node.values() {
-            endpoint.pool.close_expired();
-        }
+        self.each_pool(Pool::close_expired);
     }
 
     /// Closes the idle connections kept for the threads that serve client connections (see
     /// `upstream::set_thread_slot`), once those threads' runtimes stopped.
     pub fn close_threads_connections(&self) {
+        self.each_pool(Pool::close_threads_connections);
+    }
+
+    /// Runs `f` on every routable endpoint's pool of idle connections.
+    fn each_pool(&self, f: impl Fn(&Pool)) {
         let inner = self.inner.read().expect("routing lock is never poisoned");
         for (_, endpoint) in inner.by_node.values() {
-            endpoint.pool.close_threads_connections();
+            f(&endpoint.pool);
         }
     }
 

@@ -111,11 +111,17 @@ pub fn set_thread_slot(n: usize) {
     SLOT.set(n);
 }
 
+/// The machine's CPU cores (1 when it cannot be told): how many threads serve client
+/// connections by default.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Shares per pool: one for threads that are not marked (the main runtime's), and one per core
 /// for the marked ones (two marked threads share one only when there are more than cores).
 fn slot_count() -> usize {
     static COUNT: OnceLock<usize> = OnceLock::new();
-    *COUNT.get_or_init(|| 1 + std::thread::available_parallelism().map_or(1, |n| n.get()))
+    *COUNT.get_or_init(|| 1 + cores())
 }
 
 /// One endpoint's idle connections: a list per thread share (see [`set_thread_slot`]), oldest
