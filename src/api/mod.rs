@@ -33,6 +33,7 @@ use tower_service::Service;
 
 use crate::app::AppState;
 use crate::metrics::{Counter, Histogram};
+use crate::task::AbortOnDrop;
 use error::ApiError;
 pub use threads::ConnectionThreads;
 
@@ -291,25 +292,5 @@ impl Front {
             Ok(Err(never)) => match never {},
             Err(e) => ApiError::internal(&e).into_response(),
         }
-    }
-}
-
-/// A task that is aborted when its handle is dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Future for AbortOnDrop<T> {
-    type Output = Result<T, tokio::task::JoinError>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx)
-    }
-}
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

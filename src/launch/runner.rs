@@ -33,6 +33,7 @@ use crate::clock::now_ms;
 use crate::fleet::status::NodeStatus;
 use crate::fleet::Fleet;
 use crate::store::{Store, StoreError};
+use crate::task::AbortOnDrop;
 
 #[derive(Debug, Clone)]
 pub struct RunnerSettings {
@@ -710,15 +711,6 @@ enum Start {
     /// The provider is still making the first attempt's machine (taken over before its agent
     /// registered): wait for its agent, and start over if that attempt ends without a machine.
     Follow,
-}
-
-/// Aborts a background task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 pub fn cancelled() -> LaunchError {
