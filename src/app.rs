@@ -51,6 +51,8 @@ pub struct AppInner {
     pub proxy: Arc<Proxy>,
     /// Bearer keys for /v1/*; empty means open.
     pub api_keys: Vec<String>,
+    /// Every open client connection, with its limits and timeouts.
+    pub connections: Arc<crate::api::connections::Connections>,
 }
 
 pub type AppState = Arc<AppInner>;
@@ -182,6 +184,8 @@ pub struct Running {
     orphans: JoinHandle<()>,
     store: Store,
     shutdown_timeout: std::time::Duration,
+    /// Closes client connections past their deadlines while the server runs.
+    _connection_sweeper: crate::task::AbortOnDrop<()>,
 }
 
 impl Running {
@@ -338,7 +342,12 @@ impl Running {
             store.clone(),
         ));
         let (stop_streams, stopping) = tokio::sync::watch::channel(false);
+        crate::api::connections::raise_open_files_limit(config.max_connections);
+        let connections =
+            crate::api::connections::Connections::new(config.connection_settings(), &metrics);
+        let connection_sweeper = connections.spawn_sweeper();
         let state = Arc::new(AppInner {
+            connections,
             fleet: fleet.clone(),
             metrics: metrics.clone(),
             store: store.clone(),
@@ -392,6 +401,7 @@ impl Running {
             orphans: orphans_task,
             store,
             shutdown_timeout: config.shutdown_timeout,
+            _connection_sweeper: connection_sweeper,
         })
     }
 

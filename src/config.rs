@@ -185,6 +185,43 @@ pub struct ServeConfig {
     #[arg(long, env = "SKYLAUNCH_CONNECTION_THREADS", default_value_t = 0, value_parser = clap::value_parser!(u16).range(..=1024))]
     pub connection_threads: u16,
 
+    /// Open client connections at most (0: no cap). At the cap, the connection that has waited
+    /// longest for a request is closed to make room; when none waits, new ones are refused.
+    #[arg(long, env = "SKYLAUNCH_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Open client connections from one source address at most (an IPv6 /64 counts as one; 0: no cap). Raise it when every client comes through one proxy.
+    #[arg(
+        long,
+        env = "SKYLAUNCH_MAX_CONNECTIONS_PER_SOURCE",
+        default_value_t = 1_000
+    )]
+    pub max_connections_per_source: usize,
+
+    /// Connection places below --max-connections kept for agent requests (register, heartbeat) and /healthz, so nodes stay healthy while clients hold every other place.
+    #[arg(
+        long,
+        env = "SKYLAUNCH_AGENT_CONNECTION_RESERVE",
+        default_value_t = 500
+    )]
+    pub agent_connection_reserve: usize,
+
+    /// A request head must arrive whole within this, from its first byte (a new connection's first head: from the accept).
+    #[arg(long, env = "SKYLAUNCH_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// How long a kept-alive client connection may wait for its next request.
+    #[arg(long, env = "SKYLAUNCH_KEEPALIVE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
+
+    /// Longest wait for more of a request body that has started.
+    #[arg(long, env = "SKYLAUNCH_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+
+    /// Longest a write to a client may stall (the client not reading) before the connection is closed.
+    #[arg(long, env = "SKYLAUNCH_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
     /// Connection failures or 5xx answers in a row that eject a node from routing.
     #[arg(long, env = "SKYLAUNCH_EJECT_AFTER", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub eject_after: u32,
@@ -243,6 +280,18 @@ impl ServeConfig {
             body_limit: self.proxy_body_limit,
             eject_after: self.eject_after,
             eject_for: self.eject_for,
+        }
+    }
+
+    pub fn connection_settings(&self) -> crate::api::connections::ConnectionSettings {
+        crate::api::connections::ConnectionSettings {
+            max: self.max_connections,
+            per_source: self.max_connections_per_source,
+            agent_reserve: self.agent_connection_reserve,
+            header_timeout: self.header_timeout,
+            idle_timeout: self.keepalive_timeout,
+            body_timeout: self.body_timeout,
+            write_timeout: self.write_timeout,
         }
     }
 

@@ -643,6 +643,197 @@ async fn api_keys_guard_v1_when_configured() {
     );
 }
 
+/// A chat request with a chunked body (which the server's own loop hands to hyper).
+fn post_chat_chunked(model: &str, extra_headers: &str) -> Vec<u8> {
+    let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: skylaunch\r\ncontent-type: application/json\r\n{extra_headers}transfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_guard_inference_on_both_request_paths() {
+    let Some(app) = app_with(|c| c.api_keys = vec!["sk-test-1".into(), "sk-test-2".into()]).await
+    else {
+        return;
+    };
+    let (up, url) = upstream("keyed", Behaviour::Complete { delay_ms: 0 }).await;
+    node_at(&app, "keyed-1", "m", &url, 1.0).await;
+    // A length-framed body (the server's own loop) and a chunked one (hyper's).
+    for (path, request) in [
+        ("own loop", post_chat as fn(&str, &str) -> Vec<u8>),
+        ("hyper", post_chat_chunked),
+    ] {
+        for (auth, expected) in [
+            ("", 401),
+            ("authorization: Bearer sk-wrong\r\n", 401),
+            ("authorization: Bearer sk-test-1x\r\n", 401),
+            ("authorization: sk-test-1\r\n", 401),
+            (&format!("authorization: Bearer {ADMIN_TOKEN}\r\n"), 401),
+            ("authorization: Bearer sk-test-2\r\n", 200),
+        ] {
+            let mut client = RawClient::connect(&app).await;
+            client.send(&request("m", auth)).await;
+            let r = client.response().await;
+            assert_eq!(
+                r.status,
+                expected,
+                "{path}, {auth:?}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
+            if expected == 401 {
+                assert_eq!(r.json()["error"]["code"], "invalid_api_key", "{path}");
+            } else {
+                assert_eq!(r.json()["served_by"], "keyed", "{path}");
+            }
+        }
+    }
+    assert_eq!(
+        up.hits.load(Ordering::SeqCst),
+        2,
+        "only the keyed requests reached the model server"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_its_key_is_refused_before_its_body_is_asked_for() {
+    let Some(app) = app_with(|c| c.api_keys = vec!["sk-test-1".into()]).await else {
+        return;
+    };
+    // Both paths: a declared length (the own loop) and a chunked body (hyper), each waiting
+    // for `100 Continue` before sending a body that never comes.
+    for framing in ["content-length: 1000000", "transfer-encoding: chunked"] {
+        let mut client = RawClient::connect(&app).await;
+        client
+            .send(format!("POST /v1/chat/completions HTTP/1.1\r\nhost: skylaunch\r\nexpect: 100-continue\r\n{framing}\r\n\r\n").as_bytes())
+            .await;
+        let r = client.response().await;
+        assert_eq!(
+            r.status, 401,
+            "{framing}: no 100 Continue, no wait for the body"
+        );
+        assert_eq!(r.json()["error"]["code"], "invalid_api_key");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_the_connection_cap_agents_still_get_in_and_clients_are_told_to_retry() {
+    // Three places, the last kept for agents.
+    let Some(app) = app_with(|c| {
+        c.max_connections = 3;
+        c.max_connections_per_source = 0;
+        c.agent_connection_reserve = 1;
+    })
+    .await
+    else {
+        return;
+    };
+    let (up, url) = upstream("slow", Behaviour::Complete { delay_ms: 2000 }).await;
+    let (id, token) = node_at(&app, "slow-1", "m", &url, 1.0).await;
+    // Two clients hold the two full places with requests in flight.
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let mut client = RawClient::connect(&app).await;
+        client.send(&post_chat("m", "")).await;
+        busy.push(client);
+    }
+    for _ in 0..200 {
+        if up.hits.load(Ordering::SeqCst) == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(up.hits.load(Ordering::SeqCst), 2);
+    // A third client lands in the agents' place: told to come back, not served.
+    let mut third = RawClient::connect(&app).await;
+    third.send(&post_chat("m", "")).await;
+    let r = third.response().await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"]["code"], "overloaded");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(
+        up.hits.load(Ordering::SeqCst),
+        2,
+        "it never reached the model server"
+    );
+    // The agent's heartbeat is served there.
+    let r = app
+        .heartbeat(
+            &id,
+            &token,
+            &json!({"health_score": 1.0, "model_server": {"ready": true}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // The clients in flight get their answers.
+    for mut client in busy {
+        assert_eq!(client.response().await.status, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_and_an_idle_kept_connection_are_closed_by_their_timeouts() {
+    let Some(app) = app_with(|c| {
+        c.body_timeout = Duration::from_secs(1);
+        c.keepalive_timeout = Duration::from_secs(1);
+    })
+    .await
+    else {
+        return;
+    };
+    // A body that stops halfway, on the own loop and on hyper's (chunked).
+    for head in [
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: s\r\ncontent-length: 100\r\n\r\n{\"model\":",
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: s\r\ntransfer-encoding: chunked\r\n\r\n64\r\n{\"model\":",
+    ] {
+        let mut client = RawClient::connect(&app).await;
+        client.send(head.as_bytes()).await;
+        // Whatever comes (hyper answers a broken body with an error), the connection ends.
+        while client.fill().await {}
+    }
+    // A kept-alive connection that asks nothing more.
+    let mut client = RawClient::connect(&app).await;
+    client
+        .send(b"GET /healthz HTTP/1.1\r\nhost: s\r\n\r\n")
+        .await;
+    assert_eq!(client.response().await.status, 200);
+    assert!(client.closed().await);
+    let metrics = app.get("/metrics", None).await.body;
+    let metrics = metrics.as_str().unwrap();
+    for reason in ["body_timeout", "idle_timeout"] {
+        assert!(
+            metrics.contains(&format!(
+                "skylaunch_connections_closed_total{{reason=\"{reason}\"}} "
+            )),
+            "{reason}"
+        );
+    }
+    assert!(!metrics.contains("skylaunch_connections_closed_total{reason=\"body_timeout\"} 0"));
+    assert!(!metrics.contains("skylaunch_connections_closed_total{reason=\"idle_timeout\"} 0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_download_is_streamed_whole_with_its_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dir.path().join("skylaunch-agent");
+    let bytes: Vec<u8> = (0..3 * 1024 * 1024 + 17).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&agent, &bytes).unwrap();
+    let Some(app) = app_with(|c| c.agent_bin = Some(agent.clone())).await else {
+        return;
+    };
+    let r = app
+        .client
+        .get(app.url("/downloads/skylaunch-agent"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.content_length(), Some(bytes.len() as u64));
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &bytes[..]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_pass_up_to_the_proxy_limit_and_credentials_stay_behind() {
     let Some(app) = app().await else { return };

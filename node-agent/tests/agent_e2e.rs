@@ -40,6 +40,12 @@ async fn fake_model_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
             }),
         )
         .route(
+            "/v1/chat/completions",
+            axum::routing::post(|| async {
+                Json(json!({"object": "chat.completion", "choices": [{"message": {"role": "assistant", "content": "hi"}}]}))
+            }),
+        )
+        .route(
             "/metrics",
             get(|| async {
                 "# HELP vllm:num_requests_running Number of requests running.\n\
@@ -326,4 +332,204 @@ async fn agent_keeps_retrying_registration_until_the_control_plane_is_up() {
     let app = TestApp::start(db, config).await;
     app.wait_for_status(&id, "ready").await;
     drop(agent);
+}
+
+/// Opens `count` connections to `target` from `source` and leaves them idle; those the server
+/// refuses or closes at once are dropped.
+async fn idle_connections(
+    target: SocketAddr,
+    source: std::net::Ipv4Addr,
+    count: usize,
+) -> Vec<tokio::net::TcpStream> {
+    let mut held = Vec::new();
+    for _ in 0..count {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(source.into(), 0)).unwrap();
+        if let Ok(Ok(stream)) =
+            tokio::time::timeout(Duration::from_secs(2), socket.connect(target)).await
+        {
+            held.push(stream);
+        }
+    }
+    held
+}
+
+/// A slow-header client: sends a request head a few bytes at a time and never finishes it.
+/// Returns whether the server closed the connection within `bound`.
+async fn trickle(target: SocketAddr, source: std::net::Ipv4Addr, bound: Duration) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source.into(), 0)).unwrap();
+    let Ok(mut stream) = socket.connect(target).await else {
+        return true;
+    };
+    let head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n";
+    let until = tokio::time::Instant::now() + bound;
+    let mut sent = 0;
+    let mut byte = [0u8; 256];
+    while tokio::time::Instant::now() < until {
+        let piece: &[u8] = if sent < head.len() {
+            &head[sent..(sent + 4).min(head.len())]
+        } else {
+            b"x-slow: 1\r\n"
+        };
+        if stream.write_all(piece).await.is_err() {
+            return true;
+        }
+        sent += piece.len();
+        // Anything the server says (an error, or the end) closes this client.
+        if let Ok(read) =
+            tokio::time::timeout(Duration::from_millis(300), stream.read(&mut byte)).await
+        {
+            match read {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            }
+        }
+    }
+    false
+}
+
+/// The `skylaunch_connections_closed_total` count for `reason` in a metrics page.
+fn closed(metrics: &str, reason: &str) -> u64 {
+    let prefix = format!("skylaunch_connections_closed_total{{reason=\"{reason}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A script-driven attack on the control plane over 127.0.0.0/8: waves of idle connections from
+/// many source addresses, far more than the connection cap, plus clients that trickle request
+/// heads. Meanwhile the real agent heartbeats without a miss and a well-behaved client's /v1
+/// requests all succeed; the tricklers are closed by the header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_floods_and_slow_headers_do_not_stop_heartbeats_or_v1_traffic() {
+    let Some(db) = common::TestDb::new(Backend::Sqlite).await else {
+        return;
+    };
+    let mut config = common::test_config(&db);
+    config.max_connections = 300;
+    config.max_connections_per_source = 100;
+    config.agent_connection_reserve = 20;
+    config.header_timeout = Duration::from_secs(2);
+    config.keepalive_timeout = Duration::from_secs(5);
+    let app = TestApp::start(db, config).await;
+    let target = app.running.as_ref().unwrap().local_addr();
+    let (id, token) = app.create_node("attacked-1").await;
+    let (model, _model_server) = fake_model_server().await;
+    let agent = Agent::start(&app.base, &id, &token, model, None);
+    app.wait_for_status(&id, "ready").await;
+
+    // Slow headers alone first: each trickler is cut off by the header timeout.
+    let tricklers: Vec<_> = (0..20u8)
+        .map(|n| {
+            tokio::spawn(trickle(
+                target,
+                std::net::Ipv4Addr::new(127, 0, 1, n + 1),
+                Duration::from_secs(30),
+            ))
+        })
+        .collect();
+    for trickler in tricklers {
+        assert!(trickler.await.unwrap(), "a trickling head was closed");
+    }
+    let metrics = app.get("/metrics", None).await.body;
+    let metrics = metrics.as_str().unwrap().to_string();
+    assert!(
+        closed(&metrics, "header_timeout") >= 20,
+        "closed by the header timeout: {}",
+        closed(&metrics, "header_timeout")
+    );
+
+    // Then the flood: 12 waves of 252 idle connections from 10 addresses in turn (3,024 in
+    // all, ten times the cap), with tricklers among them.
+    let flood = tokio::spawn(async move {
+        let mut held: Vec<Vec<tokio::net::TcpStream>> = Vec::new();
+        let mut tricklers = Vec::new();
+        let mut opened = 0;
+        for wave in 0..12u8 {
+            let mut trickles = Vec::new();
+            for n in 0..5u8 {
+                trickles.push(tokio::spawn(trickle(
+                    target,
+                    std::net::Ipv4Addr::new(127, 0, 3, wave * 5 + n + 1),
+                    Duration::from_secs(30),
+                )));
+            }
+            let mut wave_conns = Vec::new();
+            for n in 0..3u8 {
+                let source = std::net::Ipv4Addr::new(127, 0, 2, (wave * 3 + n) % 10 + 1);
+                wave_conns.extend(idle_connections(target, source, 84).await);
+            }
+            opened += wave_conns.len();
+            held.push(wave_conns);
+            // Keep the last few waves open; the server decides which to close.
+            if held.len() > 4 {
+                held.remove(0);
+            }
+            tricklers.extend(trickles);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        for t in tricklers {
+            assert!(
+                t.await.unwrap(),
+                "a trickling head was closed during the flood"
+            );
+        }
+        opened
+    });
+    // A well-behaved client: one request at a time, each on a new connection.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let (mut ok, mut failed) = (0, Vec::new());
+    while !flood.is_finished() {
+        let answer = client
+            .post(app.url("/v1/chat/completions"))
+            .json(&json!({"model": "test/model", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await;
+        match answer {
+            Ok(r) if r.status() == 200 => ok += 1,
+            Ok(r) => failed.push(format!(
+                "{} {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            )),
+            Err(e) => failed.push(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let opened = flood.await.unwrap();
+    let metrics = app.get("/metrics", None).await.body;
+    let metrics = metrics.as_str().unwrap().to_string();
+    let evicted = closed(&metrics, "evicted_at_max_connections");
+    let refused = closed(&metrics, "max_connections") + closed(&metrics, "per_source_limit");
+    eprintln!(
+        "attack: {opened} idle connections opened, {evicted} closed to make room, {refused} refused, {} closed by the header timeout, {} by the keep-alive timeout; /v1: {ok} ok, {} failed",
+        closed(&metrics, "header_timeout"),
+        closed(&metrics, "idle_timeout"),
+        failed.len()
+    );
+    assert!(evicted + refused > 0, "the flood reached the cap");
+    assert!(
+        ok > 0 && failed.is_empty(),
+        "/v1 requests failed: {failed:?}"
+    );
+
+    // The agent never missed a beat: the node stayed ready, and the agent logged no failure.
+    let node = app.node(&id).await;
+    assert_eq!(node["status"], "ready", "{node}");
+    let events = node["events"].to_string();
+    assert!(
+        !events.contains("unhealthy") && !events.contains("offline"),
+        "{events}"
+    );
+    agent.signal("-TERM");
+    let (_, stderr) = agent.exit().await;
+    assert!(!stderr.contains("heartbeat failed"), "{stderr}");
 }

@@ -18,6 +18,8 @@ pub struct ApiError {
     pub message: String,
     /// Extra members of the error object (e.g. `field`).
     pub extra: Map<String, Value>,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -27,7 +29,14 @@ impl ApiError {
             code,
             message: message.into(),
             extra: Map::new(),
+            retry_after: None,
         }
+    }
+
+    /// When to try again: a `Retry-After` header and a `retry_after_s` member.
+    pub fn retry_after(mut self, seconds: u64) -> ApiError {
+        self.retry_after = Some(seconds);
+        self.with("retry_after_s", seconds)
     }
 
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> ApiError {
@@ -75,7 +84,13 @@ impl IntoResponse for ApiError {
         error.insert("code".into(), Value::from(self.code));
         error.insert("message".into(), Value::from(self.message));
         error.extend(self.extra);
-        (self.status, Json(json!({ "error": error }))).into_response()
+        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 

@@ -37,12 +37,13 @@ use http_body_util::BodyExt;
 use hyper::body::Body as HttpBody;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
+use super::connections::allowed_when_restricted;
 use super::error::ApiError;
-use super::{v1, Front, BODY_LIMIT};
+use super::{overloaded, v1, Front, BODY_LIMIT};
 use crate::app::AppState;
 use crate::metrics::{Counter, Histogram};
 use crate::routing::{content_length, forwarded_request_header, lists_token};
@@ -74,9 +75,17 @@ where
         out: Vec::with_capacity(READ_SIZE),
         series: Vec::new(),
     };
+    let slot = front.slot.clone();
+    // A new connection owes its first head within the header timeout from the accept (set
+    // when it was admitted); a kept one waits for its next request under the idle timeout,
+    // then owes that head within the header timeout from its first bytes.
+    let mut kept = false;
     loop {
         if client.buf.is_empty() {
-            // Idle between requests: the stop closes the connection.
+            if kept {
+                slot.wait_idle();
+            }
+            // Waiting for a request: the stop closes the connection.
             client.buf.reserve(READ_SIZE);
             let read = tokio::select! {
                 biased;
@@ -87,9 +96,15 @@ where
                 return;
             }
         }
+        if kept {
+            slot.wait_head();
+            kept = false;
+        }
         let limit = front.state.proxy.settings.body_limit;
         let request = match parse(&client.buf, limit) {
             Parsed::Ready(request) => request,
+            // The head's deadline holds until hyper has read it (see `Front::handle`); hyper's
+            // own header timer covers the heads after it.
             Parsed::Other => return hand_over(client, front, stopping).await,
             Parsed::Malformed(e) => {
                 let error = ApiError::bad_request(
@@ -116,6 +131,7 @@ where
             let _ = client.io.shutdown().await;
             return;
         }
+        kept = true;
     }
 }
 
@@ -278,6 +294,30 @@ where
     /// connection can take another request.
     async fn answer(&mut self, front: &Front, request: Request) -> bool {
         let head = self.buf.split_to(request.head_len).freeze();
+        // Refused before any of the body is read or asked for (`100 Continue`): a connection
+        // in the agents' places serves only agent requests, and /v1 wants its key.
+        let path = &head[request.path.clone()];
+        let refused = if front.slot.restricted
+            && !allowed_when_restricted(std::str::from_utf8(path).unwrap_or_default())
+        {
+            Some(overloaded())
+        } else if matches!(request.what, What::Forward(_)) {
+            v1::check_key(&front.state, request.authorization.map(|r| &head[r])).err()
+        } else {
+            None
+        };
+        if let Some(error) = refused {
+            // A body already here is skipped; one still to come closes the connection.
+            let close = request.close || self.buf.len() < request.body_len;
+            if !close {
+                self.buf.advance(request.body_len);
+            }
+            if let What::Forward(route) = request.what {
+                self.count(&front.state, route, error.status, Instant::now());
+            }
+            let written = self.send_response(error.into_response(), close).await;
+            return written.is_ok() && !close;
+        }
         if self.buf.len() < request.body_len {
             if request.expects_continue
                 && self.write(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err()
@@ -286,11 +326,14 @@ where
             }
             self.buf.reserve(request.body_len - self.buf.len());
             while self.buf.len() < request.body_len {
+                // Each piece of the body must come within the body timeout of the last.
+                front.slot.wait_body();
                 if !matches!(self.io.read_buf(&mut self.buf).await, Ok(n) if n > 0) {
                     return false;
                 }
             }
         }
+        front.slot.busy();
         let body = self.buf.split_to(request.body_len).freeze();
         let written = match request.what {
             What::Forward(route) => {
@@ -303,11 +346,7 @@ where
                     .iter()
                     .map(|(name, value)| (&head[name.clone()], &head[value.clone()]))
                     .collect();
-                let authorization = request.authorization.map(|range| &head[range]);
-                let answer = match v1::check_key(state, authorization) {
-                    Ok(()) => v1::forward_body(state, path, &forwarded, body).await,
-                    Err(e) => Err(e),
-                };
+                let answer = v1::forward_body(state, path, &forwarded, body).await;
                 let status = answer.as_ref().map_or_else(|e| e.status, |a| a.status);
                 self.count(state, route, status, started);
                 match answer {
@@ -573,8 +612,14 @@ where
         read: client.buf,
         io: client.io,
     };
+    let header_timeout = front.state.connections.settings().header_timeout;
     let service = service_fn(move |request| front.clone().handle(request));
-    let connection = http1::Builder::new().serve_connection(TokioIo::new(io), service);
+    // hyper's header timer runs from the moment it waits for a head, kept-alive waits
+    // included; without a timer hyper would silently drop it.
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(io), service);
     let mut connection = pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,

@@ -408,8 +408,22 @@ pub async fn preview_task(
 /// The agent binary that sits next to this control plane, for VMs to download in their setup.
 #[utoipa::path(get, path = "/downloads/skylaunch-agent", tag = "agent", responses((status = 200, description = "The agent binary", content_type = "application/octet-stream"), (status = 404, description = "Not found", body = crate::api::openapi::ErrorBody)))]
 pub async fn download_agent(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let bytes = tokio::fs::read(&state.agent_bin).await.map_err(|_| {
+    // Streamed from the file, not read into memory: a download holds 64 KiB at a time, however
+    // many run at once.
+    let missing = |_| {
         ApiError::not_found("this control plane has no skylaunch-agent binary next to it; build the workspace or set SKYLAUNCH_AGENT_BIN")
-    })?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+    };
+    let file = tokio::fs::File::open(&state.agent_bin)
+        .await
+        .map_err(missing)?;
+    let length = file.metadata().await.map_err(missing)?.len();
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, length.to_string()),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
 }

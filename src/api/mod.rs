@@ -2,6 +2,7 @@
 //! JSON fallbacks for unknown routes and methods.
 
 pub mod cloud_events;
+pub mod connections;
 pub mod error;
 pub mod extract;
 mod front;
@@ -18,6 +19,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
@@ -205,6 +207,13 @@ pub async fn serve(
                 continue;
             }
         };
+        let ticket = match state.connections.admit(peer) {
+            Ok(ticket) => ticket,
+            Err(why) => {
+                refuse(&io, why);
+                continue;
+            }
+        };
         // No Nagle delay: streamed tokens and small answers leave as soon as they are written.
         crate::app::no_delay(&mut io);
         // Off this runtime's reactor, onto the connection thread's.
@@ -215,17 +224,24 @@ pub async fn serve(
                 continue;
             }
         };
-        let front = Front {
-            state: state.clone(),
-            router: router.clone(),
-            main: main.clone(),
-            peer,
-        };
+        let state = state.clone();
+        let router = router.clone();
+        let main = main.clone();
         let stopping = stopping.clone();
         let open = open.clone();
         threads.next().spawn(async move {
             match TcpStream::from_std(io) {
-                Ok(io) => front::serve_connection(io, front, stopping).await,
+                Ok(io) => {
+                    let io = ticket.open(io);
+                    let front = Front {
+                        state,
+                        router,
+                        main,
+                        peer,
+                        slot: io.slot().clone(),
+                    };
+                    front::serve_connection(io, front, stopping).await
+                }
                 Err(e) => tracing::debug!(error = %e, "could not take a connection on its thread"),
             }
             drop(open);
@@ -237,6 +253,38 @@ pub async fn serve(
     tracker.closed().await;
     // Stops the connection threads.
     drop(threads);
+}
+
+/// Answers a connection refused at accept with a 503 if its socket takes it at once, and
+/// closes it: a refusal never waits on the client.
+fn refuse(io: &TcpStream, why: connections::Refused) {
+    let message = match why {
+        connections::Refused::PerSource => {
+            "too many open connections from your address; close idle ones or try again shortly"
+        }
+        connections::Refused::Full => {
+            "the control plane is at its connection limit; try again shortly"
+        }
+    };
+    let body = serde_json::json!({"error": {"code": "too_many_connections", "message": message, "reason": why.as_str()}})
+        .to_string();
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = io.try_write(answer.as_bytes());
+    tracing::debug!(reason = why.as_str(), "refused a connection");
+}
+
+/// The answer to a request that is not an agent's on a connection admitted into the places
+/// kept for agents.
+pub(crate) fn overloaded() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        "the control plane is near its connection limit and serves only agent requests on this connection; try again shortly on a new one",
+    )
+    .retry_after(1)
 }
 
 /// After a failed `accept`: whether accepting should wait a moment. A connection that went away
@@ -263,11 +311,24 @@ struct Front {
     /// The runtime the router's handlers run on.
     main: tokio::runtime::Handle,
     peer: SocketAddr,
+    /// The connection's deadlines, and whether it is in the agents' places.
+    slot: Arc<connections::Slot>,
 }
 
 impl Front {
-    /// A request on a connection hyper serves.
+    /// A request on a connection hyper serves. Its body is held to the body timeout.
     async fn handle(self, request: Request<Incoming>) -> Result<Response, Infallible> {
+        // A head read by hyper: hyper's header timer covers the next one.
+        self.slot.busy();
+        if self.slot.restricted && !connections::allowed_when_restricted(request.uri().path()) {
+            let mut response = overloaded().into_response();
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            return Ok(response);
+        }
+        let request = request.map(|body| connections::ProgressBody::new(body, self.slot.clone()));
         if let Some(route) = v1::forwarded_route(request.method(), request.uri().path()) {
             return Ok(v1::serve_forwarded(self.state, route, request).await);
         }

@@ -133,7 +133,7 @@ fn agent_limit(state: &AppState, id: &str, token: &str, peer: SocketAddr) -> Res
             "rate_limited",
             format!("too many {what}; retry in {seconds} s"),
         )
-        .with("retry_after_s", seconds)
+        .retry_after(seconds as u64)
     })
 }
 
