@@ -291,7 +291,7 @@ def postgres_scenario(serve_pg):
     registration = {"provider": "aws", "region": "us-east-1", "model_name": MODEL, "endpoint_url": "http://127.0.0.1:9",
                     "gpu_type": "L4", "instance_type": "g6.xlarge", "spot_instance": True}
     for i in range(200):
-        status, created = http(serve_pg.base, "POST", "/admin/nodes", {"name": f"pg-{i}", "model_name": MODEL})
+        status, created = http(serve_pg.base, "POST", "/admin/nodes", {"name": f"pg-{i}", "model_name": MODEL, "provider": "local"})
         assert status in (200, 201), created
         status, body = http(serve_pg.base, "POST", f"/admin/nodes/register?node_id={created['node_id']}",
                             registration, token=created["token"])
@@ -322,7 +322,7 @@ def postgres_scenario(serve_pg):
         while time.time() < stop - 10:
             t = time.time()
             try:
-                status = http(serve_pg.base, "POST", "/admin/nodes", {"name": f"w-{i}", "model_name": MODEL}, timeout=5)[0]
+                status = http(serve_pg.base, "POST", "/admin/nodes", {"name": f"w-{i}", "model_name": MODEL, "provider": "local"}, timeout=5)[0]
             except OSError as e:
                 status = type(e).__name__
             with lock:
@@ -341,7 +341,7 @@ def postgres_scenario(serve_pg):
         print(f"  PostgreSQL restarted ({PG_RESTART!r} took {t_back - t_restart:.1f} s)")
         # An admin write right after the restart.
         write_ok_at = wait_for("an admin write to succeed after the restart", 60, lambda: (
-            http(serve_pg.base, "POST", "/admin/nodes", {"name": "after-restart", "model_name": MODEL})[0] in (200, 201)
+            http(serve_pg.base, "POST", "/admin/nodes", {"name": "after-restart", "model_name": MODEL, "provider": "local"})[0] in (200, 201)
             and time.time()))
         for f in futures:
             f.result()
@@ -369,7 +369,9 @@ def postgres_scenario(serve_pg):
 def main():
     data = os.path.join(WORK, "data")
     serve = Serve("serve", free_port(), {"SKYLAUNCH_DATA_DIR": data, "SKYLAUNCH_SKY_BIN": SKY,
-                                         "SKYLAUNCH_JOB_LEASE": "3s", "SKYLAUNCH_HEARTBEAT_INTERVAL": "1s"})
+                                         "SKYLAUNCH_JOB_LEASE": "3s", "SKYLAUNCH_HEARTBEAT_INTERVAL": "1s",
+                                         # The stand-in VMs run on this machine, on loopback.
+                                         "SKYLAUNCH_ALLOW_LOOPBACK_ENDPOINTS": "true"})
     os.environ["SKYLAUNCH_HEARTBEAT_INTERVAL"] = "1s"
     serve.start()
     try:

@@ -53,9 +53,41 @@ pub struct AppInner {
     pub api_keys: Vec<String>,
     /// Every open client connection, with its limits and timeouts.
     pub connections: Arc<crate::api::connections::Connections>,
+    /// Where this control plane is reached (its listen address, and its public URL's when that
+    /// names an IP address): no node may register one as its model server.
+    pub own_addrs: Vec<SocketAddr>,
+    /// Any node may register a loopback endpoint (stand-in VMs on this machine).
+    pub allow_loopback_endpoints: bool,
 }
 
 pub type AppState = Arc<AppInner>;
+
+impl AppInner {
+    /// What a registering agent's endpoint is checked against.
+    pub fn agent_origin(&self, peer: std::net::IpAddr) -> crate::fleet::endpoint::AgentOrigin {
+        crate::fleet::endpoint::AgentOrigin {
+            peer,
+            own: self.own_addrs.clone(),
+            loopback_ok: self.allow_loopback_endpoints,
+        }
+    }
+}
+
+/// The listen address, and the public URL's address when its host is an IP.
+fn own_addrs(listen: SocketAddr, public_url: &str) -> Vec<SocketAddr> {
+    let mut own = vec![listen];
+    if let Ok(url) = url::Url::parse(public_url) {
+        let ip = match url.host() {
+            Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+            _ => None,
+        };
+        if let (Some(ip), Some(port)) = (ip, url.port_or_known_default()) {
+            own.push(SocketAddr::new(ip, port));
+        }
+    }
+    own
+}
 
 /// Listening beyond loopback means strangers can reach the admin API and `/v1`: refuse unless
 /// both are locked by secrets the operator chose (a generated admin token lives only in a file
@@ -348,6 +380,8 @@ impl Running {
         let connection_sweeper = connections.spawn_sweeper();
         let state = Arc::new(AppInner {
             connections,
+            own_addrs: own_addrs(addr, &public_url),
+            allow_loopback_endpoints: config.allow_loopback_endpoints,
             fleet: fleet.clone(),
             metrics: metrics.clone(),
             store: store.clone(),

@@ -185,6 +185,10 @@ pub struct ServeConfig {
     #[arg(long, env = "SKYLAUNCH_CONNECTION_THREADS", default_value_t = 0, value_parser = clap::value_parser!(u16).range(..=1024))]
     pub connection_threads: u16,
 
+    /// Let every node's agent register a model server on loopback, not only the local provider's: for stand-in VMs on this machine (tests, demos). Never on a real fleet: a stolen node token could then aim traffic at this host's own services.
+    #[arg(long, env = "SKYLAUNCH_ALLOW_LOOPBACK_ENDPOINTS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_loopback_endpoints: bool,
+
     /// Open client connections at most (0: no cap). At the cap, the connection that has waited
     /// longest for a request is closed to make room; when none waits, new ones are refused.
     #[arg(long, env = "SKYLAUNCH_MAX_CONNECTIONS", default_value_t = 10_000)]

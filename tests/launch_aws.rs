@@ -160,6 +160,8 @@ async fn app_with(
 ) -> Option<TestApp> {
     let db = common::TestDb::new(Backend::Sqlite).await?;
     let mut config = common::test_config(&db);
+    // The stand-in VMs run on this machine: their model servers are on loopback.
+    config.allow_loopback_endpoints = true;
     tweak(&mut config);
     let client = ec2(&aws.endpoint).await;
     let images = client

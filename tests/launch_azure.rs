@@ -48,6 +48,8 @@ async fn app_with(
     credentials_in_env();
     let db = common::TestDb::new(Backend::Sqlite).await?;
     let mut config = common::test_config(&db);
+    // The stand-in VMs run on this machine: their model servers are on loopback.
+    config.allow_loopback_endpoints = true;
     config.azure_endpoint_url = Some(arm.url.clone());
     config.azure_authority_host = Some(arm.login_url.clone());
     config.azure_subscription_id = Some(SUBSCRIPTION.into());

@@ -835,7 +835,134 @@ async fn nul_characters_are_refused_not_a_server_error(backend: Backend) {
     );
 }
 
+/// Creates a node with `body` (admin) and returns (id, token).
+async fn node_from(app: &TestApp, body: Value) -> (String, String) {
+    let r = app.post("/admin/nodes", Some(ADMIN_TOKEN), &body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    (
+        r.body["node_id"].as_str().unwrap().to_string(),
+        r.body["token"].as_str().unwrap().to_string(),
+    )
+}
+
+async fn register_with(
+    app: &TestApp,
+    id: &str,
+    token: &str,
+    model: &str,
+    endpoint: &str,
+) -> common::Reply {
+    let mut body = registration();
+    body["model_name"] = model.into();
+    body["endpoint_url"] = endpoint.into();
+    app.post(
+        &format!("/admin/nodes/register?node_id={id}"),
+        Some(token),
+        &body,
+    )
+    .await
+}
+
+async fn a_node_token_cannot_take_another_models_traffic(backend: Backend) {
+    let app = app!(backend);
+    let (id, token) = node_from(
+        &app,
+        json!({"name": "victim-of-m", "model_name": "test/model", "provider": "local"}),
+    )
+    .await;
+    let r = register_with(&app, &id, &token, "other/model", "http://127.0.0.1:8000").await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert_eq!(r.error_code(), "model_mismatch");
+    let node = app.node(&id).await;
+    assert_eq!(node["model_name"], "test/model");
+    assert_eq!(node["status"], "launching", "nothing registered");
+    assert!(node["endpoint_url"].is_null());
+    let events = node["events"].to_string();
+    assert!(
+        events.contains("registration_refused") && events.contains("other/model"),
+        "{events}"
+    );
+}
+
+async fn metadata_loopback_and_foreign_endpoints_are_refused(backend: Backend) {
+    let app = app!(backend);
+    // A node off this machine (the default provider): only the address it connects from
+    // (127.0.0.1 here) would do, and loopback never does.
+    let (id, token) = node_from(&app, json!({"name": "remote", "model_name": "test/model"})).await;
+    for endpoint in [
+        "http://169.254.169.254/latest/meta-data",
+        "http://[fe80::1]:8000",
+        "http://127.0.0.1:8000",
+        "http://10.0.0.9:8000",
+        "http://metadata.google.internal/",
+    ] {
+        let r = register_with(&app, &id, &token, "test/model", endpoint).await;
+        assert_eq!(r.status, StatusCode::CONFLICT, "{endpoint}: {}", r.body);
+        assert_eq!(r.error_code(), "endpoint_refused", "{endpoint}");
+    }
+    assert_eq!(app.node(&id).await["status"], "launching");
+    // Even a node of this machine may not name a metadata address.
+    let (id, token) = node_from(
+        &app,
+        json!({"name": "local-1", "model_name": "test/model", "provider": "local"}),
+    )
+    .await;
+    let r = register_with(&app, &id, &token, "test/model", "http://169.254.169.254/").await;
+    assert_eq!(r.error_code(), "endpoint_refused");
+    let r = register_with(&app, &id, &token, "test/model", "http://127.0.0.1:8000").await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "loopback on this machine: {}",
+        r.body
+    );
+}
+
+async fn a_node_cannot_point_traffic_back_at_the_control_plane(backend: Backend) {
+    let app = app!(backend);
+    let (id, token) = node_from(
+        &app,
+        json!({"name": "loop-1", "model_name": "test/model", "provider": "local"}),
+    )
+    .await;
+    let own = app.base.replace("localhost", "127.0.0.1");
+    let r = register_with(&app, &id, &token, "test/model", &format!("{own}/")).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert_eq!(r.error_code(), "endpoint_refused");
+    assert!(r.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("loop"));
+    // A request that already went through a skylaunch load balancer is refused, not forwarded.
+    let r = app
+        .send(
+            app.client
+                .post(app.url("/v1/chat/completions"))
+                .header("x-skylaunch-hop", "1")
+                .json(&json!({"model": "test/model", "messages": []})),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 508, "{}", r.body);
+    assert_eq!(r.error_code(), "loop_detected");
+}
+
+async fn an_endpoint_the_admin_set_is_kept(backend: Backend) {
+    let app = app!(backend);
+    let (id, token) = node_from(
+        &app,
+        json!({"name": "pinned", "model_name": "test/model", "endpoint_url": "http://gpu-7.lab:8000"}),
+    )
+    .await;
+    let r = register_with(&app, &id, &token, "test/model", "http://169.254.169.254/").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(app.node(&id).await["endpoint_url"], "http://gpu-7.lab:8000");
+}
+
 on_both_backends!(
+    a_node_token_cannot_take_another_models_traffic,
+    metadata_loopback_and_foreign_endpoints_are_refused,
+    a_node_cannot_point_traffic_back_at_the_control_plane,
+    an_endpoint_the_admin_set_is_kept,
     nul_characters_are_refused_not_a_server_error,
     created_node_has_one_time_token_and_waits_for_agent,
     duplicate_live_name_conflicts,

@@ -188,7 +188,7 @@ async fn node_at(
         .post(
             "/admin/nodes",
             Some(ADMIN_TOKEN),
-            &json!({"name": name, "model_name": model}),
+            &json!({"name": name, "model_name": model, "provider": "local"}),
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
@@ -314,7 +314,7 @@ async fn no_ready_node_is_503_with_the_counts_by_status() {
     app.post(
         "/admin/nodes",
         Some(ADMIN_TOKEN),
-        &json!({"name": "booting", "model_name": "m"}),
+        &json!({"name": "booting", "model_name": "m", "provider": "local"}),
     )
     .await;
     let (_, url) = upstream("sick", Behaviour::Complete { delay_ms: 0 }).await;

@@ -169,7 +169,7 @@ async fn routing_on_one_process_follows_changes_made_on_another() {
         .call(
             reqwest::Method::POST,
             "/admin/nodes",
-            Some(&json!({"name": "shared-node", "model_name": model})),
+            Some(&json!({"name": "shared-node", "model_name": model, "provider": "local"})),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");

@@ -53,7 +53,9 @@ pub async fn add_node(
     let created: Value = client
         .post(format!("{url}/admin/nodes"))
         .bearer_auth(admin_token)
-        .json(&json!({"name": name, "model_name": registration["model_name"]}))
+        // The benchmarks' model servers run on this machine, on loopback: nodes of the local
+        // provider, the only ones whose agents may register a loopback endpoint.
+        .json(&json!({"name": name, "model_name": registration["model_name"], "provider": "local"}))
         .send()
         .await
         .expect("create node")

@@ -110,6 +110,7 @@ impl From<FleetError> for ApiError {
                 ApiError::new(StatusCode::NOT_FOUND, "node_terminated", message)
             }
             FleetError::NameTaken(_) => ApiError::new(StatusCode::CONFLICT, "name_taken", message),
+            FleetError::Refused { code, .. } => ApiError::new(StatusCode::CONFLICT, code, message),
             FleetError::NotRegistered(_) => {
                 ApiError::new(StatusCode::CONFLICT, "not_registered", message)
             }

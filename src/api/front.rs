@@ -46,7 +46,7 @@ use super::error::ApiError;
 use super::{overloaded, v1, Front, BODY_LIMIT};
 use crate::app::AppState;
 use crate::metrics::{Counter, Histogram};
-use crate::routing::{content_length, forwarded_request_header, lists_token};
+use crate::routing::{content_length, forwarded_request_header, is_hop_header, lists_token};
 
 /// Largest request head read here; a longer one goes to hyper with the connection.
 const MAX_HEAD: usize = 16 * 1024;
@@ -158,6 +158,8 @@ struct Request {
     /// The client waits for `100 Continue` before sending the body.
     expects_continue: bool,
     authorization: Option<Range<usize>>,
+    /// It carries the load balancer's hop header: it went through one already.
+    looped: bool,
     /// For a forwarded request: the headers a model server gets (name, value).
     forwarded: Vec<(Range<usize>, Range<usize>)>,
 }
@@ -246,6 +248,7 @@ fn parse(buf: &[u8], forward_limit: usize) -> Parsed {
         close: false,
         expects_continue: false,
         authorization: None,
+        looped: false,
         forwarded: Vec::with_capacity(if forwarding { parsed.headers.len() } else { 0 }),
     };
     let mut length = None;
@@ -273,6 +276,8 @@ fn parse(buf: &[u8], forward_limit: usize) -> Parsed {
         } else if !forwarding {
         } else if name.eq_ignore_ascii_case(b"authorization") {
             request.authorization = Some(at(line.value));
+        } else if is_hop_header(name) {
+            request.looped = true;
         } else if forwarded_request_header(name) {
             request.forwarded.push((at(name), at(line.value)));
         }
@@ -302,7 +307,9 @@ where
         {
             Some(overloaded())
         } else if matches!(request.what, What::Forward(_)) {
-            v1::check_key(&front.state, request.authorization.map(|r| &head[r])).err()
+            v1::check_key(&front.state, request.authorization.map(|r| &head[r]))
+                .err()
+                .or_else(|| request.looped.then(v1::loop_detected))
         } else {
             None
         };

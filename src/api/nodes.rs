@@ -165,7 +165,10 @@ pub async fn register_node(
     };
     agent_limit(&state, id, &token, peer)?;
     let ack = log_refused(
-        state.fleet.register(id, &token, reg).await,
+        state
+            .fleet
+            .register(id, &token, reg, &state.agent_origin(peer.ip()))
+            .await,
         id,
         peer,
         "register",

@@ -17,7 +17,16 @@ use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use crate::app::AppState;
-use crate::routing::{forwarded_request_header, Forwarded, ProxyError};
+use crate::routing::{forwarded_request_header, Forwarded, ProxyError, HOP_HEADER};
+
+/// The answer to a request that already went through a skylaunch load balancer.
+pub fn loop_detected() -> ApiError {
+    ApiError::new(
+        StatusCode::LOOP_DETECTED,
+        "loop_detected",
+        format!("this request already passed through a skylaunch load balancer ({HOP_HEADER}): a node's endpoint points back at a control plane"),
+    )
+}
 
 /// Checks the `Authorization` header's value against the API keys, if any are set.
 pub fn check_key(state: &AppState, authorization: Option<&[u8]>) -> Result<(), ApiError> {
@@ -200,6 +209,9 @@ where
     B::Error: std::fmt::Display,
 {
     check_key(state, authorization(headers))?;
+    if headers.contains_key(HOP_HEADER) {
+        return Err(loop_detected());
+    }
     let limit = state.proxy.settings.body_limit;
     let body = read_body(body, limit).await.map_err(|e| match e {
         BodyError::TooLarge => ApiError::new(

@@ -11,6 +11,7 @@
 //! with a periodic full re-read as the safety net. Writes carry the node's revision, so a process
 //! acting on a stale copy loses the race cleanly, re-reads and decides again.
 
+pub mod endpoint;
 pub mod feed;
 pub mod node;
 pub mod status;
@@ -48,6 +49,10 @@ pub enum FleetError {
         "node {0} has not registered yet: the agent must call POST /admin/nodes/register first"
     )]
     NotRegistered(String),
+    /// What an agent asked for at registration is not its to change (another model, an
+    /// endpoint it may not use).
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -341,6 +346,8 @@ impl Fleet {
             status: NodeStatus::Launching,
             status_reason: Some("waiting for the agent to register".to_string()),
             model_name: new.model_name,
+            endpoint_pinned: new.endpoint_url.is_some(),
+            on_this_host: new.provider.as_deref() == Some("local"),
             endpoint_url: new.endpoint_url,
             provider: new.provider.unwrap_or_else(|| "byo".to_string()),
             region: None,
@@ -455,9 +462,21 @@ impl Fleet {
         id: &str,
         token: &str,
         reg: Registration,
+        origin: &endpoint::AgentOrigin,
     ) -> Result<AgentAck, FleetError> {
         let entry = self.authorised(id, token).await?;
         reg.validate()?;
+        let refused = {
+            let live = entry.lock().await;
+            registration_refused(&live.node, &reg, origin)
+        };
+        if let Some((code, message)) = refused {
+            tracing::warn!(node_id = %id, source = %origin.peer, code, reason = %message, "agent registration refused");
+            self.store
+                .insert_node_event(id, now_ms(), "registration_refused", &message)
+                .await?;
+            return Err(FleetError::Refused { code, message });
+        }
         retrying!(entry, |live| async {
             self.apply_registration(live, reg.clone()).await?;
             Ok(self.ack(&live.node))
@@ -478,8 +497,11 @@ impl Fleet {
         node.provider = reg.provider;
         node.region = Some(reg.region);
         node.zone = reg.zone;
-        node.model_name = reg.model_name;
-        node.endpoint_url = Some(reg.endpoint_url);
+        // The model is the admin's or the launch's (checked in `register`); so is a pinned
+        // endpoint, whatever the agent reports.
+        if !node.endpoint_pinned {
+            node.endpoint_url = Some(reg.endpoint_url);
+        }
         node.gpu_type = Some(reg.gpu_type);
         node.gpu_count = reg.gpu_count.map(i64::from);
         node.instance_type = Some(reg.instance_type);
@@ -791,6 +813,30 @@ fn record_telemetry(node: &mut Node, report: HeartbeatReport, now: i64) {
     node.updated_at = now;
 }
 
+/// Why a registration must be refused, if it must: a model other than the node's, or an
+/// endpoint the agent may not use (see [`endpoint`]).
+fn registration_refused(
+    node: &Node,
+    reg: &Registration,
+    origin: &endpoint::AgentOrigin,
+) -> Option<(&'static str, String)> {
+    if reg.model_name != node.model_name {
+        return Some((
+            "model_mismatch",
+            format!(
+                "node {} serves {:?}, fixed when it was made; the agent reported {:?}. Point the agent at a model server for {:?}, or create a node for the other model",
+                node.id, node.model_name, reg.model_name, node.model_name
+            ),
+        ));
+    }
+    if node.endpoint_pinned {
+        return None;
+    }
+    endpoint::check(&reg.endpoint_url, origin, node.on_this_host)
+        .err()
+        .map(|refused| ("endpoint_refused", refused.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -831,14 +877,21 @@ mod tests {
                     name: "shared".into(),
                     model_name: "m".into(),
                     endpoint_url: None,
-                    provider: None,
+                    provider: Some("local".into()),
                     labels: None,
                 },
                 None,
             )
             .await
             .unwrap();
-        a.register(&node.id, &token, registration()).await.unwrap();
+        let origin = endpoint::AgentOrigin {
+            peer: "127.0.0.1".parse().unwrap(),
+            own: Vec::new(),
+            loopback_ok: false,
+        };
+        a.register(&node.id, &token, registration(), &origin)
+            .await
+            .unwrap();
         let b = Fleet::load(store.clone(), policy, metrics).await.unwrap();
         b.drain(&node.id, "drained on B").await.unwrap();
 

@@ -44,6 +44,12 @@ pub struct Node {
     /// Bumped by every stored change other than heartbeat telemetry (see `store::nodes`).
     #[serde(skip)]
     pub revision: i64,
+    /// The admin set `endpoint_url` when creating the node: the agent cannot change it.
+    #[serde(skip)]
+    pub endpoint_pinned: bool,
+    /// The node lives on this machine (the local provider): its endpoint may be on loopback.
+    #[serde(skip)]
+    pub on_this_host: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -9,5 +9,8 @@ pub mod proxy;
 pub mod table;
 pub mod upstream;
 
-pub use proxy::{forwarded_request_header, Forwarded, Proxy, ProxyError, ProxySettings, Relay};
+pub use proxy::{
+    forwarded_request_header, is_hop_header, Forwarded, Proxy, ProxyError, ProxySettings, Relay,
+    HOP_HEADER,
+};
 pub use table::RoutingTable;

@@ -197,6 +197,16 @@ impl hyper::body::Body for Relay {
 /// Whether a model server gets a request header named `name` (in any case): those that
 /// describe the request, none that authenticates the client to skylaunch (its API key, the
 /// admin token, cookies).
+/// The header every request the load balancer forwards carries. A request that arrives with it
+/// has been through a skylaunch load balancer already (a node's endpoint pointing back at one):
+/// it is refused (508) instead of going round again.
+pub const HOP_HEADER: &str = "x-skylaunch-hop";
+
+/// Whether a request header name is [`HOP_HEADER`].
+pub fn is_hop_header(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(HOP_HEADER.as_bytes())
+}
+
 pub fn forwarded_request_header(name: &[u8]) -> bool {
     [
         &b"content-type"[..],

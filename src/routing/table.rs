@@ -296,6 +296,8 @@ pub(crate) mod tests {
             updated_at: 0,
             token_hash: String::new(),
             revision: 0,
+            endpoint_pinned: false,
+            on_this_host: false,
         }
     }
 

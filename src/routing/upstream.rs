@@ -85,6 +85,8 @@ impl Target {
         head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
         head.extend_from_slice(self.host.as_bytes());
         head.extend_from_slice(b"\r\n");
+        head.extend_from_slice(super::proxy::HOP_HEADER.as_bytes());
+        head.extend_from_slice(b": 1\r\n");
         for (name, value) in headers {
             head.extend_from_slice(name);
             head.extend_from_slice(b": ");

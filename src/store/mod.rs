@@ -31,6 +31,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "node_revision",
         include_str!("../../migrations/0004_node_revision.sql"),
     ),
+    (
+        5,
+        "node_pins",
+        include_str!("../../migrations/0005_node_pins.sql"),
+    ),
 ];
 
 /// Which database a URL points at; the few backend-specific statements branch on it.

@@ -34,7 +34,7 @@ pub struct Telemetry {
 const NODE_COLUMNS: &str = "id, name, model_name, endpoint_url, provider, region, zone, gpu_type, \
      gpu_count, instance_type, spot_instance, labels, agent_version, status, status_reason, \
      token_hash, launch_job_id, health_score, last_heartbeat_at, last_heartbeat, registered_at, \
-     created_at, updated_at, revision";
+     created_at, updated_at, revision, endpoint_pinned, on_this_host";
 
 /// The PostgreSQL channel on which every committed node change is announced (payload: the
 /// announcing store's origin, a space, the node id),
@@ -53,7 +53,8 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         sqlx::query(
             "INSERT INTO nodes (id, name, model_name, provider, status, token_hash, launch_job_id, \
-             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+             created_at, updated_at, endpoint_pinned, on_this_host) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10)",
         )
         .bind(&node.id)
         .bind(&node.name)
@@ -63,6 +64,8 @@ impl Store {
         .bind(&node.token_hash)
         .bind(&node.launch_job_id)
         .bind(node.created_at)
+        .bind(i64::from(node.endpoint_pinned))
+        .bind(i64::from(node.on_this_host))
         .execute(&mut *tx)
         .await?;
         if !write_node_row(&mut tx, node).await? {
@@ -312,6 +315,8 @@ fn node_from_row(row: &AnyRow) -> Result<Node, StoreError> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         revision: row.try_get("revision")?,
+        endpoint_pinned: row.try_get::<i64, _>("endpoint_pinned")? != 0,
+        on_this_host: row.try_get::<i64, _>("on_this_host")? != 0,
         id,
     })
 }

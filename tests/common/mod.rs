@@ -263,7 +263,7 @@ impl TestApp {
             .post(
                 "/admin/nodes",
                 Some(ADMIN_TOKEN),
-                &json!({"name": name, "model_name": "test/model"}),
+                &json!({"name": name, "model_name": "test/model", "provider": "local"}),
             )
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
