@@ -835,6 +835,165 @@ async fn nul_characters_are_refused_not_a_server_error(backend: Backend) {
     );
 }
 
+/// The value of an unlabelled gauge or counter in a metrics page.
+fn metric(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing"))
+}
+
+/// Sends `requests` pipelined on one connection and reads every answer's head (bodies are
+/// skipped by their length). Returns the answers' status codes.
+async fn pipelined(app: &TestApp, requests: &[Vec<u8>]) -> Vec<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let all: Vec<u8> = requests.concat();
+    let (mut read, mut write) = stream.split();
+    let writer = async {
+        write.write_all(&all).await.unwrap();
+    };
+    let reader = async {
+        let mut buf = Vec::new();
+        let mut statuses = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        while statuses.len() < requests.len() {
+            let mut lines = [httparse::EMPTY_HEADER; 32];
+            let mut parsed = httparse::Response::new(&mut lines);
+            if let Ok(httparse::Status::Complete(head)) = parsed.parse(&buf) {
+                let length: usize = parsed
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .map(|h| std::str::from_utf8(h.value).unwrap().parse().unwrap())
+                    .unwrap_or(0);
+                if buf.len() >= head + length {
+                    statuses.push(parsed.code.unwrap());
+                    buf.drain(..head + length);
+                    continue;
+                }
+            }
+            let n = tokio::time::timeout(Duration::from_secs(30), read.read(&mut chunk))
+                .await
+                .expect("answers keep coming")
+                .unwrap();
+            assert!(
+                n > 0,
+                "the connection ended after {} answers",
+                statuses.len()
+            );
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        statuses
+    };
+    let ((), statuses) = tokio::join!(writer, reader);
+    statuses
+}
+
+/// 100,000 requests with made-up methods and node ids leave the metrics page and the rate
+/// limiter's buckets as they were after the first 10,000: nothing a client sends becomes a new
+/// series or bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_methods_and_node_ids_do_not_grow_metrics_or_rate_buckets() {
+    let app = app!(Backend::Sqlite);
+    let mut seed: u64 = 0x5eed;
+    let mut next = move || {
+        seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut batch = |n: usize| -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| {
+                let r = next();
+                if i % 2 == 0 {
+                    format!("M{r:X} /healthz HTTP/1.1\r\nhost: s\r\n\r\n").into_bytes()
+                } else {
+                    let id = if i % 4 == 1 {
+                        uuid_from(r, next())
+                    } else {
+                        format!("junk-{r:x}")
+                    };
+                    let body = r#"{"health_score": 1.0}"#;
+                    format!(
+                        "POST /admin/nodes/{id}/heartbeat HTTP/1.1\r\nhost: s\r\nauthorization: Bearer t{r:x}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .into_bytes()
+                }
+            })
+            .collect()
+    };
+    // The metrics page's own request series exist from its first read on.
+    app.get("/metrics", None).await;
+    let mut sizes = Vec::new();
+    for round in 0..10 {
+        for statuses in [
+            pipelined(&app, &batch(5_000)).await,
+            pipelined(&app, &batch(5_000)).await,
+        ] {
+            assert!(
+                statuses.iter().all(|s| *s == 405 || *s == 404),
+                "round {round}: {:?}",
+                statuses.iter().find(|s| **s != 405 && **s != 404)
+            );
+        }
+        let page = app.get("/metrics", None).await.body;
+        let page = page.as_str().unwrap().to_string();
+        sizes.push((
+            page.lines().count(),
+            metric(&page, "skylaunch_agent_rate_buckets") as u64,
+        ));
+    }
+    assert!(
+        sizes.windows(2).all(|w| w[0] == w[1]),
+        "metrics lines and rate buckets stay flat: {sizes:?}"
+    );
+    assert!(sizes[0].1 <= 2, "one bucket for the one source: {sizes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_bodies_over_64_kib_and_overlong_report_fields_are_refused() {
+    let app = app!(Backend::Sqlite);
+    let (id, token) = app.create_node("big-1").await;
+    assert_eq!(app.register(&id, &token).await.status, StatusCode::OK);
+    let padded = json!({"health_score": 1.0, "model_server": {"ready": true, "error": "x".repeat(70 * 1024)}});
+    let r = app.heartbeat(&id, &token, &padded).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.body);
+    let long =
+        json!({"health_score": 1.0, "model_server": {"ready": true, "error": "x".repeat(4000)}});
+    let r = app.heartbeat(&id, &token, &long).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert_eq!(r.body["error"]["field"], "model_server.error");
+    let many =
+        json!({"health_score": 1.0, "model_server": {"ready": true, "models": vec!["m"; 40]}});
+    assert_eq!(
+        app.heartbeat(&id, &token, &many).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        app.heartbeat(&id, &token, &healthy()).await.status,
+        StatusCode::OK
+    );
+}
+
+fn uuid_from(a: u64, b: u64) -> String {
+    let n = (u128::from(a) << 64) | u128::from(b);
+    let h = format!("{n:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
 /// Creates a node with `body` (admin) and returns (id, token).
 async fn node_from(app: &TestApp, body: Value) -> (String, String) {
     let r = app.post("/admin/nodes", Some(ADMIN_TOKEN), &body).await;

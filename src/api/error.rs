@@ -57,13 +57,14 @@ impl ApiError {
     }
 
     pub fn payload_too_large() -> ApiError {
+        ApiError::payload_too_large_of(super::BODY_LIMIT)
+    }
+
+    pub fn payload_too_large_of(limit: usize) -> ApiError {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!(
-                "request body is larger than the {} byte limit",
-                super::BODY_LIMIT
-            ),
+            format!("request body is larger than the {limit} byte limit"),
         )
     }
 

@@ -14,6 +14,10 @@ use crate::fleet::token;
 /// A JSON body whose rejections become [`ApiError`]s naming the bad field.
 pub struct ApiJson<T>(pub T);
 
+/// A route's own, smaller limit on the JSON body [`ApiJson`] reads (a request extension).
+#[derive(Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
 impl<T, S> FromRequest<S> for ApiJson<T>
 where
     T: DeserializeOwned,
@@ -23,9 +27,13 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let (parts, body) = req.into_parts();
-        let bytes = axum::body::to_bytes(body, super::BODY_LIMIT)
+        let limit = parts
+            .extensions
+            .get::<BodyLimit>()
+            .map_or(super::BODY_LIMIT, |l| l.0);
+        let bytes = axum::body::to_bytes(body, limit)
             .await
-            .map_err(|_| ApiError::payload_too_large())?;
+            .map_err(|_| ApiError::payload_too_large_of(limit))?;
         if has_nul_escape(&bytes) {
             // PostgreSQL cannot store NUL in text; no field of ours has a use for it.
             return Err(ApiError::bad_request(

@@ -27,6 +27,14 @@ impl RateLimit {
         }
     }
 
+    /// Buckets kept.
+    pub fn bucket_count(&self) -> usize {
+        self.buckets
+            .lock()
+            .expect("rate limit lock is never poisoned")
+            .len()
+    }
+
     /// Takes one request from `key`'s bucket, or says how long until one is available.
     pub fn take(&self, key: &str, now: Instant) -> Result<(), Duration> {
         let mut buckets = self
@@ -74,17 +82,31 @@ impl AgentLimits {
     }
 
     pub fn check(&self, node_id: &str, source: IpAddr) -> Result<(), Limited> {
-        let now = Instant::now();
+        self.check_source(source)?;
+        self.check_node(node_id)
+    }
+
+    /// Buckets kept, per source and per node.
+    pub fn buckets(&self) -> usize {
+        self.per_source.bucket_count() + self.per_node.bucket_count()
+    }
+
+    /// The per-source limit, taken before anything else of the request is looked at.
+    pub fn check_source(&self, source: IpAddr) -> Result<(), Limited> {
         self.per_source
-            .take(&source.to_string(), now)
+            .take(&source.to_string(), Instant::now())
             .map_err(|retry_after| Limited {
                 what: format!("agent requests from {source}"),
                 retry_after,
-            })?;
+            })
+    }
+
+    /// The per-node limit; `key` must name a node that exists (bounded keys).
+    pub fn check_node(&self, key: &str) -> Result<(), Limited> {
         self.per_node
-            .take(node_id, now)
+            .take(key, Instant::now())
             .map_err(|retry_after| Limited {
-                what: format!("requests for node {node_id}"),
+                what: format!("requests for node {key}"),
                 retry_after,
             })
     }

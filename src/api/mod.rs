@@ -27,7 +27,7 @@ use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Extension, Router};
 use hyper::body::Incoming;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -42,6 +42,9 @@ pub use threads::ConnectionThreads;
 /// Request bodies over this many bytes are refused with 413.
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
+/// The agents' requests (register, heartbeat) are small; a larger body is refused with 413.
+const AGENT_BODY_LIMIT: extract::BodyLimit = extract::BodyLimit(64 * 1024);
+
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(system::ui_index))
@@ -54,7 +57,10 @@ pub fn router(state: AppState) -> Router {
             "/admin/nodes",
             get(nodes::list_nodes).post(nodes::create_node),
         )
-        .route("/admin/nodes/register", post(nodes::register_node))
+        .route(
+            "/admin/nodes/register",
+            post(nodes::register_node).layer(Extension(AGENT_BODY_LIMIT)),
+        )
         .route("/admin/nodes/events", get(nodes::node_events))
         .route("/admin/catalog", get(system::catalog))
         .route(
@@ -62,7 +68,10 @@ pub fn router(state: AppState) -> Router {
             get(nodes::get_node).delete(nodes::delete_node),
         )
         .route("/admin/nodes/{id}/drain", post(nodes::drain_node))
-        .route("/admin/nodes/{id}/heartbeat", post(nodes::heartbeat))
+        .route(
+            "/admin/nodes/{id}/heartbeat",
+            post(nodes::heartbeat).layer(Extension(AGENT_BODY_LIMIT)),
+        )
         .route(
             "/admin/launch-jobs",
             get(jobs::list_jobs).post(jobs::create_job),
@@ -119,11 +128,28 @@ async fn refuse_large_bodies(req: Request, next: Next) -> Response {
 async fn record_request(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().cloned();
     let route = route.as_ref().map_or("unmatched", |p| p.as_str());
-    let method = req.method().clone();
+    let method = method_label(req.method());
     let started = Instant::now();
     let response = next.run(req).await;
-    count_request(&state, route, method.as_str(), response.status(), started);
+    count_request(&state, route, method, response.status(), started);
     response
+}
+
+/// A request method as a metric label: the standard ones by name, any other as `other`, so a
+/// client cannot make a series per made-up method.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        "CONNECT" => "CONNECT",
+        "TRACE" => "TRACE",
+        _ => "other",
+    }
 }
 
 const REQUESTS: &str = "skylaunch_http_requests_total";

@@ -119,13 +119,18 @@ pub async fn delete_node(
 
 /// The agent endpoints' rate limits, and a log line (never the token) for a refused token.
 ///
-/// The per-node bucket is kept per node *and token*: requests with a wrong token for a node
-/// drain their own bucket, never the one of the node's real agent.
-fn agent_limit(state: &AppState, id: &str, token: &str, peer: SocketAddr) -> Result<(), ApiError> {
-    let fingerprint = &crate::fleet::token::hash(token)[..16];
-    let key = format!("{id}/{fingerprint}");
-    state.agent_limits.check(&key, peer.ip()).map_err(|limited| {
-        let what = limited.what.replace(&key, id);
+/// A node id is checked for shape (a UUID) and existence before any bucket is keyed on it, so
+/// junk ids make no buckets. The per-node bucket is kept per node and per *right or wrong*
+/// token: requests with a wrong token drain a bucket of their own, never the one of the node's
+/// real agent, and there are at most two per node.
+async fn agent_limit(
+    state: &AppState,
+    id: &str,
+    token: &str,
+    peer: SocketAddr,
+) -> Result<(), ApiError> {
+    let limited = |limited: crate::api::limits::Limited, key: &str| {
+        let what = limited.what.replace(key, id);
         let seconds = limited.retry_after.as_secs_f64().ceil().max(1.0);
         tracing::warn!(node_id = %id, source = %peer.ip(), limit = %what, "agent request rate limited");
         ApiError::new(
@@ -134,7 +139,30 @@ fn agent_limit(state: &AppState, id: &str, token: &str, peer: SocketAddr) -> Res
             format!("too many {what}; retry in {seconds} s"),
         )
         .retry_after(seconds as u64)
-    })
+    };
+    state
+        .agent_limits
+        .check_source(peer.ip())
+        .map_err(|l| limited(l, id))?;
+    if uuid::Uuid::parse_str(id).is_err() {
+        let shown: String = id.chars().take(40).collect();
+        tracing::debug!(node_id = %shown, source = %peer.ip(), "agent request for a malformed node id");
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "node_not_found",
+            "no node has that id (node ids are UUIDs)",
+        ));
+    }
+    let right = state.fleet.token_matches(id, token).await?;
+    let key = if right {
+        id.to_string()
+    } else {
+        format!("{id}/wrong-token")
+    };
+    state
+        .agent_limits
+        .check_node(&key)
+        .map_err(|l| limited(l, &key))
 }
 
 fn log_refused<T>(
@@ -163,7 +191,7 @@ pub async fn register_node(
             "the `node_id` query parameter is required: POST /admin/nodes/register?node_id=<id>",
         ));
     };
-    agent_limit(&state, id, &token, peer)?;
+    agent_limit(&state, id, &token, peer).await?;
     let ack = log_refused(
         state
             .fleet
@@ -190,7 +218,7 @@ pub async fn heartbeat(
     Path(id): Path<String>,
     ApiJson(report): ApiJson<HeartbeatReport>,
 ) -> Result<Json<crate::fleet::AgentAck>, ApiError> {
-    agent_limit(&state, &id, &token, peer)?;
+    agent_limit(&state, &id, &token, peer).await?;
     let ack = log_refused(
         state.fleet.heartbeat(&id, &token, report).await,
         &id,

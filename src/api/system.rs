@@ -60,6 +60,16 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             series: nodes,
         },
         Gauge {
+            name: "skylaunch_connections_open",
+            help: "Client connections open.",
+            series: vec![(Vec::new(), state.connections.open() as f64)],
+        },
+        Gauge {
+            name: "skylaunch_agent_rate_buckets",
+            help: "Rate-limit buckets kept for the agent endpoints (per source address and per node).",
+            series: vec![(Vec::new(), state.agent_limits.buckets() as f64)],
+        },
+        Gauge {
             name: "skylaunch_launch_jobs",
             help: "Launch jobs by status (succeeded, failed and cancelled are outcomes).",
             series: jobs,

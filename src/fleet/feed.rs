@@ -15,7 +15,10 @@ pub struct NodeFeed {
 impl Default for NodeFeed {
     fn default() -> Self {
         NodeFeed {
-            tx: broadcast::channel(8192).0,
+            // Bounded in bytes too: a node's every text is bounded (a heartbeat report is at
+            // most a few KiB), so this holds some megabytes at most. A subscriber that falls
+            // behind is told and starts over from a snapshot.
+            tx: broadcast::channel(1024).0,
         }
     }
 }

@@ -444,6 +444,13 @@ impl Fleet {
         }
     }
 
+    /// Whether `token` is the node's; the node must exist (else [`FleetError::NotFound`]).
+    pub async fn token_matches(&self, id: &str, token: &str) -> Result<bool, FleetError> {
+        let entry = self.entry(id).await?;
+        let live = entry.lock().await;
+        Ok(token::matches_hash(token, &live.node.token_hash))
+    }
+
     /// Checks a node token; the node must exist and the token must be that node's.
     async fn authorised(&self, id: &str, token: &str) -> Result<Arc<Mutex<LiveNode>>, FleetError> {
         let entry = self.entry(id).await?;

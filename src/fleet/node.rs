@@ -218,6 +218,17 @@ pub fn check_node_name(name: &str) -> Result<(), FleetError> {
     }
 }
 
+/// An agent's free text (an error, a notice's detail): only its length is bounded.
+fn check_optional(field: &str, value: Option<&str>, max: usize) -> Result<(), FleetError> {
+    match value {
+        Some(v) if v.len() > max => Err(invalid(
+            field,
+            format!("`{field}` is longer than {max} characters"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub fn check_endpoint_url(field: &str, url: &str) -> Result<(), FleetError> {
     check_text(field, url, 2048)?;
     let rest = url
@@ -316,10 +327,31 @@ impl HeartbeatReport {
                 ),
             ));
         }
+        // Every text is bounded: the report is kept on the node, in memory and in the change
+        // feed, for every node.
         if let Some(notice) = &self.spot_interruption {
             check_text("spot_interruption.source", &notice.source, 32)?;
             check_text("spot_interruption.action", &notice.action, 64)?;
+            check_optional("spot_interruption.time", notice.time.as_deref(), 64)?;
+            check_optional("spot_interruption.detail", notice.detail.as_deref(), 512)?;
         }
+        if let Some(server) = &self.model_server {
+            check_optional("model_server.error", server.error.as_deref(), 512)?;
+            let models = server.models.as_deref().unwrap_or_default();
+            if models.len() > 16 {
+                return Err(invalid(
+                    "model_server.models",
+                    "at most 16 models may be reported",
+                ));
+            }
+            for model in models {
+                check_optional("model_server.models", Some(model), 256)?;
+            }
+        }
+        if let Some(gpu) = &self.gpu {
+            check_optional("gpu.name", gpu.name.as_deref(), 128)?;
+        }
+        check_optional("agent_version", self.agent_version.as_deref(), 64)?;
         Ok(())
     }
 
