@@ -108,13 +108,17 @@ impl LocalProvider {
         .await;
         let model_server_url = format!("http://127.0.0.1:{port}");
         let mut echo = Command::new(&self.skylaunch_bin);
-        echo.args([
-            "echo-server",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--model",
-            &job.spec.model,
-        ]);
+        // Not the control plane's environment (admin token, API keys, database URL): only
+        // what the model server needs.
+        echo.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .args([
+                "echo-server",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--model",
+                &job.spec.model,
+            ]);
         let echo_pgid = spawn_group(echo, "model_server", run.log.clone()).await?;
         run.set_provider_state(json!({"process_groups": [echo_pgid]}))
             .await;
