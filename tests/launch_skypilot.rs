@@ -17,6 +17,8 @@ use standins::{fake_sky, FakeSky};
 async fn app_with_sky(sky: &FakeSky) -> Option<TestApp> {
     let db = common::TestDb::new(Backend::Sqlite).await?;
     let mut config = common::test_config(&db);
+    // The stand-in VMs run on this machine: their model servers are on loopback.
+    config.allow_loopback_endpoints = true;
     config.sky_bin = sky.bin.display().to_string();
     config.registration_timeout = Duration::from_secs(20);
     Some(TestApp::start(db, config).await)
@@ -241,6 +243,8 @@ async fn real_sky_without_cloud_access_fails_with_no_cloud_access() {
         return;
     };
     let mut config = common::test_config(&db);
+    // The stand-in VMs run on this machine: their model servers are on loopback.
+    config.allow_loopback_endpoints = true;
     config.sky_bin = wrapper.display().to_string();
     let app = TestApp::start(db, config).await;
     let id = app.launch_id(&l4_spot()).await;
