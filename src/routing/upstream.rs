@@ -321,7 +321,7 @@ mod tests {
         let head = |t: &Target, path: &str| String::from_utf8(t.post_head(path, &[], 2)).unwrap();
         assert_eq!(
             head(&t, path),
-            "POST /base/v1/completions?x=1 HTTP/1.1\r\nhost: models.example\r\ncontent-length: 2\r\n\r\n"
+            "POST /base/v1/completions?x=1 HTTP/1.1\r\nhost: models.example\r\nx-skylaunch-hop: 1\r\ncontent-length: 2\r\n\r\n"
         );
         let t = Target::parse("http://[::1]:9000/").unwrap();
         assert_eq!(t.host, "[::1]:9000");
@@ -331,7 +331,7 @@ mod tests {
         let forwarded: &[(&[u8], &[u8])] = &[(b"content-type", b"application/json")];
         assert_eq!(
             String::from_utf8(t.post_head(path, forwarded, 2)).unwrap(),
-            "POST /v1/completions?x=1 HTTP/1.1\r\nhost: [::1]:9000\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n"
+            "POST /v1/completions?x=1 HTTP/1.1\r\nhost: [::1]:9000\r\nx-skylaunch-hop: 1\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n"
         );
     }
 
