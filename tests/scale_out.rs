@@ -287,12 +287,15 @@ impl Takeover {
     async fn start(db: &TestDb, python: &std::path::Path, transcript: &str) -> Takeover {
         let sky = fake_sky(python, transcript, &[("FAKE_SKY_DELAY_S", "0.25")]);
         let sky_bin = sky.bin.display().to_string();
-        let b = Serve::start(db, &[("SKYLAUNCH_SKY_BIN", &sky_bin)]).await;
+        // The stand-in VMs run on this machine: their model servers are on loopback.
+        let loopback = ("SKYLAUNCH_ALLOW_LOOPBACK_ENDPOINTS", "true");
+        let b = Serve::start(db, &[("SKYLAUNCH_SKY_BIN", &sky_bin), loopback]).await;
         let a = Serve::start(
             db,
             &[
                 ("SKYLAUNCH_SKY_BIN", &sky_bin),
                 ("SKYLAUNCH_PUBLIC_URL", &b.base),
+                loopback,
             ],
         )
         .await;
