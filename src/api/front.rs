@@ -41,9 +41,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
-use super::connections::allowed_when_restricted;
 use super::error::ApiError;
-use super::{overloaded, v1, Front, BODY_LIMIT};
+use super::{v1, Front, BODY_LIMIT};
 use crate::app::AppState;
 use crate::metrics::{Counter, Histogram};
 use crate::routing::{content_length, forwarded_request_header, is_hop_header, lists_token};
@@ -301,18 +300,16 @@ where
         let head = self.buf.split_to(request.head_len).freeze();
         // Refused before any of the body is read or asked for (`100 Continue`): a connection
         // in the agents' places serves only agent requests, and /v1 wants its key.
-        let path = &head[request.path.clone()];
-        let refused = if front.slot.restricted
-            && !allowed_when_restricted(std::str::from_utf8(path).unwrap_or_default())
-        {
-            Some(overloaded())
-        } else if matches!(request.what, What::Forward(_)) {
-            v1::check_key(&front.state, request.authorization.map(|r| &head[r]))
-                .err()
-                .or_else(|| request.looped.then(v1::loop_detected))
-        } else {
-            None
-        };
+        let path = std::str::from_utf8(&head[request.path.clone()]).unwrap_or_default();
+        let refused = front.refused_here(path).or_else(|| match request.what {
+            What::Forward(_) => v1::check_key(
+                &front.state,
+                request.authorization.clone().map(|r| &head[r]),
+            )
+            .err()
+            .or_else(|| request.looped.then(v1::loop_detected)),
+            What::Route(..) => None,
+        });
         if let Some(error) = refused {
             // A body already here is skipped; one still to come closes the connection.
             let close = request.close || self.buf.len() < request.body_len;

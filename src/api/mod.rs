@@ -304,7 +304,7 @@ fn refuse(io: &TcpStream, why: connections::Refused) {
 
 /// The answer to a request that is not an agent's on a connection admitted into the places
 /// kept for agents.
-pub(crate) fn overloaded() -> ApiError {
+fn overloaded() -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "overloaded",
@@ -342,12 +342,18 @@ struct Front {
 }
 
 impl Front {
+    /// The refusal of a request for `path` on a connection admitted into the agents' places,
+    /// which serve only agent requests.
+    fn refused_here(&self, path: &str) -> Option<ApiError> {
+        (self.slot.restricted && !connections::allowed_when_restricted(path)).then(overloaded)
+    }
+
     /// A request on a connection hyper serves. Its body is held to the body timeout.
     async fn handle(self, request: Request<Incoming>) -> Result<Response, Infallible> {
         // A head read by hyper: hyper's header timer covers the next one.
         self.slot.busy();
-        if self.slot.restricted && !connections::allowed_when_restricted(request.uri().path()) {
-            let mut response = overloaded().into_response();
+        if let Some(refused) = self.refused_here(request.uri().path()) {
+            let mut response = refused.into_response();
             response.headers_mut().insert(
                 header::CONNECTION,
                 header::HeaderValue::from_static("close"),
