@@ -77,11 +77,7 @@ impl AppInner {
 fn own_addrs(listen: SocketAddr, public_url: &str) -> Vec<SocketAddr> {
     let mut own = vec![listen];
     if let Ok(url) = url::Url::parse(public_url) {
-        let ip = match url.host() {
-            Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
-            _ => None,
-        };
+        let ip = crate::fleet::endpoint::host_ip(&url);
         if let (Some(ip), Some(port)) = (ip, url.port_or_known_default()) {
             own.push(SocketAddr::new(ip, port));
         }

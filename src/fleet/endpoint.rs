@@ -30,13 +30,12 @@ pub struct AgentOrigin {
 pub fn check(url: &str, origin: &AgentOrigin, on_this_host: bool) -> Result<(), Refused> {
     let parsed = url::Url::parse(url).map_err(|e| Refused(format!("{url:?} is not a URL: {e}")))?;
     let port = parsed.port_or_known_default().unwrap_or(80);
-    let ip = match parsed.host() {
-        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
-        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
-        Some(url::Host::Domain(name)) if on_this_host && name.eq_ignore_ascii_case("localhost") => {
-            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
-        }
-        _ => {
+    let local_name = on_this_host
+        && matches!(parsed.host(), Some(url::Host::Domain(name)) if name.eq_ignore_ascii_case("localhost"));
+    let ip = match host_ip(&parsed) {
+        Some(ip) => ip,
+        None if local_name => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        None => {
             return Err(Refused(format!(
                 "the endpoint {url:?} must name the node's IP address; to use a host name, set endpoint_url when creating the node (POST /admin/nodes)"
             )))
@@ -68,6 +67,15 @@ pub fn check(url: &str, origin: &AgentOrigin, on_this_host: bool) -> Result<(), 
         )));
     }
     Ok(())
+}
+
+/// The IP address a URL's host is written as, if it is one (not a name).
+pub fn host_ip(url: &url::Url) -> Option<IpAddr> {
+    match url.host()? {
+        url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
+        url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
+        url::Host::Domain(_) => None,
+    }
 }
 
 /// IPv4-mapped IPv6 addresses as the IPv4 address they carry.
