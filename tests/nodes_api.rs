@@ -835,14 +835,6 @@ async fn nul_characters_are_refused_not_a_server_error(backend: Backend) {
     );
 }
 
-/// The value of an unlabelled gauge or counter in a metrics page.
-fn metric(page: &str, name: &str) -> f64 {
-    page.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing"))
-}
-
 /// Sends `requests` pipelined on one connection and reads every answer's head (bodies are
 /// skipped by their length). Returns the answers' status codes.
 async fn pipelined(app: &TestApp, requests: &[Vec<u8>]) -> Vec<u16> {
@@ -929,7 +921,7 @@ async fn junk_methods_and_node_ids_do_not_grow_metrics_or_rate_buckets() {
             .collect()
     };
     // The metrics page's own request series exist from its first read on.
-    app.get("/metrics", None).await;
+    app.metrics().await;
     let mut sizes = Vec::new();
     for round in 0..10 {
         for statuses in [
@@ -942,11 +934,11 @@ async fn junk_methods_and_node_ids_do_not_grow_metrics_or_rate_buckets() {
                 statuses.iter().find(|s| **s != 405 && **s != 404)
             );
         }
-        let page = app.get("/metrics", None).await.body;
-        let page = page.as_str().unwrap().to_string();
+        let page = app.metrics().await;
+        let buckets = common::metric_value(&page, "skylaunch_agent_rate_buckets");
         sizes.push((
             page.lines().count(),
-            metric(&page, "skylaunch_agent_rate_buckets") as u64,
+            buckets.expect("the buckets gauge") as u64,
         ));
     }
     assert!(
@@ -994,16 +986,6 @@ fn uuid_from(a: u64, b: u64) -> String {
     )
 }
 
-/// Creates a node with `body` (admin) and returns (id, token).
-async fn node_from(app: &TestApp, body: Value) -> (String, String) {
-    let r = app.post("/admin/nodes", Some(ADMIN_TOKEN), &body).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    (
-        r.body["node_id"].as_str().unwrap().to_string(),
-        r.body["token"].as_str().unwrap().to_string(),
-    )
-}
-
 async fn register_with(
     app: &TestApp,
     id: &str,
@@ -1024,11 +1006,11 @@ async fn register_with(
 
 async fn a_node_token_cannot_take_another_models_traffic(backend: Backend) {
     let app = app!(backend);
-    let (id, token) = node_from(
-        &app,
-        json!({"name": "victim-of-m", "model_name": "test/model", "provider": "local"}),
-    )
-    .await;
+    let (id, token) = app
+        .create_node_from(
+            &json!({"name": "victim-of-m", "model_name": "test/model", "provider": "local"}),
+        )
+        .await;
     let r = register_with(&app, &id, &token, "other/model", "http://127.0.0.1:8000").await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
     assert_eq!(r.error_code(), "model_mismatch");
@@ -1047,7 +1029,9 @@ async fn metadata_loopback_and_foreign_endpoints_are_refused(backend: Backend) {
     let app = app!(backend);
     // A node off this machine (the default provider): only the address it connects from
     // (127.0.0.1 here) would do, and loopback never does.
-    let (id, token) = node_from(&app, json!({"name": "remote", "model_name": "test/model"})).await;
+    let (id, token) = app
+        .create_node_from(&json!({"name": "remote", "model_name": "test/model"}))
+        .await;
     for endpoint in [
         "http://169.254.169.254/latest/meta-data",
         "http://[fe80::1]:8000",
@@ -1061,11 +1045,11 @@ async fn metadata_loopback_and_foreign_endpoints_are_refused(backend: Backend) {
     }
     assert_eq!(app.node(&id).await["status"], "launching");
     // Even a node of this machine may not name a metadata address.
-    let (id, token) = node_from(
-        &app,
-        json!({"name": "local-1", "model_name": "test/model", "provider": "local"}),
-    )
-    .await;
+    let (id, token) = app
+        .create_node_from(
+            &json!({"name": "local-1", "model_name": "test/model", "provider": "local"}),
+        )
+        .await;
     let r = register_with(&app, &id, &token, "test/model", "http://169.254.169.254/").await;
     assert_eq!(r.error_code(), "endpoint_refused");
     let r = register_with(&app, &id, &token, "test/model", "http://127.0.0.1:8000").await;
@@ -1079,11 +1063,11 @@ async fn metadata_loopback_and_foreign_endpoints_are_refused(backend: Backend) {
 
 async fn a_node_cannot_point_traffic_back_at_the_control_plane(backend: Backend) {
     let app = app!(backend);
-    let (id, token) = node_from(
-        &app,
-        json!({"name": "loop-1", "model_name": "test/model", "provider": "local"}),
-    )
-    .await;
+    let (id, token) = app
+        .create_node_from(
+            &json!({"name": "loop-1", "model_name": "test/model", "provider": "local"}),
+        )
+        .await;
     let own = app.base.replace("localhost", "127.0.0.1");
     let r = register_with(&app, &id, &token, "test/model", &format!("{own}/")).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
@@ -1107,9 +1091,7 @@ async fn a_node_cannot_point_traffic_back_at_the_control_plane(backend: Backend)
 
 async fn an_endpoint_the_admin_set_is_kept(backend: Backend) {
     let app = app!(backend);
-    let (id, token) = node_from(
-        &app,
-        json!({"name": "pinned", "model_name": "test/model", "endpoint_url": "http://gpu-7.lab:8000"}),
+    let (id, token) = app.create_node_from(&json!({"name": "pinned", "model_name": "test/model", "endpoint_url": "http://gpu-7.lab:8000"}),
     )
     .await;
     let r = register_with(&app, &id, &token, "test/model", "http://169.254.169.254/").await;

@@ -392,12 +392,8 @@ async fn trickle(target: SocketAddr, source: std::net::Ipv4Addr, bound: Duration
 
 /// The `skylaunch_connections_closed_total` count for `reason` in a metrics page.
 fn closed(metrics: &str, reason: &str) -> u64 {
-    let prefix = format!("skylaunch_connections_closed_total{{reason=\"{reason}\"}} ");
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
+    let series = format!("skylaunch_connections_closed_total{{reason=\"{reason}\"}}");
+    common::metric_value(metrics, &series).unwrap_or(0.0) as u64
 }
 
 /// A script-driven attack on the control plane over 127.0.0.0/8: waves of idle connections from
@@ -435,8 +431,7 @@ async fn idle_floods_and_slow_headers_do_not_stop_heartbeats_or_v1_traffic() {
     for trickler in tricklers {
         assert!(trickler.await.unwrap(), "a trickling head was closed");
     }
-    let metrics = app.get("/metrics", None).await.body;
-    let metrics = metrics.as_str().unwrap().to_string();
+    let metrics = app.metrics().await;
     assert!(
         closed(&metrics, "header_timeout") >= 20,
         "closed by the header timeout: {}",
@@ -505,8 +500,7 @@ async fn idle_floods_and_slow_headers_do_not_stop_heartbeats_or_v1_traffic() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let opened = flood.await.unwrap();
-    let metrics = app.get("/metrics", None).await.body;
-    let metrics = metrics.as_str().unwrap().to_string();
+    let metrics = app.metrics().await;
     let evicted = closed(&metrics, "evicted_at_max_connections");
     let refused = closed(&metrics, "max_connections") + closed(&metrics, "per_source_limit");
     eprintln!(

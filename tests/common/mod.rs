@@ -257,15 +257,17 @@ impl TestApp {
         self.send(req).await
     }
 
-    /// Creates a bring-your-own node; returns (id, token).
+    /// Creates a bring-your-own node on this machine; returns (id, token).
     pub async fn create_node(&self, name: &str) -> (String, String) {
-        let r = self
-            .post(
-                "/admin/nodes",
-                Some(ADMIN_TOKEN),
-                &json!({"name": name, "model_name": "test/model", "provider": "local"}),
-            )
-            .await;
+        self.create_node_from(
+            &json!({"name": name, "model_name": "test/model", "provider": "local"}),
+        )
+        .await
+    }
+
+    /// Creates a node from `body` (`POST /admin/nodes`); returns (id, token).
+    pub async fn create_node_from(&self, body: &Value) -> (String, String) {
+        let r = self.post("/admin/nodes", Some(ADMIN_TOKEN), body).await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
         (
             r.body["node_id"].as_str().expect("node_id").to_string(),
@@ -507,6 +509,14 @@ pub async fn moto() -> Option<Moto> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("moto_server did not start on {}", moto.url);
+}
+
+/// The value of one series (its name and labels as the page writes them, e.g.
+/// `x_total{reason="y"}`) in a `/metrics` page.
+pub fn metric_value(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
 }
 
 impl TestApp {
