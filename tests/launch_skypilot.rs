@@ -203,6 +203,177 @@ async fn cancel_kills_a_hung_sky_launch_and_runs_sky_down() {
     assert!(!launch_pid_alive, "the sky launch client is gone");
 }
 
+/// The stand-in's VM events for `cluster` ("up", "down") in order (its vms.log).
+fn vm_events(sky: &FakeSky, cluster: &str) -> Vec<String> {
+    std::fs::read_to_string(sky.state.path().join("vms.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["cluster"] == cluster)
+        .map(|v| v["event"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The pids of the stand-in's VM for `cluster` (its echo model server and agent).
+fn vm_pids(sky: &FakeSky, cluster: &str) -> Vec<u32> {
+    std::fs::read_to_string(sky.state.path().join("vms.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["event"] == "up" && v["cluster"] == cluster)
+        .flat_map(|v| {
+            v["pids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_u64().unwrap() as u32)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Whether `pid` runs (a zombie, ended but not reaped, does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .next()?
+                .to_string();
+            Some(state != "Z")
+        })
+        .unwrap_or(false)
+}
+
+/// `sky down` exits 0 even when the teardown failed (SkyPilot 0.14.1 prints
+/// `Terminating cluster NAME...failed.` and `Cluster(s) failed. ...` on stdout): deleting the
+/// node reports the failed teardown and keeps the node, instead of calling it terminated while
+/// its VM runs on. Once SkyPilot can tear it down, deleting it again works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_node_whose_sky_down_fails_with_exit_0_reports_the_failed_teardown() {
+    let (sky, app) = setup!("success-aws-l4-spot.txt");
+    let id = app.launch_id(&l4_spot()).await;
+    let job = app.wait_for_job(&id, common::job_finished).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    let cluster = job["cluster_name"].as_str().unwrap();
+    let node_id = job["node_id"].as_str().unwrap();
+    assert_eq!(app.node(node_id).await["status"], "ready");
+
+    // From now on the stand-in's `sky down` fails the way SkyPilot's does.
+    let fails = sky.state.path().join("down-fails");
+    std::fs::write(&fails, "").unwrap();
+    let r = app
+        .delete(&format!("/admin/nodes/{node_id}"), Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.body);
+    assert_eq!(r.error_code(), "teardown_failed", "{}", r.body);
+    let message = r.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!(
+            "`sky down -y {cluster}` did not remove the cluster"
+        )),
+        "{message}"
+    );
+    assert!(
+        message.contains("is locked by") && message.contains("Cluster(s) failed."),
+        "the error quotes SkyPilot's reason and last lines: {message}"
+    );
+    assert!(
+        sky.calls().iter().any(|c| c == &["down", "-y", cluster]),
+        "{:?}",
+        sky.calls()
+    );
+    assert_ne!(
+        app.node(node_id).await["status"],
+        "terminated",
+        "a node whose VM was not torn down is not terminated"
+    );
+    assert_eq!(vm_events(&sky, cluster), ["up"], "the VM is still running");
+    let pids = vm_pids(&sky, cluster);
+    assert_eq!(pids.len(), 2);
+    assert!(pids.iter().all(|p| running(*p)), "the VM is still running");
+
+    // SkyPilot recovers: the same request now tears the VM down.
+    std::fs::remove_file(&fails).unwrap();
+    let r = app
+        .delete(&format!("/admin/nodes/{node_id}"), Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(app.node(node_id).await["status"], "terminated");
+    assert_eq!(vm_events(&sky, cluster), ["up", "down"]);
+    // Its processes end once signalled (waited for, not timed).
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while pids.iter().any(|p| running(*p)) && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!pids.iter().any(|p| running(*p)), "the VM was stopped");
+}
+
+/// A cancelled launch is torn down with `sky down`, which cancels SkyPilot's running launch
+/// request; when that teardown fails (exit 0, failure lines on stdout) the job's log says the
+/// teardown failed, never that the cluster was torn down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_launch_whose_sky_down_fails_with_exit_0_logs_the_failed_teardown() {
+    let (sky, app) = setup!("success-aws-l4-spot.txt", "FAKE_SKY_DELAY_S" => "0.5");
+    // The stand-in's `sky down` fails the way SkyPilot's does while this file exists.
+    let fails = sky.state.path().join("down-fails");
+    std::fs::write(&fails, "").unwrap();
+    let id = app.launch_id(&l4_spot()).await;
+    let job = app.wait_for_job(&id, |j| j["stage"] == "provision").await;
+    let cluster = job["cluster_name"].as_str().unwrap().to_string();
+    // Cancel once SkyPilot has the cluster (INIT): before that there is nothing to tear down,
+    // and `sky down` rightly answers that the cluster is not found.
+    let listed = sky.state.path().join(format!("{cluster}.status"));
+    for _ in 0..200 {
+        if listed.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(listed.exists(), "the stand-in lists {cluster}");
+    let r = app.cancel(&id).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let job = app.wait_for_job(&id, common::job_finished).await;
+    assert_eq!(job["status"], "cancelled", "{job:#}");
+    assert!(
+        sky.calls()
+            .iter()
+            .any(|c| c[..] == ["down", "-y", cluster.as_str()]),
+        "{:?}",
+        sky.calls()
+    );
+    let logs = app
+        .get(
+            &format!("/admin/launch-jobs/{id}/logs?format=json"),
+            Some(ADMIN_TOKEN),
+        )
+        .await
+        .body
+        .to_string();
+    assert!(logs.contains("teardown failed: "), "{logs}");
+    assert!(
+        logs.contains(&format!(
+            "`sky down -y {cluster}` did not remove the cluster"
+        )),
+        "{logs}"
+    );
+
+    // Leave nothing behind: SkyPilot recovers and the cluster goes.
+    std::fs::remove_file(&fails).unwrap();
+    let down = std::process::Command::new(&sky.bin)
+        .args(["down", "-y", &cluster])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&down.stdout)
+            .contains(&format!("Terminating cluster {cluster}...done.")),
+        "{down:?}"
+    );
+}
+
 /// The real `sky` from PyPI, offline, with no cloud set up. It runs in its own network
 /// namespace with only loopback (so nothing it tries can leave this machine), a private HOME
 /// holding a small pinned catalog (tests/fixtures/sky-catalog, used because SkyPilot fetches its

@@ -9,16 +9,25 @@ It behaves like the CLI at its edges:
   INIT from its start and UP once launched. When the transcript is a successful launch, it
   plays the VM's part: it reads the task like SkyPilot would and starts the real node agent with
   the task's `envs` and `secrets`, next to skylaunch's echo model server.
-- `sky status [NAME]` prints the clusters table with each cluster's status.
-- `sky down -y NAME` waits for the cluster's lock (behind a running launch, as SkyPilot parks it)
-  and stops that "VM".
+- `sky status [NAME...] [-o json]` prints what SkyPilot 0.14.1 prints: the clusters table (or
+  the records as JSON), and for a named cluster it does not have, `Cluster 'NAME' not found.`;
+  the "Managed jobs" and "Services" sections only when no name is given. Exit 0 in every case.
+- `sky down -y NAME` does not wait behind a running launch: like SkyPilot, it cancels the
+  cluster's running launch request and force-unlocks the cluster, then stops that "VM". Its
+  outcome is on stdout and it exits 0 whether the cluster was removed, was not there, or the
+  teardown failed.
 Every call is appended to $FAKE_SKY_STATE/calls.log as JSON; every VM started or stopped to
 $FAKE_SKY_STATE/vms.log, so a test can tell whether a cluster ever had two VMs.
 
 Environment: FAKE_SKY_STATE (dir), FAKE_SKY_TRANSCRIPT (file), FAKE_SKY_DELAY_S (per line,
 default 0.01), FAKE_SKY_HANG=1 (never exit after the stdout part, like a launch stuck retrying;
 that launch runs in the client itself and holds no cluster lock, so tests can cancel it),
-FAKE_SKY_SKYLAUNCH_BIN and FAKE_SKY_AGENT_BIN (for the "VM").
+FAKE_SKY_DOWN_FAILS=1 (every `sky down` of an existing cluster fails the way SkyPilot reports a
+failed teardown: the failure lines on stdout, exit 0, the cluster and its "VM" left as they
+were; a file named `down-fails` in FAKE_SKY_STATE does the same while it exists, so a test can
+turn it on and off), FAKE_SKY_SKYLAUNCH_BIN and FAKE_SKY_AGENT_BIN (for the "VM").
+
+The wordings are SkyPilot 0.14.1's; file:line references are inside the installed `sky` package.
 """
 import fcntl
 import json
@@ -75,7 +84,8 @@ def ledger(event, cluster, pids):
 
 
 def cluster_lock(cluster):
-    """SkyPilot's per-cluster lock: held by a running launch, waited for by `sky down`."""
+    """SkyPilot's per-cluster lock: held by a running launch (a second launch of the cluster
+    waits for it; `sky down` cancels the holder instead)."""
     lock = open(os.path.join(STATE, f"{cluster}.lock"), "w")
     fcntl.flock(lock, fcntl.LOCK_EX)
     return lock
@@ -180,13 +190,49 @@ def launch(args):
         sys.exit(int(f.read()))
 
 
+def request_file(cluster):
+    """This launch request's entry among the cluster's running requests (its pid and path).
+    Cluster names hold no dots, so `NAME.request.` names one cluster's entries only."""
+    return os.path.join(STATE, f"{cluster}.request.{os.getpid()}")
+
+
+def finish_request(request, code, err):
+    with open(request + ".err", "w") as f:
+        f.writelines(line + "\n" for line in err)
+    with open(request + ".exit.tmp", "w") as f:
+        f.write(str(code))
+    os.replace(request + ".exit.tmp", request + ".exit")
+
+
 def run_request(cluster, request):
-    """The launch as SkyPilot's API server runs it: on its own, whatever happens to the client."""
+    """The launch as SkyPilot's API server runs it: on its own, whatever happens to the client.
+    `sky down` cancels it with SIGTERM, as SkyPilot kills a cluster's other requests."""
     code, out, err = transcript(os.environ["FAKE_SKY_TRANSCRIPT"])
     delay = float(os.environ.get("FAKE_SKY_DELAY_S", "0.01"))
     with open(request + ".task.json") as f:
         task = json.load(f)
     os.remove(request + ".task.json")
+
+    starting_vm = False
+
+    def cancelled(signum, frame):
+        if starting_vm:
+            # Starting the "VM" and recording its pids is not cut short: the request ends
+            # normally and `sky down` (waiting for that) finds the pids of the VM it started.
+            return
+        # What the following client prints for a request cancelled by another process
+        # (sky/client/sdk.py:2454-2459, raised without a traceback), then exits 1.
+        if os.path.exists(request_file(cluster)):
+            os.remove(request_file(cluster))
+        request_id = os.path.basename(request)
+        finish_request(request, 1, [f"sky.exceptions.RequestCancelled: Current 'sky.launch' request "
+                                    f"({request_id}) is cancelled by another process."])
+        os._exit(1)
+
+    signal.signal(signal.SIGTERM, cancelled)
+    with open(request_file(cluster) + ".tmp", "w") as f:
+        json.dump({"pid": os.getpid(), "request": request}, f)
+    os.replace(request_file(cluster) + ".tmp", request_file(cluster))
     lock = cluster_lock(cluster)
     set_status(cluster, "INIT")
     with open(request + ".out", "a") as f:
@@ -194,21 +240,63 @@ def run_request(cluster, request):
             f.write(line + "\n")
             f.flush()
             time.sleep(delay)
+    # From here a cancel waits for the request's end (a flag, not a blocked SIGTERM: the VM's
+    # processes would inherit the blocked signal and outlive `sky down`).
+    starting_vm = True
     if code == 0:
         start_vm(task, cluster)
         set_status(cluster, "UP")
     elif not os.path.exists(os.path.join(STATE, f"{cluster}.pids")):
         set_status(cluster, None)  # a failed provision removes what it made
-    with open(request + ".err", "w") as f:
-        f.writelines(line + "\n" for line in err)
-    with open(request + ".exit.tmp", "w") as f:
-        f.write(str(code))
-    os.replace(request + ".exit.tmp", request + ".exit")
+    os.remove(request_file(cluster))
+    finish_request(request, code, err)
     lock.close()
 
 
+def alive(pid):
+    """Whether `pid` runs (a zombie, ended but not yet reaped by its parent, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def cancel_requests(cluster):
+    """What `sky down` does before tearing down: it kills the cluster's other requests and
+    force-unlocks the cluster instead of waiting for its lock
+    (sky/backends/cloud_vm_ray_backend.py:4765-4784)."""
+    running = []
+    for entry in os.listdir(STATE):
+        if entry.startswith(f"{cluster}.request.") and entry.rsplit(".", 1)[1].isdigit():
+            try:
+                with open(os.path.join(STATE, entry)) as f:
+                    running.append(json.load(f))
+            except (FileNotFoundError, ValueError):
+                pass
+    for request in running:
+        try:
+            os.kill(request["pid"], signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    # Each ends at once, or right after recording a VM it was starting.
+    for request in running:
+        while alive(request["pid"]) and not os.path.exists(request["request"] + ".exit"):
+            time.sleep(0.01)
+
+
 def status(args):
-    names = [a for a in args if not a.startswith("-")]
+    names, output, i = [], "table", 0
+    while i < len(args):
+        a = args[i]
+        if a in ("-o", "--output"):
+            i += 1
+            output = args[i].lower()
+        elif a.startswith("--output="):
+            output = a.split("=", 1)[1].lower()
+        elif not a.startswith("-"):
+            names.append(a)
+        i += 1
     rows = []
     for entry in sorted(os.listdir(STATE)):
         if entry.endswith(".status"):
@@ -216,42 +304,87 @@ def status(args):
             if not names or name in names:
                 with open(os.path.join(STATE, entry)) as f:
                     rows.append((name, f.read().strip()))
+    missing = [n for n in names if n not in {name for name, _ in rows}]
+    if missing:
+        # The API server's log line for queried clusters it does not have, streamed to the
+        # client's stdout before anything else (sky/backends/backend_utils.py:4083-4089).
+        print(f"Cluster(s) not found: \x1b[1m{', '.join(missing)}\x1b[0m.")
+    if output == "json":
+        # `sky status -o json`: the records, without handle and credentials
+        # (sky/client/cli/command.py:2317-2323; fields: sky/schemas/api/responses.py:99-150).
+        print(json.dumps([{
+            "name": name, "launched_at": int(time.time()) - 60, "last_use": "sky launch",
+            "status": st, "autostop": -1, "to_down": False, "cluster_hash": f"hash-{name}",
+            "cluster_ever_up": st == "UP", "user_hash": "fake0000", "user_name": "fake",
+            "workspace": "default", "is_managed": False,
+            "init_kind": "launching" if st == "INIT" else None, "nodes": 1, "cloud": "AWS",
+            "region": "us-east-1",
+        } for name, st in rows], indent=2))
+        return
+    # sky/client/cli/command.py:2027-2031 (title), :2354 (Clusters).
+    print("Enabled Infra: AWS")
+    print("")
     print("Clusters")
-    if not rows:
-        print("No existing clusters." if not names else f"Cluster(s) not found: {', '.join(names)}.")
-    else:
+    if rows:
         width = max(len("NAME"), *(len(n) for n, _ in rows)) + 2
-        print(f"{'NAME':<{width}}INFRA            RESOURCES                                   STATUS  AUTOSTOP  LAUNCHED")
+        print(f"{'NAME':<{width}}INFRA             RESOURCES                                      STATUS  AUTOSTOP  LAUNCHED")
         for name, st in rows:
-            print(f"{name:<{width}}AWS (us-east-1)  1x(gpus=L4:1, g6.xlarge, cpus=4, mem=16, ...)  {st:<8}-         1 min ago")
+            print(f"{name:<{width}}AWS (us-east-1a)  1x(gpus=L4:1, g6.xlarge, cpus=4, mem=16, ...)  {st:<8}-         1 min ago")
+    if names:
+        # sky/utils/cli_utils/status_utils.py:104-115; no other sections for named clusters
+        # (sky/client/cli/command.py:2165-2169).
+        if missing:
+            quoted = ", ".join(repr(n) for n in missing)
+            print(f"Cluster{'s' if len(missing) > 1 else ''} {quoted} not found.")
+        return
+    if not rows:
+        print("No existing clusters.")  # status_utils.py:116-117
     print("")
     print("Managed jobs")
-    print("No in-progress managed jobs.")
+    print("No in-progress managed jobs. (See: sky jobs -h)")
     print("")
     print("Services")
     print("No live services.")
 
 
+def down_fails():
+    return os.environ.get("FAKE_SKY_DOWN_FAILS") == "1" or os.path.exists(os.path.join(STATE, "down-fails"))
+
+
 def down(args):
     cluster = [a for a in args if not a.startswith("-")][0]
-    lock = cluster_lock(cluster)
+    cancel_requests(cluster)
     pids_file = os.path.join(STATE, f"{cluster}.pids")
-    if not os.path.exists(pids_file):
-        set_status(cluster, None)
-        print(f"Cluster(s) not found: {cluster}.", file=sys.stderr)
-        sys.exit(0)
-    with open(pids_file) as f:
-        pids = json.load(f)
-    for pid in pids:
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    os.remove(pids_file)
+    status_file = os.path.join(STATE, f"{cluster}.status")
+    if not os.path.exists(pids_file) and not os.path.exists(status_file):
+        # The API server's log line (sky/backends/backend_utils.py:4089), then the CLI's answer
+        # when no cluster matched (sky/client/cli/command.py:3852-3854); exit 0.
+        print(f"Cluster(s) not found: \x1b[1m{cluster}\x1b[0m.")
+        print("Cluster(s) not found (tip: see `sky status`).")
+        return
+    print("")  # sky/client/cli/command.py:3966
+    if down_fails():
+        # A teardown that raised RuntimeError (sky/client/cli/command.py:3934-3938; the reason
+        # is the lock error of sky/backends/cloud_vm_ray_backend.py:4805-4807), then the
+        # summary (command.py:3998-4004). Nothing is removed, and the CLI still exits 0.
+        print(f"Terminating cluster {cluster}...failed. ")
+        print(f"Reason: RuntimeError: Cluster '{cluster}' is locked by {cluster}_status. "
+              "Check to see if it is still being launched.")
+        print("Cluster(s) failed. See details above. If you want to ignore the errors and remove "
+              "the cluster(s) from the status table, use `sky down --purge`.")
+        return
+    if os.path.exists(pids_file):
+        with open(pids_file) as f:
+            pids = json.load(f)
+        for pid in pids:
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        os.remove(pids_file)
+        ledger("down", cluster, pids)
     set_status(cluster, None)
-    ledger("down", cluster, pids)
-    lock.close()
-    print(f"Terminating cluster {cluster}...done.")
+    print(f"Terminating cluster {cluster}...done.")  # sky/client/cli/command.py:3945-3948
 
 
 def main():

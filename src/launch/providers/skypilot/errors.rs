@@ -545,6 +545,40 @@ fn from_job_status(exit_code: Option<i32>, everything: &str) -> Option<LaunchErr
     None
 }
 
+/// How many of `sky down`'s last lines the teardown error's message quotes (all of the tail
+/// travels in `raw`).
+const TEARDOWN_MESSAGE_LINES: usize = 3;
+
+/// A `sky down -y cluster` that did not remove the cluster (it failed, or its output did not say
+/// it succeeded): the cluster may still be running. `tail` is the end of its output, stdout then
+/// stderr, ANSI stripped.
+pub fn teardown_failed(cluster: &str, reason: &str, tail: &[String]) -> LaunchError {
+    let lines: Vec<&str> = tail
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let last = lines[lines.len().saturating_sub(TEARDOWN_MESSAGE_LINES)..].join(" | ");
+    let raw = lines[lines.len().saturating_sub(RAW_TAIL_LINES)..].join("\n");
+    LaunchError::new(
+        ErrorCode::ProviderUnavailable,
+        "Teardown failed",
+        format!(
+            "`sky down -y {cluster}` did not remove the cluster, which may still be running: \
+             {reason}. Last output: {}",
+            if last.is_empty() { "(none)" } else { &last }
+        ),
+    )
+    .suggest(format!(
+        "Check `sky status {cluster}`, then run `sky down -y {cluster}` again"
+    ))
+    .suggest(format!(
+        "If it keeps failing, remove the cluster's machines in the cloud console, then run \
+         `sky down --purge -y {cluster}`"
+    ))
+    .with_raw(raw)
+}
+
 fn internal(cause: &str) -> LaunchError {
     LaunchError::new(
         ErrorCode::Internal,
@@ -681,5 +715,47 @@ mod tests {
         let error = explain(Some(1), &[], &[], &tail, &ctx);
         assert!(error.raw.starts_with("line 10\n"));
         assert!(error.raw.ends_with("line 39"));
+    }
+
+    #[test]
+    fn teardown_failure_names_the_cluster_reason_and_last_lines() {
+        let tail = lines(
+            "\nTerminating cluster sl-abc...failed. \n\
+             Reason: RuntimeError: Cluster 'sl-abc' is locked by sl-abc_status. Check to see if it is still being launched.\n\
+             Cluster(s) failed. See details above. If you want to ignore the errors and remove the cluster(s) from the status table, use `sky down --purge`.",
+        );
+        let error = teardown_failed(
+            "sl-abc",
+            "RuntimeError: Cluster 'sl-abc' is locked by sl-abc_status.",
+            &tail,
+        );
+        assert_eq!(error.code, ErrorCode::ProviderUnavailable);
+        assert_eq!(error.title, "Teardown failed");
+        assert!(
+            error.message.contains("`sky down -y sl-abc`"),
+            "{}",
+            error.message
+        );
+        assert!(
+            error.message.contains("may still be running"),
+            "{}",
+            error.message
+        );
+        assert!(error.message.contains("is locked by"), "{}", error.message);
+        assert!(
+            error
+                .message
+                .contains("Cluster(s) failed. See details above."),
+            "the message quotes the last lines: {}",
+            error.message
+        );
+        assert!(error
+            .raw
+            .starts_with("Terminating cluster sl-abc...failed."));
+        assert!(error.raw.ends_with("use `sky down --purge`."));
+        assert!(error
+            .suggestions
+            .iter()
+            .any(|s| s.contains("sky status sl-abc")));
     }
 }

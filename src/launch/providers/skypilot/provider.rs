@@ -10,8 +10,12 @@
 //!
 //! Cancelling kills the whole `sky` process group, but that alone does not stop a SkyPilot
 //! launch: the request keeps running inside SkyPilot's API server (reference §0.5). Teardown
-//! therefore always runs `sky down -y <cluster>`, which waits for the cluster's lock behind the
-//! running launch and then removes whatever it created.
+//! therefore always runs `sky down -y <cluster>`, which does not wait behind the running launch:
+//! it cancels the cluster's other requests, force-unlocks the cluster and removes whatever the
+//! launch created (`sky/backends/cloud_vm_ray_backend.py:4765-4784`). `sky down` exits 0 even
+//! when the teardown failed, so its outcome is read from SkyPilot's own lines
+//! ([`super::parse::down_outcome`]); a teardown that did not say it removed the cluster is an
+//! error, never a success.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::OpenOptionsExt;
@@ -24,8 +28,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 
-use super::errors::{explain, FailureContext};
-use super::parse::{SkyEvent, SkyOutputParser, Stream};
+use super::errors::{explain, teardown_failed, FailureContext};
+use super::parse::{ClusterListing, DownOutcome, SkyEvent, SkyOutputParser, Stream};
 use crate::launch::error::{ErrorCode, LaunchError};
 use crate::launch::job::Job;
 use crate::launch::providers::{BoxFuture, LaunchProvider};
@@ -284,7 +288,9 @@ impl SkypilotProvider {
         }
     }
 
-    /// Whether SkyPilot has the job's cluster, as INIT (being launched) or UP.
+    /// Whether SkyPilot has the job's cluster, as INIT (being launched) or UP. `sky status NAME`
+    /// exits 0 whatever it finds, so an output with neither the cluster's row nor its not-found
+    /// line is an error, not "no cluster".
     async fn cluster_exists(&self, job: &Job) -> Result<bool, LaunchError> {
         let Some(cluster) = job.provider_state["cluster"].as_str() else {
             return Ok(false);
@@ -308,9 +314,20 @@ impl SkypilotProvider {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
-        let status = super::parse::cluster_status(&String::from_utf8_lossy(&out.stdout), cluster);
-        tracing::info!(job_id = %job.id, cluster, status = ?status, "asked SkyPilot about a stopped launch's cluster");
-        Ok(matches!(status, Some("INIT" | "UP")))
+        let listing = super::parse::cluster_status(&String::from_utf8_lossy(&out.stdout), cluster);
+        tracing::info!(job_id = %job.id, cluster, listing = ?listing, "asked SkyPilot about a stopped launch's cluster");
+        match listing {
+            ClusterListing::Listed(status) => Ok(matches!(status, "INIT" | "UP")),
+            ClusterListing::NotFound => Ok(false),
+            ClusterListing::Unclear => Err(unavailable(format!(
+                "printed neither the cluster's row nor `Cluster '{cluster}' not found.` (last line: {:?})",
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(super::parse::strip_ansi)
+                    .rfind(|l| !l.trim().is_empty())
+                    .unwrap_or_default()
+            ))),
+        }
     }
 
     async fn sky_down(&self, job: &Job) -> Result<(), LaunchError> {
@@ -329,21 +346,26 @@ impl SkypilotProvider {
             )),
             Err(Some(e)) => return Err(LaunchError::new(ErrorCode::ProviderUnavailable, "Could not run sky down", e.to_string())),
         };
+        let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        // A cluster that never came up does not exist: nothing is left to remove.
-        if out.status.success() || stderr.contains("does not exist") || stderr.contains("not found")
-        {
-            tracing::info!(job_id = %job.id, cluster, "cluster torn down");
-            return Ok(());
+        match super::parse::down_outcome(cluster, out.status.code(), &stdout, &stderr) {
+            DownOutcome::Removed => {
+                tracing::info!(job_id = %job.id, cluster, "cluster torn down");
+                Ok(())
+            }
+            DownOutcome::AlreadyGone => {
+                tracing::info!(job_id = %job.id, cluster, "cluster already gone: nothing to tear down");
+                Ok(())
+            }
+            DownOutcome::Failed { reason } => {
+                let tail: Vec<String> = stdout
+                    .lines()
+                    .chain(stderr.lines())
+                    .map(super::parse::strip_ansi)
+                    .collect();
+                tracing::warn!(job_id = %job.id, cluster, %reason, "sky down did not remove the cluster");
+                Err(teardown_failed(cluster, &reason, &tail))
+            }
         }
-        Err(LaunchError::new(
-            ErrorCode::ProviderUnavailable,
-            "sky down failed",
-            format!(
-                "`sky down -y {cluster}` failed; the cluster may still be running: {}",
-                stderr.trim()
-            ),
-        )
-        .with_raw(stderr.to_string()))
     }
 }
