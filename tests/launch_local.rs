@@ -387,3 +387,65 @@ on_both_backends!(
     events_stream_stages_and_ends_with_the_final_job,
     launch_interrupted_by_a_crash_is_taken_over_on_restart,
 );
+
+/// A recorded process group id that now belongs to another process (ids are reused, after a
+/// reboot say) is left alone by teardown; the launch's own groups are stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teardown_stops_only_the_process_groups_the_launch_started() {
+    use std::os::unix::process::CommandExt;
+    let app = app!(Backend::Sqlite);
+    let job = app.launch(&local_launch()).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let node_id = job["node_id"].as_str().unwrap().to_string();
+    let job = app.wait_for_job(&id, common::job_finished).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    let endpoint = app.node(&node_id).await["endpoint_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A stranger in a process group of its own, its id recorded as if the launch had started it.
+    let mut stranger = std::process::Command::new("sleep")
+        .arg("120")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&app.db.url)
+        .await
+        .unwrap();
+    let state: String = sqlx::query_scalar("SELECT provider_state FROM launch_jobs WHERE id = $1")
+        .bind(&id)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let mut state: Value = serde_json::from_str(&state).unwrap();
+    state["process_groups"]
+        .as_array_mut()
+        .unwrap()
+        .push(stranger.id().into());
+    sqlx::query("UPDATE launch_jobs SET provider_state = $1 WHERE id = $2")
+        .bind(state.to_string())
+        .bind(&id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+
+    let r = app
+        .delete(&format!("/admin/nodes/{node_id}"), Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let mut stopped = false;
+    for _ in 0..100 {
+        if !reachable(&endpoint).await {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stopped, "the launch's own model server was stopped");
+    assert!(
+        stranger.try_wait().unwrap().is_none(),
+        "the stranger's group was left alone"
+    );
+    stranger.kill().unwrap();
+    stranger.wait().unwrap();
+}

@@ -456,11 +456,12 @@ async fn real_sky_without_cloud_access_fails_with_no_cloud_access() {
     );
 }
 
-/// The node token goes to the VM as a task secret and nowhere else: not in the control plane's
-/// output (at debug level), the job, its events, its log, the node and its events, `/metrics`,
-/// the provider's calls, or the agent's own output.
+/// The node token and the user's `envs` values (an `HF_TOKEN`) go to the VM and nowhere else:
+/// not in the control plane's output (at debug level), the job (its spec and `task_yaml`), its
+/// events, its log, the node and its events, `/metrics`, the provider's calls, or the agent's
+/// own output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_node_token_appears_nowhere_but_on_the_vm() {
+async fn the_node_token_and_envs_values_appear_nowhere_but_on_the_vm() {
     let Some(python) = common::sky_python() else {
         return;
     };
@@ -498,10 +499,13 @@ async fn the_node_token_appears_nowhere_but_on_the_vm() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let hf_token = format!("hf_leakcheck{}", std::process::id());
+    let mut request = l4_spot();
+    request["envs"] = json!({"HF_TOKEN": hf_token});
     let job: Value = client
         .post(format!("{base}/admin/launch-jobs"))
         .bearer_auth(ADMIN_TOKEN)
-        .json(&l4_spot())
+        .json(&request)
         .send()
         .await
         .unwrap()
@@ -570,5 +574,28 @@ async fn the_node_token_appears_nowhere_but_on_the_vm() {
     if let Some(at) = seen.find(&token) {
         let context = &seen[at.saturating_sub(200)..(at + token.len() + 50).min(seen.len())];
         panic!("the node token leaked: …{context}…");
+    }
+    // `sky` starts from a cleared environment: none of the control plane's settings.
+    let env_names = std::fs::read_to_string(sky.state.path().join("env-names.log")).unwrap();
+    assert!(env_names.contains("PATH"), "{env_names}");
+    assert!(!env_names.contains("SKYLAUNCH_ADMIN_TOKEN"), "{env_names}");
+    // The VM got the envs value (the task SkyPilot received); the API shows only its key.
+    let vm_envs =
+        std::fs::read_to_string(sky.state.path().join(format!("{cluster}.envs.json"))).unwrap();
+    assert!(
+        vm_envs.contains(&hf_token),
+        "the VM got HF_TOKEN: {vm_envs}"
+    );
+    assert_eq!(job["spec"]["envs"]["HF_TOKEN"], "<secret>");
+    assert!(
+        job["task_yaml"]
+            .as_str()
+            .unwrap()
+            .contains("HF_TOKEN: <secret>"),
+        "{job:#}"
+    );
+    if let Some(at) = seen.find(&hf_token) {
+        let context = &seen[at.saturating_sub(200)..(at + hf_token.len() + 50).min(seen.len())];
+        panic!("an envs value leaked: …{context}…");
     }
 }

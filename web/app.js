@@ -589,6 +589,12 @@ async function openLaunchForm(prefill) {
   form.reset(); clearErrors(); formKey = newKey();
   formExtras = {};
   if (prefill) for (const k of ['template', 'disk_gb', 'envs']) if (prefill[k] !== undefined) formExtras[k] = prefill[k];
+  // The API shows env values as <secret>: those cannot be launched again from here.
+  const hidden = Object.keys(formExtras.envs || {}).filter(k => formExtras.envs[k] === '<secret>');
+  if (hidden.length) {
+    formExtras.envs = Object.fromEntries(Object.entries(formExtras.envs).filter(([k]) => !hidden.includes(k)));
+    banner(`The earlier launch's values of ${hidden.join(', ')} are secret and not carried over: launch through the API with them if this model needs them.`);
+  }
   for (const option of form.provider.options) option.hidden = option.disabled = !catalog.providers.includes(option.value);
   if (prefill) {
     form.model.value = prefill.model || '';

@@ -401,8 +401,9 @@ pub async fn preview_task(
         node_id: "<assigned at launch>",
         node_token: "<secret>",
     };
-    let yaml = task::to_yaml(&task::render(&spec, &template, "sl-preview", &identity));
-    Ok(Json(json!({"task_yaml": yaml, "spec": spec})))
+    let rendered = task::render(&spec, &template, "sl-preview", &identity);
+    let yaml = task::to_yaml(&task::masked(&rendered, &spec));
+    Ok(Json(json!({"task_yaml": yaml, "spec": spec.masked()})))
 }
 
 /// The agent binary that sits next to this control plane, for VMs to download in their setup.

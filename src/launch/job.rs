@@ -93,6 +93,8 @@ pub struct Job {
     pub task_yaml: Option<String>,
     pub cluster_name: String,
     pub provider: String,
+    /// Shown with its `envs` values masked; the store keeps them (see `store::jobs`).
+    #[serde(serialize_with = "serialize_masked")]
     pub spec: LaunchSpec,
     pub cancel_requested: bool,
     #[serde(with = "serde_rfc3339")]
@@ -103,6 +105,10 @@ pub struct Job {
     pub finished_at: Option<i64>,
     #[serde(skip)]
     pub provider_state: serde_json::Value,
+}
+
+fn serialize_masked<S: serde::Serializer>(spec: &LaunchSpec, to: S) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&spec.masked(), to)
 }
 
 pub fn initial_stages() -> Vec<StageRecord> {

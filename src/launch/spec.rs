@@ -78,6 +78,21 @@ pub struct LaunchSpec {
     pub name: String,
 }
 
+/// How a secret value is shown anywhere the API, the UI or a log would show it.
+pub const SECRET_SHOWN: &str = "<secret>";
+
+impl LaunchSpec {
+    /// The spec as the API shows it: every `envs` value (an `HF_TOKEN`, say) as
+    /// [`SECRET_SHOWN`], the keys kept.
+    pub fn masked(&self) -> LaunchSpec {
+        let mut shown = self.clone();
+        for value in shown.envs.values_mut() {
+            *value = SECRET_SHOWN.to_string();
+        }
+        shown
+    }
+}
+
 /// Why a request was refused; becomes a 422 with `code`, `field` and `suggestions`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpecError {
@@ -419,6 +434,13 @@ fn check_envs(envs: &BTreeMap<String, String>) -> Result<(), SpecError> {
                 format!("env {key:?} has a value longer than 4096 bytes or a NUL byte"),
             ));
         }
+        // A job's spec copied back from the API carries the placeholder, not the value.
+        if value == SECRET_SHOWN {
+            return Err(invalid(
+                "envs",
+                format!("env {key:?} has the value {SECRET_SHOWN}, which the API shows in place of env values: send the real value"),
+            ));
+        }
     }
     Ok(())
 }
@@ -524,6 +546,14 @@ mod tests {
             assert_eq!(req(r).validate("n").unwrap_err().field, "envs", "{bad:?}");
         }
         let mut r = base();
+        r["envs"] = serde_json::json!({"HF_TOKEN": "<secret>"});
+        let refused = req(r.clone()).validate("n").unwrap_err();
+        assert_eq!(refused.field, "envs");
+        assert!(
+            refused.message.contains("real value"),
+            "{}",
+            refused.message
+        );
         r["envs"] = serde_json::json!({"HF_TOKEN": "hf_x", "_X1": "y"});
         assert!(req(r).validate("n").is_ok());
     }

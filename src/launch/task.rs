@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::spec::LaunchSpec;
+use super::spec::{LaunchSpec, SECRET_SHOWN};
 
 /// A skylaunch template (`task-templates/<name>.yaml`).
 #[derive(Debug, Clone, Deserialize)]
@@ -146,6 +146,21 @@ pub fn render(
         setup: template.setup.clone(),
         run: template.run.clone(),
     }
+}
+
+/// The task as the API shows it: the user's `envs` values and every `secrets` value as
+/// `<secret>` (the keys kept).
+pub fn masked(task: &SkyTask, spec: &LaunchSpec) -> SkyTask {
+    let mut shown = task.clone();
+    for (key, value) in shown.envs.iter_mut() {
+        if spec.envs.contains_key(key) {
+            *value = SECRET_SHOWN.to_string();
+        }
+    }
+    for value in shown.secrets.values_mut() {
+        *value = SECRET_SHOWN.to_string();
+    }
+    shown
 }
 
 pub fn to_yaml(task: &SkyTask) -> String {

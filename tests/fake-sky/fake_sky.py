@@ -46,6 +46,9 @@ STATE = os.environ["FAKE_SKY_STATE"]
 def record(args):
     with open(os.path.join(STATE, "calls.log"), "a") as f:
         f.write(json.dumps(args) + "\n")
+    # The names of the variables `sky` was started with, so tests can check what it inherits.
+    with open(os.path.join(STATE, "env-names.log"), "a") as f:
+        f.write(" ".join(sorted(os.environ)) + "\n")
 
 
 def transcript(path):
@@ -126,10 +129,12 @@ def start_vm(task, cluster):
         "SKYLAUNCH_IMDS_URL": "http://127.0.0.1:9",
         "SKYLAUNCH_NVIDIA_SMI": "/nonexistent/nvidia-smi",
     }
-    # The "VM's disk": the agent's output and its own copy of the token, so tests can check the
-    # token appears nowhere else.
+    # The "VM's disk": the agent's output, its own copy of the token and the task's envs, so
+    # tests can check the token and the envs values appear nowhere else.
     with open(os.path.join(STATE, f"{cluster}.token"), "w") as f:
         f.write(secrets["SKYLAUNCH_NODE_TOKEN"])
+    with open(os.path.join(STATE, f"{cluster}.envs.json"), "w") as f:
+        json.dump(envs, f)
     agent_log = open(os.path.join(STATE, f"{cluster}.agent.log"), "w")
     agent = subprocess.Popen([os.environ["FAKE_SKY_AGENT_BIN"]], env=agent_env, stdin=subprocess.DEVNULL,
                              stdout=agent_log, stderr=agent_log, start_new_session=True)

@@ -41,7 +41,13 @@ impl LaunchProvider for LocalProvider {
                 })
                 .unwrap_or_default();
             for pgid in groups {
-                stop_group(pgid).await;
+                // A recorded group id may since belong to someone else (after a reboot, say):
+                // only a group this launch started, as its environment says, is stopped.
+                if started_for(pgid, &job.id) {
+                    stop_group(pgid).await;
+                } else {
+                    tracing::info!(job_id = %job.id, pgid, "a recorded process group is not this launch's (gone, or reused): left alone");
+                }
             }
             Ok(())
         })
@@ -112,6 +118,7 @@ impl LocalProvider {
         // what the model server needs.
         echo.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env(LAUNCH_MARK, &job.id)
             .args([
                 "echo-server",
                 "--listen",
@@ -133,6 +140,7 @@ impl LocalProvider {
                 &run.settings.control_plane_url,
             )
             .env("SKYLAUNCH_NODE_ID", &node_id)
+            .env(LAUNCH_MARK, &job.id)
             .env("SKYLAUNCH_NODE_TOKEN", run.node_token())
             .env("SKYLAUNCH_MODEL_SERVER_URL", &model_server_url)
             .env("SKYLAUNCH_MODEL_NAME", &job.spec.model)
@@ -145,6 +153,18 @@ impl LocalProvider {
             .await;
         Ok(())
     }
+}
+
+/// The variable every process a local launch starts carries, with the job's id: teardown
+/// checks it before stopping a recorded process group (SkyPilot teardown has the same guard
+/// on the groups it started).
+const LAUNCH_MARK: &str = "SKYLAUNCH_LOCAL_JOB";
+
+/// Whether the leader of process group `pgid` was started by the launch `job_id`.
+fn started_for(pgid: u32, job_id: &str) -> bool {
+    let mark = format!("{LAUNCH_MARK}={job_id}");
+    std::fs::read(format!("/proc/{pgid}/environ"))
+        .is_ok_and(|environ| environ.split(|b| *b == 0).any(|var| var == mark.as_bytes()))
 }
 
 fn free_port() -> std::io::Result<u16> {

@@ -5,6 +5,7 @@
 pub mod aws;
 pub mod azure;
 pub mod bootstrap;
+pub mod child_env;
 pub mod local;
 pub mod placement;
 pub mod skypilot;

@@ -137,6 +137,7 @@ impl SkypilotProvider {
         )
         .await;
         let mut cmd = Command::new(&self.sky_bin);
+        crate::launch::providers::child_env::apply(&mut cmd);
         cmd.args(["launch", "-y", "-c", &job.cluster_name, "--detach-run"])
             .arg(&task_file.0)
             .env("PYTHONUNBUFFERED", "1")
@@ -276,7 +277,9 @@ impl SkypilotProvider {
         &self,
         args: &[&str],
     ) -> Result<std::process::Output, Option<std::io::Error>> {
-        let run = Command::new(&self.sky_bin)
+        let mut cmd = Command::new(&self.sky_bin);
+        crate::launch::providers::child_env::apply(&mut cmd);
+        let run = cmd
             .args(args)
             .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::null())
