@@ -211,6 +211,7 @@ pub struct Running {
     job_runner: Arc<JobRunner>,
     orphans: JoinHandle<()>,
     store: Store,
+    installation_id: String,
     shutdown_timeout: std::time::Duration,
     /// Closes client connections past their deadlines while the server runs.
     _connection_sweeper: crate::task::AbortOnDrop<()>,
@@ -245,6 +246,15 @@ impl Running {
                 url: redact_url(&url),
                 source,
             })?;
+        let installation_id =
+            store
+                .installation_id()
+                .await
+                .map_err(|source| StartError::Database {
+                    url: redact_url(&url),
+                    source,
+                })?;
+        tracing::info!(installation_id = %installation_id, "this installation's id, tagged on every cloud resource it creates");
         let metrics = Arc::new(Metrics::default());
         let fleet =
             Arc::new(Fleet::load(store.clone(), config.health_policy(), metrics.clone()).await?);
@@ -306,6 +316,7 @@ impl Running {
                 running_timeout: config.provision_timeout,
                 model_port_cidr: config.aws_model_port_cidr.clone(),
             },
+            installation_id: installation_id.clone(),
         });
         providers.insert(Provider::Aws, aws.clone());
         #[cfg_attr(not(feature = "azure"), allow(unused_mut))]
@@ -313,7 +324,10 @@ impl Running {
             vec![Arc::new(AwsInventory { provider: aws })];
         #[cfg(feature = "azure")]
         {
-            let azure = Arc::new(AzureProvider::new(config.azure_settings()));
+            let azure = Arc::new(AzureProvider::new(
+                config.azure_settings(),
+                installation_id.clone(),
+            ));
             if azure.settings.missing().is_empty() {
                 clouds.push(Arc::new(AzureInventory {
                     provider: azure.clone(),
@@ -342,8 +356,11 @@ impl Running {
             store: store.clone(),
             fleet: fleet.clone(),
             metrics: metrics.clone(),
+            installation_id: installation_id.clone(),
+            sweep_legacy: config.orphan_sweep_legacy,
             grace: config.orphan_grace,
             first_seen: Default::default(),
+            legacy_reported: Default::default(),
         };
         let orphans_task =
             tokio::spawn(orphan_sweeper.run(config.orphan_sweep_interval, runner_stopped.clone()));
@@ -430,6 +447,7 @@ impl Running {
             job_runner: runner,
             orphans: orphans_task,
             store,
+            installation_id,
             shutdown_timeout: config.shutdown_timeout,
             _connection_sweeper: connection_sweeper,
         })
@@ -437,6 +455,11 @@ impl Running {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// This installation's id, as tagged on its cloud resources.
+    pub fn installation_id(&self) -> &str {
+        &self.installation_id
     }
 
     pub fn base_url(&self) -> String {

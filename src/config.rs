@@ -158,6 +158,12 @@ pub struct ServeConfig {
     #[arg(long, env = "SKYLAUNCH_ORPHAN_GRACE", default_value = "10m", value_parser = parse_duration)]
     pub orphan_grace: Duration,
 
+    /// Let the orphan sweeper terminate unaccounted instances tagged without an installation id
+    /// (made before installations were tagged). They may be another installation's that shares
+    /// the account, so by default they are only reported.
+    #[arg(long, env = "SKYLAUNCH_ORPHAN_SWEEP_LEGACY", default_value_t = false, action = clap::ArgAction::Set)]
+    pub orphan_sweep_legacy: bool,
+
     /// Bearer keys accepted on /v1/* (comma-separated); unset means /v1 is open.
     #[arg(
         long = "api-key",

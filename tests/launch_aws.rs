@@ -545,75 +545,21 @@ async fn orphan_sweeper_terminates_unaccounted_instances_and_notices_vanished_on
     let ready = app.wait_for_job(&id, common::job_finished).await;
     assert_eq!(ready["status"], "succeeded", "{ready:#}");
 
-    // Behind skylaunch's back: one instance tagged as skylaunch's that no job knows, one untagged.
-    let client = ec2(&aws.endpoint).await;
-    let ami = client.describe_images().send().await.unwrap().images()[0]
-        .image_id()
-        .unwrap()
-        .to_string();
-    let start = |tags: Vec<(&str, &str)>| {
-        let client = client.clone();
-        let ami = ami.clone();
-        let tags: Vec<(String, String)> = tags
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        async move {
-            let mut spec = aws_sdk_ec2::types::TagSpecification::builder()
-                .resource_type(aws_sdk_ec2::types::ResourceType::Instance);
-            for (k, v) in tags {
-                spec = spec.tags(aws_sdk_ec2::types::Tag::builder().key(k).value(v).build());
-            }
-            let out = client
-                .run_instances()
-                .image_id(ami)
-                .instance_type(aws_sdk_ec2::types::InstanceType::G6Xlarge)
-                .min_count(1)
-                .max_count(1)
-                .tag_specifications(spec.build())
-                .send()
-                .await
-                .unwrap();
-            out.instances()[0].instance_id().unwrap().to_string()
-        }
-    };
-    let orphan = start(vec![
-        ("skylaunch:managed", "true"),
-        ("skylaunch:job-id", "no-such-job"),
-    ])
+    // Behind skylaunch's back: one instance tagged as this installation's that no job knows,
+    // one untagged.
+    let installation = app.installation_id();
+    let orphan = start_behind_skylaunchs_back(
+        &aws.endpoint,
+        &[
+            ("skylaunch:managed", "true"),
+            ("skylaunch:installation", &installation),
+            ("skylaunch:job-id", "no-such-job"),
+        ],
+    )
     .await;
-    let bystander = start(vec![("Name", "someone-elses-vm")]).await;
-
-    let state = |id: String| {
-        let client = client.clone();
-        async move {
-            let out = client
-                .describe_instances()
-                .instance_ids(id)
-                .send()
-                .await
-                .unwrap();
-            out.reservations()[0].instances()[0]
-                .state()
-                .unwrap()
-                .name()
-                .unwrap()
-                .as_str()
-                .to_string()
-        }
-    };
-    let mut orphan_state = String::new();
-    for _ in 0..100 {
-        orphan_state = state(orphan.clone()).await;
-        if orphan_state != "running" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        matches!(orphan_state.as_str(), "shutting-down" | "terminated"),
-        "the orphan is terminated: {orphan_state}"
-    );
+    let bystander =
+        start_behind_skylaunchs_back(&aws.endpoint, &[("Name", "someone-elses-vm")]).await;
+    wait_for_termination(&aws.endpoint, &orphan).await;
     // The event is recorded after the count, so once it is there the count is too.
     let recorded = app.wait_for_cloud_event("orphan_terminated", &orphan).await;
     assert_eq!(recorded["cloud"], "aws");
@@ -624,18 +570,19 @@ async fn orphan_sweeper_terminates_unaccounted_instances_and_notices_vanished_on
         "{metrics}"
     );
     assert_eq!(
-        state(bystander.clone()).await,
+        instance_state(&aws.endpoint, &bystander).await,
         "running",
         "an untagged instance is never touched"
     );
     assert_eq!(
-        state(instance_id.clone()).await,
+        instance_state(&aws.endpoint, &instance_id).await,
         "running",
         "a live node's instance is not an orphan"
     );
 
     // The node's instance is deleted in the console: the node is marked terminated with the reason.
-    client
+    ec2(&aws.endpoint)
+        .await
         .terminate_instances()
         .instance_ids(&instance_id)
         .send()
@@ -644,4 +591,272 @@ async fn orphan_sweeper_terminates_unaccounted_instances_and_notices_vanished_on
     let node_id = running["node_id"].as_str().unwrap();
     app.wait_for_vanished(node_id, &instance_id).await;
     drop(vm);
+}
+
+/// Starts an instance with these tags directly on EC2, as someone else (or an older skylaunch)
+/// would; returns its id.
+async fn start_behind_skylaunchs_back(endpoint: &str, tags: &[(&str, &str)]) -> String {
+    let client = ec2(endpoint).await;
+    let ami = client.describe_images().send().await.unwrap().images()[0]
+        .image_id()
+        .unwrap()
+        .to_string();
+    let mut spec = aws_sdk_ec2::types::TagSpecification::builder()
+        .resource_type(aws_sdk_ec2::types::ResourceType::Instance);
+    for (k, v) in tags {
+        spec = spec.tags(aws_sdk_ec2::types::Tag::builder().key(*k).value(*v).build());
+    }
+    let out = client
+        .run_instances()
+        .image_id(ami)
+        .instance_type(aws_sdk_ec2::types::InstanceType::G6Xlarge)
+        .min_count(1)
+        .max_count(1)
+        .tag_specifications(spec.build())
+        .send()
+        .await
+        .unwrap();
+    out.instances()[0].instance_id().unwrap().to_string()
+}
+
+/// An instance's state name (`running`, `shutting-down`, `terminated`, …).
+async fn instance_state(endpoint: &str, id: &str) -> String {
+    let out = ec2(endpoint)
+        .await
+        .describe_instances()
+        .instance_ids(id)
+        .send()
+        .await
+        .unwrap();
+    out.reservations()[0].instances()[0]
+        .state()
+        .unwrap()
+        .name()
+        .unwrap()
+        .as_str()
+        .to_string()
+}
+
+/// Polls (bounded) until the instance is no longer running, and says it was terminated.
+async fn wait_for_termination(endpoint: &str, id: &str) {
+    let mut state = String::new();
+    for _ in 0..100 {
+        state = instance_state(endpoint, id).await;
+        if state != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        matches!(state.as_str(), "shutting-down" | "terminated"),
+        "{id} is terminated: {state}"
+    );
+}
+
+/// The value of one tag of an EC2 resource, from a DescribeInstances or DescribeVolumes answer.
+fn tag_value<'a>(tags: &'a [aws_sdk_ec2::types::Tag], key: &str) -> Option<&'a str> {
+    tags.iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launched_instance_serves_metadata_only_over_imdsv2_to_the_vm_itself() {
+    let Some(aws) = aws().await else { return };
+    let Some(app) = app_for(&aws, Duration::from_secs(60)).await else {
+        return;
+    };
+    let id = app.launch_id(&l4(false, false)).await;
+    app.wait_for_job(&id, |j| j["stage"] == "register").await;
+    let instance_id = instances_of(&aws.endpoint, &id).await[0].0.clone();
+    let described = ec2(&aws.endpoint)
+        .await
+        .describe_instances()
+        .instance_ids(&instance_id)
+        .send()
+        .await
+        .unwrap();
+    // moto echoes the options RunInstances asked for (EC2 itself reports them the same way).
+    let options = described.reservations()[0].instances()[0]
+        .metadata_options()
+        .expect("DescribeInstances reports the metadata options");
+    assert_eq!(
+        options.http_tokens(),
+        Some(&aws_sdk_ec2::types::HttpTokensState::Required),
+        "IMDSv1 is refused: {options:?}"
+    );
+    assert_eq!(
+        options.http_put_response_hop_limit(),
+        Some(1),
+        "a token cannot cross a second hop: {options:?}"
+    );
+    assert_eq!(
+        options.http_endpoint(),
+        Some(&aws_sdk_ec2::types::InstanceMetadataEndpointState::Enabled),
+        "the agent still reads its placement: {options:?}"
+    );
+}
+
+/// Production and staging share one AWS account, each with its own database: each sweeps only
+/// what it made, and an instance tagged before installations were is reported, not terminated,
+/// until the operator lets the sweeper have those too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_installation_sweeps_only_its_own_instances_and_keeps_untold_ones() {
+    let Some(aws) = aws().await else { return };
+    let sweep_often = |c: &mut skylaunch::config::ServeConfig| {
+        c.orphan_sweep_interval = Duration::from_millis(300);
+        c.orphan_grace = Duration::from_millis(1);
+    };
+    let Some(production) = app_with(&aws, Duration::from_secs(60), sweep_often).await else {
+        return;
+    };
+    let Some(staging) = app_with(&aws, Duration::from_secs(60), sweep_often).await else {
+        return;
+    };
+    let (production_id, staging_id) = (production.installation_id(), staging.installation_id());
+    assert_ne!(production_id, staging_id, "each database has its own id");
+
+    // Each has a launch waiting for its agent: an instance the other's database does not know.
+    let production_job = production.launch_id(&l4(false, false)).await;
+    production
+        .wait_for_job(&production_job, |j| j["stage"] == "register")
+        .await;
+    let staging_job = staging.launch_id(&l4(false, false)).await;
+    staging
+        .wait_for_job(&staging_job, |j| j["stage"] == "register")
+        .await;
+    let production_vm = instances_of(&aws.endpoint, &production_job).await[0]
+        .0
+        .clone();
+    let staging_vm = instances_of(&aws.endpoint, &staging_job).await[0].0.clone();
+    let client = ec2(&aws.endpoint).await;
+    let described = client
+        .describe_instances()
+        .instance_ids(&production_vm)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        tag_value(
+            described.reservations()[0].instances()[0].tags(),
+            "skylaunch:installation"
+        ),
+        Some(production_id.as_str())
+    );
+    let volumes = client
+        .describe_volumes()
+        .filters(
+            Filter::builder()
+                .name("attachment.instance-id")
+                .values(&production_vm)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(!volumes.volumes().is_empty(), "{volumes:?}");
+    for volume in volumes.volumes() {
+        assert_eq!(
+            tag_value(volume.tags(), "skylaunch:installation"),
+            Some(production_id.as_str()),
+            "the volumes carry the tags too: {volume:?}"
+        );
+    }
+
+    // Behind their backs: an orphan of each, and one tagged before installations were.
+    let orphan_of = |installation: &str| {
+        let endpoint = aws.endpoint.clone();
+        let installation = installation.to_string();
+        async move {
+            start_behind_skylaunchs_back(
+                &endpoint,
+                &[
+                    ("skylaunch:managed", "true"),
+                    ("skylaunch:installation", &installation),
+                    ("skylaunch:job-id", "no-such-job"),
+                ],
+            )
+            .await
+        }
+    };
+    let production_orphan = orphan_of(&production_id).await;
+    let staging_orphan = orphan_of(&staging_id).await;
+    let legacy = start_behind_skylaunchs_back(
+        &aws.endpoint,
+        &[
+            ("skylaunch:managed", "true"),
+            ("skylaunch:job-id", "made-before-installations"),
+        ],
+    )
+    .await;
+
+    production
+        .wait_for_cloud_event("orphan_terminated", &production_orphan)
+        .await;
+    staging
+        .wait_for_cloud_event("orphan_terminated", &staging_orphan)
+        .await;
+    wait_for_termination(&aws.endpoint, &production_orphan).await;
+    wait_for_termination(&aws.endpoint, &staging_orphan).await;
+    for app in [&production, &staging] {
+        let kept = app
+            .wait_for_cloud_event("legacy_orphan_kept", &legacy)
+            .await;
+        assert_eq!(kept["cloud"], "aws");
+        assert!(
+            kept["message"]
+                .as_str()
+                .unwrap()
+                .contains("SKYLAUNCH_ORPHAN_SWEEP_LEGACY"),
+            "{kept:#}"
+        );
+    }
+    // A second orphan of each, terminated by its own: both swept again after the reports.
+    for (app, installation) in [(&production, &production_id), (&staging, &staging_id)] {
+        let orphan = orphan_of(installation).await;
+        app.wait_for_cloud_event("orphan_terminated", &orphan).await;
+    }
+    for (app, others) in [
+        (&production, [&staging_orphan, &staging_vm]),
+        (&staging, [&production_orphan, &production_vm]),
+    ] {
+        for other in others {
+            assert_eq!(
+                app.cloud_events_for(other).await,
+                Vec::<Value>::new(),
+                "the other installation's instances are not judged"
+            );
+        }
+        assert_eq!(
+            app.cloud_events_for(&legacy).await.len(),
+            1,
+            "an untold instance is reported once"
+        );
+    }
+    for id in [&production_vm, &staging_vm, &legacy] {
+        assert_eq!(
+            instance_state(&aws.endpoint, id).await,
+            "running",
+            "{id} is left running"
+        );
+    }
+    let metrics = production.metrics().await;
+    assert!(
+        metrics.contains("skylaunch_orphans_terminated_total{cloud=\"aws\"} 2"),
+        "{metrics}"
+    );
+
+    // The operator lets production have the untold ones too.
+    let production = production
+        .restart_with(|c| c.orphan_sweep_legacy = true)
+        .await;
+    production
+        .wait_for_cloud_event("orphan_terminated", &legacy)
+        .await;
+    wait_for_termination(&aws.endpoint, &legacy).await;
+    assert_eq!(
+        instance_state(&aws.endpoint, &staging_vm).await,
+        "running",
+        "still never the other installation's"
+    );
 }

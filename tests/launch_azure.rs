@@ -443,9 +443,14 @@ async fn orphan_sweeper_deletes_tagged_vms_no_launch_accounts_for_and_notices_va
     let ready = app.wait_for_job(&id, common::job_finished).await;
     assert_eq!(ready["status"], "succeeded", "{ready:#}");
 
-    // Behind skylaunch's back: an old VM tagged as skylaunch's that no job knows, a young one
-    // (inside the grace period), and two without the tag.
-    let managed = |job: &str| json!({"skylaunch:managed": "true", "skylaunch:job-id": job});
+    // Behind skylaunch's back: an old VM tagged as this installation's that no job knows, a
+    // young one (inside the grace period), and two without the tag.
+    let installation = app.installation_id();
+    assert_eq!(
+        arm.vm(&live_vm).unwrap()["tags"]["skylaunch:installation"],
+        installation.as_str()
+    );
+    let managed = |job: &str| json!({"skylaunch:managed": "true", "skylaunch:installation": installation, "skylaunch:job-id": job});
     arm.insert_vm("orphan-old", "eastus", managed("no-such-job"), 3600);
     arm.insert_vm("orphan-young", "eastus", managed("no-such-job-either"), 0);
     arm.insert_vm(
@@ -643,4 +648,123 @@ async fn a_list_page_on_another_host_gets_no_token_and_judges_nothing() {
         .and_then(|n| n.parse::<u64>().ok())
         .unwrap_or(0);
     assert!(failures >= 1, "the blind sweeps are counted: {metrics}");
+}
+
+/// Production and staging share one subscription and resource group, each with its own
+/// database: each sweeps only what it made, and a VM tagged before installations were is
+/// reported, not deleted, until the operator lets the sweeper have those too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_installation_sweeps_only_its_own_vms_and_keeps_untold_ones() {
+    let arm = ArmStandIn::start().await;
+    arm.offer("eastus", A10, &["1"]);
+    let sweep_often = |c: &mut skylaunch::config::ServeConfig| {
+        c.orphan_sweep_interval = Duration::from_millis(200);
+        c.orphan_grace = Duration::from_secs(1);
+    };
+    let Some(production) = app_with(&arm, Duration::from_secs(60), sweep_often).await else {
+        return;
+    };
+    let Some(staging) = app_with(&arm, Duration::from_secs(60), sweep_often).await else {
+        return;
+    };
+    let (production_id, staging_id) = (production.installation_id(), staging.installation_id());
+    assert_ne!(production_id, staging_id, "each database has its own id");
+
+    // Each has a launch waiting for its agent: a VM the other's database does not know.
+    let production_job = production.launch_id(&a10(false, false, &["eastus"])).await;
+    production
+        .wait_for_job(&production_job, |j| j["stage"] == "register")
+        .await;
+    let production_vm = wait_for_vm_count(&arm, 1).await.pop().unwrap();
+    let staging_job = staging.launch_id(&a10(false, false, &["eastus"])).await;
+    staging
+        .wait_for_job(&staging_job, |j| j["stage"] == "register")
+        .await;
+    let staging_vm = wait_for_vm_count(&arm, 2)
+        .await
+        .into_iter()
+        .find(|name| *name != production_vm)
+        .unwrap();
+    for (vm, installation) in [(&production_vm, &production_id), (&staging_vm, &staging_id)] {
+        assert_eq!(
+            arm.vm(vm).unwrap()["tags"]["skylaunch:installation"],
+            installation.as_str()
+        );
+    }
+
+    // Behind their backs: an old orphan of each, and one tagged before installations were.
+    let orphan_of = |installation: &str| json!({"skylaunch:managed": "true", "skylaunch:installation": installation, "skylaunch:job-id": "no-such-job"});
+    arm.insert_vm(
+        "production-orphan",
+        "eastus",
+        orphan_of(&production_id),
+        3600,
+    );
+    arm.insert_vm("staging-orphan", "eastus", orphan_of(&staging_id), 3600);
+    arm.insert_vm(
+        "legacy-vm",
+        "eastus",
+        json!({"skylaunch:managed": "true", "skylaunch:job-id": "made-before-installations"}),
+        3600,
+    );
+    production
+        .wait_for_cloud_event("orphan_terminated", "production-orphan")
+        .await;
+    staging
+        .wait_for_cloud_event("orphan_terminated", "staging-orphan")
+        .await;
+    for app in [&production, &staging] {
+        let kept = app
+            .wait_for_cloud_event("legacy_orphan_kept", "legacy-vm")
+            .await;
+        assert_eq!(kept["cloud"], "azure");
+        assert_eq!(kept["job_id"], "made-before-installations");
+    }
+    // A second orphan of each, deleted by its own: both swept again after the reports.
+    for (app, installation, name) in [
+        (&production, &production_id, "production-orphan-2"),
+        (&staging, &staging_id, "staging-orphan-2"),
+    ] {
+        arm.insert_vm(name, "eastus", orphan_of(installation), 3600);
+        app.wait_for_cloud_event("orphan_terminated", name).await;
+    }
+    for (app, others) in [
+        (&production, ["staging-orphan", staging_vm.as_str()]),
+        (&staging, ["production-orphan", production_vm.as_str()]),
+    ] {
+        for other in others {
+            assert_eq!(
+                app.cloud_events_for(other).await,
+                Vec::<Value>::new(),
+                "the other installation's VMs are not judged"
+            );
+        }
+        assert_eq!(
+            app.cloud_events_for("legacy-vm").await.len(),
+            1,
+            "an untold VM is reported once"
+        );
+    }
+    let mut left = wait_for_vm_count(&arm, 3).await;
+    left.sort();
+    let mut expected = vec![
+        "legacy-vm".to_string(),
+        production_vm.clone(),
+        staging_vm.clone(),
+    ];
+    expected.sort();
+    assert_eq!(left, expected, "only the orphans were deleted");
+
+    // The operator lets production have the untold ones too.
+    let production = production
+        .restart_with(|c| c.orphan_sweep_legacy = true)
+        .await;
+    production
+        .wait_for_cloud_event("orphan_terminated", "legacy-vm")
+        .await;
+    let left = wait_for_vm_count(&arm, 2).await;
+    assert!(
+        left.contains(&staging_vm) && left.contains(&production_vm),
+        "{left:?}"
+    );
 }

@@ -13,7 +13,7 @@ const STAGE_LABELS = {
   register: 'Agent registers', ready: 'Ready',
 };
 const CLOUD_NAMES = { aws: 'AWS', azure: 'Azure', gcp: 'GCP', local: 'Local' };
-const EVENT_KINDS = { orphan_terminated: 'Orphan terminated', instance_vanished: 'Instance vanished' };
+const EVENT_KINDS = { orphan_terminated: 'Orphan terminated', instance_vanished: 'Instance vanished', legacy_orphan_kept: 'Kept: no installation id' };
 
 // ---------- small helpers ----------
 

@@ -1,5 +1,5 @@
 //! `GET /admin/cloud-events`: what the orphan sweeper did on each cloud (orphans terminated,
-//! nodes whose instance vanished), newest first.
+//! nodes whose instance vanished, orphans without an installation id kept), newest first.
 
 use std::collections::HashMap;
 

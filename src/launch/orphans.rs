@@ -1,14 +1,17 @@
 //! The orphan sweeper: no instance skylaunch started may keep billing unnoticed, on any cloud.
 //!
-//! Each cloud lists the instances tagged `skylaunch:managed=true` (its [`CloudInventory`]). One
-//! whose launch job is unknown, finished without success, or whose node was terminated is an
-//! orphan: once older than the grace period it is terminated, counted in
-//! `skylaunch_orphans_terminated_total{cloud}`, logged, and recorded as a cloud event (and on its
-//! node when there is one). A live node whose instance is gone (preempted, or deleted in the
-//! console) is marked `terminated` with that reason. Instances without the tag are never listed,
-//! so never touched.
+//! Each cloud lists the instances tagged `skylaunch:managed=true` (its [`CloudInventory`]). Only
+//! those tagged with this installation's id are judged: another installation sharing the account
+//! (staging beside production) has launches this database cannot know. One whose launch job is
+//! unknown, finished without success, or whose node was terminated is an orphan: once older than
+//! the grace period it is terminated, counted in `skylaunch_orphans_terminated_total{cloud}`,
+//! logged, and recorded as a cloud event (and on its node when there is one). An orphan tagged
+//! before installations were (no installation id) may be any installation's, so it is only
+//! reported, once per process, unless the operator lets the sweeper terminate those too. A live
+//! node whose instance is gone (preempted, or deleted in the console) is marked `terminated` with
+//! that reason. Instances without the managed tag are never listed, so never touched.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,12 +24,32 @@ use crate::metrics::Metrics;
 use crate::store::cloud_events::CloudEvent;
 use crate::store::Store;
 
+/// Marks a cloud resource as skylaunch's: the only ones the sweeper ever lists.
+pub const MANAGED_TAG: &str = "skylaunch:managed";
+/// The installation that made the resource: the only one whose sweeper may judge it.
+pub const INSTALLATION_TAG: &str = "skylaunch:installation";
+pub const JOB_TAG: &str = "skylaunch:job-id";
+pub const NODE_TAG: &str = "skylaunch:node-id";
+
+/// The tags every cloud resource a launch makes carries, as `(key, value)`: what the sweeper
+/// reads back to know whose it is.
+pub fn ownership_tags(installation_id: &str, job: &Job) -> [(&'static str, String); 4] {
+    [
+        (MANAGED_TAG, "true".to_string()),
+        (INSTALLATION_TAG, installation_id.to_string()),
+        (JOB_TAG, job.id.clone()),
+        (NODE_TAG, job.node_id.clone().unwrap_or_default()),
+    ]
+}
+
 /// An instance carrying skylaunch's tags, as its cloud lists it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ManagedInstance {
     /// The cloud's id for it (EC2 instance id, Azure VM name).
     pub id: String,
     pub region: String,
+    /// The `skylaunch:installation` tag; `None` on instances made before it existed.
+    pub installation: Option<String>,
     /// The `skylaunch:job-id` and `skylaunch:node-id` tags.
     pub job_id: Option<String>,
     pub node_id: Option<String>,
@@ -69,10 +92,16 @@ pub struct OrphanSweeper {
     pub store: Store,
     pub fleet: Arc<Fleet>,
     pub metrics: Arc<Metrics>,
+    /// This installation's id: instances tagged with another are never judged.
+    pub installation_id: String,
+    /// Terminate orphans without an installation id too (they may be another installation's).
+    pub sweep_legacy: bool,
     /// Instances younger than this are left alone (their launch may still be recording them).
     pub grace: Duration,
     /// When each instance without a creation time was first listed.
     pub first_seen: Mutex<HashMap<String, i64>>,
+    /// Legacy orphans already reported by this process, so each is reported once, not every sweep.
+    pub legacy_reported: Mutex<HashSet<String>>,
 }
 
 pub const ORPHANS_TERMINATED: &str = "skylaunch_orphans_terminated_total";
@@ -84,40 +113,76 @@ const ORPHANS_HELP: &str = "Cloud instances tagged as skylaunch's that no launch
 pub struct SweepReport {
     pub terminated: Vec<String>,
     pub vanished_nodes: Vec<String>,
+    /// Orphans without an installation id, left running.
+    pub legacy_kept: Vec<String>,
+}
+
+/// Whose an instance is, by its installation tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    ThisInstallation,
+    /// Tagged before installations were: this installation's or any other's.
+    Unknown,
+    OtherInstallation,
 }
 
 impl OrphanSweeper {
     pub async fn sweep(&self) -> SweepReport {
         let mut report = SweepReport::default();
-        let jobs = match self.store.jobs(100_000).await {
-            Ok(jobs) => jobs,
-            Err(e) => {
-                tracing::error!(error = %e, "orphan sweep: cannot read launch jobs");
-                return report;
-            }
-        };
         for cloud in &self.clouds {
-            let jobs: HashMap<String, &Job> = jobs
-                .iter()
-                .filter(|j| j.provider == cloud.cloud())
-                .map(|j| (j.id.clone(), j))
-                .collect();
-            if jobs.is_empty() && !cloud.sweep_without_jobs() {
-                // Nobody launches on this cloud here: stay quiet rather than probe accounts we
-                // were never given.
-                continue;
+            if !cloud.sweep_without_jobs() {
+                match self.store.any_job_on(cloud.cloud()).await {
+                    Ok(true) => {}
+                    // Nobody launches on this cloud here: stay quiet rather than probe accounts
+                    // we were never given.
+                    Ok(false) => continue,
+                    Err(e) => {
+                        tracing::error!(cloud = cloud.cloud(), error = %e, "orphan sweep: cannot read launch jobs");
+                        continue;
+                    }
+                }
             }
-            self.sweep_cloud(cloud.as_ref(), &jobs, &mut report).await;
+            self.sweep_cloud(cloud.as_ref(), &mut report).await;
         }
         report
     }
 
-    async fn sweep_cloud(
+    fn owner(&self, instance: &ManagedInstance) -> Owner {
+        match instance.installation.as_deref() {
+            None | Some("") => Owner::Unknown,
+            Some(id) if id == self.installation_id => Owner::ThisInstallation,
+            Some(_) => Owner::OtherInstallation,
+        }
+    }
+
+    /// The launch jobs of this cloud that the listed instances name, and those of the live
+    /// nodes (whose instances may have vanished), by id.
+    async fn jobs_for(
         &self,
         cloud: &dyn CloudInventory,
-        jobs: &HashMap<String, &Job>,
-        report: &mut SweepReport,
-    ) {
+        instances: &[&ManagedInstance],
+    ) -> Result<HashMap<String, Job>, crate::store::StoreError> {
+        let mut ids: BTreeSet<String> = instances.iter().filter_map(|i| i.job_id.clone()).collect();
+        ids.extend(
+            self.fleet
+                .list()
+                .await
+                .into_iter()
+                .filter(|n| n.status != NodeStatus::Terminated)
+                .filter_map(|n| n.launch_job_id),
+        );
+        let ids: Vec<String> = ids.into_iter().collect();
+        Ok(self
+            .store
+            .jobs_by_ids(&ids)
+            .await?
+            .into_iter()
+            .filter(|j| j.provider == cloud.cloud())
+            .map(|j| (j.id.clone(), j))
+            .collect())
+    }
+
+    async fn sweep_cloud(&self, cloud: &dyn CloudInventory, report: &mut SweepReport) {
         let inventory = cloud.list().await;
         for _ in 0..(usize::from(inventory.failed) + inventory.unlisted.len()) {
             self.metrics.inc(
@@ -129,10 +194,23 @@ impl OrphanSweeper {
         if inventory.failed {
             return;
         }
-        let mut live: BTreeSet<&str> = BTreeSet::new();
-        for instance in &inventory.instances {
-            live.insert(&instance.id);
-            if self.accounted(cloud, instance, jobs).await {
+        // Every listed instance is alive, whoever's it is; only this installation's (and, for a
+        // report, the untold ones) are judged.
+        let live: BTreeSet<&str> = inventory.instances.iter().map(|i| i.id.as_str()).collect();
+        let judged: Vec<&ManagedInstance> = inventory
+            .instances
+            .iter()
+            .filter(|i| self.owner(i) != Owner::OtherInstallation)
+            .collect();
+        let jobs = match self.jobs_for(cloud, &judged).await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::error!(cloud = cloud.cloud(), error = %e, "orphan sweep: cannot read launch jobs");
+                return;
+            }
+        };
+        for instance in judged {
+            if self.accounted(cloud, instance, &jobs).await {
                 continue;
             }
             // Without a creation time from the cloud, the grace period runs from first sight.
@@ -141,6 +219,11 @@ impl OrphanSweeper {
                 .unwrap_or_else(|| self.first_seen(cloud.cloud(), &instance.id));
             let age_ms = now_ms() - created;
             if age_ms < self.grace.as_millis() as i64 {
+                continue;
+            }
+            if self.owner(instance) == Owner::Unknown && !self.sweep_legacy {
+                self.report_legacy(cloud, instance).await;
+                report.legacy_kept.push(instance.id.clone());
                 continue;
             }
             match cloud.terminate(instance).await {
@@ -199,6 +282,7 @@ impl OrphanSweeper {
                 let instance = ManagedInstance {
                     id,
                     region,
+                    installation: Some(self.installation_id.clone()),
                     job_id: Some(job.id.clone()),
                     node_id: Some(node.to_string()),
                     created_at_ms: None,
@@ -216,7 +300,7 @@ impl OrphanSweeper {
         &self,
         cloud: &dyn CloudInventory,
         instance: &ManagedInstance,
-        jobs: &HashMap<String, &Job>,
+        jobs: &HashMap<String, Job>,
     ) -> bool {
         let Some(job) = instance.job_id.as_ref().and_then(|j| jobs.get(j)) else {
             return false;
@@ -238,6 +322,28 @@ impl OrphanSweeper {
                 .unwrap_or(false),
             None => false,
         }
+    }
+
+    /// An orphan that may be another installation's: logged and recorded once, left running.
+    async fn report_legacy(&self, cloud: &dyn CloudInventory, instance: &ManagedInstance) {
+        let first = self
+            .legacy_reported
+            .lock()
+            .expect("legacy-reported lock")
+            .insert(format!("{}/{}", cloud.cloud(), instance.id));
+        if !first {
+            return;
+        }
+        tracing::warn!(cloud = cloud.cloud(), instance_id = %instance.id, region = %instance.region, job_id = ?instance.job_id, "kept an unaccounted instance without an installation id: it may be another installation's");
+        let message = format!(
+            "kept {} in {}: tagged as skylaunch's but with no installation id (made before \
+             installations were tagged, by this or another installation), and no launch here \
+             accounts for it; terminate it yourself if it is no one's, or set \
+             SKYLAUNCH_ORPHAN_SWEEP_LEGACY=true to let the sweeper do it",
+            instance.id, instance.region
+        );
+        self.record(cloud, "legacy_orphan_kept", instance, &message)
+            .await;
     }
 
     fn first_seen(&self, cloud: &str, id: &str) -> i64 {

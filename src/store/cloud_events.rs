@@ -1,4 +1,5 @@
-//! The orphan sweeper's record: one row per instance it terminated or found vanished.
+//! The orphan sweeper's record: one row per instance it terminated, found vanished, or kept
+//! because it may be another installation's.
 
 use serde::Serialize;
 use sqlx::Row;
@@ -11,7 +12,7 @@ pub struct CloudEvent {
     pub id: i64,
     #[serde(with = "serde_rfc3339")]
     pub at: i64,
-    /// `orphan_terminated` or `instance_vanished`.
+    /// `orphan_terminated`, `instance_vanished` or `legacy_orphan_kept`.
     pub kind: String,
     pub cloud: String,
     pub region: Option<String>,

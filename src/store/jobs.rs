@@ -93,6 +93,38 @@ impl Store {
         row.as_ref().map(job_from_row).transpose()
     }
 
+    /// The jobs with these ids (those that exist, in no particular order), read in batches so
+    /// no statement outgrows a backend's limit on parameters.
+    pub async fn jobs_by_ids(&self, ids: &[String]) -> Result<Vec<Job>, StoreError> {
+        let ids: Vec<&String> = ids.iter().filter(|id| super::plausible_id(id)).collect();
+        let mut jobs = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(500) {
+            let placeholders: Vec<String> = (1..=batch.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT {JOB_COLUMNS} FROM launch_jobs WHERE id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for id in batch {
+                query = query.bind(id.as_str());
+            }
+            for row in query.fetch_all(self.pool()).await? {
+                jobs.push(job_from_row(&row)?);
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// Whether any launch job ever used this provider.
+    pub async fn any_job_on(&self, provider: &str) -> Result<bool, StoreError> {
+        let found: Option<String> =
+            sqlx::query_scalar("SELECT id FROM launch_jobs WHERE provider = $1 LIMIT 1")
+                .bind(provider)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(found.is_some())
+    }
+
     /// The newest jobs first.
     pub async fn jobs(&self, limit: i64) -> Result<Vec<Job>, StoreError> {
         let rows = sqlx::query(&format!(

@@ -3,6 +3,7 @@
 //! driver with portable SQL, so one query serves both; timestamps are Unix milliseconds.
 
 pub mod cloud_events;
+pub mod installation;
 pub mod jobs;
 pub mod nodes;
 
@@ -35,6 +36,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "node_pins",
         include_str!("../../migrations/0005_node_pins.sql"),
+    ),
+    (
+        6,
+        "installation",
+        include_str!("../../migrations/0006_installation.sql"),
     ),
 ];
 

@@ -554,23 +554,38 @@ impl TestApp {
     /// Polls (bounded) until the orphan sweeper has recorded an event of `kind` for
     /// `instance_id`; returns it.
     pub async fn wait_for_cloud_event(&self, kind: &str, instance_id: &str) -> Value {
-        let mut last = Value::Null;
+        let mut last = Vec::new();
         for _ in 0..200 {
-            last = self
-                .get("/admin/cloud-events", Some(ADMIN_TOKEN))
-                .await
-                .body;
-            let found = last["events"].as_array().and_then(|events| {
-                events
-                    .iter()
-                    .find(|e| e["kind"] == kind && e["instance_id"] == instance_id)
-                    .cloned()
-            });
-            if let Some(event) = found {
-                return event;
+            last = self.cloud_events_for(instance_id).await;
+            if let Some(event) = last.iter().find(|e| e["kind"] == kind) {
+                return event.clone();
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("no {kind} cloud event for {instance_id}; last seen: {last:#}");
+        panic!("no {kind} cloud event for {instance_id}; its events: {last:#?}");
+    }
+
+    /// The cloud events recorded about one instance, newest first.
+    pub async fn cloud_events_for(&self, instance_id: &str) -> Vec<Value> {
+        let page = self
+            .get("/admin/cloud-events?limit=1000", Some(ADMIN_TOKEN))
+            .await
+            .body;
+        page["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["instance_id"] == instance_id)
+            .cloned()
+            .collect()
+    }
+
+    /// This control plane's installation id, as it tags its cloud resources.
+    pub fn installation_id(&self) -> String {
+        self.running
+            .as_ref()
+            .expect("running")
+            .installation_id()
+            .to_string()
     }
 }

@@ -1,6 +1,6 @@
 //! AWS's side of the orphan sweeper: every AWS region's instances tagged
-//! `skylaunch:managed=true`, and terminating one. Every region is listed, not only those
-//! recorded: a lost record is exactly how orphans happen.
+//! `skylaunch:managed=true` (with their installation, job and node tags), and terminating one.
+//! Every region is listed, not only those recorded: a lost record is exactly how orphans happen.
 
 use std::sync::Arc;
 
@@ -8,7 +8,9 @@ use aws_sdk_ec2::types::{Filter, InstanceStateName};
 
 use super::provider::AwsProvider;
 use crate::launch::job::Job;
-use crate::launch::orphans::{CloudInventory, Inventory, ManagedInstance};
+use crate::launch::orphans::{
+    CloudInventory, Inventory, ManagedInstance, INSTALLATION_TAG, JOB_TAG, MANAGED_TAG, NODE_TAG,
+};
 use crate::launch::providers::BoxFuture;
 
 pub struct AwsInventory {
@@ -65,7 +67,7 @@ impl AwsInventory {
             .describe_instances()
             .filters(
                 Filter::builder()
-                    .name("tag:skylaunch:managed")
+                    .name(format!("tag:{MANAGED_TAG}"))
                     .values("true")
                     .build(),
             )
@@ -94,8 +96,9 @@ impl AwsInventory {
             found.push(ManagedInstance {
                 id: id.to_string(),
                 region: region.to_string(),
-                job_id: tag("skylaunch:job-id"),
-                node_id: tag("skylaunch:node-id"),
+                installation: tag(INSTALLATION_TAG),
+                job_id: tag(JOB_TAG),
+                node_id: tag(NODE_TAG),
                 created_at_ms: instance.launch_time().and_then(|t| t.to_millis().ok()),
             });
         }

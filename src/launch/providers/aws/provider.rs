@@ -3,9 +3,12 @@
 //! Placements are tried in order: with spot, every requested region's zones (those that offer
 //! the instance type) as spot, then, when `spot_fallback` allows, the same as on-demand. Each
 //! try is an attempt. `RunInstances` carries a `ClientToken` derived from the job and attempt,
-//! so a retried call can never start a second VM. The VM is tagged `skylaunch:managed=true`,
-//! `skylaunch:job-id` and `skylaunch:node-id`; its user data exports the launch's values and
-//! runs the template. The node token travels only in the user data, never in tags or logs.
+//! so a retried call can never start a second VM. The VM and its volumes are tagged
+//! `skylaunch:managed=true`, `skylaunch:installation`, `skylaunch:job-id` and
+//! `skylaunch:node-id`; its user data exports the launch's values and runs the template. The node
+//! token travels only in the user data, never in tags or logs, and the instance metadata service
+//! answers only IMDSv2 (session-token) requests from the VM itself (hop limit 1), so a server on
+//! the VM tricked into fetching a URL cannot read the instance role's credentials.
 //! A launch taken over from a stopped process whose recorded instance is pending or running
 //! waits for that instance's agent instead of starting another.
 
@@ -14,9 +17,10 @@ use std::time::Duration;
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::operation::RequestId;
 use aws_sdk_ec2::types::{
-    Filter, InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceStateName,
-    InstanceType, IpPermission, IpRange, LocationType, MarketType, Placement, ResourceType,
-    SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
+    Filter, HttpTokensState, InstanceInterruptionBehavior, InstanceMarketOptionsRequest,
+    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType,
+    IpPermission, IpRange, LocationType, MarketType, Placement, ResourceType, SpotInstanceType,
+    SpotMarketOptions, Tag, TagSpecification,
 };
 use aws_sdk_ec2::Client;
 use backon::{ExponentialBuilder, Retryable};
@@ -26,6 +30,7 @@ use super::catalog;
 use super::errors::{classify, Ec2Failure};
 use crate::launch::error::{ErrorCode, LaunchError};
 use crate::launch::job::Job;
+use crate::launch::orphans::{ownership_tags, INSTALLATION_TAG, MANAGED_TAG};
 use crate::launch::providers::placement::{self, market_name};
 use crate::launch::providers::{bootstrap, BoxFuture, LaunchProvider};
 use crate::launch::run::JobRun;
@@ -45,6 +50,9 @@ pub struct AwsSettings {
 
 pub struct AwsProvider {
     pub settings: AwsSettings,
+    /// Tagged on everything this provider creates, so only this installation's orphan sweeper
+    /// judges it.
+    pub installation_id: String,
 }
 
 /// The GPU image looked up when no AMI is configured: AWS's Deep Learning base image.
@@ -212,10 +220,24 @@ impl AwsProvider {
         if let Some(id) = found.security_groups().first().and_then(|g| g.group_id()) {
             return Ok(Some(id.to_string()));
         }
+        // Found by name and shared by every installation in the account that uses the same
+        // range, so it names the installation that made it, for the record only.
         let created = client
             .create_security_group()
             .group_name(&name)
             .description(format!("skylaunch: model port {port} from {cidr} only"))
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::SecurityGroup)
+                    .tags(Tag::builder().key(MANAGED_TAG).value("true").build())
+                    .tags(
+                        Tag::builder()
+                            .key(INSTALLATION_TAG)
+                            .value(&self.installation_id)
+                            .build(),
+                    )
+                    .build(),
+            )
             .send()
             .await
             .map_err(|e| ec2_call_failed("CreateSecurityGroup", &e))?;
@@ -265,28 +287,18 @@ impl AwsProvider {
             market,
             security_group,
         } = *target;
-        let tags = TagSpecification::builder()
-            .resource_type(ResourceType::Instance)
-            .tags(
-                Tag::builder()
-                    .key("skylaunch:managed")
-                    .value("true")
-                    .build(),
-            )
-            .tags(
-                Tag::builder()
-                    .key("skylaunch:job-id")
-                    .value(&job.id)
-                    .build(),
-            )
-            .tags(
-                Tag::builder()
-                    .key("skylaunch:node-id")
-                    .value(job.node_id.clone().unwrap_or_default())
-                    .build(),
-            )
-            .tags(Tag::builder().key("Name").value(&job.name).build())
-            .build();
+        let tags: Vec<Tag> = ownership_tags(&self.installation_id, job)
+            .into_iter()
+            .chain([("Name", job.name.clone())])
+            .map(|(key, value)| Tag::builder().key(key).value(value).build())
+            .collect();
+        // The volumes carry the same tags, so whose they are shows on the bill too.
+        let tag_specifications = [ResourceType::Instance, ResourceType::Volume].map(|kind| {
+            TagSpecification::builder()
+                .resource_type(kind)
+                .set_tags(Some(tags.clone()))
+                .build()
+        });
         let mut req = client
             .run_instances()
             .image_id(ami)
@@ -296,7 +308,8 @@ impl AwsProvider {
             .placement(Placement::builder().availability_zone(zone).build())
             .client_token(client_token)
             .user_data(aws_smithy_types::base64::encode(user_data))
-            .tag_specifications(tags)
+            .set_tag_specifications(Some(tag_specifications.to_vec()))
+            .metadata_options(imdsv2_only())
             .set_security_group_ids(security_group.map(|g| vec![g.to_string()]));
         if market == Market::Spot {
             req = req.instance_market_options(
@@ -504,6 +517,17 @@ struct Target<'a> {
     instance_type: &'a str,
     market: Market,
     security_group: Option<&'a str>,
+}
+
+/// The instance metadata service answers only session-token (IMDSv2) requests, and only from
+/// the VM itself: a token's response cannot cross a second network hop (a container, a proxy).
+/// The agent reads metadata with IMDSv2.
+fn imdsv2_only() -> InstanceMetadataOptionsRequest {
+    InstanceMetadataOptionsRequest::builder()
+        .http_endpoint(InstanceMetadataEndpointState::Enabled)
+        .http_tokens(HttpTokensState::Required)
+        .http_put_response_hop_limit(1)
+        .build()
 }
 
 /// `a.b.c.d/32` when the control plane's URL names an IP address.

@@ -29,6 +29,7 @@ use serde_json::Value;
 
 use super::resources::{self, ListedVm, Offering};
 use super::settings::AzureSettings;
+use crate::launch::orphans::MANAGED_TAG;
 
 const PUBLIC_CLOUD: &str = "https://management.azure.com";
 
@@ -331,7 +332,7 @@ impl Arm {
             .await?
             .iter()
             .filter_map(resources::listed_vm)
-            .filter(|vm| vm.tags.get("skylaunch:managed").and_then(|v| v.as_str()) == Some("true"))
+            .filter(|vm| vm.tags.get(MANAGED_TAG).and_then(|v| v.as_str()) == Some("true"))
             .collect())
     }
 

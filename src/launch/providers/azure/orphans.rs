@@ -1,12 +1,14 @@
 //! Azure's side of the orphan sweeper: the VMs in the configured resource group tagged
-//! `skylaunch:managed=true` (skylaunch creates VMs nowhere else), and deleting one. Azure is
-//! swept whenever it is configured, launches or not.
+//! `skylaunch:managed=true` (skylaunch creates VMs nowhere else), with their installation, job
+//! and node tags, and deleting one. Azure is swept whenever it is configured, launches or not.
 
 use std::sync::Arc;
 
 use super::provider::{job_vms, AzureProvider};
 use crate::launch::job::Job;
-use crate::launch::orphans::{CloudInventory, Inventory, ManagedInstance};
+use crate::launch::orphans::{
+    CloudInventory, Inventory, ManagedInstance, INSTALLATION_TAG, JOB_TAG, NODE_TAG,
+};
 use crate::launch::providers::BoxFuture;
 
 pub struct AzureInventory {
@@ -42,8 +44,9 @@ impl CloudInventory for AzureInventory {
                                     .map(str::to_string)
                             };
                             ManagedInstance {
-                                job_id: tag("skylaunch:job-id"),
-                                node_id: tag("skylaunch:node-id"),
+                                installation: tag(INSTALLATION_TAG),
+                                job_id: tag(JOB_TAG),
+                                node_id: tag(NODE_TAG),
                                 id: vm.name,
                                 region: vm.region,
                                 created_at_ms: vm.created_at_ms,

@@ -8,7 +8,8 @@
 //! whatever happens; a PUT with the same name is idempotent in ARM, so a retried call can never
 //! create a second VM. A placement refused for capacity leaves a failed VM behind, which is
 //! deleted before the next placement. VMs are tagged `skylaunch:managed=true`,
-//! `skylaunch:job-id` and `skylaunch:node-id`; their custom data is the bootstrap script, the only
+//! `skylaunch:installation`, `skylaunch:job-id` and `skylaunch:node-id` (their NIC, public IP and
+//! disk are made and deleted with them); their custom data is the bootstrap script, the only
 //! place the node token travels (Azure never returns custom data in reads).
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use super::resources::Offering;
 use super::settings::{AzureSettings, ADMIN_USERNAME};
 use crate::launch::error::{ErrorCode, LaunchError};
 use crate::launch::job::Job;
+use crate::launch::orphans::ownership_tags;
 use crate::launch::providers::placement::{self, market_name};
 use crate::launch::providers::{bootstrap, BoxFuture, LaunchProvider};
 use crate::launch::run::JobRun;
@@ -31,6 +33,8 @@ use crate::launch::stage::{Attempt, Market, Stage};
 
 pub struct AzureProvider {
     pub settings: AzureSettings,
+    /// Tagged on every VM, so only this installation's orphan sweeper judges it.
+    pub installation_id: String,
     arm: OnceCell<Arm>,
 }
 
@@ -59,9 +63,10 @@ impl LaunchProvider for AzureProvider {
 }
 
 impl AzureProvider {
-    pub fn new(settings: AzureSettings) -> AzureProvider {
+    pub fn new(settings: AzureSettings, installation_id: String) -> AzureProvider {
         AzureProvider {
             settings,
+            installation_id,
             arm: OnceCell::new(),
         }
     }
@@ -353,14 +358,14 @@ impl AzureProvider {
             properties["evictionPolicy"] = "Delete".into();
             properties["billingProfile"] = json!({"maxPrice": -1.0});
         }
+        let mut tags: serde_json::Map<String, Value> = ownership_tags(&self.installation_id, job)
+            .into_iter()
+            .map(|(key, value)| (key.to_string(), value.into()))
+            .collect();
+        tags.insert("skylaunch:name".into(), job.name.clone().into());
         let mut vm = json!({
             "location": target.vm.region,
-            "tags": {
-                "skylaunch:managed": "true",
-                "skylaunch:job-id": job.id,
-                "skylaunch:node-id": job.node_id.clone().unwrap_or_default(),
-                "skylaunch:name": job.name
-            },
+            "tags": tags,
             "properties": properties
         });
         if let Some(zone) = target.zone {
@@ -482,13 +487,16 @@ mod tests {
     }
 
     fn provider() -> AzureProvider {
-        AzureProvider::new(AzureSettings {
-            subscription_id: Some("sub".into()),
-            resource_group: Some("rg".into()),
-            subnets: BTreeMap::from([("eastus".to_string(), "/subscriptions/sub/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/s".to_string())]),
-            ssh_public_key: Some("ssh-ed25519 AAAAC3Nz op@laptop".into()),
-            ..AzureSettings::default()
-        })
+        AzureProvider::new(
+            AzureSettings {
+                subscription_id: Some("sub".into()),
+                resource_group: Some("rg".into()),
+                subnets: BTreeMap::from([("eastus".to_string(), "/subscriptions/sub/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/s".to_string())]),
+                ssh_public_key: Some("ssh-ed25519 AAAAC3Nz op@laptop".into()),
+                ..AzureSettings::default()
+            },
+            "installation-1".into(),
+        )
     }
 
     /// The body survives the SDK's model whole: no field is silently dropped or renamed.
@@ -542,6 +550,7 @@ mod tests {
         assert!(body.get("zones").is_none(), "no zone asked, none sent");
         assert_eq!(body["tags"]["skylaunch:managed"], "true");
         assert_eq!(body["tags"]["skylaunch:node-id"], "node-id");
+        assert_eq!(body["tags"]["skylaunch:installation"], "installation-1");
         let on_demand = p.vm_body(
             &job(false),
             &Target {
