@@ -227,10 +227,19 @@ impl Running {
                 humantime::format_duration(config.proxy_idle_timeout)
             )));
         }
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
+        // Readable by this user only when made here: it holds the SQLite database (with the
+        // launches' envs values) and the admin token.
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&config.data_dir)
+                .map_err(|source| StartError::DataDir {
+                    path: config.data_dir.clone(),
+                    source,
+                })?;
+        }
         let token = admin_token::resolve(
             config.admin_token.as_ref().map(|s| s.0.as_str()),
             &config.data_dir,
