@@ -1,18 +1,38 @@
 //! Several `skylaunch serve` processes on one PostgreSQL database (the contract's "Scale-out"):
 //! real processes built from this workspace, the local PostgreSQL, the real agent and echo
-//! model server, and the stand-in `sky` for the launch (no cloud VM can exist here).
+//! model server, and the stand-in `sky` for the launch (no cloud VM can exist here). The lease
+//! fencing tests at the end also run two processes' stores and job runners inside this one, to
+//! choose the moment a process is cut off.
 
 mod common;
 mod standins;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Backend, TestDb, ADMIN_TOKEN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use skylaunch::clock::now_ms;
+use skylaunch::config::ServeConfig;
+use skylaunch::fleet::node::NewNode;
+use skylaunch::fleet::status::NodeStatus;
+use skylaunch::fleet::Fleet;
+use skylaunch::launch::error::LaunchError;
+use skylaunch::launch::events::JobEvents;
+use skylaunch::launch::job::{Job, JobStatus};
+use skylaunch::launch::providers::{BoxFuture, LaunchProvider};
+use skylaunch::launch::run::JobRun;
+use skylaunch::launch::runner::{JobRunner, RunnerSettings};
+use skylaunch::launch::spec::{LaunchRequest, Provider};
+use skylaunch::metrics::Metrics;
+use skylaunch::store::{Store, StoreError};
 use standins::{agents_of, binaries, fake_sky};
+use tokio::sync::{watch, Notify};
 
 /// One `skylaunch serve` process with its own data dir and port.
 struct Serve {
@@ -73,6 +93,17 @@ impl Serve {
     async fn sigkill(&mut self) {
         self.child.start_kill().unwrap();
         let _ = self.child.wait().await;
+    }
+
+    /// `kill -STOP` / `kill -CONT`: the process is frozen (as if cut off from everything: no
+    /// lease renewal, no write) until resumed, and then goes on where it was.
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("the process runs").to_string();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
     }
 
     async fn call(
@@ -272,9 +303,9 @@ async fn routing_on_one_process_follows_changes_made_on_another() {
     heartbeats.abort();
 }
 
-/// Two processes on one database, a SkyPilot launch through the stand-in `sky` (paced so it is
-/// still printing) started on A, and A killed with SIGKILL mid-`sky launch`. Agents reach the
-/// processes through one shared address (SKYLAUNCH_PUBLIC_URL), which leads to B.
+/// Two processes on one database, and a SkyPilot launch through the stand-in `sky` (paced so it
+/// is still printing) started on A, which a test then kills or freezes mid-`sky launch`. Agents
+/// reach the processes through one shared address (SKYLAUNCH_PUBLIC_URL), which leads to B.
 struct Takeover {
     b: Serve,
     a: Serve,
@@ -337,7 +368,7 @@ impl Takeover {
                 .await;
             if common::job_finished(&j) {
                 eprintln!(
-                    "the launch ended on B {:?} after A was killed",
+                    "the launch ended on B {:?} after A stopped",
                     started.elapsed()
                 );
                 return j;
@@ -508,4 +539,396 @@ async fn launch_followed_after_a_kill_that_then_fails_is_launched_again_and_expl
     );
     assert_eq!(t.sky.vms_started(cluster), 0, "no VM ever started");
     assert!(agents_of(&t.node_id).is_empty());
+}
+
+/// A is frozen mid-`sky launch` for longer than its lease (cut off, as far as the database can
+/// tell), B takes the launch over and follows A's launch, then A resumes: what A read from its
+/// `sky launch` meanwhile is refused, A stops without tearing anything down, and the launch ends
+/// ready on B with one VM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_frozen_past_its_lease_stops_writing_once_resumed_and_tears_nothing_down() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let Some(python) = common::sky_python() else {
+        return;
+    };
+    let t = Takeover::start(&db, &python, "success-aws-l4-spot.txt").await;
+    t.a.signal("-STOP");
+    within(
+        Duration::from_secs(30),
+        "B takes over the launch of frozen A",
+        || async { t.logs().await.contains("this one takes it over") },
+    )
+    .await;
+    t.a.signal("-CONT");
+    within(
+        Duration::from_secs(30),
+        "A, resumed, finds the job is B's",
+        || async {
+            t.a.output()
+                .contains("this process no longer holds the job's lease")
+        },
+    )
+    .await;
+    let job = t.ended_on_b().await;
+    assert_eq!(job["status"], "succeeded", "{job:#}\nA:\n{}", t.a.output());
+
+    // Only A read its `sky launch` output; B followed the launch through `sky status`. So no
+    // such line after B's takeover: A's writes after it were refused.
+    let logs: Value = serde_json::from_str(&t.logs().await).unwrap();
+    let lines = logs["lines"].as_array().unwrap();
+    let takeover = lines
+        .iter()
+        .position(|l| {
+            l["line"]
+                .as_str()
+                .unwrap()
+                .contains("this one takes it over")
+        })
+        .unwrap();
+    let after: Vec<_> = lines[takeover..]
+        .iter()
+        .filter(|l| l["stream"] == "stdout" || l["stream"] == "stderr")
+        .collect();
+    assert!(after.is_empty(), "A wrote after the takeover: {after:#?}");
+    assert!(!t.a.output().contains("tearing down"), "{}", t.a.output());
+    let cluster = job["cluster_name"].as_str().unwrap();
+    let calls = t.sky.calls();
+    assert!(!calls.iter().any(|c| c[0] == "down"), "{calls:?}");
+    assert_eq!(t.sky.vms_started(cluster), 1, "one VM for the cluster");
+    assert_eq!(agents_of(&t.node_id).len(), 1, "one agent serves the node");
+}
+
+/// A queued launch job of the local provider, not yet stored.
+fn local_job(name: &str, node_id: Option<String>) -> Job {
+    let spec =
+        serde_json::from_value::<LaunchRequest>(json!({"model": "demo/echo", "provider": "local"}))
+            .unwrap()
+            .validate(name)
+            .unwrap();
+    Job::queued(uuid::Uuid::new_v4().to_string(), spec, node_id, now_ms())
+}
+
+/// What the database shows of a process cut off from it longer than its lease: the lease has
+/// lapsed, and any process may claim the job.
+async fn lapse_lease(store: &Store, job_id: &str) {
+    sqlx::query("UPDATE launch_jobs SET lease_expires_at = 0 WHERE id = $1")
+        .bind(job_id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+}
+
+async fn lease_owner(store: &Store, job_id: &str) -> String {
+    sqlx::query_scalar("SELECT lease_owner FROM launch_jobs WHERE id = $1")
+        .bind(job_id)
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+}
+
+fn in_a_minute() -> i64 {
+    now_ms() + 60_000
+}
+
+/// Two processes' stores on one database: A claims a job and is cut off past its lease, B takes
+/// the job over. When A comes back, each of its writes (progress, outcome, log lines, lease
+/// renewal) is refused with `LeaseLost` and changes nothing; B's state stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_of_a_process_whose_job_was_taken_over_are_refused() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let a = Store::connect(&db.url).await.unwrap();
+    let b = Store::connect(&db.url).await.unwrap();
+    let job = local_job("fenced", None);
+    a.insert_job(&job, "{}", None).await.unwrap();
+    let on_a = a
+        .claim_job("process-a", in_a_minute(), now_ms())
+        .await
+        .unwrap()
+        .expect("A claims the queued job");
+    let mut a_job = on_a.job.clone();
+    a_job.provider_state = json!({"vm": "a"});
+    a.save_job(&a_job, &on_a.lease).await.unwrap();
+    a.append_logs(&on_a.lease, &[(now_ms(), "skylaunch", "A made vm a")])
+        .await
+        .unwrap();
+
+    lapse_lease(&a, &job.id).await;
+    let on_b = b
+        .claim_job("process-b", in_a_minute(), now_ms())
+        .await
+        .unwrap()
+        .expect("B takes over the lapsed job");
+    assert!(on_b.reclaimed);
+    let mut b_job = on_b.job.clone();
+    b_job.provider_state = json!({"vm": "b"});
+    b.save_job(&b_job, &on_b.lease).await.unwrap();
+    b.append_logs(&on_b.lease, &[(now_ms(), "skylaunch", "B made vm b")])
+        .await
+        .unwrap();
+
+    // A comes back, unaware: it would record a second VM, then fail the launch.
+    a_job.provider_state = json!({"vm": "a-second"});
+    let refused = a.save_job(&a_job, &on_a.lease).await;
+    assert!(
+        matches!(&refused, Err(StoreError::LeaseLost(id)) if *id == job.id),
+        "{refused:?}"
+    );
+    a_job.status = JobStatus::Failed;
+    a_job.finished_at = Some(now_ms());
+    let refused = a.save_job(&a_job, &on_a.lease).await;
+    assert!(
+        matches!(refused, Err(StoreError::LeaseLost(_))),
+        "{refused:?}"
+    );
+    let refused = a
+        .append_logs(
+            &on_a.lease,
+            &[
+                (now_ms(), "skylaunch", "A made vm a-second"),
+                (now_ms(), "skylaunch", "launch failed"),
+            ],
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::LeaseLost(_))),
+        "{refused:?}"
+    );
+    assert_eq!(
+        a.renew_lease(&on_a.lease, in_a_minute()).await.unwrap(),
+        None
+    );
+
+    let stored = b.job(&job.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, JobStatus::Running);
+    assert_eq!(stored.finished_at, None);
+    assert_eq!(stored.provider_state, json!({"vm": "b"}));
+    let lines: Vec<_> = b
+        .job_logs(&job.id, 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.line)
+        .collect();
+    assert_eq!(lines, ["A made vm a", "B made vm b"]);
+    assert_eq!(lease_owner(&b, &job.id).await, "process-b");
+    assert_eq!(
+        b.renew_lease(&on_b.lease, in_a_minute()).await.unwrap(),
+        Some(false),
+        "B's lease holds"
+    );
+}
+
+/// The fence is the claim, not only the process: a process whose lease lapsed and that claimed
+/// the job again cannot write under its earlier claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_claim_by_the_same_process_fences_its_earlier_claim() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let store = Store::connect(&db.url).await.unwrap();
+    let job = local_job("reclaimed", None);
+    store.insert_job(&job, "{}", None).await.unwrap();
+    let first = store
+        .claim_job("process-a", in_a_minute(), now_ms())
+        .await
+        .unwrap()
+        .unwrap();
+    lapse_lease(&store, &job.id).await;
+    let second = store
+        .claim_job("process-a", in_a_minute(), now_ms())
+        .await
+        .unwrap()
+        .expect("the lapsed job is claimable again");
+    assert_eq!(second.lease.owner, first.lease.owner);
+
+    let mut stale = first.job.clone();
+    stale.provider_state = json!({"vm": "from-the-first-claim"});
+    let refused = store.save_job(&stale, &first.lease).await;
+    assert!(
+        matches!(refused, Err(StoreError::LeaseLost(_))),
+        "{refused:?}"
+    );
+    let mut current = second.job.clone();
+    current.provider_state = json!({"vm": "from-the-second-claim"});
+    store.save_job(&current, &second.lease).await.unwrap();
+    assert_eq!(
+        store.job(&job.id).await.unwrap().unwrap().provider_state,
+        json!({"vm": "from-the-second-claim"})
+    );
+}
+
+/// A launch provider for one of two runners: it records a VM named after its process, then
+/// waits for the test to let it go on (A is cut off from the database there), and then records a
+/// second one. Counts its teardowns.
+struct CutOffProvider {
+    process: &'static str,
+    go_on: Notify,
+    teardowns: AtomicU32,
+}
+
+impl CutOffProvider {
+    fn new(process: &'static str) -> Arc<CutOffProvider> {
+        Arc::new(CutOffProvider {
+            process,
+            go_on: Notify::new(),
+            teardowns: AtomicU32::new(0),
+        })
+    }
+}
+
+impl LaunchProvider for CutOffProvider {
+    fn launch<'a>(&'a self, run: &'a JobRun) -> BoxFuture<'a, Result<(), LaunchError>> {
+        Box::pin(async move {
+            run.set_provider_state(json!({"vm": self.process})).await;
+            self.go_on.notified().await;
+            let after = format!("{}-after-the-cut", self.process);
+            run.set_provider_state(json!({"vm": after})).await;
+            run.log.line("provider", &format!("{after} made")).await;
+            Ok(())
+        })
+    }
+
+    fn teardown<'a>(&'a self, _job: &'a Job) -> BoxFuture<'a, Result<(), LaunchError>> {
+        self.teardowns.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// One control-plane process's job runner, with its own connections to the shared database.
+async fn runner_process(db: &TestDb, provider: Arc<CutOffProvider>) -> (Store, Arc<JobRunner>) {
+    let store = Store::connect(&db.url).await.unwrap();
+    let fleet = Arc::new(
+        Fleet::load(
+            store.clone(),
+            ServeConfig::defaults().health_policy(),
+            Arc::new(Metrics::default()),
+        )
+        .await
+        .unwrap(),
+    );
+    let providers: HashMap<Provider, Arc<dyn LaunchProvider>> =
+        HashMap::from([(Provider::Local, provider as Arc<dyn LaunchProvider>)]);
+    let runner = JobRunner::new(
+        store.clone(),
+        fleet,
+        JobEvents::default(),
+        providers,
+        RunnerSettings {
+            // Renewed every 10 s: well after this test is done with A, so what stops A is its
+            // refused write, not a refused renewal.
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(50),
+            // Busy with its one job, A does not claim it again itself once its lease lapses.
+            max_concurrent: 1,
+            registration_timeout: Duration::from_secs(60),
+            ready_timeout: Duration::from_secs(60),
+            control_plane_url: "http://127.0.0.1:9".into(),
+            agent_url: "http://127.0.0.1:9/agent".into(),
+        },
+    );
+    (store, runner)
+}
+
+async fn provider_state(store: &Store, job_id: &str) -> Value {
+    store.job(job_id).await.unwrap().unwrap().provider_state
+}
+
+/// Two job runners on one database: A's launch is cut off past its lease, B takes it over and
+/// launches its own VM; when A goes on, its next write is refused, and A stops there: it
+/// records nothing, tears nothing down and leaves the node alone, and B goes on with the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_cut_off_past_its_lease_stops_at_its_next_write_without_tearing_down() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let a_provider = CutOffProvider::new("a");
+    let b_provider = CutOffProvider::new("b");
+    let (a_store, a) = runner_process(&db, a_provider.clone()).await;
+    let fleet = Fleet::load(
+        a_store.clone(),
+        ServeConfig::defaults().health_policy(),
+        Arc::new(Metrics::default()),
+    )
+    .await
+    .unwrap();
+    let job = local_job("cut-off", None);
+    let (node, _) = fleet
+        .create_node(
+            NewNode {
+                name: "cut-off".into(),
+                model_name: "demo/echo".into(),
+                endpoint_url: None,
+                provider: Some("local".into()),
+                labels: None,
+            },
+            Some(job.id.clone()),
+        )
+        .await
+        .unwrap();
+    let job = Job {
+        node_id: Some(node.id.clone()),
+        ..job
+    };
+    a_store.insert_job(&job, "{}", None).await.unwrap();
+    let (stop_a, a_stopped) = watch::channel(false);
+    let a_task = tokio::spawn(a.clone().run(a_stopped));
+    within(Duration::from_secs(10), "A launched its VM", || async {
+        provider_state(&a_store, &job.id).await == json!({"vm": "a"})
+    })
+    .await;
+
+    lapse_lease(&a_store, &job.id).await;
+    let (b_store, b) = runner_process(&db, b_provider.clone()).await;
+    let (stop_b, b_stopped) = watch::channel(false);
+    let b_task = tokio::spawn(b.clone().run(b_stopped));
+    within(
+        Duration::from_secs(10),
+        "B took over and launched its VM",
+        || async { provider_state(&b_store, &job.id).await == json!({"vm": "b"}) },
+    )
+    .await;
+
+    a_provider.go_on.notify_one();
+    within(
+        Duration::from_secs(10),
+        "A stops working on the job",
+        || async { !a.runs(&job.id) },
+    )
+    .await;
+    let stored = b_store.job(&job.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, JobStatus::Running, "{stored:?}");
+    assert_eq!(stored.provider_state, json!({"vm": "b"}));
+    assert_eq!(
+        a_provider.teardowns.load(Ordering::SeqCst),
+        0,
+        "A tore down"
+    );
+    let logs: Vec<_> = b_store
+        .job_logs(&job.id, 0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.line)
+        .collect();
+    assert!(
+        !logs.iter().any(|l| l.contains("a-after-the-cut")),
+        "{logs:#?}"
+    );
+    assert!(
+        !logs.iter().any(|l| l.contains("launch failed")),
+        "{logs:#?}"
+    );
+    let node = b_store.load_node(&node.id).await.unwrap().unwrap();
+    assert_ne!(node.status, NodeStatus::Terminated, "{node:?}");
+    assert!(b.runs(&job.id), "B still runs the job");
+
+    let _ = stop_a.send(true);
+    let _ = stop_b.send(true);
+    a_task.await.unwrap();
+    b_task.await.unwrap();
+    b.hand_back().await;
 }

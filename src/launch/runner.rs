@@ -12,6 +12,13 @@
 //! when nothing is coming up does it remove whatever the first process may have started
 //! (teardown works from the stored provider state and is idempotent) and launch again under the
 //! same name, so a takeover never leaves two machines.
+//!
+//! A process cut off from the database longer than its lease may find the job taken over when
+//! it comes back. Every write it makes is fenced by its claim (see [`JobLease`]): the first one
+//! refused, or a renewal refused, stops its work on the job at once, with nothing torn down (the
+//! machine is the new owner's now). Before anything no two claims may do at once (launching,
+//! tearing down, a new node token) the lease is renewed, so no other process can claim the job
+//! meanwhile.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,7 +32,7 @@ use super::error::{ErrorCode, LaunchError};
 use super::events::JobEvents;
 use super::job::{Job, JobStatus};
 use super::providers::LaunchProvider;
-use super::run::{JobLog, JobRun};
+use super::run::{JobLease, JobLog, JobRun};
 use super::spec::Provider;
 use super::stage::Stage;
 use super::task::{self, NodeIdentity};
@@ -58,9 +65,10 @@ pub struct JobRunner {
     owner: String,
     wake: Notify,
     running: AtomicUsize,
-    cancels: StdMutex<HashMap<String, watch::Sender<bool>>>,
-    /// The launches this process runs, to stop them when it shuts down.
-    launches: StdMutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// Per job this process runs: the claim it runs under, and its cancel signal.
+    cancels: StdMutex<HashMap<String, (i64, watch::Sender<bool>)>>,
+    /// The launches this process runs (with their claims), to stop them when it shuts down.
+    launches: StdMutex<HashMap<String, (i64, tokio::task::AbortHandle)>>,
 }
 
 impl JobRunner {
@@ -100,7 +108,7 @@ impl JobRunner {
             .lock()
             .expect("launch map lock")
             .values()
-            .cloned()
+            .map(|(_, launch)| launch.clone())
             .collect();
         for launch in &launches {
             launch.abort();
@@ -123,7 +131,7 @@ impl JobRunner {
 
     /// Asks a job this process runs to stop; other processes notice at their next lease renewal.
     pub fn signal_cancel(&self, job_id: &str) {
-        if let Some(tx) = self.cancels.lock().expect("cancel map lock").get(job_id) {
+        if let Some((_, tx)) = self.cancels.lock().expect("cancel map lock").get(job_id) {
             let _ = tx.send(true);
         }
     }
@@ -157,30 +165,38 @@ impl JobRunner {
                     Ok(Some(claimed)) => {
                         self.running.fetch_add(1, Ordering::SeqCst);
                         let runner = self.clone();
+                        let lease = JobLease::new(
+                            self.store.clone(),
+                            claimed.lease,
+                            self.settings.lease,
+                            lease_until,
+                        );
                         tokio::spawn(async move {
                             let id = claimed.job.id.clone();
+                            let claim = lease.token().claim;
                             // On its own task, so a bug that panics mid-launch is caught here
                             // and the launch still ends with its VM torn down.
-                            let launch = tokio::spawn(
-                                runner.clone().run_claimed(claimed.job, claimed.reclaimed),
-                            );
+                            let launch = tokio::spawn(runner.clone().run_claimed(
+                                claimed.job,
+                                lease.clone(),
+                                claimed.reclaimed,
+                            ));
                             runner
                                 .launches
                                 .lock()
                                 .expect("launch map lock")
-                                .insert(id.clone(), launch.abort_handle());
+                                .insert(id.clone(), (claim, launch.abort_handle()));
                             match launch.await {
                                 Err(e) if e.is_cancelled() => {
                                     tracing::info!(job_id = %id, "launch stopped with this process; handed back for another to take over")
                                 }
                                 Err(e) => {
                                     tracing::error!(job_id = %id, error = %e, "launch task failed; ending the launch and tearing down");
-                                    runner.end_after_crash(&id).await;
+                                    runner.end_after_crash(&lease).await;
                                 }
                                 Ok(()) => {}
                             }
-                            runner.launches.lock().expect("launch map lock").remove(&id);
-                            runner.cancels.lock().expect("cancel map lock").remove(&id);
+                            runner.forget(&id, claim);
                             runner.running.fetch_sub(1, Ordering::SeqCst);
                             runner.wake();
                         });
@@ -200,7 +216,19 @@ impl JobRunner {
         }
     }
 
-    async fn run_claimed(self: Arc<Self>, job: Job, reclaimed: bool) {
+    /// Forgets a job this process ran under `claim` (not a later claim of the same job).
+    fn forget(&self, job_id: &str, claim: i64) {
+        let mut launches = self.launches.lock().expect("launch map lock");
+        if launches.get(job_id).is_some_and(|(c, _)| *c == claim) {
+            launches.remove(job_id);
+        }
+        let mut cancels = self.cancels.lock().expect("cancel map lock");
+        if cancels.get(job_id).is_some_and(|(c, _)| *c == claim) {
+            cancels.remove(job_id);
+        }
+    }
+
+    async fn run_claimed(self: Arc<Self>, job: Job, lease: JobLease, reclaimed: bool) {
         let job_id = job.id.clone();
         let span = tracing::info_span!("launch_job", job_id = %job_id, provider = %job.provider);
         let _enter = span.enter();
@@ -209,39 +237,44 @@ impl JobRunner {
         self.cancels
             .lock()
             .expect("cancel map lock")
-            .insert(job_id.clone(), cancel_tx.clone());
-        let lost_lease = Arc::new(Notify::new());
+            .insert(job_id.clone(), (lease.token().claim, cancel_tx.clone()));
         // Stops renewing however this function ends (a panic included), so the lease can lapse.
-        let _renewer = AbortOnDrop(self.clone().spawn_lease_renewal(
-            job_id.clone(),
-            cancel_tx,
-            lost_lease.clone(),
-        ));
+        let _renewer = AbortOnDrop(self.clone().spawn_lease_renewal(lease.clone(), cancel_tx));
+        // The job lost to another claim, the work stops wherever it is: it has written nothing
+        // since (every write checks the lease) and tears nothing down.
+        tokio::select! {
+            () = self.work_on(job, &lease, reclaimed, cancel_rx) => {}
+            () = lease.lost() => {
+                tracing::warn!(job_id = %job_id, "another process holds this job now; stopped working on it, nothing torn down");
+            }
+        }
+    }
 
-        let log = self.job_log(&job_id);
+    async fn work_on(
+        &self,
+        job: Job,
+        lease: &JobLease,
+        reclaimed: bool,
+        cancel: watch::Receiver<bool>,
+    ) {
+        let log = self.job_log(lease);
         let started = if reclaimed {
-            self.take_over(job.clone(), log.clone(), cancel_rx).await
+            self.take_over(job.clone(), log.clone(), cancel).await
         } else {
-            self.prepare(job.clone(), log.clone(), cancel_rx)
+            self.prepare(job.clone(), log.clone(), cancel)
                 .await
                 .map(|run| (run, Start::Launch))
         };
         let outcome = match started {
             Ok((run, start)) => {
-                let (run, result) = tokio::select! {
-                    r = self.go_on(run, start) => r,
-                    _ = lost_lease.notified() => {
-                        tracing::warn!(job_id = %job_id, "lost the lease on this job to another process; stopping here");
-                        return;
-                    }
-                };
+                let (run, result) = self.go_on(run, start).await;
                 let job = run.snapshot().await;
                 self.finish(job, result, &log).await;
                 return;
             }
             Err(e) => Err(e),
         };
-        let job = match self.store.job(&job_id).await {
+        let job = match self.store.job(&job.id).await {
             Ok(Some(j)) => j,
             _ => job,
         };
@@ -326,6 +359,9 @@ impl JobRunner {
         cancel: watch::Receiver<bool>,
     ) -> Result<JobRun, LaunchError> {
         if let Some(provider) = self.provider(&job.provider) {
+            if !log.lease.confirm().await {
+                return Err(lease_lost());
+            }
             provider.teardown(&job).await.map_err(|e| {
                 LaunchError::new(
                     e.code,
@@ -412,22 +448,21 @@ impl JobRunner {
         }
     }
 
-    fn job_log(&self, job_id: &str) -> JobLog {
+    fn job_log(&self, lease: &JobLease) -> JobLog {
         JobLog {
-            store: self.store.clone(),
+            lease: lease.clone(),
             events: self.events.clone(),
-            job_id: job_id.to_string(),
         }
     }
 
     /// Ends a launch whose task died of a bug: recorded as failed, and what it created torn
-    /// down from its stored state, as after a restart.
-    async fn end_after_crash(&self, job_id: &str) {
-        let job = match self.store.job(job_id).await {
+    /// down from its stored state, as after a restart (unless another process holds it now).
+    async fn end_after_crash(&self, lease: &JobLease) {
+        let job = match self.store.job(&lease.token().job_id).await {
             Ok(Some(job)) if !job.status.is_terminal() => job,
             _ => return,
         };
-        let log = self.job_log(job_id);
+        let log = self.job_log(lease);
         let error = LaunchError::new(
             ErrorCode::Internal,
             "skylaunch hit an internal error during this launch",
@@ -437,29 +472,27 @@ impl JobRunner {
         self.finish(job, Err(error), &log).await;
     }
 
+    /// Renews the lease every third of it; a refused renewal (or one failing past the lease)
+    /// marks the job lost, which stops its work.
     fn spawn_lease_renewal(
         self: Arc<Self>,
-        job_id: String,
+        lease: JobLease,
         cancel: watch::Sender<bool>,
-        lost: Arc<Notify>,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let every = self.settings.lease / 3;
             loop {
                 tokio::time::sleep(every).await;
-                let until = now_ms() + self.settings.lease.as_millis() as i64;
-                match self.store.renew_lease(&job_id, &self.owner, until).await {
+                match lease.renew().await {
                     Ok(Some(cancel_requested)) => {
                         if cancel_requested {
                             let _ = cancel.send(true);
                         }
                     }
-                    Ok(None) => {
-                        lost.notify_one();
-                        return;
-                    }
+                    Ok(None) => return,
+                    Err(_) if lease.is_lost() => return,
                     Err(e) => {
-                        tracing::warn!(job_id = %job_id, error = %e, "could not renew the job lease; retrying")
+                        tracing::warn!(job_id = %lease.token().job_id, error = %e, "could not renew the job lease; retrying")
                     }
                 }
             }
@@ -483,6 +516,11 @@ impl JobRunner {
                 "this launch job was created without its node record",
             )
         })?;
+        // A new token locks out the agent of any earlier claim's machine: only while this claim
+        // holds the job.
+        if !log.lease.confirm().await {
+            return Err(lease_lost());
+        }
         let node_token = self.fleet.rotate_token(&node_id).await.map_err(|e| {
             LaunchError::new(
                 ErrorCode::Internal,
@@ -515,10 +553,9 @@ impl JobRunner {
             format!("template {} ({})", job.spec.template, template.description),
         );
         job.updated_at = now_ms();
-        self.store
-            .save_job(&job)
-            .await
-            .map_err(|e| store_failure(&e))?;
+        if !log.lease.write(&job).await.map_err(|e| store_failure(&e))? {
+            return Err(lease_lost());
+        }
         self.events.send(
             &job.id,
             "stage",
@@ -537,7 +574,7 @@ impl JobRunner {
     ) -> JobRun {
         JobRun {
             job: Mutex::new(job),
-            store: self.store.clone(),
+            lease: log.lease.clone(),
             events: self.events.clone(),
             log,
             cancel,
@@ -556,6 +593,9 @@ impl JobRunner {
                 format!("provider {:?} is not available in this build", job.provider),
             )
         })?;
+        if !run.lease.confirm().await {
+            return Err(lease_lost());
+        }
         tokio::select! {
             r = provider.launch(run) => r?,
             _ = run.cancelled() => return Err(cancelled()),
@@ -648,8 +688,12 @@ impl JobRunner {
         }
     }
 
-    /// Records the outcome; on failure tears down first, so nothing is left billing.
+    /// Records the outcome; on failure tears down first, so nothing is left billing. Does
+    /// neither once another process holds the job: what is up is its machine now.
     async fn finish(&self, mut job: Job, outcome: Result<(), LaunchError>, log: &JobLog) {
+        if log.lease.is_lost() {
+            return;
+        }
         let now = now_ms();
         match outcome {
             Ok(()) => {
@@ -662,6 +706,9 @@ impl JobRunner {
                     &format!("launch failed: {} ({})", error.title, error.code.as_str()),
                 )
                 .await;
+                if !log.lease.confirm().await {
+                    return;
+                }
                 if let Some(provider) = self.provider(&job.provider) {
                     log.line("skylaunch", "tearing down what this launch created")
                         .await;
@@ -687,10 +734,9 @@ impl JobRunner {
             }
         }
         job.updated_at = now;
-        if let Err(e) = self.store.save_job(&job).await {
-            tracing::error!(job_id = %job.id, error = %e, "could not save the job's outcome");
+        if log.lease.save(&job).await {
+            self.events.send(&job.id, "job", json!(job));
         }
-        self.events.send(&job.id, "job", json!(job));
     }
 
     /// Tears down what a finished job created (when its node is deleted).
@@ -718,6 +764,16 @@ pub fn cancelled() -> LaunchError {
         ErrorCode::Cancelled,
         "Launch cancelled",
         "the launch was cancelled; what it had created was torn down",
+    )
+}
+
+/// What a step returns when the job turned out to be another claim's; never recorded (the
+/// runner stops on the lost lease first).
+fn lease_lost() -> LaunchError {
+    LaunchError::new(
+        ErrorCode::Internal,
+        "Another process took this launch over",
+        "this process lost the job's lease (it was cut off from the database longer than the lease) and stopped",
     )
 }
 

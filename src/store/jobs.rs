@@ -2,6 +2,12 @@
 //! process run a job at a time: a claim marks the job running with a lease deadline in one short
 //! statement; the runner renews it while it works; a job whose lease expired (its process died)
 //! can be claimed again. No transaction is held across a subprocess or cloud call.
+//!
+//! Every write the runner makes about a running job is fenced by its [`Lease`]: it matches only
+//! while the job is still running under that claim, so a process cut off from the database
+//! longer than its lease cannot overwrite the work of the process that took the job over. A
+//! fenced write that matches nothing is [`StoreError::LeaseLost`]. Admin writes (a cancel
+//! request) are not fenced: they set a flag the lease holder reads.
 
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -26,7 +32,21 @@ pub struct LogLine {
 pub struct Claimed {
     pub job: Job,
     pub reclaimed: bool,
+    pub lease: Lease,
 }
+
+/// One claim of one job: the fencing token its writes carry. `claim` is the job's claim count
+/// at that claim, so any later claim (by another process, or by this one after its lease
+/// lapsed) fences the earlier one's writes even when the owner is the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub job_id: String,
+    pub owner: String,
+    pub claim: i64,
+}
+
+/// The WHERE clause of a fenced write, with the lease bound as $1 (job id), $2 and $3.
+const HELD: &str = "id = $1 AND lease_owner = $2 AND claims = $3 AND status = 'running'";
 
 impl Store {
     pub async fn insert_job(
@@ -136,14 +156,17 @@ impl Store {
         rows.iter().map(job_from_row).collect()
     }
 
-    /// Writes everything the runner changes about a job.
-    pub async fn save_job(&self, job: &Job) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE launch_jobs SET status = $2, stage = $3, stages = $4, attempts = $5, error = $6, \
-             node_id = $7, task_yaml = $8, provider_state = $9, updated_at = $10, finished_at = $11 \
-             WHERE id = $1",
-        )
-        .bind(&job.id)
+    /// Writes everything the runner changes about a job, if `lease` still holds it.
+    pub async fn save_job(&self, job: &Job, lease: &Lease) -> Result<(), StoreError> {
+        debug_assert_eq!(job.id, lease.job_id, "a job is saved under its own lease");
+        let done = sqlx::query(&format!(
+            "UPDATE launch_jobs SET status = $4, stage = $5, stages = $6, attempts = $7, error = $8, \
+             node_id = $9, task_yaml = $10, provider_state = $11, updated_at = $12, finished_at = $13 \
+             WHERE {HELD}"
+        ))
+        .bind(&lease.job_id)
+        .bind(&lease.owner)
+        .bind(lease.claim)
         .bind(job.status.as_str())
         .bind(job.stage.map(|s| s.as_str()))
         .bind(json(&job.stages))
@@ -156,7 +179,7 @@ impl Store {
         .bind(job.finished_at)
         .execute(self.pool())
         .await?;
-        Ok(())
+        fenced(done.rows_affected(), lease)
     }
 
     /// Claims the oldest queued job, or a running one whose lease expired. The re-check in the
@@ -190,23 +213,27 @@ impl Store {
         Ok(Some(Claimed {
             job,
             reclaimed: claims > 1,
+            lease: Lease {
+                job_id: id,
+                owner: owner.to_string(),
+                claim: claims,
+            },
         }))
     }
 
-    /// Extends the lease; `None` when another process has taken the job, else whether a cancel
-    /// was requested.
+    /// Extends the lease; `None` when another claim holds the job now (or it ended), else
+    /// whether a cancel was requested.
     pub async fn renew_lease(
         &self,
-        id: &str,
-        owner: &str,
+        lease: &Lease,
         lease_until: i64,
     ) -> Result<Option<bool>, StoreError> {
-        let row = sqlx::query(
-            "UPDATE launch_jobs SET lease_expires_at = $3 WHERE id = $1 AND lease_owner = $2 \
-             AND status = 'running' RETURNING cancel_requested",
-        )
-        .bind(id)
-        .bind(owner)
+        let row = sqlx::query(&format!(
+            "UPDATE launch_jobs SET lease_expires_at = $4 WHERE {HELD} RETURNING cancel_requested"
+        ))
+        .bind(&lease.job_id)
+        .bind(&lease.owner)
+        .bind(lease.claim)
         .bind(lease_until)
         .fetch_optional(self.pool())
         .await?;
@@ -269,22 +296,28 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Appends log lines to a running job, if `lease` still holds it (else none of them).
     pub async fn append_logs(
         &self,
-        job_id: &str,
+        lease: &Lease,
         lines: &[(i64, &str, &str)],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
         for (at, stream, line) in lines {
-            sqlx::query(
-                "INSERT INTO launch_job_logs (job_id, at, stream, line) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(job_id)
+            let done = sqlx::query(&format!(
+                "INSERT INTO launch_job_logs (job_id, at, stream, line) SELECT $1, $4, $5, $6 \
+                 WHERE EXISTS (SELECT 1 FROM launch_jobs WHERE {HELD})"
+            ))
+            .bind(&lease.job_id)
+            .bind(&lease.owner)
+            .bind(lease.claim)
             .bind(*at)
             .bind(*stream)
             .bind(*line)
             .execute(&mut *tx)
             .await?;
+            // Dropping the transaction rolls back the lines before this one.
+            fenced(done.rows_affected(), lease)?;
         }
         tx.commit().await?;
         Ok(())
@@ -328,6 +361,14 @@ impl Store {
         rows.iter()
             .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
             .collect()
+    }
+}
+
+/// A fenced write that matched no row: the lease is another claim's now.
+fn fenced(rows: u64, lease: &Lease) -> Result<(), StoreError> {
+    match rows {
+        0 => Err(StoreError::LeaseLost(lease.job_id.clone())),
+        _ => Ok(()),
     }
 }
 

@@ -62,6 +62,10 @@ pub enum StoreError {
     /// Another process changed the row since it was read; re-read it and try again.
     #[error("{0} was changed by another process meanwhile")]
     Conflict(String),
+    /// The job's lease is no longer this claim's (another process took the job over): nothing
+    /// was written, and this claim's work on the job must stop.
+    #[error("job {0} is held by another claim now; nothing was written")]
+    LeaseLost(String),
 }
 
 /// The shared handle to the database.
