@@ -541,13 +541,9 @@ impl JobRunner {
             node_id: &node_id,
             node_token: &node_token,
         };
-        let task_yaml = task::to_yaml(&task::render(
-            &job.spec,
-            &template,
-            &job.cluster_name,
-            &identity,
-        ));
-        job.task_yaml = Some(task_yaml.replace(&node_token, "<secret>"));
+        let rendered = task::render(&job.spec, &template, &job.cluster_name, &identity);
+        let task_yaml = task::to_yaml(&rendered);
+        job.task_yaml = Some(task::to_yaml(&task::masked(&rendered, &job.spec)));
         job.detail(
             Stage::RenderTask,
             format!("template {} ({})", job.spec.template, template.description),
