@@ -20,7 +20,32 @@ struct Echo {
     model: String,
 }
 
-pub fn router(model: &str) -> Router {
+/// The server's routes. With an `api_key`, `/v1/*` wants `Authorization: Bearer <key>` and
+/// answers 401 without it, as vLLM does with `--api-key` (`/health` and `/metrics` stay open).
+pub fn router(model: &str, api_key: Option<String>) -> Router {
+    let keyed = axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let api_key = api_key.clone();
+            async move {
+                let wanted = api_key.map(|key| format!("Bearer {key}"));
+                let given = req.headers().get(axum::http::header::AUTHORIZATION);
+                let refused = req.uri().path().starts_with("/v1")
+                    && wanted.is_some_and(|w| {
+                        given.is_none_or(|g| {
+                            !bool::from(subtle::ConstantTimeEq::ct_eq(g.as_bytes(), w.as_bytes()))
+                        })
+                    });
+                if refused {
+                    return (
+                        StatusCode::UNAUTHORIZED,
+                        Json(json!({"error": "Unauthorized"})),
+                    )
+                        .into_response();
+                }
+                next.run(req).await
+            }
+        },
+    );
     Router::new()
         .route("/health", get(|| async { StatusCode::OK }))
         .route("/v1/models", get(models))
@@ -31,14 +56,19 @@ pub fn router(model: &str) -> Router {
         .with_state(Echo {
             model: model.to_string(),
         })
+        .layer(keyed)
 }
 
-pub async fn serve(listen: SocketAddr, model: &str) -> std::io::Result<()> {
+pub async fn serve(
+    listen: SocketAddr,
+    model: &str,
+    api_key: Option<String>,
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(%listen, model, "echo model server listening (echoes prompts; not a language model)");
     axum::serve(
         axum::serve::ListenerExt::tap_io(listener, crate::app::no_delay),
-        router(model),
+        router(model, api_key),
     )
     .with_graceful_shutdown(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

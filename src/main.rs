@@ -41,6 +41,10 @@ enum Command {
         listen: std::net::SocketAddr,
         #[arg(long)]
         model: String,
+        /// API key its `/v1` routes want (as vLLM's `--api-key`); the environment variable
+        /// keeps it out of the process list.
+        #[arg(long, env = "SKYLAUNCH_MODEL_SERVER_KEY", hide_env_values = true)]
+        api_key: Option<String>,
     },
 }
 
@@ -59,9 +63,13 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::EchoServer { listen, model } => {
+        Command::EchoServer {
+            listen,
+            model,
+            api_key,
+        } => {
             init_logging(LogFormat::Human);
-            match runtime.block_on(skylaunch::echo_server::serve(listen, &model)) {
+            match runtime.block_on(skylaunch::echo_server::serve(listen, &model, api_key)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("skylaunch echo-server: cannot listen on {listen}: {e}");

@@ -94,9 +94,35 @@ async fn local_launch_reaches_ready_and_serves(backend: Backend) {
     assert_eq!(node["status"], "ready");
     assert_eq!(node["launch_job_id"], id);
     let endpoint = node["endpoint_url"].as_str().unwrap().to_string();
-    let answer: Value = reqwest::Client::new()
+    // The model server wants its own key, which only the load balancer (and the agent) has.
+    let chat =
+        json!({"model": "echo/test-model", "messages": [{"role": "user", "content": "hi there"}]});
+    let direct = reqwest::Client::new()
         .post(format!("{endpoint}/v1/chat/completions"))
-        .json(&json!({"model": "echo/test-model", "messages": [{"role": "user", "content": "hi there"}]}))
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        direct.status(),
+        StatusCode::UNAUTHORIZED,
+        "no key, no answer"
+    );
+    let guessed = reqwest::Client::new()
+        .post(format!("{endpoint}/v1/chat/completions"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        guessed.status(),
+        StatusCode::UNAUTHORIZED,
+        "not the admin token either"
+    );
+    let answer: Value = reqwest::Client::new()
+        .post(app.url("/v1/chat/completions"))
+        .json(&chat)
         .send()
         .await
         .unwrap()
@@ -104,6 +130,10 @@ async fn local_launch_reaches_ready_and_serves(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(answer["choices"][0]["message"]["content"], "echo: hi there");
+    assert!(
+        !app.node(node_id).await.to_string().contains("Bearer"),
+        "the key is never shown"
+    );
 
     let logs = app
         .client

@@ -16,6 +16,7 @@ fn render(request: serde_json::Value) -> String {
         agent_url: "http://10.0.0.1:8080/downloads/skylaunch-agent",
         node_id: "0b7e0c1e-1111-4222-8333-944455556666",
         node_token: "0123456789abcdef0123456789abcdef",
+        model_key: "fedcba9876543210fedcba9876543210",
     };
     task::to_yaml(&task::render(
         &spec,

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::client::{Ack, CallError, ControlPlane, Registration};
-use crate::config::Config;
+use crate::config::{Config, NodeToken};
 use crate::discover::{self, Identity};
 use crate::spot::SpotNotice;
 use crate::{gpu, probe, score};
@@ -37,6 +37,24 @@ pub struct Agent {
     local: reqwest::Client,
 }
 
+/// The client for the model server's probes: with its API key, when it has one, on every
+/// request (vLLM wants it on `/v1`, and ignores it elsewhere).
+fn model_server_client(key: Option<&NodeToken>) -> Result<reqwest::Client, reqwest::Error> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = key {
+        if let Ok(mut value) =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+        {
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+    }
+    reqwest::Client::builder()
+        .no_proxy()
+        .default_headers(headers)
+        .build()
+}
+
 impl Agent {
     pub fn new(config: Config) -> Result<Agent, reqwest::Error> {
         Ok(Agent {
@@ -45,7 +63,7 @@ impl Agent {
                 &config.node_id,
                 config.node_token.expose(),
             )?,
-            local: reqwest::Client::builder().no_proxy().build()?,
+            local: model_server_client(config.model_server_key.as_ref())?,
             config,
         })
     }

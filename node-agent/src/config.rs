@@ -22,6 +22,11 @@ pub struct Config {
     /// This node's token; never logged.
     #[arg(long, env = "SKYLAUNCH_NODE_TOKEN", hide_env_values = true)]
     pub node_token: NodeToken,
+
+    /// The model server's own API key (vLLM's `--api-key`), which its `/v1` routes want; the
+    /// probes send it. Given by the launch, like the node token.
+    #[arg(long, env = "SKYLAUNCH_MODEL_SERVER_KEY", hide_env_values = true)]
+    pub model_server_key: Option<NodeToken>,
     /// The local model server (vLLM or any OpenAI-compatible server).
     #[arg(
         long,

@@ -400,6 +400,7 @@ pub async fn preview_task(
         agent_url: &state.agent_url,
         node_id: "<assigned at launch>",
         node_token: "<secret>",
+        model_key: "<secret>",
     };
     let rendered = task::render(&spec, &template, "sl-preview", &identity);
     let yaml = task::to_yaml(&task::masked(&rendered, &spec));

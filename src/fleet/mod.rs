@@ -63,6 +63,12 @@ impl From<sqlx::Error> for FleetError {
     }
 }
 
+/// What a launch hands its node: the agent's token and the model server's API key.
+pub struct NodeCredentials {
+    pub token: String,
+    pub model_key: String,
+}
+
 /// What the control plane tells an agent after a registration or heartbeat.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AgentAck {
@@ -347,6 +353,7 @@ impl Fleet {
             status_reason: Some("waiting for the agent to register".to_string()),
             model_name: new.model_name,
             endpoint_pinned: new.endpoint_url.is_some(),
+            model_key: None,
             on_this_host: new.provider.as_deref() == Some("local"),
             endpoint_url: new.endpoint_url,
             provider: new.provider.unwrap_or_else(|| "byo".to_string()),
@@ -405,18 +412,28 @@ impl Fleet {
         Ok((node, token))
     }
 
-    /// Issues a new token for a node (the old one stops working) and returns it. Launch jobs call
-    /// this when they start, so a token's plaintext only ever lives in the running launch.
+    /// Issues a new token for a node (the old one stops working) and returns it.
     pub async fn rotate_token(&self, id: &str) -> Result<String, FleetError> {
+        Ok(self.rotate_credentials(id).await?.token)
+    }
+
+    /// Issues a node's credentials for a launch: a new agent token (the old one stops working;
+    /// only its hash is kept, so its plaintext only ever lives in the running launch) and a new
+    /// model-server API key (kept, for the load balancer to send).
+    pub async fn rotate_credentials(&self, id: &str) -> Result<NodeCredentials, FleetError> {
         let entry = self.entry(id).await?;
-        let token = token::generate();
-        let hash = token::hash(&token);
+        let credentials = NodeCredentials {
+            token: token::generate(),
+            model_key: token::generate(),
+        };
+        let hash = token::hash(&credentials.token);
         retrying!(entry, |live| async {
             let mut node = live.node.clone();
             node.token_hash = hash.clone();
+            node.model_key = Some(credentials.model_key.clone());
             self.save(live, node, None).await
         })?;
-        Ok(token)
+        Ok(credentials)
     }
 
     /// Stores `node` (with its event) as the node's new state, if nobody changed it meanwhile;

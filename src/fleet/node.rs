@@ -50,6 +50,10 @@ pub struct Node {
     /// The node lives on this machine (the local provider): its endpoint may be on loopback.
     #[serde(skip)]
     pub on_this_host: bool,
+    /// The model server's own API key (vLLM's `--api-key`), minted with each launch's node
+    /// token; the load balancer sends it, and no API answer shows it.
+    #[serde(skip)]
+    pub model_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -175,6 +175,8 @@ pub struct JobRun {
     pub log: JobLog,
     pub(super) cancel: watch::Receiver<bool>,
     pub(super) node_token: String,
+    /// The model server's API key for this launch (empty when a takeover only waits).
+    pub(super) model_key: String,
     pub(super) task_yaml: String,
     pub settings: RunnerSettings,
 }
@@ -186,6 +188,11 @@ impl JobRun {
 
     pub fn node_token(&self) -> &str {
         &self.node_token
+    }
+
+    /// The API key the launch's model server is to want (vLLM's `--api-key`).
+    pub fn model_key(&self) -> &str {
+        &self.model_key
     }
 
     /// The task with the real node token (for the provider only; the job shows it redacted).

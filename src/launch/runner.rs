@@ -38,7 +38,7 @@ use super::stage::Stage;
 use super::task::{self, NodeIdentity};
 use crate::clock::now_ms;
 use crate::fleet::status::NodeStatus;
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, NodeCredentials};
 use crate::store::{Store, StoreError};
 use crate::task::AbortOnDrop;
 
@@ -337,7 +337,7 @@ impl JobRunner {
         if let Some((why, start)) = first_attempt {
             log.line("skylaunch", &why).await;
             let task_yaml = job.task_yaml.clone().unwrap_or_default();
-            let run = self.job_run(job, log, cancel, String::new(), task_yaml);
+            let run = self.job_run(job, log, cancel, None, task_yaml);
             return Ok((run, start));
         }
         log.line(
@@ -521,7 +521,7 @@ impl JobRunner {
         if !log.lease.confirm().await {
             return Err(lease_lost());
         }
-        let node_token = self.fleet.rotate_token(&node_id).await.map_err(|e| {
+        let credentials = self.fleet.rotate_credentials(&node_id).await.map_err(|e| {
             LaunchError::new(
                 ErrorCode::Internal,
                 "Could not issue the node's token",
@@ -539,7 +539,8 @@ impl JobRunner {
             control_plane_url: &self.settings.control_plane_url,
             agent_url: &self.settings.agent_url,
             node_id: &node_id,
-            node_token: &node_token,
+            node_token: &credentials.token,
+            model_key: &credentials.model_key,
         };
         let rendered = task::render(&job.spec, &template, &job.cluster_name, &identity);
         let task_yaml = task::to_yaml(&rendered);
@@ -557,17 +558,20 @@ impl JobRunner {
             "stage",
             json!({"stage": Stage::RenderTask, "stages": job.stages}),
         );
-        Ok(self.job_run(job, log, cancel, node_token, task_yaml))
+        Ok(self.job_run(job, log, cancel, Some(credentials), task_yaml))
     }
 
+    /// A job's run; `credentials` are the node's for a launch, none when it only waits.
     fn job_run(
         &self,
         job: Job,
         log: JobLog,
         cancel: watch::Receiver<bool>,
-        node_token: String,
+        credentials: Option<NodeCredentials>,
         task_yaml: String,
     ) -> JobRun {
+        let (node_token, model_key) =
+            credentials.map_or_else(Default::default, |c| (c.token, c.model_key));
         JobRun {
             job: Mutex::new(job),
             lease: log.lease.clone(),
@@ -575,6 +579,7 @@ impl JobRunner {
             log,
             cancel,
             node_token,
+            model_key,
             task_yaml,
             settings: self.settings.clone(),
         }

@@ -36,6 +36,7 @@ pub struct NodeIdentity<'a> {
     pub agent_url: &'a str,
     pub node_id: &'a str,
     pub node_token: &'a str,
+    pub model_key: &'a str,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -124,6 +125,10 @@ pub fn render(
     envs.insert("SKYLAUNCH_NODE_ID".into(), node.node_id.to_string());
     let mut secrets = BTreeMap::new();
     secrets.insert("SKYLAUNCH_NODE_TOKEN".into(), node.node_token.to_string());
+    secrets.insert(
+        "SKYLAUNCH_MODEL_SERVER_KEY".into(),
+        node.model_key.to_string(),
+    );
     let mut candidates = candidates(spec);
     let (infra, use_spot, ordered) = if candidates.len() == 1 {
         let only = candidates.remove(0);
@@ -196,6 +201,7 @@ mod tests {
             agent_url: "http://cp:8080/downloads/skylaunch-agent",
             node_id: "node-1",
             node_token: "tok-secret",
+            model_key: "mk-secret",
         }
     }
 

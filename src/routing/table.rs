@@ -31,6 +31,9 @@ pub struct Endpoint {
     /// When the agent registered: a re-registration (restarted agent and model server) starts
     /// a fresh endpoint, without the old one's failures and ejection.
     registered_at: Option<i64>,
+    /// The model server's own API key, which every forwarded request carries (the client's
+    /// `Authorization` never goes on).
+    model_key: Option<String>,
     /// Where requests go, from `url`; the reason when the URL cannot be used.
     pub target: Result<Target, String>,
     /// Idle keep-alive connections to the model server.
@@ -42,7 +45,7 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn new(node_id: &str, node_name: &str, url: &str, health: f64) -> Endpoint {
-        Endpoint::registered(node_id, node_name, url, health, None)
+        Endpoint::registered(node_id, node_name, url, health, None, None)
     }
 
     fn registered(
@@ -51,6 +54,7 @@ impl Endpoint {
         url: &str,
         health: f64,
         registered_at: Option<i64>,
+        model_key: Option<&str>,
     ) -> Endpoint {
         let url = url.trim_end_matches('/');
         Endpoint {
@@ -63,7 +67,8 @@ impl Endpoint {
             ejected_until: AtomicI64::new(0),
             ejections: AtomicU32::new(0),
             registered_at,
-            target: Target::parse(url),
+            model_key: model_key.map(str::to_string),
+            target: Target::parse(url).map(|t| t.with_key(model_key)),
             pool: Pool::default(),
             series: std::sync::OnceLock::new(),
         }
@@ -150,6 +155,7 @@ impl RoutingTable {
                 if *model == node.model_name
                     && endpoint.url == url
                     && endpoint.registered_at == node.registered_at
+                    && endpoint.model_key == node.model_key
                     && same_status
                 {
                     endpoint.set_health(health);
@@ -182,7 +188,11 @@ impl RoutingTable {
             return;
         }
         let endpoint = match existing {
-            Some((_, e)) if e.url == url && e.registered_at == node.registered_at => {
+            Some((_, e))
+                if e.url == url
+                    && e.registered_at == node.registered_at
+                    && e.model_key == node.model_key =>
+            {
                 e.set_health(health);
                 e
             }
@@ -192,6 +202,7 @@ impl RoutingTable {
                 url,
                 health,
                 node.registered_at,
+                node.model_key.as_deref(),
             )),
         };
         let listed = inner.ready.remove(&node.model_name);
@@ -298,6 +309,7 @@ pub(crate) mod tests {
             revision: 0,
             endpoint_pinned: false,
             on_this_host: false,
+            model_key: None,
         }
     }
 

@@ -47,6 +47,8 @@ pub struct Target {
     host: HeaderValue,
     /// The URL's path (no trailing slash), put before each request's path; usually empty.
     prefix: String,
+    /// `authorization: Bearer <the model server's key>\r\n`, when it has one.
+    authorization: Option<Box<[u8]>>,
 }
 
 impl Target {
@@ -72,7 +74,18 @@ impl Target {
             connect,
             host,
             prefix: uri.path().trim_end_matches('/').to_string(),
+            authorization: None,
         })
+    }
+
+    /// This target, with every request carrying the model server's API key.
+    pub fn with_key(mut self, key: Option<&str>) -> Target {
+        self.authorization = key.map(|key| {
+            format!("authorization: Bearer {key}\r\n")
+                .into_bytes()
+                .into()
+        });
+        self
     }
 
     /// The head of a `POST` of `body_len` bytes to `path` (its path and query in origin form,
@@ -87,6 +100,9 @@ impl Target {
         head.extend_from_slice(b"\r\n");
         head.extend_from_slice(super::proxy::HOP_HEADER.as_bytes());
         head.extend_from_slice(b": 1\r\n");
+        if let Some(authorization) = &self.authorization {
+            head.extend_from_slice(authorization);
+        }
         for (name, value) in headers {
             head.extend_from_slice(name);
             head.extend_from_slice(b": ");
@@ -332,6 +348,18 @@ mod tests {
         assert_eq!(
             String::from_utf8(t.post_head(path, forwarded, 2)).unwrap(),
             "POST /v1/completions?x=1 HTTP/1.1\r\nhost: [::1]:9000\r\nx-skylaunch-hop: 1\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_keyed_target_sends_the_model_servers_key_on_every_request() {
+        let t = Target::parse("http://10.0.0.5:8000")
+            .unwrap()
+            .with_key(Some("mk-1"));
+        let head = String::from_utf8(t.post_head("/v1/completions", &[], 2)).unwrap();
+        assert_eq!(
+            head,
+            "POST /v1/completions HTTP/1.1\r\nhost: 10.0.0.5:8000\r\nx-skylaunch-hop: 1\r\nauthorization: Bearer mk-1\r\ncontent-length: 2\r\n\r\n"
         );
     }
 

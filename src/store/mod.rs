@@ -42,6 +42,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "installation",
         include_str!("../../migrations/0006_installation.sql"),
     ),
+    (
+        7,
+        "node_model_key",
+        include_str!("../../migrations/0007_node_model_key.sql"),
+    ),
 ];
 
 /// Which database a URL points at; the few backend-specific statements branch on it.

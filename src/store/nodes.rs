@@ -34,7 +34,7 @@ pub struct Telemetry {
 const NODE_COLUMNS: &str = "id, name, model_name, endpoint_url, provider, region, zone, gpu_type, \
      gpu_count, instance_type, spot_instance, labels, agent_version, status, status_reason, \
      token_hash, launch_job_id, health_score, last_heartbeat_at, last_heartbeat, registered_at, \
-     created_at, updated_at, revision, endpoint_pinned, on_this_host";
+     created_at, updated_at, revision, endpoint_pinned, on_this_host, model_key";
 
 /// The PostgreSQL channel on which every committed node change is announced (payload: the
 /// announcing store's origin, a space, the node id),
@@ -219,7 +219,7 @@ async fn write_node_row(tx: &mut Transaction<'_, Any>, node: &Node) -> Result<bo
              labels = $11, agent_version = $12, status = $13, status_reason = $14, \
              health_score = CASE WHEN $20 = 1 THEN $15 ELSE NULL END, last_heartbeat_at = $16, \
              last_heartbeat = $17, registered_at = $18, updated_at = $19, token_hash = $21, \
-             revision = revision + 1 WHERE id = $1 AND revision = $22",
+             model_key = $23, revision = revision + 1 WHERE id = $1 AND revision = $22",
     )
     .bind(&node.id)
     .bind(&node.model_name)
@@ -243,6 +243,7 @@ async fn write_node_row(tx: &mut Transaction<'_, Any>, node: &Node) -> Result<bo
     .bind(i64::from(node.health_score.is_some()))
     .bind(&node.token_hash)
     .bind(node.revision)
+    .bind(&node.model_key)
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -317,6 +318,7 @@ fn node_from_row(row: &AnyRow) -> Result<Node, StoreError> {
         revision: row.try_get("revision")?,
         endpoint_pinned: row.try_get::<i64, _>("endpoint_pinned")? != 0,
         on_this_host: row.try_get::<i64, _>("on_this_host")? != 0,
+        model_key: row.try_get("model_key")?,
         id,
     })
 }

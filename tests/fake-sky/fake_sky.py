@@ -110,13 +110,17 @@ def start_vm(task, cluster):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     quiet = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # The model server's key, as the template's run gives it to vLLM (VLLM_API_KEY).
+    key = secrets["SKYLAUNCH_MODEL_SERVER_KEY"]
     echo = subprocess.Popen([os.environ["FAKE_SKY_SKYLAUNCH_BIN"], "echo-server", "--listen", f"127.0.0.1:{port}",
-                             "--model", envs["MODEL_ID"]], **quiet)
+                             "--model", envs["MODEL_ID"]],
+                            env={"PATH": os.environ.get("PATH", ""), "SKYLAUNCH_MODEL_SERVER_KEY": key}, **quiet)
     agent_env = {
         "PATH": os.environ.get("PATH", ""),
         "SKYLAUNCH_CONTROL_PLANE_URL": envs["SKYLAUNCH_CONTROL_PLANE_URL"],
         "SKYLAUNCH_NODE_ID": envs["SKYLAUNCH_NODE_ID"],
         "SKYLAUNCH_NODE_TOKEN": secrets["SKYLAUNCH_NODE_TOKEN"],
+        "SKYLAUNCH_MODEL_SERVER_KEY": key,
         "SKYLAUNCH_MODEL_SERVER_URL": url,
         "SKYLAUNCH_MODEL_NAME": envs["MODEL_ID"],
         "SKYLAUNCH_ENDPOINT_URL": url,

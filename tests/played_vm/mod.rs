@@ -39,7 +39,10 @@ pub fn play_vm(script: &str, provider: &str, region: &str, instance_type: &str) 
         .expect("addr")
         .port();
     let model = exported(script, "MODEL_ID");
+    // The model server's key, as the template's run gives it to vLLM (VLLM_API_KEY).
+    let key = exported(script, "SKYLAUNCH_MODEL_SERVER_KEY");
     let echo = std::process::Command::new(&skylaunch)
+        .env("SKYLAUNCH_MODEL_SERVER_KEY", &key)
         .args([
             "echo-server",
             "--listen",
@@ -61,6 +64,7 @@ pub fn play_vm(script: &str, provider: &str, region: &str, instance_type: &str) 
             "SKYLAUNCH_NODE_TOKEN",
             exported(script, "SKYLAUNCH_NODE_TOKEN"),
         )
+        .env("SKYLAUNCH_MODEL_SERVER_KEY", &key)
         .env(
             "SKYLAUNCH_MODEL_SERVER_URL",
             format!("http://127.0.0.1:{port}"),

@@ -25,6 +25,10 @@ pub fn for_launch(run: &JobRun, job: &Job, template: &Template) -> String {
         job.node_id.clone().unwrap_or_default(),
     );
     envs.insert("SKYLAUNCH_NODE_TOKEN".into(), run.node_token().to_string());
+    envs.insert(
+        "SKYLAUNCH_MODEL_SERVER_KEY".into(),
+        run.model_key().to_string(),
+    );
     envs.insert("HOME".into(), "/root".into());
     script(&envs, &template.setup, &template.run)
 }

@@ -119,6 +119,7 @@ impl LocalProvider {
         echo.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env(LAUNCH_MARK, &job.id)
+            .env("SKYLAUNCH_MODEL_SERVER_KEY", run.model_key())
             .args([
                 "echo-server",
                 "--listen",
@@ -141,6 +142,7 @@ impl LocalProvider {
             )
             .env("SKYLAUNCH_NODE_ID", &node_id)
             .env(LAUNCH_MARK, &job.id)
+            .env("SKYLAUNCH_MODEL_SERVER_KEY", run.model_key())
             .env("SKYLAUNCH_NODE_TOKEN", run.node_token())
             .env("SKYLAUNCH_MODEL_SERVER_URL", &model_server_url)
             .env("SKYLAUNCH_MODEL_NAME", &job.spec.model)
