@@ -456,12 +456,13 @@ async fn real_sky_without_cloud_access_fails_with_no_cloud_access() {
     );
 }
 
-/// The node token and the user's `envs` values (an `HF_TOKEN`) go to the VM and nowhere else:
+/// The node token, the model server's key and the user's `envs` values (an `HF_TOKEN`) go to
+/// the VM and nowhere else:
 /// not in the control plane's output (at debug level), the job (its spec and `task_yaml`), its
 /// events, its log, the node and its events, `/metrics`, the provider's calls, or the agent's
 /// own output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_node_token_and_envs_values_appear_nowhere_but_on_the_vm() {
+async fn the_node_token_model_key_and_envs_values_appear_nowhere_but_on_the_vm() {
     let Some(python) = common::sky_python() else {
         return;
     };
@@ -594,6 +595,18 @@ async fn the_node_token_and_envs_values_appear_nowhere_but_on_the_vm() {
             .contains("HF_TOKEN: <secret>"),
         "{job:#}"
     );
+    // Nor does the model server's key, which only the VM and the load balancer hold.
+    let model_key =
+        std::fs::read_to_string(sky.state.path().join(format!("{cluster}.model_key"))).unwrap();
+    assert!(model_key.len() >= 32, "a real key: {model_key:?}");
+    assert!(job["task_yaml"]
+        .as_str()
+        .unwrap()
+        .contains("SKYLAUNCH_MODEL_SERVER_KEY: <secret>"));
+    if let Some(at) = seen.find(&model_key) {
+        let context = &seen[at.saturating_sub(200)..(at + model_key.len() + 50).min(seen.len())];
+        panic!("the model server's key leaked: …{context}…");
+    }
     if let Some(at) = seen.find(&hf_token) {
         let context = &seen[at.saturating_sub(200)..(at + hf_token.len() + 50).min(seen.len())];
         panic!("an envs value leaked: …{context}…");

@@ -139,6 +139,8 @@ def start_vm(task, cluster):
         f.write(secrets["SKYLAUNCH_NODE_TOKEN"])
     with open(os.path.join(STATE, f"{cluster}.envs.json"), "w") as f:
         json.dump(envs, f)
+    with open(os.path.join(STATE, f"{cluster}.model_key"), "w") as f:
+        f.write(key)
     agent_log = open(os.path.join(STATE, f"{cluster}.agent.log"), "w")
     agent = subprocess.Popen([os.environ["FAKE_SKY_AGENT_BIN"]], env=agent_env, stdin=subprocess.DEVNULL,
                              stdout=agent_log, stderr=agent_log, start_new_session=True)
