@@ -210,6 +210,7 @@ pub struct Running {
     runner: JoinHandle<()>,
     job_runner: Arc<JobRunner>,
     orphans: JoinHandle<()>,
+    teardowns: JoinHandle<()>,
     store: Store,
     installation_id: String,
     shutdown_timeout: std::time::Duration,
@@ -373,6 +374,16 @@ impl Running {
         };
         let orphans_task =
             tokio::spawn(orphan_sweeper.run(config.orphan_sweep_interval, runner_stopped.clone()));
+        let teardowns_task = tokio::spawn(
+            crate::launch::teardown::TeardownRetrier {
+                fleet: fleet.clone(),
+                runner: runner.clone(),
+                store: store.clone(),
+                metrics: metrics.clone(),
+                every: config.teardown_retry_interval,
+            }
+            .run(runner_stopped.clone()),
+        );
         let runner_task = tokio::spawn(runner.clone().run(runner_stopped));
         // The routing table follows every node change the fleet makes, from the start.
         let table = Arc::new(RoutingTable::default());
@@ -455,6 +466,7 @@ impl Running {
             runner: runner_task,
             job_runner: runner,
             orphans: orphans_task,
+            teardowns: teardowns_task,
             store,
             installation_id,
             shutdown_timeout: config.shutdown_timeout,
@@ -506,6 +518,7 @@ impl Running {
         let _ = self.runner.await;
         self.job_runner.hand_back().await;
         let _ = self.orphans.await;
+        let _ = self.teardowns.await;
         self.tasks.shutdown().await;
         self.store.close().await;
         tracing::info!("skylaunch stopped");
@@ -517,6 +530,7 @@ impl Running {
         let _ = self.server.await;
         self.runner.abort();
         self.orphans.abort();
+        self.teardowns.abort();
         self.tasks.abort();
         self.store.close().await;
     }

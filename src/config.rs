@@ -150,6 +150,10 @@ pub struct ServeConfig {
     #[arg(long, env = "SKYLAUNCH_AZURE_POLL_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub azure_poll_interval: Duration,
 
+    /// How soon a failed teardown is tried again (a node waits in teardown_pending meanwhile); each failure in a row doubles the wait, up to an hour.
+    #[arg(long, env = "SKYLAUNCH_TEARDOWN_RETRY_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub teardown_retry_interval: Duration,
+
     /// How often the orphan sweeper looks for cloud instances no launch accounts for.
     #[arg(long, env = "SKYLAUNCH_ORPHAN_SWEEP_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub orphan_sweep_interval: Duration,

@@ -250,8 +250,9 @@ fn running(pid: u32) -> bool {
 
 /// `sky down` exits 0 even when the teardown failed (SkyPilot 0.14.1 prints
 /// `Terminating cluster NAME...failed.` and `Cluster(s) failed. ...` on stdout): deleting the
-/// node reports the failed teardown and keeps the node, instead of calling it terminated while
-/// its VM runs on. Once SkyPilot can tear it down, deleting it again works.
+/// node reports the failed teardown and keeps the node in `teardown_pending`, instead of
+/// calling it terminated while its VM runs on. The teardown is retried (it fails twice more,
+/// and DELETE retries at once too) until SkyPilot can tear it down; nothing is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_node_whose_sky_down_fails_with_exit_0_reports_the_failed_teardown() {
     let (sky, app) = setup!("success-aws-l4-spot.txt");
@@ -286,9 +287,9 @@ async fn deleting_a_node_whose_sky_down_fails_with_exit_0_reports_the_failed_tea
         "{:?}",
         sky.calls()
     );
-    assert_ne!(
+    assert_eq!(
         app.node(node_id).await["status"],
-        "terminated",
+        "teardown_pending",
         "a node whose VM was not torn down is not terminated"
     );
     assert_eq!(vm_events(&sky, cluster), ["up"], "the VM is still running");
@@ -296,12 +297,50 @@ async fn deleting_a_node_whose_sky_down_fails_with_exit_0_reports_the_failed_tea
     assert_eq!(pids.len(), 2);
     assert!(pids.iter().all(|p| running(*p)), "the VM is still running");
 
-    // SkyPilot recovers: the same request now tears the VM down.
-    std::fs::remove_file(&fails).unwrap();
+    // The teardown is retried by itself, and fails twice more while SkyPilot cannot.
+    let downs = || {
+        sky.calls()
+            .iter()
+            .filter(|c| c[..] == ["down", "-y", cluster])
+            .count()
+    };
+    for _ in 0..300 {
+        if downs() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(downs() >= 3, "retried: {:?}", sky.calls());
+    let node = app.node(node_id).await;
+    assert_eq!(node["status"], "teardown_pending");
+    assert!(
+        node["events"].to_string().contains("teardown_retry_failed"),
+        "{node}"
+    );
+    let metrics = app.metrics().await;
+    let failed = common::metric_value(
+        &metrics,
+        "skylaunch_teardown_retries_total{outcome=\"failed\"}",
+    );
+    assert!(failed.is_some_and(|n| n >= 2.0), "{failed:?}");
+    assert!(metrics.contains("skylaunch_nodes{status=\"teardown_pending\"} 1"));
+    // DELETE on such a node tries again at once.
+    let before = downs();
     let r = app
         .delete(&format!("/admin/nodes/{node_id}"), Some(ADMIN_TOKEN))
         .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.body);
+    assert!(downs() > before);
+    assert!(pids.iter().all(|p| running(*p)), "the VM is still running");
+
+    // SkyPilot recovers: the next retry tears the VM down, and only then is the node gone.
+    std::fs::remove_file(&fails).unwrap();
+    for _ in 0..300 {
+        if app.node(node_id).await["status"] == "terminated" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(app.node(node_id).await["status"], "terminated");
     assert_eq!(vm_events(&sky, cluster), ["up", "down"]);
     // Its processes end once signalled (waited for, not timed).
@@ -361,16 +400,27 @@ async fn cancelled_launch_whose_sky_down_fails_with_exit_0_logs_the_failed_teard
         "{logs}"
     );
 
-    // Leave nothing behind: SkyPilot recovers and the cluster goes.
+    let node_id = job["node_id"].as_str().unwrap();
+    assert_eq!(app.node(node_id).await["status"], "teardown_pending");
+
+    // Nothing is left behind: SkyPilot recovers, the retried teardown removes the cluster, and
+    // only then is the node terminated.
     std::fs::remove_file(&fails).unwrap();
-    let down = std::process::Command::new(&sky.bin)
-        .args(["down", "-y", &cluster])
+    for _ in 0..300 {
+        if app.node(node_id).await["status"] == "terminated" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(app.node(node_id).await["status"], "terminated");
+    let status = std::process::Command::new(&sky.bin)
+        .args(["status", &cluster])
         .output()
         .unwrap();
     assert!(
-        String::from_utf8_lossy(&down.stdout)
-            .contains(&format!("Terminating cluster {cluster}...done.")),
-        "{down:?}"
+        String::from_utf8_lossy(&status.stdout)
+            .contains(&format!("Cluster '{cluster}' not found.")),
+        "{status:?}"
     );
 }
 

@@ -225,13 +225,15 @@ function healthCell(score) {
 function nodeActions(n) {
   const cell = el('td', { class: 'actions-cell', 'data-label': 'Actions' });
   if (n.status === 'terminated') return cell;
-  if (n.status !== 'draining') {
+  if (n.status !== 'draining' && n.status !== 'teardown_pending') {
     cell.append(el('button', { type: 'button', class: 'small', text: 'Drain', 'aria-label': 'Drain ' + n.name,
       onclick: () => confirmThen('Drain ' + n.name + '?', 'It stops receiving new requests; requests in flight finish.', 'Drain',
         () => api('POST', '/admin/nodes/' + n.id + '/drain')) }), ' ');
   }
   cell.append(el('button', { type: 'button', class: 'small danger', text: 'Terminate', 'aria-label': 'Terminate ' + n.name,
-    onclick: () => confirmThen('Terminate ' + n.name + '?', n.launch_job_id
+    onclick: () => confirmThen('Terminate ' + n.name + '?', n.status === 'teardown_pending'
+      ? 'A teardown of its VM failed and is being retried; this tries again now.'
+      : n.launch_job_id
       ? 'Its VM is shut down and stops billing. This cannot be undone.'
       : 'It is removed from routing and marked terminated (skylaunch did not launch it, so no VM is touched).',
     'Terminate', () => api('DELETE', '/admin/nodes/' + n.id)) }));

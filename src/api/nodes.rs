@@ -99,11 +99,15 @@ pub async fn delete_node(
             }
             Some(job) if node.status != NodeStatus::Terminated => {
                 if let Err(e) = state.runner.teardown(&job).await {
+                    // Not forgotten: the node waits in teardown_pending, and the teardown is
+                    // retried until the machine is gone (or on the next DELETE).
+                    let reason = format!("deleted by an admin; teardown failed: {}", e.message);
+                    state.fleet.teardown_pending(&id, &reason).await?;
                     return Err(ApiError::new(
                         StatusCode::BAD_GATEWAY,
                         "teardown_failed",
                         format!(
-                            "could not tear down what the node's launch created: {}",
+                            "could not tear down what the node's launch created: {}. The node is now teardown_pending: the teardown is retried until the machine is gone, and DELETE tries again at once",
                             e.message
                         ),
                     ));

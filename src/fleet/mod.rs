@@ -678,7 +678,10 @@ impl Fleet {
         AgentAck {
             node_id: node.id.clone(),
             status: node.status,
-            desired: if node.status == NodeStatus::Draining {
+            desired: if matches!(
+                node.status,
+                NodeStatus::Draining | NodeStatus::TeardownPending
+            ) {
                 "drain"
             } else {
                 "run"
@@ -694,6 +697,13 @@ impl Fleet {
     }
 
     /// Admin: mark a node terminated (the VM itself is torn down by its launch provider).
+    /// Marks a node whose machine a teardown failed to remove: it takes no traffic, and the
+    /// teardown is retried until the provider confirms the machine is gone.
+    pub async fn teardown_pending(&self, id: &str, reason: &str) -> Result<Node, FleetError> {
+        self.admin_transition(id, NodeStatus::TeardownPending, reason)
+            .await
+    }
+
     pub async fn terminate(&self, id: &str, reason: &str) -> Result<Node, FleetError> {
         self.admin_transition(id, NodeStatus::Terminated, reason)
             .await
@@ -710,6 +720,10 @@ impl Fleet {
             match live.node.status {
                 s if s == to => return Ok(live.node.clone()),
                 NodeStatus::Terminated => return Err(FleetError::Terminated(id.to_string())),
+                // Its machine must go first: only terminating moves it on.
+                NodeStatus::TeardownPending if to != NodeStatus::Terminated => {
+                    return Ok(live.node.clone())
+                }
                 _ => {}
             }
             let t = Transition {

@@ -22,17 +22,21 @@ pub enum NodeStatus {
     Offline,
     /// No new traffic: set by an admin or by a spot interruption notice.
     Draining,
+    /// Its machine must go, but the provider has not confirmed that it is gone (a teardown
+    /// failed): retried with backoff until it is, then `terminated`.
+    TeardownPending,
     Terminated,
 }
 
 impl NodeStatus {
-    pub const ALL: [NodeStatus; 7] = [
+    pub const ALL: [NodeStatus; 8] = [
         NodeStatus::Launching,
         NodeStatus::Registered,
         NodeStatus::Ready,
         NodeStatus::Unhealthy,
         NodeStatus::Offline,
         NodeStatus::Draining,
+        NodeStatus::TeardownPending,
         NodeStatus::Terminated,
     ];
 
@@ -44,6 +48,7 @@ impl NodeStatus {
             NodeStatus::Unhealthy => "unhealthy",
             NodeStatus::Offline => "offline",
             NodeStatus::Draining => "draining",
+            NodeStatus::TeardownPending => "teardown_pending",
             NodeStatus::Terminated => "terminated",
         }
     }
@@ -55,7 +60,15 @@ impl NodeStatus {
     /// Statuses that only an admin (or a spot notice, or deletion) changes; heartbeats and the
     /// sweeper leave them alone.
     pub fn is_sticky(self) -> bool {
-        matches!(self, NodeStatus::Draining | NodeStatus::Terminated)
+        matches!(
+            self,
+            NodeStatus::Draining | NodeStatus::TeardownPending | NodeStatus::Terminated
+        )
+    }
+
+    /// On its way out: nothing an agent says brings it back.
+    pub fn is_leaving(self) -> bool {
+        matches!(self, NodeStatus::TeardownPending | NodeStatus::Terminated)
     }
 }
 
@@ -110,7 +123,7 @@ pub fn after_heartbeat(
     hb: &HeartbeatSignal,
     policy: &HealthPolicy,
 ) -> Option<Transition> {
-    if current == NodeStatus::Terminated {
+    if current.is_leaving() {
         return None;
     }
     if let Some(notice) = &hb.spot_notice {
@@ -285,6 +298,15 @@ mod tests {
             after_heartbeat(NodeStatus::Terminated, &notice, &policy()),
             None
         );
+        for leaving in [NodeStatus::TeardownPending, NodeStatus::Terminated] {
+            assert_eq!(after_heartbeat(leaving, &hb(1.0), &policy()), None);
+            assert_eq!(after_heartbeat(leaving, &notice, &policy()), None);
+            assert_eq!(
+                after_silence(leaving, Duration::from_secs(3600), &policy()),
+                None
+            );
+            assert_eq!(after_registration(leaving), None);
+        }
         assert_eq!(
             after_heartbeat(NodeStatus::Draining, &notice, &policy()),
             None

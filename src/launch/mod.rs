@@ -12,3 +12,4 @@ pub mod runner;
 pub mod spec;
 pub mod stage;
 pub mod task;
+pub mod teardown;

@@ -710,20 +710,32 @@ impl JobRunner {
                 if !log.lease.confirm().await {
                     return;
                 }
+                let mut torn_down = Ok(());
                 if let Some(provider) = self.provider(&job.provider) {
                     log.line("skylaunch", "tearing down what this launch created")
                         .await;
-                    if let Err(e) = provider.teardown(&job).await {
-                        log.line("skylaunch", &format!("teardown failed: {}", e.message))
-                            .await;
-                        tracing::error!(job_id = %job.id, error = %e.message, "teardown failed; resources may be left running");
-                    }
+                    torn_down = provider.teardown(&job).await;
+                }
+                if let Err(e) = &torn_down {
+                    log.line(
+                        "skylaunch",
+                        &format!(
+                            "teardown failed: {} (retried until the machine is gone)",
+                            e.message
+                        ),
+                    )
+                    .await;
+                    tracing::error!(job_id = %job.id, error = %e.message, "teardown failed; the node waits in teardown_pending and it is retried");
                 }
                 if let Some(node_id) = &job.node_id {
-                    let _ = self
-                        .fleet
-                        .terminate(node_id, &format!("launch {}: {}", job.id, error.title))
-                        .await;
+                    let reason = format!("launch {}: {}", job.id, error.title);
+                    let _ = match &torn_down {
+                        Ok(()) => self.fleet.terminate(node_id, &reason).await,
+                        Err(e) => {
+                            let reason = format!("{reason}; teardown failed: {}", e.message);
+                            self.fleet.teardown_pending(node_id, &reason).await
+                        }
+                    };
                 }
                 let status = if error.code == ErrorCode::Cancelled {
                     JobStatus::Cancelled

@@ -140,6 +140,7 @@ pub fn test_config(db: &TestDb) -> ServeConfig {
     config.offline_after = Duration::from_secs(5);
     config.sweep_interval = Duration::from_millis(50);
     config.telemetry_flush_interval = Duration::from_millis(200);
+    config.teardown_retry_interval = Duration::from_millis(200);
     config.shutdown_timeout = Duration::from_secs(5);
     config
 }
