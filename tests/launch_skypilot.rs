@@ -335,13 +335,7 @@ async fn deleting_a_node_whose_sky_down_fails_with_exit_0_reports_the_failed_tea
 
     // SkyPilot recovers: the next retry tears the VM down, and only then is the node gone.
     std::fs::remove_file(&fails).unwrap();
-    for _ in 0..300 {
-        if app.node(node_id).await["status"] == "terminated" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(app.node(node_id).await["status"], "terminated");
+    app.wait_for_status(node_id, "terminated").await;
     assert_eq!(vm_events(&sky, cluster), ["up", "down"]);
     // Its processes end once signalled (waited for, not timed).
     let until = std::time::Instant::now() + Duration::from_secs(30);
@@ -406,13 +400,7 @@ async fn cancelled_launch_whose_sky_down_fails_with_exit_0_logs_the_failed_teard
     // Nothing is left behind: SkyPilot recovers, the retried teardown removes the cluster, and
     // only then is the node terminated.
     std::fs::remove_file(&fails).unwrap();
-    for _ in 0..300 {
-        if app.node(node_id).await["status"] == "terminated" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(app.node(node_id).await["status"], "terminated");
+    app.wait_for_status(node_id, "terminated").await;
     let status = std::process::Command::new(&sky.bin)
         .args(["status", &cluster])
         .output()
