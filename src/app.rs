@@ -215,7 +215,7 @@ pub struct Running {
     installation_id: String,
     shutdown_timeout: std::time::Duration,
     /// Closes client connections past their deadlines while the server runs.
-    _connection_sweeper: crate::task::AbortOnDrop<()>,
+    _connection_sweeper: crate::background::AbortOnDrop<()>,
 }
 
 impl Running {

@@ -1,5 +1,5 @@
 //! Wall-clock time as Unix milliseconds (what the database stores) and its RFC 3339 form
-//! (what the API shows).
+//! (what the API shows), and durations written for people.
 
 use time::macros::format_description;
 use time::OffsetDateTime;
@@ -54,6 +54,16 @@ pub fn de_opt_rfc3339<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i
 pub mod serde_rfc3339 {
     pub fn serialize<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&super::rfc3339(*ms))
+    }
+}
+
+/// A duration for a message: whole seconds as `30 s`, anything finer in milliseconds.
+pub fn fmt_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 {
+        format!("{} s", ms / 1000)
+    } else {
+        format!("{ms} ms")
     }
 }
 

@@ -14,4 +14,4 @@ pub mod logging;
 pub mod metrics;
 pub mod routing;
 pub mod store;
-pub mod task;
+pub mod background;

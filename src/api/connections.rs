@@ -290,9 +290,9 @@ impl Connections {
     }
 
     /// Sweeps for deadlines until the returned handle is dropped.
-    pub fn spawn_sweeper(self: &Arc<Self>) -> crate::task::AbortOnDrop<()> {
+    pub fn spawn_sweeper(self: &Arc<Self>) -> crate::background::AbortOnDrop<()> {
         let connections = self.clone();
-        crate::task::AbortOnDrop(tokio::spawn(async move {
+        crate::background::AbortOnDrop(tokio::spawn(async move {
             let mut every = tokio::time::interval(SWEEP_EVERY);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {

@@ -153,8 +153,7 @@ pub async fn create_job(
             .fleet
             .terminate(&node.id, "its launch job could not be stored")
             .await;
-        let duplicate =
-            matches!(&e, StoreError::Sqlx(sqlx::Error::Database(d)) if d.is_unique_violation());
+        let duplicate = matches!(e, StoreError::Duplicate(_));
         if let (true, Some(key)) = (duplicate, &key) {
             if let Some(first) = state
                 .store

@@ -35,7 +35,7 @@ use tower_service::Service;
 
 use crate::app::AppState;
 use crate::metrics::{Counter, Histogram};
-use crate::task::AbortOnDrop;
+use crate::background::AbortOnDrop;
 use error::ApiError;
 pub use threads::ConnectionThreads;
 

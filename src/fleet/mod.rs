@@ -59,7 +59,7 @@ pub enum FleetError {
 
 impl From<sqlx::Error> for FleetError {
     fn from(e: sqlx::Error) -> Self {
-        FleetError::Store(StoreError::Sqlx(e))
+        FleetError::Store(StoreError::from(e))
     }
 }
 
@@ -384,12 +384,7 @@ impl Fleet {
         // The unique index on live names is the guard against duplicates, also across processes.
         match self.store.insert_node(&node, change).await {
             Ok(()) => {}
-            Err(StoreError::Sqlx(e))
-                if e.as_database_error()
-                    .is_some_and(|d| d.is_unique_violation()) =>
-            {
-                return Err(FleetError::NameTaken(node.name));
-            }
+            Err(StoreError::Duplicate(_)) => return Err(FleetError::NameTaken(node.name)),
             Err(e) => return Err(e.into()),
         }
         node.revision += 1;

@@ -181,7 +181,10 @@ pub fn after_silence(
     if silent_for >= policy.offline_after {
         return Some(Transition {
             to: NodeStatus::Offline,
-            reason: format!("no heartbeat for {}", fmt_duration(policy.offline_after)),
+            reason: format!(
+                "no heartbeat for {}",
+                crate::clock::fmt_duration(policy.offline_after)
+            ),
         });
     }
     let missed_limit = policy.heartbeat_interval * policy.missed_heartbeats;
@@ -210,15 +213,6 @@ fn fmt_score(score: f64) -> String {
     let s = format!("{score:.3}");
     let s = s.trim_end_matches('0');
     s.strip_suffix('.').unwrap_or(s).to_string()
-}
-
-pub fn fmt_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms % 1000 == 0 {
-        format!("{} s", ms / 1000)
-    } else {
-        format!("{ms} ms")
-    }
 }
 
 #[cfg(test)]

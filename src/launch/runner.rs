@@ -40,7 +40,7 @@ use crate::clock::now_ms;
 use crate::fleet::status::NodeStatus;
 use crate::fleet::{Fleet, NodeCredentials};
 use crate::store::{Store, StoreError};
-use crate::task::AbortOnDrop;
+use crate::background::AbortOnDrop;
 
 #[derive(Debug, Clone)]
 pub struct RunnerSettings {
@@ -659,7 +659,7 @@ impl JobRunner {
                         "The node agent never registered",
                         format!(
                             "the VM was started but its agent did not register within {}; the VM has been torn down",
-                            crate::fleet::status::fmt_duration(self.settings.registration_timeout)
+                            crate::clock::fmt_duration(self.settings.registration_timeout)
                         ),
                     )
                     .suggest("Check that the VM can reach the control plane at SKYLAUNCH_PUBLIC_URL (firewall, security group, public address)")
@@ -677,7 +677,7 @@ impl JobRunner {
                         "The model server never became healthy",
                         format!(
                             "the agent registered but the model server was not ready within {}: {why}",
-                            crate::fleet::status::fmt_duration(self.settings.ready_timeout)
+                            crate::clock::fmt_duration(self.settings.ready_timeout)
                         ),
                     )
                     .suggest("Check the model id and that the GPU has enough memory for it")

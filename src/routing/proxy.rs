@@ -470,7 +470,7 @@ impl Proxy {
         );
         let reason = format!(
             "ejected from routing for {} after {failures} failed requests in a row (last: {status})",
-            crate::fleet::status::fmt_duration(length)
+            crate::clock::fmt_duration(length)
         );
         tracing::warn!(node_id = %endpoint.node_id, reason = %reason, "passive health ejected a node");
         // Recorded off the request path: a slow database must not hold up the client.

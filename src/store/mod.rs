@@ -61,7 +61,11 @@ pub enum StoreError {
     #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://USER@HOST/DB")]
     UnsupportedUrl(String),
     #[error("database error: {0}")]
-    Sqlx(#[from] sqlx::Error),
+    Sqlx(sqlx::Error),
+    /// A write would break a unique index (a live node's name, a job's idempotency key): the
+    /// row it names exists already.
+    #[error("already stored: {0}")]
+    Duplicate(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     /// Another process changed the row since it was read; re-read it and try again.
@@ -71,6 +75,17 @@ pub enum StoreError {
     /// was written, and this claim's work on the job must stop.
     #[error("job {0} is held by another claim now; nothing was written")]
     LeaseLost(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    /// Unique-index violations become [`StoreError::Duplicate`], so no caller has to look into
+    /// the database's error to tell them apart.
+    fn from(e: sqlx::Error) -> Self {
+        match e.as_database_error() {
+            Some(d) if d.is_unique_violation() => StoreError::Duplicate(d.message().to_string()),
+            _ => StoreError::Sqlx(e),
+        }
+    }
 }
 
 /// The shared handle to the database.

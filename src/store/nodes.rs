@@ -42,8 +42,8 @@ const NODE_COLUMNS: &str = "id, name, model_name, endpoint_url, provider, region
 pub const NODE_CHANGES_CHANNEL: &str = "skylaunch_nodes";
 
 impl Store {
-    /// Inserts a new node and its creation event. A live node with the same name is a
-    /// unique-index violation, returned as the database error. The stored revision is then
+    /// Inserts a new node and its creation event. A live node with the same name is
+    /// [`StoreError::Duplicate`]. The stored revision is then
     /// `node.revision + 1`, as after [`Store::save_node`].
     pub async fn insert_node(
         &self,

@@ -485,7 +485,7 @@ impl Arm {
 fn still_running(state: &str, timeout: Duration) -> ArmError {
     ArmError::StillRunning(format!(
         "the VM was still {state} after {}",
-        crate::fleet::status::fmt_duration(timeout)
+        crate::clock::fmt_duration(timeout)
     ))
 }
 

@@ -1,4 +1,4 @@
-//! Tasks tied to their owner's lifetime.
+//! Background tasks tied to their owner's lifetime.
 
 use std::future::Future;
 use std::pin::Pin;
