@@ -135,25 +135,14 @@ async fn local_launch_reaches_ready_and_serves(backend: Backend) {
         "the key is never shown"
     );
 
-    let logs = app
-        .client
-        .get(app.url(&format!("/admin/launch-jobs/{id}/logs")))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let logs = app.job_log_text(&id).await;
     assert!(
         logs.contains("[agent]") && logs.contains("registered with the control plane"),
         "{logs}"
     );
 
     // Deleting the node stops what the launch started.
-    let r = app
-        .delete(&format!("/admin/nodes/{node_id}"), Some(ADMIN_TOKEN))
-        .await;
+    let r = app.delete_node(&node_id).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     for _ in 0..100 {
         if !reachable(&endpoint).await {
@@ -382,8 +371,7 @@ async fn launch_interrupted_by_a_crash_is_taken_over_on_restart(backend: Backend
         !agents.contains(&first_agents[0]),
         "the first agent was stopped"
     );
-    app.delete(&format!("/admin/nodes/{node_id}"), Some(ADMIN_TOKEN))
-        .await;
+    app.delete_node(&node_id).await;
 }
 
 /// A graceful stop hands its launches back: with a ten-minute lease, only that lets the next
@@ -403,8 +391,7 @@ async fn launch_stopped_by_a_graceful_shutdown_is_handed_back(backend: Backend) 
     let logs = app.job_logs(&id).await;
     assert!(logs.contains("this one takes it over"), "{logs}");
     assert_eq!(agents_of(&node_id).len(), 1, "one agent serves the node");
-    app.delete(&format!("/admin/nodes/{node_id}"), Some(ADMIN_TOKEN))
-        .await;
+    app.delete_node(&node_id).await;
 }
 
 on_both_backends!(
@@ -459,9 +446,7 @@ async fn teardown_stops_only_the_process_groups_the_launch_started() {
         .await
         .unwrap();
 
-    let r = app
-        .delete(&format!("/admin/nodes/{node_id}"), Some(ADMIN_TOKEN))
-        .await;
+    let r = app.delete_node(&node_id).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let mut stopped = false;
     for _ in 0..100 {

@@ -88,12 +88,7 @@ async fn duplicate_live_name_conflicts(backend: Backend) {
 async fn name_of_terminated_node_can_be_reused(backend: Backend) {
     let app = app!(backend);
     let (id, _) = app.create_node("reuse").await;
-    assert_eq!(
-        app.delete(&format!("/admin/nodes/{id}"), Some(ADMIN_TOKEN))
-            .await
-            .status,
-        StatusCode::OK
-    );
+    assert_eq!(app.delete_node(&id).await.status, StatusCode::OK);
     app.create_node("reuse").await;
 }
 
@@ -356,22 +351,14 @@ async fn spot_notice_drains_and_later_heartbeats_keep_it_draining(backend: Backe
 async fn admin_drain_and_delete(backend: Backend) {
     let app = app!(backend);
     let (id, token) = app.ready_node("n").await;
-    let r = app
-        .post(
-            &format!("/admin/nodes/{id}/drain"),
-            Some(ADMIN_TOKEN),
-            &json!({}),
-        )
-        .await;
+    let r = app.drain(&id).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["status"], "draining");
     assert_eq!(
         app.heartbeat(&id, &token, &healthy()).await.body["desired"],
         "drain"
     );
-    let r = app
-        .delete(&format!("/admin/nodes/{id}"), Some(ADMIN_TOKEN))
-        .await;
+    let r = app.delete_node(&id).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["status"], "terminated");
     let r = app.heartbeat(&id, &token, &healthy()).await;
@@ -381,17 +368,9 @@ async fn admin_drain_and_delete(backend: Backend) {
         "the agent learns its node is gone"
     );
     assert_eq!(r.error_code(), "node_terminated");
-    let r = app
-        .post(
-            &format!("/admin/nodes/{id}/drain"),
-            Some(ADMIN_TOKEN),
-            &json!({}),
-        )
-        .await;
+    let r = app.drain(&id).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    let r = app
-        .delete(&format!("/admin/nodes/{id}"), Some(ADMIN_TOKEN))
-        .await;
+    let r = app.delete_node(&id).await;
     assert_eq!(r.status, StatusCode::OK, "deleting twice is harmless");
     let r = app.get("/admin/nodes/nope", Some(ADMIN_TOKEN)).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
@@ -461,15 +440,7 @@ async fn healthz_metrics_and_ui_need_no_auth(backend: Backend) {
     let r = app.get("/healthz", None).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body, json!({"status": "ok"}));
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("skylaunch_nodes{status=\"ready\"} 1"),
         "{metrics}"
@@ -534,12 +505,7 @@ async fn restart_keeps_nodes_statuses_and_telemetry(backend: Backend) {
     let app = app.restart().await;
     let (ready, ready_token) = app.ready_node("ready-one").await;
     let (drained, _) = app.ready_node("drained-one").await;
-    app.post(
-        &format!("/admin/nodes/{drained}/drain"),
-        Some(ADMIN_TOKEN),
-        &json!({}),
-    )
-    .await;
+    app.drain(&drained).await;
     app.heartbeat(
         &ready,
         &ready_token,

@@ -461,13 +461,7 @@ async fn drained_or_unhealthy_nodes_stop_receiving_at_once() {
     let (id_a, _) = node_at(&app, "a", "m", &url_a, 1.0).await;
     let (id_b, token_b) = node_at(&app, "b", "m", &url_b, 0.9).await;
     assert_eq!(chat(&app, "m").await.1["served_by"], "a");
-    let r = app
-        .post(
-            &format!("/admin/nodes/{id_a}/drain"),
-            Some(ADMIN_TOKEN),
-            &json!({}),
-        )
-        .await;
+    let r = app.drain(&id_a).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     for _ in 0..5 {
         assert_eq!(chat(&app, "m").await.1["served_by"], "b");
