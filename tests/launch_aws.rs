@@ -329,7 +329,7 @@ async fn spot_launch_starts_a_tagged_spot_instance_that_becomes_a_ready_node() {
     let done = app.wait_for_job(&id, common::job_finished).await;
     assert_eq!(done["status"], "succeeded", "{done:#}");
     let node_id = done["node_id"].as_str().unwrap();
-    let r = app.delete_node(&node_id).await;
+    let r = app.delete_node(node_id).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let after = instances_of(&aws.endpoint, &id).await;
     assert!(
@@ -372,7 +372,7 @@ async fn launch_taken_over_after_a_crash_keeps_its_running_instance() {
     assert_eq!(after.len(), 1, "no second instance: {after:?}");
     assert_eq!(after[0].1, "running");
     let node_id = done["node_id"].as_str().unwrap();
-    app.delete_node(&node_id).await;
+    app.delete_node(node_id).await;
     drop(vm);
 }
 

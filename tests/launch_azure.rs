@@ -177,7 +177,7 @@ async fn spot_launch_creates_a_tagged_spot_vm_that_becomes_a_ready_node() {
     assert_eq!(done["status"], "succeeded", "{done:#}");
     assert!(!done.to_string().contains(&token));
     let node_id = done["node_id"].as_str().unwrap();
-    let r = app.delete_node(&node_id).await;
+    let r = app.delete_node(node_id).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     // Deleting the node deletes the VM; Azure finishes a delete it accepted on its own.
     wait_for_vm_count(&arm, 0).await;
@@ -211,7 +211,7 @@ async fn launch_taken_over_after_a_crash_keeps_its_running_vm() {
     let done = app.wait_for_followed_launch(&id).await;
     assert_eq!(arm.vm_names(), names, "no second VM");
     let node_id = done["node_id"].as_str().unwrap();
-    app.delete_node(&node_id).await;
+    app.delete_node(node_id).await;
     drop(played);
 }
 

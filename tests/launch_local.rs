@@ -135,14 +135,14 @@ async fn local_launch_reaches_ready_and_serves(backend: Backend) {
         "the key is never shown"
     );
 
-    let logs = app.job_log_text(&id).await;
+    let logs = app.job_log_text(id).await;
     assert!(
         logs.contains("[agent]") && logs.contains("registered with the control plane"),
         "{logs}"
     );
 
     // Deleting the node stops what the launch started.
-    let r = app.delete_node(&node_id).await;
+    let r = app.delete_node(node_id).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     for _ in 0..100 {
         if !reachable(&endpoint).await {

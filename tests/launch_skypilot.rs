@@ -266,7 +266,7 @@ async fn deleting_a_node_whose_sky_down_fails_with_exit_0_reports_the_failed_tea
     // From now on the stand-in's `sky down` fails the way SkyPilot's does.
     let fails = sky.state.path().join("down-fails");
     std::fs::write(&fails, "").unwrap();
-    let r = app.delete_node(&node_id).await;
+    let r = app.delete_node(node_id).await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.body);
     assert_eq!(r.error_code(), "teardown_failed", "{}", r.body);
     let message = r.body["error"]["message"].as_str().unwrap();
@@ -324,7 +324,7 @@ async fn deleting_a_node_whose_sky_down_fails_with_exit_0_reports_the_failed_tea
     assert!(metrics.contains("skylaunch_nodes{status=\"teardown_pending\"} 1"));
     // DELETE on such a node tries again at once.
     let before = downs();
-    let r = app.delete_node(&node_id).await;
+    let r = app.delete_node(node_id).await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.body);
     assert!(downs() > before);
     assert!(pids.iter().all(|p| running(*p)), "the VM is still running");

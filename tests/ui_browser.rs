@@ -130,7 +130,7 @@ async fn local_launch_reaches_ready_and_the_chat_box_streams_an_answer() {
     assert_eq!(jobs[0]["status"], "succeeded");
     // Leave nothing running: terminating the node stops the local processes.
     let node = jobs[0]["node_id"].as_str().unwrap();
-    assert!(app.delete_node(&node).await.status.is_success());
+    assert!(app.delete_node(node).await.status.is_success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
