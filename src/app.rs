@@ -1,5 +1,5 @@
-//! Wiring: builds the store, the fleet, its background tasks and the router from a
-//! [`ServeConfig`], binds the listener, and owns graceful shutdown. The one place where the parts
+//! Wiring: builds the store, the fleet, the launches, the load balancer, the API's state and
+//! the HTTP server from a [`ServeConfig`], binds the listener, and owns graceful shutdown. The one place where the parts
 //! meet; tests start the real service through [`Running::start`] on port 0.
 
 use std::collections::HashMap;
@@ -12,10 +12,14 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::admin_token;
-use crate::api::ConnectionThreads;
+use crate::api::state::Services;
+use crate::api::ApiDispatch;
 use crate::config::ServeConfig;
 use crate::fleet::sweeper::{FleetTasks, SyncSettings};
 use crate::fleet::{Fleet, FleetError};
+use crate::http::connections::Connections;
+use crate::http::socket::raise_open_files_limit;
+use crate::http::threads::ConnectionThreads;
 use crate::launch::events::JobEvents;
 use crate::launch::orphans::{CloudInventory, OrphanSweeper};
 use crate::launch::providers::aws::orphans::AwsInventory;
@@ -30,48 +34,6 @@ use crate::launch::spec::Provider;
 use crate::metrics::Metrics;
 use crate::routing::{Proxy, RoutingTable};
 use crate::store::{redact_url, Backend, Store, StoreError};
-
-pub struct AppInner {
-    pub fleet: Arc<Fleet>,
-    pub metrics: Arc<Metrics>,
-    pub store: Store,
-    pub runner: Arc<JobRunner>,
-    pub events: JobEvents,
-    /// Node changes for the web UI's live fleet view.
-    pub node_feed: crate::fleet::feed::NodeFeed,
-    /// Becomes true when the server starts shutting down: open event streams end then, so a
-    /// graceful stop does not wait on a browser tab.
-    pub stopping: tokio::sync::watch::Receiver<bool>,
-    /// Rate limits on the agent endpoints.
-    pub agent_limits: crate::api::limits::AgentLimits,
-    pub admin_token: String,
-    pub public_url: String,
-    pub agent_url: String,
-    pub agent_bin: PathBuf,
-    pub proxy: Arc<Proxy>,
-    /// Bearer keys for /v1/*; empty means open.
-    pub api_keys: Vec<String>,
-    /// Every open client connection, with its limits and timeouts.
-    pub connections: Arc<crate::api::connections::Connections>,
-    /// Where this control plane is reached (its listen address, and its public URL's when that
-    /// names an IP address): no node may register one as its model server.
-    pub own_addrs: Vec<SocketAddr>,
-    /// Any node may register a loopback endpoint (stand-in VMs on this machine).
-    pub allow_loopback_endpoints: bool,
-}
-
-pub type AppState = Arc<AppInner>;
-
-impl AppInner {
-    /// What a registering agent's endpoint is checked against.
-    pub fn agent_origin(&self, peer: std::net::IpAddr) -> crate::fleet::endpoint::AgentOrigin {
-        crate::fleet::endpoint::AgentOrigin {
-            peer,
-            own: self.own_addrs.clone(),
-            loopback_ok: self.allow_loopback_endpoints,
-        }
-    }
-}
 
 /// The listen address, and the public URL's address when its host is an IP.
 fn own_addrs(listen: SocketAddr, public_url: &str) -> Vec<SocketAddr> {
@@ -162,13 +124,6 @@ mod exposure_tests {
             &["k1"]
         ))
         .is_ok());
-    }
-}
-
-/// Turns off Nagle's algorithm on an accepted connection (as nginx's `tcp_nodelay` does).
-pub fn no_delay(stream: &mut tokio::net::TcpStream) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(error = %e, "could not set TCP_NODELAY");
     }
 }
 
@@ -407,12 +362,11 @@ impl Running {
             store.clone(),
         ));
         let (stop_streams, stopping) = tokio::sync::watch::channel(false);
-        crate::api::connections::raise_open_files_limit(config.max_connections);
-        let connections =
-            crate::api::connections::Connections::new(config.connection_settings(), &metrics);
+        raise_open_files_limit(config.max_connections);
+        let connections = Connections::new(config.connection_settings(), &metrics);
         let connection_sweeper = connections.spawn_sweeper();
-        let state = Arc::new(AppInner {
-            connections,
+        let state = Arc::new(Services {
+            connections: connections.clone(),
             own_addrs: own_addrs(addr, &public_url),
             allow_loopback_endpoints: config.allow_loopback_endpoints,
             fleet: fleet.clone(),
@@ -446,14 +400,21 @@ impl Running {
             sync,
         );
         let (stop_server, stopped) = oneshot::channel::<()>();
-        let threads = ConnectionThreads::start(
-            usize::from(config.connection_threads),
-            state.proxy.table.clone(),
-        )
-        .map_err(StartError::Threads)?;
-        let server = tokio::spawn(crate::api::serve(listener, state, threads, async {
-            let _ = stopped.await;
-        }));
+        // The model-server connections the threads kept idle are closed when they stop: no
+        // runtime would drive them any more.
+        let table = state.proxy.table.clone();
+        let threads = ConnectionThreads::start(usize::from(config.connection_threads))
+            .map_err(StartError::Threads)?
+            .on_stop(move || table.close_threads_connections());
+        let server = tokio::spawn(crate::http::serve(
+            listener,
+            connections,
+            threads,
+            ApiDispatch::new(state),
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Ok(Running {
             addr,
             admin_token: token,

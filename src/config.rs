@@ -297,8 +297,8 @@ impl ServeConfig {
         }
     }
 
-    pub fn connection_settings(&self) -> crate::api::connections::ConnectionSettings {
-        crate::api::connections::ConnectionSettings {
+    pub fn connection_settings(&self) -> crate::http::connections::ConnectionSettings {
+        crate::http::connections::ConnectionSettings {
             max: self.max_connections,
             per_source: self.max_connections_per_source,
             agent_reserve: self.agent_connection_reserve,

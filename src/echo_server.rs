@@ -67,7 +67,7 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(%listen, model, "echo model server listening (echoes prompts; not a language model)");
     axum::serve(
-        axum::serve::ListenerExt::tap_io(listener, crate::app::no_delay),
+        axum::serve::ListenerExt::tap_io(listener, crate::http::socket::no_delay),
         router(model, api_key),
     )
     .with_graceful_shutdown(async {

@@ -4,14 +4,15 @@
 pub mod admin_token;
 pub mod api;
 pub mod app;
+pub mod background;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod echo_server;
 pub mod fleet;
+pub mod http;
 pub mod launch;
 pub mod logging;
 pub mod metrics;
 pub mod routing;
 pub mod store;
-pub mod background;

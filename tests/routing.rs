@@ -940,8 +940,8 @@ async fn answer_each_request(socket: tokio::net::TcpStream, close_idle_after: Op
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_to_a_model_server_are_kept_and_reused_once_an_answer_was_read() {
     // Each thread that serves client connections keeps its own connections to model servers
-    // (`api::threads` tests that); with one, the counts below do not depend on which thread the
-    // test client's connections land on.
+    // (`routing::upstream` tests that); with one, the counts below do not depend on which
+    // thread the test client's connections land on.
     let Some(app) = app_with(|config| config.connection_threads = 1).await else {
         return;
     };

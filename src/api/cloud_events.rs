@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::extract::Admin;
-use crate::app::AppState;
+use crate::api::state::AppState;
 use crate::fleet::FleetError;
 
 const DEFAULT_LIMIT: i64 = 100;

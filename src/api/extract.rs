@@ -8,7 +8,7 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
-use crate::app::AppState;
+use crate::api::state::AppState;
 use crate::fleet::token;
 
 /// A JSON body whose rejections become [`ApiError`]s naming the bad field.

@@ -16,7 +16,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::error::ApiError;
 use super::extract::{Admin, ApiJson};
 use super::sse::{async_stream, event};
-use crate::app::AppState;
+use crate::api::state::AppState;
 use crate::clock::now_ms;
 use crate::fleet::node::NewNode;
 use crate::fleet::FleetError;

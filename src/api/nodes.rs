@@ -20,7 +20,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::error::ApiError;
 use super::extract::{Admin, ApiJson, NodeBearer};
 use super::sse::{async_stream, event};
-use crate::app::AppState;
+use crate::api::state::AppState;
 use crate::clock::now_ms;
 use crate::fleet::node::{HeartbeatReport, NewNode, Node, NodeEvent, Registration};
 use crate::fleet::status::NodeStatus;

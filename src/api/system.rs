@@ -7,7 +7,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::extract::Admin;
-use crate::app::AppState;
+use crate::api::state::AppState;
 use crate::launch::catalog;
 use crate::metrics::Gauge;
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 use axum::body::{Body, Bytes};
 use axum::extract::{OriginalUri, State};
 use axum::http::header::AUTHORIZATION;
-use axum::http::{HeaderMap, HeaderValue, Method, Request as HttpRequest, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, Request as HttpRequest, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http_body_util::BodyExt;
@@ -16,8 +16,9 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
-use crate::app::AppState;
-use crate::routing::{forwarded_request_header, Forwarded, ProxyError, HOP_HEADER};
+use super::state::AppState;
+use crate::http::headers::{forwarded_request_header, HOP_HEADER};
+use crate::routing::{Forwarded, ProxyError};
 
 /// The answer to a request that already went through a skylaunch load balancer.
 pub fn loop_detected() -> ApiError {
@@ -137,16 +138,8 @@ struct ModelOnly<'a> {
     model: std::borrow::Cow<'a, str>,
 }
 
-/// The route of a request the load balancer forwards (`POST /v1/chat/completions`,
+/// The route a `POST` to `path` (without its query) is forwarded on (`/v1/chat/completions`,
 /// `/v1/completions`, `/v1/embeddings`), if it is one.
-pub fn forwarded_route(method: &Method, path: &str) -> Option<&'static str> {
-    if method != Method::POST {
-        return None;
-    }
-    forwarded_path(path)
-}
-
-/// The forwarded route `path` (without its query) is, if it is one.
 pub fn forwarded_path(path: &str) -> Option<&'static str> {
     ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
         .into_iter()
@@ -158,8 +151,8 @@ fn authorization(headers: &HeaderMap) -> Option<&[u8]> {
     headers.get(AUTHORIZATION).map(HeaderValue::as_bytes)
 }
 
-/// A request on a [`forwarded_route`] that hyper read (`api::front` hands over connections it
-/// does not serve itself), served ahead of the router: it skips route matching, middleware and
+/// A `POST` on a [`forwarded_path`] that hyper read (the HTTP server hands hyper the
+/// connections it does not read itself), served ahead of the router: it skips route matching, middleware and
 /// extractors, and is counted in the request metrics like every other route.
 pub async fn serve_forwarded<B>(
     state: AppState,

@@ -2,15 +2,10 @@
 //! policy that picks a node (power of two choices, weighted by health and load), and the proxy
 //! that forwards and streams requests, with retries on refused connections and passive health.
 
-mod http1;
-pub use http1::{content_length, lists_token};
 pub mod policy;
 pub mod proxy;
 pub mod table;
 pub mod upstream;
 
-pub use proxy::{
-    forwarded_request_header, is_hop_header, Forwarded, Proxy, ProxyError, ProxySettings, Relay,
-    HOP_HEADER,
-};
+pub use proxy::{Forwarded, Proxy, ProxyError, ProxySettings, Relay};
 pub use table::RoutingTable;

@@ -194,34 +194,6 @@ impl hyper::body::Body for Relay {
     }
 }
 
-/// Whether a model server gets a request header named `name` (in any case): those that
-/// describe the request, none that authenticates the client to skylaunch (its API key, the
-/// admin token, cookies).
-/// The header every request the load balancer forwards carries. A request that arrives with it
-/// has been through a skylaunch load balancer already (a node's endpoint pointing back at one):
-/// it is refused (508) instead of going round again.
-pub const HOP_HEADER: &str = "x-skylaunch-hop";
-
-/// Whether a request header name is [`HOP_HEADER`].
-pub fn is_hop_header(name: &[u8]) -> bool {
-    name.eq_ignore_ascii_case(HOP_HEADER.as_bytes())
-}
-
-pub fn forwarded_request_header(name: &[u8]) -> bool {
-    [
-        &b"content-type"[..],
-        b"accept",
-        b"accept-encoding",
-        b"user-agent",
-        b"x-request-id",
-    ]
-    .iter()
-    .any(|known| name.eq_ignore_ascii_case(known))
-        || name
-            .get(..7)
-            .is_some_and(|start| start.eq_ignore_ascii_case(b"openai-"))
-}
-
 /// A model server's answer on its way to the client: its status, its end-to-end headers, and
 /// its body as it arrives.
 pub struct Forwarded {
@@ -237,19 +209,6 @@ impl Forwarded {
         *out.headers_mut() = self.headers;
         out
     }
-}
-
-/// An error with its causes ("client error (Connect): tcp connect error: Connection refused"):
-/// hyper's own message alone does not say what went wrong.
-pub(super) fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 impl Proxy {
@@ -290,7 +249,7 @@ impl Proxy {
 
     /// Forwards `body` for `model` to `path` (its path and query, e.g.
     /// `/v1/chat/completions?x=1`) on a ready node, with `headers` (those
-    /// [`forwarded_request_header`] lets through).
+    /// [`crate::http::headers::forwarded_request_header`] lets through).
     pub async fn forward(
         &self,
         model: &str,

@@ -14,10 +14,13 @@
 //! Each endpoint has its own lists, found through the endpoint the policy picked: no look-up by
 //! host, no task per request to watch a connection come back (what a general-purpose pooled
 //! client costs on every request). It has one list per thread that serves client connections
-//! (see [`set_thread_slot`]), so a connection is only ever used by the thread whose runtime
+//! (see [`connection_thread`]), so a connection is only ever used by the thread whose runtime
 //! made it, and no two threads share a lock.
+//!
+//! The exchange on a connection (writing the request, reading the answer) is the HTTP/1.1
+//! client of [`crate::http::client`]; here is what the load balancer adds: the pool, the
+//! dialing and where an endpoint's requests go.
 
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::{Mutex, OnceLock};
@@ -29,8 +32,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use tower_service::Service;
 
-use super::http1::Failure;
-pub use super::http1::{Answer, Conn, Head};
+use crate::http::client::Failure;
+pub use crate::http::client::{Answer, Conn, Head};
+use crate::http::headers::HOP_HEADER;
+use crate::http::threads::{connection_thread, cores};
 
 /// Longest an idle connection is kept for reuse.
 pub const IDLE_FOR: Duration = Duration::from_secs(4);
@@ -98,7 +103,7 @@ impl Target {
         head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
         head.extend_from_slice(self.host.as_bytes());
         head.extend_from_slice(b"\r\n");
-        head.extend_from_slice(super::proxy::HOP_HEADER.as_bytes());
+        head.extend_from_slice(HOP_HEADER.as_bytes());
         head.extend_from_slice(b": 1\r\n");
         if let Some(authorization) = &self.authorization {
             head.extend_from_slice(authorization);
@@ -115,35 +120,16 @@ impl Target {
     }
 }
 
-thread_local! {
-    /// This thread's share of every pool: 0, unless it is one of the threads that serve client
-    /// connections on a runtime of their own (see [`set_thread_slot`]).
-    static SLOT: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Marks the current thread as the `n`th (from 1) of those that serve client connections, each
-/// on a single-threaded runtime of its own. Its connections to model servers are kept apart
-/// from every other thread's: a connection is driven by the runtime that made it, and stays on
-/// that runtime's thread from request to request.
-pub fn set_thread_slot(n: usize) {
-    SLOT.set(n);
-}
-
-/// The machine's CPU cores (1 when it cannot be told): how many threads serve client
-/// connections by default.
-pub fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// Shares per pool: one for threads that are not marked (the main runtime's), and one per core
-/// for the marked ones (two marked threads share one only when there are more than cores).
+/// Shares per pool: one for threads that are not connection threads (the main runtime's), and
+/// one per core for the connection threads (two share one only when there are more threads
+/// than cores).
 fn slot_count() -> usize {
     static COUNT: OnceLock<usize> = OnceLock::new();
     *COUNT.get_or_init(|| 1 + cores())
 }
 
-/// One endpoint's idle connections: a list per thread share (see [`set_thread_slot`]), oldest
-/// first.
+/// One endpoint's idle connections: a list per thread share (see [`connection_thread`]),
+/// oldest first.
 pub struct Pool {
     slots: Box<[Slot]>,
 }
@@ -172,9 +158,9 @@ impl Pool {
     /// The current thread's list.
     fn mine(&self) -> &Mutex<VecDeque<(Instant, Conn)>> {
         // There are always at least two lists (see `slot_count`).
-        let at = match SLOT.get() {
+        let at = match connection_thread() {
             0 => 0,
-            marked => 1 + (marked - 1) % (self.slots.len() - 1),
+            n => 1 + (n - 1) % (self.slots.len() - 1),
         };
         &self.slots[at].0
     }
@@ -231,8 +217,8 @@ impl Pool {
         }
     }
 
-    /// Closes the idle connections of the marked threads (see [`set_thread_slot`]): once their
-    /// runtimes stopped, nothing drives those connections any more.
+    /// Closes the idle connections of the connection threads (see [`connection_thread`]): once
+    /// their runtimes stopped, nothing drives those connections any more.
     pub fn close_threads_connections(&self) {
         for slot in self.slots.iter().skip(1) {
             slot.0.lock().expect("pool lock").clear();
@@ -313,60 +299,27 @@ impl Connector {
         let mut dial = self.inner.clone();
         std::future::poll_fn(|cx| dial.poll_ready(cx))
             .await
-            .map_err(|e| SendError::Connect(super::proxy::with_causes(&*e)))?;
+            .map_err(|e| SendError::Connect(with_causes(&*e)))?;
         let io = dial
             .call(target.connect.clone())
             .await
-            .map_err(|e| SendError::Connect(super::proxy::with_causes(&*e)))?;
+            .map_err(|e| SendError::Connect(with_causes(&*e)))?;
         Ok(Conn::new(TokioIo::new(io)))
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_target_keeps_the_port_only_when_it_is_not_the_default() {
-        let t = Target::parse("http://10.0.0.5:8000").unwrap();
-        assert_eq!(t.host, "10.0.0.5:8000");
-        assert_eq!(t.connect, "http://10.0.0.5:8000/");
-        let t = Target::parse("https://models.example:443/base").unwrap();
-        assert_eq!(t.host, "models.example");
-        let path = "/v1/completions?x=1";
-        let head = |t: &Target, path: &str| String::from_utf8(t.post_head(path, &[], 2)).unwrap();
-        assert_eq!(
-            head(&t, path),
-            "POST /base/v1/completions?x=1 HTTP/1.1\r\nhost: models.example\r\nx-skylaunch-hop: 1\r\ncontent-length: 2\r\n\r\n"
-        );
-        let t = Target::parse("http://[::1]:9000/").unwrap();
-        assert_eq!(t.host, "[::1]:9000");
-        assert!(
-            head(&t, path).starts_with("POST /v1/completions?x=1 HTTP/1.1\r\nhost: [::1]:9000\r\n")
-        );
-        let forwarded: &[(&[u8], &[u8])] = &[(b"content-type", b"application/json")];
-        assert_eq!(
-            String::from_utf8(t.post_head(path, forwarded, 2)).unwrap(),
-            "POST /v1/completions?x=1 HTTP/1.1\r\nhost: [::1]:9000\r\nx-skylaunch-hop: 1\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n"
-        );
+/// An error with its causes ("client error (Connect): tcp connect error: Connection refused"):
+/// hyper's own message alone does not say what went wrong.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
     }
-
-    #[test]
-    fn a_keyed_target_sends_the_model_servers_key_on_every_request() {
-        let t = Target::parse("http://10.0.0.5:8000")
-            .unwrap()
-            .with_key(Some("mk-1"));
-        let head = String::from_utf8(t.post_head("/v1/completions", &[], 2)).unwrap();
-        assert_eq!(
-            head,
-            "POST /v1/completions HTTP/1.1\r\nhost: 10.0.0.5:8000\r\nx-skylaunch-hop: 1\r\nauthorization: Bearer mk-1\r\ncontent-length: 2\r\n\r\n"
-        );
-    }
-
-    #[test]
-    fn a_target_needs_an_http_url_with_a_host() {
-        for bad in ["ftp://h:1", "/just/a/path", "http://", "not a url"] {
-            assert!(Target::parse(bad).is_err(), "{bad} was accepted");
-        }
-    }
+    text
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,13 +1,12 @@
-//! HTTP/1.1 on a connection to a model server, one exchange at a time: the request goes out as
+//! Our HTTP/1.1 client: a connection to a model server, one exchange at a time: the request goes out as
 //! one write of its head and (small) body, the answer's head is parsed from the connection's own
 //! buffer, and its body is read and un-chunked by whoever reads the answer (the client's
 //! connection task). No task per connection and no channel between a request and its
 //! connection: that is what a general-purpose client costs on every request, and on the
 //! proxy's path it was a quarter of the work.
 //!
-//! An answer's length follows RFC 9112 §6.3: none for 1xx, 204 and 304; chunked when the last
-//! transfer coding is `chunked`; `content-length` otherwise; else up to the close of the
-//! connection. A connection is reusable once its answer was read to the end, when the model
+//! An answer's length follows RFC 9112 §6.3 (see [`Framing::to_read`]); 1xx answers are
+//! skipped. A connection is reusable once its answer was read to the end, when the model
 //! server did not ask to close it and sent nothing past the answer.
 
 use std::io;
@@ -22,6 +21,9 @@ use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+
+use super::framing::Framing;
+use super::headers::{content_length, hop_by_hop, lists_token};
 
 /// A dialed connection, TLS or not.
 pub type Io = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
@@ -61,17 +63,7 @@ pub struct Head {
     pub headers: HeaderMap,
 }
 
-/// How the rest of an answer is delimited, and how far its reading got.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Framing {
-    /// Bytes of the body still to come.
-    Length(u64),
-    Chunked(Chunk),
-    /// The body ends when the model server closes the connection.
-    UntilClose,
-    Done,
-}
-
+/// How far the reading of a chunked answer got.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Chunk {
     /// Next comes a chunk-size line.
@@ -95,7 +87,10 @@ enum Step {
 pub struct Answer {
     /// `None` once failed (the connection is closed with it) or handed back for reuse.
     conn: Option<Conn>,
+    /// What is left of the body: a length counts down, and reading ends at [`Framing::None`].
     framing: Framing,
+    /// Where a chunked body's reading is (read only while `framing` is chunked).
+    chunk: Chunk,
     keep_alive: bool,
 }
 
@@ -167,6 +162,7 @@ impl Conn {
                     Answer {
                         conn: Some(self),
                         framing,
+                        chunk: Chunk::Size,
                         keep_alive,
                     },
                 ));
@@ -250,23 +246,9 @@ impl Conn {
                 let at = line.value.as_ptr() as usize - start;
                 kept.push((name, at..at + line.value.len()));
             }
-            let framing = if code == 204 || code == 304 {
-                Framing::Done
-            } else if chunked {
-                Framing::Chunked(Chunk::Size)
-            } else if other_coding {
-                close = true;
-                Framing::UntilClose
-            } else if let Some(n) = length_header {
-                if n == 0 {
-                    Framing::Done
-                } else {
-                    Framing::Length(n)
-                }
-            } else {
-                close = true;
-                Framing::UntilClose
-            };
+            let (framing, ends_connection) =
+                Framing::to_read(code, chunked, other_coding, length_header);
+            close |= ends_connection;
             let bytes = self.buf.split_to(length).freeze();
             let mut headers = HeaderMap::with_capacity(kept.len());
             for (name, range) in kept {
@@ -295,39 +277,6 @@ impl Conn {
     }
 }
 
-/// A `content-length` value: digits only (no sign, no list), surrounding spaces allowed.
-pub fn content_length(value: &[u8]) -> Option<u64> {
-    let digits = value.trim_ascii();
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(digits).ok()?.parse().ok()
-}
-
-/// Whether a comma-separated header value (`connection: keep-alive, Close`) lists `token`, in
-/// any case.
-pub fn lists_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|b| *b == b',')
-        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
-}
-
-/// Headers that belong to one connection, never passed on. `content-length` is kept: the
-/// client gets the answer with the model server's length rather than re-chunked, and a model
-/// server that dies before sending all of it leaves a visibly short body.
-fn hop_by_hop(name: &HeaderName) -> bool {
-    // Known names compare as tags, not strings; `keep-alive` has no constant of its own.
-    name == header::CONNECTION
-        || name == header::TRANSFER_ENCODING
-        || name == header::PROXY_AUTHENTICATE
-        || name == header::PROXY_AUTHORIZATION
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::UPGRADE
-        || name == header::HOST
-        || name.as_str() == "keep-alive"
-}
-
 /// Where the first `\n` of `buf` is, if within `MAX_LINE` bytes.
 fn line_end(buf: &[u8]) -> Result<Option<usize>, io::Error> {
     match buf.iter().take(MAX_LINE).position(|b| *b == b'\n') {
@@ -347,14 +296,14 @@ fn bad_chunk(what: &str) -> io::Error {
 impl Answer {
     /// Whether the whole body was read.
     pub fn is_end(&self) -> bool {
-        self.framing == Framing::Done
+        self.framing == Framing::None
     }
 
     /// Bytes of the body still to come, when known.
     pub fn remaining(&self) -> Option<u64> {
         match self.framing {
             Framing::Length(n) => Some(n),
-            Framing::Done => Some(0),
+            Framing::None => Some(0),
             _ => None,
         }
     }
@@ -393,7 +342,7 @@ impl Answer {
             match conn.poll_fill(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) if self.framing == Framing::UntilClose => {
-                    self.framing = Framing::Done;
+                    self.framing = Framing::None;
                     return Poll::Ready(None);
                 }
                 Poll::Ready(Ok(0)) => {
@@ -419,11 +368,11 @@ impl Answer {
             return Ok(Step::End);
         };
         let buf = &mut conn.buf;
-        let wanted = match self.framing {
-            Framing::Done => return Ok(Step::End),
-            Framing::Length(n) | Framing::Chunked(Chunk::Data(n)) => n,
-            Framing::UntilClose => u64::MAX,
-            Framing::Chunked(_) => return Ok(Step::NeedMore),
+        let wanted = match (self.framing, self.chunk) {
+            (Framing::None, _) => return Ok(Step::End),
+            (Framing::Length(n), _) | (Framing::Chunked, Chunk::Data(n)) => n,
+            (Framing::UntilClose, _) => u64::MAX,
+            (Framing::Chunked, _) => return Ok(Step::NeedMore),
         };
         if buf.is_empty() {
             return Ok(Step::NeedMore);
@@ -431,13 +380,13 @@ impl Answer {
         let take = usize::try_from(wanted).unwrap_or(usize::MAX).min(buf.len());
         let data = buf.split_to(take).freeze();
         let left = wanted - take as u64;
-        self.framing = match self.framing {
-            Framing::Length(_) if left == 0 => Framing::Done,
-            Framing::Length(_) => Framing::Length(left),
-            Framing::Chunked(_) if left == 0 => Framing::Chunked(Chunk::DataEnd),
-            Framing::Chunked(_) => Framing::Chunked(Chunk::Data(left)),
-            other => other,
-        };
+        match self.framing {
+            Framing::Length(_) if left == 0 => self.framing = Framing::None,
+            Framing::Length(_) => self.framing = Framing::Length(left),
+            Framing::Chunked if left == 0 => self.chunk = Chunk::DataEnd,
+            Framing::Chunked => self.chunk = Chunk::Data(left),
+            _ => {}
+        }
         Ok(Step::Data(data))
     }
 
@@ -448,10 +397,10 @@ impl Answer {
         };
         let buf = &mut conn.buf;
         loop {
-            let Framing::Chunked(chunk) = self.framing else {
+            if self.framing != Framing::Chunked {
                 return Ok(());
-            };
-            match chunk {
+            }
+            match self.chunk {
                 Chunk::Data(_) => return Ok(()),
                 Chunk::Size => {
                     let Some(end) = line_end(buf)? else {
@@ -468,11 +417,11 @@ impl Answer {
                     let size = u64::from_str_radix(digits, 16)
                         .map_err(|_| bad_chunk("a bad chunk size"))?;
                     let _ = buf.split_to(end + 1);
-                    self.framing = Framing::Chunked(if size == 0 {
+                    self.chunk = if size == 0 {
                         Chunk::Trailer
                     } else {
                         Chunk::Data(size)
-                    });
+                    };
                 }
                 Chunk::DataEnd => {
                     let ending = if buf.starts_with(b"\r\n") {
@@ -485,7 +434,7 @@ impl Answer {
                         return Err(bad_chunk("a chunk longer than its size"));
                     };
                     let _ = buf.split_to(ending);
-                    self.framing = Framing::Chunked(Chunk::Size);
+                    self.chunk = Chunk::Size;
                 }
                 Chunk::Trailer => {
                     let Some(end) = line_end(buf)? else {
@@ -495,7 +444,7 @@ impl Answer {
                     let blank = end == 0 || (end == 1 && buf[0] == b'\r');
                     let _ = buf.split_to(end + 1);
                     if blank {
-                        self.framing = Framing::Done;
+                        self.framing = Framing::None;
                     }
                 }
             }
@@ -504,200 +453,4 @@ impl Answer {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use tokio::io::AsyncWriteExt;
-    use tokio::net::TcpListener;
-
-    use super::*;
-    use crate::routing::upstream::{Connector, Pool, Target};
-
-    #[test]
-    fn lengths_are_plain_digits_and_tokens_are_listed_in_any_case() {
-        assert_eq!(content_length(b" 42 "), Some(42));
-        for bad in [
-            &b"+5"[..],
-            b"-1",
-            b"5, 5",
-            b"",
-            b"0x10",
-            b"99999999999999999999999",
-        ] {
-            assert_eq!(content_length(bad), None, "{bad:?}");
-        }
-        assert!(lists_token(b"keep-alive, Close", b"close"));
-        assert!(!lists_token(b"closed", b"close"));
-    }
-
-    /// A model server on 127.0.0.1 that answers each request on its one connection with
-    /// `pieces`, written apart so the answer arrives over several reads, then closes the
-    /// connection if `close` says so.
-    async fn raw_server(pieces: Vec<&'static [u8]>, close: bool) -> Target {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let mut request = Vec::new();
-            loop {
-                // Every request in these tests has the two-byte body `{}`.
-                while !request.windows(6).any(|w| w == b"\r\n\r\n{}") {
-                    let mut more = [0u8; 1024];
-                    match socket.read(&mut more).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&more[..n]),
-                    }
-                }
-                request.clear();
-                for piece in &pieces {
-                    socket.write_all(piece).await.unwrap();
-                    socket.flush().await.unwrap();
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                if close {
-                    return;
-                }
-            }
-        });
-        Target::parse(&url).unwrap()
-    }
-
-    async fn ask(
-        target: &Target,
-        pool: &Pool,
-    ) -> Result<(Head, Answer), crate::routing::upstream::SendError> {
-        let head = target.post_head("/v1/completions", &[], 2);
-        Connector::new(Duration::from_secs(2))
-            .send(pool, target, head, b"{}")
-            .await
-    }
-
-    async fn read_all(answer: &mut Answer) -> io::Result<Vec<u8>> {
-        let mut body = Vec::new();
-        while let Some(data) = std::future::poll_fn(|cx| answer.poll_data(cx)).await {
-            body.extend_from_slice(&data?);
-        }
-        Ok(body)
-    }
-
-    #[tokio::test]
-    async fn a_chunked_answer_split_across_reads_is_unchunked_and_its_connection_reused() {
-        let target = raw_server(
-            vec![
-                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n",
-                b"x-served-by: a\r\nx-served-by: b\r\nkeep-alive: timeout=5\r\n\r\n6;ext=1\r\ndata: ",
-                b"\r\n3\r\nhi\n\r",
-                b"\n0\r\nx-trailer: dropped\r\n\r\n",
-            ],
-            false,
-        )
-        .await;
-        let pool = Pool::default();
-        for _ in 0..2 {
-            let (head, mut answer) = ask(&target, &pool).await.unwrap();
-            assert_eq!(head.status, StatusCode::OK);
-            let served_by: Vec<_> = head.headers.get_all("x-served-by").iter().collect();
-            assert_eq!(served_by, ["a", "b"]);
-            assert!(head.headers.get("transfer-encoding").is_none());
-            assert!(head.headers.get("keep-alive").is_none());
-            assert_eq!(read_all(&mut answer).await.unwrap(), b"data: hi\n");
-            assert!(answer.is_end());
-            pool.put(answer.take_reusable().expect("reusable"));
-        }
-    }
-
-    #[tokio::test]
-    async fn interim_answers_are_skipped_and_a_length_delimits_the_body() {
-        let target = raw_server(
-            vec![
-                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 5\r\n\r\nhe",
-                b"llo",
-            ],
-            false,
-        )
-        .await;
-        let (head, mut answer) = ask(&target, &Pool::default()).await.unwrap();
-        assert_eq!(head.status, StatusCode::CREATED);
-        assert_eq!(head.headers["content-length"], "5");
-        assert_eq!(answer.remaining(), Some(5));
-        assert_eq!(read_all(&mut answer).await.unwrap(), b"hello");
-        assert!(answer.take_reusable().is_some());
-    }
-
-    #[tokio::test]
-    async fn an_answer_without_a_length_runs_to_the_close_and_its_connection_is_not_reused() {
-        let target = raw_server(vec![b"HTTP/1.0 200 OK\r\n\r\nall ", b"of it"], true).await;
-        let (_, mut answer) = ask(&target, &Pool::default()).await.unwrap();
-        assert_eq!(read_all(&mut answer).await.unwrap(), b"all of it");
-        assert!(answer.is_end());
-        assert!(answer.take_reusable().is_none());
-    }
-
-    #[tokio::test]
-    async fn a_connection_the_model_server_asked_to_close_is_not_reused() {
-        let target = raw_server(
-            vec![b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"],
-            false,
-        )
-        .await;
-        let (head, mut answer) = ask(&target, &Pool::default()).await.unwrap();
-        assert!(head.headers.get("connection").is_none());
-        assert_eq!(read_all(&mut answer).await.unwrap(), b"ok");
-        assert!(answer.take_reusable().is_none());
-    }
-
-    #[tokio::test]
-    async fn a_length_next_to_chunked_is_dropped_and_the_chunks_decide() {
-        let target = raw_server(
-            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"],
-            false,
-        )
-        .await;
-        let (head, mut answer) = ask(&target, &Pool::default()).await.unwrap();
-        assert!(head.headers.get("content-length").is_none());
-        assert_eq!(read_all(&mut answer).await.unwrap(), b"ok");
-    }
-
-    #[tokio::test]
-    async fn closing_before_any_answer_is_told_apart_from_a_malformed_answer() {
-        let target = raw_server(vec![], true).await;
-        let failed = ask(&target, &Pool::default()).await.err().unwrap();
-        assert!(
-            matches!(failed, crate::routing::upstream::SendError::Closed(_)),
-            "{failed:?}"
-        );
-        let target = raw_server(
-            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok"],
-            false,
-        )
-        .await;
-        let failed = ask(&target, &Pool::default()).await.err().unwrap();
-        assert!(
-            matches!(&failed, crate::routing::upstream::SendError::Failed(e) if e.contains("two different content-lengths")),
-            "{failed:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_body_cut_short_or_badly_chunked_is_an_error_not_an_end() {
-        let target = raw_server(
-            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"],
-            true,
-        )
-        .await;
-        let (_, mut answer) = ask(&target, &Pool::default()).await.unwrap();
-        let e = read_all(&mut answer).await.unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
-        assert!(!answer.is_end() && answer.take_reusable().is_none());
-
-        let target = raw_server(
-            vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nokay\r\n0\r\n\r\n"],
-            false,
-        )
-        .await;
-        let (_, mut answer) = ask(&target, &Pool::default()).await.unwrap();
-        let e = read_all(&mut answer).await.unwrap_err();
-        assert!(e.to_string().contains("longer than its size"), "{e}");
-        assert!(answer.take_reusable().is_none());
-    }
-}
+mod tests;
