@@ -193,7 +193,8 @@ mod tests {
         ] {
             assert!(schemas.contains_key(name), "{name} missing");
         }
-        // deny_unknown_fields is part of the contract the fuzzer sees.
+        // The document says what the server does: a launch request with an unknown field is
+        // refused (deny_unknown_fields), and the fuzzer works from the document.
         assert_eq!(schemas["LaunchRequest"]["additionalProperties"], false);
         assert!(schemas["LaunchRequest"]["required"]
             .as_array()
