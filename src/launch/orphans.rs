@@ -21,7 +21,7 @@ use crate::fleet::Fleet;
 use crate::launch::job::{Job, JobStatus};
 use crate::launch::providers::BoxFuture;
 use crate::metrics::Metrics;
-use crate::store::cloud_events::CloudEvent;
+use crate::store::cloud_events::{CloudEvent, CloudEventKind};
 use crate::store::Store;
 
 /// Marks a cloud resource as skylaunch's: the only ones the sweeper ever lists.
@@ -238,7 +238,7 @@ impl OrphanSweeper {
                         "terminated {} in {}: tagged as skylaunch's, but no running launch or live node accounts for it",
                         instance.id, instance.region
                     );
-                    self.record(cloud, "orphan_terminated", instance, &message)
+                    self.record(cloud, CloudEventKind::OrphanTerminated, instance, &message)
                         .await;
                     if let Some(node) = &instance.node_id {
                         let _ = self
@@ -287,7 +287,7 @@ impl OrphanSweeper {
                     node_id: Some(node.to_string()),
                     created_at_ms: None,
                 };
-                self.record(cloud, "instance_vanished", &instance, &reason)
+                self.record(cloud, CloudEventKind::InstanceVanished, &instance, &reason)
                     .await;
                 report.vanished_nodes.push(node.to_string());
             }
@@ -342,7 +342,7 @@ impl OrphanSweeper {
              SKYLAUNCH_ORPHAN_SWEEP_LEGACY=true to let the sweeper do it",
             instance.id, instance.region
         );
-        self.record(cloud, "legacy_orphan_kept", instance, &message)
+        self.record(cloud, CloudEventKind::LegacyOrphanKept, instance, &message)
             .await;
     }
 
@@ -358,14 +358,14 @@ impl OrphanSweeper {
     async fn record(
         &self,
         cloud: &dyn CloudInventory,
-        kind: &str,
+        kind: CloudEventKind,
         instance: &ManagedInstance,
         message: &str,
     ) {
         let event = CloudEvent {
             id: 0,
             at: now_ms(),
-            kind: kind.to_string(),
+            kind,
             cloud: cloud.cloud().to_string(),
             region: Some(instance.region.clone()),
             instance_id: instance.id.clone(),

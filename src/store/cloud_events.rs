@@ -1,6 +1,8 @@
 //! The orphan sweeper's record: one row per instance it terminated, found vanished, or kept
 //! because it may be another installation's.
 
+use std::fmt;
+
 use serde::Serialize;
 use sqlx::Row;
 
@@ -12,14 +14,52 @@ pub struct CloudEvent {
     pub id: i64,
     #[serde(with = "serde_rfc3339")]
     pub at: i64,
-    /// `orphan_terminated`, `instance_vanished` or `legacy_orphan_kept`.
-    pub kind: String,
+    pub kind: CloudEventKind,
     pub cloud: String,
     pub region: Option<String>,
     pub instance_id: String,
     pub job_id: Option<String>,
     pub node_id: Option<String>,
     pub message: String,
+}
+
+/// What the orphan sweeper did; stored and shown as its snake_case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloudEventKind {
+    /// An instance no launch accounts for, past its grace period, was terminated.
+    OrphanTerminated,
+    /// A launched node's instance is gone from the cloud.
+    InstanceVanished,
+    /// An unaccounted instance tagged without an installation id was kept: it may be another
+    /// installation's.
+    LegacyOrphanKept,
+}
+
+impl CloudEventKind {
+    pub const ALL: [CloudEventKind; 3] = [
+        CloudEventKind::OrphanTerminated,
+        CloudEventKind::InstanceVanished,
+        CloudEventKind::LegacyOrphanKept,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloudEventKind::OrphanTerminated => "orphan_terminated",
+            CloudEventKind::InstanceVanished => "instance_vanished",
+            CloudEventKind::LegacyOrphanKept => "legacy_orphan_kept",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CloudEventKind> {
+        CloudEventKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for CloudEventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Store {
@@ -30,7 +70,7 @@ impl Store {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(event.at)
-        .bind(&event.kind)
+        .bind(event.kind.as_str())
         .bind(&event.cloud)
         .bind(&event.region)
         .bind(&event.instance_id)
@@ -53,10 +93,14 @@ impl Store {
         .await?;
         rows.iter()
             .map(|row| {
+                let id: i64 = row.try_get("id")?;
+                let kind: String = row.try_get("kind")?;
                 Ok(CloudEvent {
-                    id: row.try_get("id")?,
+                    kind: CloudEventKind::parse(&kind).ok_or_else(|| {
+                        StoreError::Corrupt(format!("cloud event {id} has unknown kind {kind:?}"))
+                    })?,
+                    id,
                     at: row.try_get("at")?,
-                    kind: row.try_get("kind")?,
                     cloud: row.try_get("cloud")?,
                     region: row.try_get("region")?,
                     instance_id: row.try_get("instance_id")?,
@@ -66,5 +110,21 @@ impl Store {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CloudEventKind;
+
+    #[test]
+    fn kinds_serialise_to_their_stored_names() {
+        for kind in CloudEventKind::ALL {
+            assert_eq!(
+                serde_json::to_value(kind).unwrap(),
+                serde_json::Value::from(kind.as_str())
+            );
+            assert_eq!(CloudEventKind::parse(kind.as_str()), Some(kind));
+        }
     }
 }
