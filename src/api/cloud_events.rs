@@ -10,7 +10,6 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::extract::Admin;
 use crate::api::state::AppState;
-use crate::fleet::FleetError;
 
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
@@ -34,10 +33,6 @@ pub async fn list_cloud_events(
                 )
             })?,
     };
-    let events = state
-        .store
-        .recent_cloud_events(limit)
-        .await
-        .map_err(|e| ApiError::from(FleetError::Store(e)))?;
+    let events = state.store.recent_cloud_events(limit).await?;
     Ok(Json(json!({ "events": events })))
 }

@@ -1,7 +1,7 @@
 //! The one JSON error envelope every API error uses:
 //! `{"error": {"code": "snake_case", "message": "human sentence", ...}}`, and the mapping from
-//! each domain error to its HTTP status and stable code. Internal details (SQL, I/O) are logged,
-//! never sent.
+//! each domain error to its HTTP status and stable code (every `From<…> for ApiError` is here).
+//! Internal details (SQL, I/O) are logged, in [`ApiError::internal`] only, never sent.
 
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
@@ -10,6 +10,8 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 
 use crate::fleet::FleetError;
+use crate::launch::spec::SpecError;
+use crate::store::StoreError;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -115,15 +117,32 @@ impl From<FleetError> for ApiError {
             FleetError::NotRegistered(_) => {
                 ApiError::new(StatusCode::CONFLICT, "not_registered", message)
             }
-            FleetError::Store(crate::store::StoreError::Sqlx(e)) if database_unreachable(&e) => {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "database_unavailable",
-                    "the database is not answering; try again shortly",
-                )
-            }
-            FleetError::Store(other) => ApiError::internal(&other),
+            FleetError::Store(e) => ApiError::from(e),
         }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    /// A database that cannot be reached is worth retrying (503); any other store failure is
+    /// internal.
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::Unavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "the database is not answering; try again shortly",
+            ),
+            other => ApiError::internal(&other),
+        }
+    }
+}
+
+impl From<SpecError> for ApiError {
+    /// A launch request that cannot be launched: the field at fault, and what would work.
+    fn from(e: SpecError) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code.as_str(), e.message)
+            .with("field", e.field)
+            .with("suggestions", e.suggestions)
     }
 }
 
@@ -204,31 +223,13 @@ mod tests {
     }
 }
 
-/// Errors that mean the database cannot be reached right now (a restart, a failover, a full
-/// pool), not that the request or the data is wrong: PostgreSQL's "connection exception" (08)
-/// and "operator intervention" (57, e.g. the server shutting down) classes included.
-fn database_unreachable(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|c| c.starts_with("08") || c.starts_with("57")),
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod status_tests {
     use super::*;
 
     #[test]
     fn an_unreachable_database_is_503_and_a_bad_query_is_500() {
-        let status = |e: sqlx::Error| {
-            ApiError::from(FleetError::Store(crate::store::StoreError::Sqlx(e))).status
-        };
+        let status = |e: sqlx::Error| ApiError::from(FleetError::Store(StoreError::from(e))).status;
         assert_eq!(
             status(sqlx::Error::PoolTimedOut),
             StatusCode::SERVICE_UNAVAILABLE

@@ -19,31 +19,14 @@ use super::sse::{async_stream, event};
 use crate::api::state::AppState;
 use crate::clock::now_ms;
 use crate::fleet::node::NewNode;
-use crate::fleet::FleetError;
 use crate::launch::error::ErrorCode;
 use crate::launch::job::{Job, JobStatus};
 use crate::launch::spec::{LaunchRequest, SpecError};
 use crate::launch::task::{self, NodeIdentity};
 use crate::store::StoreError;
 
-impl From<SpecError> for ApiError {
-    fn from(e: SpecError) -> ApiError {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            code_name(e.code),
-            e.message,
-        )
-        .with("field", e.field)
-        .with("suggestions", e.suggestions)
-    }
-}
-
-fn code_name(code: ErrorCode) -> &'static str {
-    code.as_str()
-}
-
 fn store_error(e: StoreError) -> ApiError {
-    ApiError::from(FleetError::Store(e))
+    ApiError::from(e)
 }
 
 fn job_not_found(id: &str) -> ApiError {

@@ -62,6 +62,10 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("database error: {0}")]
     Sqlx(sqlx::Error),
+    /// The database cannot be reached right now (a restart, a failover, a full pool): not a
+    /// fault of the request or the data, so worth trying again shortly.
+    #[error("database error: {0}")]
+    Unavailable(sqlx::Error),
     /// A write would break a unique index (a live node's name, a job's idempotency key): the
     /// row it names exists already.
     #[error("already stored: {0}")]
@@ -78,13 +82,31 @@ pub enum StoreError {
 }
 
 impl From<sqlx::Error> for StoreError {
-    /// Unique-index violations become [`StoreError::Duplicate`], so no caller has to look into
-    /// the database's error to tell them apart.
+    /// Unique-index violations become [`StoreError::Duplicate`] and an unreachable database
+    /// [`StoreError::Unavailable`], so no caller has to look into the database's error to tell
+    /// them apart.
     fn from(e: sqlx::Error) -> Self {
         match e.as_database_error() {
             Some(d) if d.is_unique_violation() => StoreError::Duplicate(d.message().to_string()),
+            _ if database_unreachable(&e) => StoreError::Unavailable(e),
             _ => StoreError::Sqlx(e),
         }
+    }
+}
+
+/// Errors that mean the database cannot be reached right now (a restart, a failover, a full
+/// pool), not that the request or the data is wrong: PostgreSQL's "connection exception" (08)
+/// and "operator intervention" (57, e.g. the server shutting down) classes included.
+fn database_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57")),
+        _ => false,
     }
 }
 
@@ -243,7 +265,19 @@ pub fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{redact_url, StoreError};
+
+    #[test]
+    fn an_unreachable_database_is_unavailable_and_a_bad_query_is_not() {
+        let unavailable =
+            |e: sqlx::Error| matches!(StoreError::from(e), StoreError::Unavailable(_));
+        assert!(unavailable(sqlx::Error::PoolTimedOut));
+        assert!(unavailable(sqlx::Error::PoolClosed));
+        assert!(unavailable(sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset
+        ))));
+        assert!(!unavailable(sqlx::Error::RowNotFound));
+    }
 
     #[test]
     fn redact_url_hides_the_password_only() {
