@@ -15,7 +15,7 @@ use crate::admin_token;
 use crate::api::state::Services;
 use crate::api::ApiDispatch;
 use crate::config::ServeConfig;
-use crate::fleet::sweeper::{FleetTasks, SyncSettings};
+use crate::fleet::tasks::FleetTasks;
 use crate::fleet::{Fleet, FleetError};
 use crate::http::connections::Connections;
 use crate::http::socket::raise_open_files_limit;
@@ -221,8 +221,15 @@ impl Running {
                 })?;
         tracing::info!(installation_id = %installation_id, "this installation's id, tagged on every cloud resource it creates");
         let metrics = Arc::new(Metrics::default());
-        let fleet =
-            Arc::new(Fleet::load(store.clone(), config.health_policy(), metrics.clone()).await?);
+        let fleet_settings = config.fleet_settings();
+        let fleet = Arc::new(
+            Fleet::load(
+                store.clone(),
+                fleet_settings.health.clone(),
+                metrics.clone(),
+            )
+            .await?,
+        );
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -359,7 +366,7 @@ impl Running {
             table,
             config.proxy_settings(),
             metrics.clone(),
-            store.clone(),
+            fleet.clone(),
         ));
         let (stop_streams, stopping) = tokio::sync::watch::channel(false);
         raise_open_files_limit(config.max_connections);
@@ -389,16 +396,9 @@ impl Running {
                 .filter(|k| !k.is_empty())
                 .collect(),
         });
-        let sync = (store.backend() == Backend::Postgres).then(|| SyncSettings {
-            database_url: url.clone(),
-            refresh_every: config.fleet_refresh_interval,
-        });
-        let tasks = FleetTasks::spawn(
-            fleet,
-            config.sweep_interval,
-            config.telemetry_flush_interval,
-            sync,
-        );
+        // Other processes may share a PostgreSQL database: the fleet follows their changes.
+        let shared_database_url = (store.backend() == Backend::Postgres).then(|| url.clone());
+        let tasks = FleetTasks::spawn(fleet, &fleet_settings, shared_database_url);
         let (stop_server, stopped) = oneshot::channel::<()>();
         // The model-server connections the threads kept idle are closed when they stop: no
         // runtime would drive them any more.

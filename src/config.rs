@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use crate::fleet::status::HealthPolicy;
+use crate::fleet::FleetSettings;
 use crate::launch::providers::aws::catalog::AmiChoice;
 use crate::launch::providers::azure::{self, settings::AzureImage, AzureSettings};
 
@@ -317,6 +318,15 @@ impl ServeConfig {
             self.agent_rate_per_node.max(floor),
             self.agent_rate_per_source,
         )
+    }
+
+    pub fn fleet_settings(&self) -> FleetSettings {
+        FleetSettings {
+            health: self.health_policy(),
+            sweep_every: self.sweep_interval,
+            telemetry_flush_every: self.telemetry_flush_interval,
+            refresh_every: self.fleet_refresh_interval,
+        }
     }
 
     pub fn health_policy(&self) -> HealthPolicy {

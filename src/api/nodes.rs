@@ -22,7 +22,8 @@ use super::extract::{Admin, ApiJson, NodeBearer};
 use super::sse::{async_stream, event};
 use crate::api::state::AppState;
 use crate::clock::now_ms;
-use crate::fleet::node::{HeartbeatReport, NewNode, Node, NodeEvent, Registration};
+use crate::fleet::events::NodeEvent;
+use crate::fleet::node::{HeartbeatReport, NewNode, Node, Registration};
 use crate::fleet::status::NodeStatus;
 use crate::fleet::FleetError;
 

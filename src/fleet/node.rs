@@ -41,7 +41,7 @@ pub struct Node {
     pub updated_at: i64,
     #[serde(skip)]
     pub token_hash: String,
-    /// Bumped by every stored change other than heartbeat telemetry (see `store::nodes`).
+    /// Bumped by every stored change other than heartbeat telemetry (see `fleet/store.rs`).
     #[serde(skip)]
     pub revision: i64,
     /// The admin set `endpoint_url` when creating the node: the agent cannot change it.
@@ -54,17 +54,6 @@ pub struct Node {
     /// token; the load balancer sends it, and no API answer shows it.
     #[serde(skip)]
     pub model_key: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct NodeEvent {
-    pub id: i64,
-    #[serde(with = "serde_rfc3339")]
-    pub at: i64,
-    pub kind: String,
-    pub from_status: Option<String>,
-    pub to_status: Option<String>,
-    pub reason: String,
 }
 
 /// `POST /admin/nodes`: a host that skylaunch did not launch.

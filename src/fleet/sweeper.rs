@@ -1,103 +1,52 @@
-//! The fleet's background work: the sweeper that applies the silence rules on a timer, the
-//! flusher that writes batched heartbeat telemetry, and (on PostgreSQL) the sync that follows
-//! other processes' changes. All stop on shutdown, after one last flush.
+//! The silence rules applied to the whole fleet: a node whose agent has not been heard from for
+//! too long becomes unhealthy, then offline (see [`status::after_silence`]). Run on a timer by
+//! [`super::tasks::FleetTasks`].
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use super::events::NodeEventKind;
+use super::live::LiveNode;
+use super::status::{self, Transition};
+use super::{Fleet, FleetError};
+use crate::store::{Backend, StoreError};
 
-use super::sync::FleetSync;
-use super::Fleet;
-use crate::clock::now_ms;
-
-pub struct FleetTasks {
-    stop: watch::Sender<bool>,
-    handles: Vec<JoinHandle<()>>,
-    sync: Option<FleetSync>,
-}
-
-/// Where and how often to follow the other processes on a shared PostgreSQL database.
-pub struct SyncSettings {
-    pub database_url: String,
-    pub refresh_every: Duration,
-}
-
-impl FleetTasks {
-    pub fn spawn(
-        fleet: Arc<Fleet>,
-        sweep_every: Duration,
-        flush_every: Duration,
-        sync: Option<SyncSettings>,
-    ) -> FleetTasks {
-        let sync = sync.map(|s| {
-            fleet.set_peer_slack(flush_every);
-            FleetSync::spawn(fleet.clone(), s.database_url, s.refresh_every)
-        });
-        let (stop, stopped) = watch::channel(false);
-        let sweeper = {
-            let fleet = fleet.clone();
-            let mut stopped = stopped.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(sweep_every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => { fleet.sweep(now_ms()).await; }
-                        _ = stopped.changed() => break,
-                    }
+impl Fleet {
+    /// Applies the silence rules to every node as of `now_ms`; returns the transitions made.
+    pub async fn sweep(&self, now_ms: i64) -> Vec<(String, Transition)> {
+        let mut made = Vec::new();
+        for entry in self.entries() {
+            let mut live = entry.lock().await;
+            let silence = |live: &LiveNode| {
+                let silent =
+                    Duration::from_millis(now_ms.saturating_sub(live.last_seen_ms).max(0) as u64);
+                status::after_silence(live.node.status, silent, &self.policy)
+            };
+            if silence(&live).is_none() {
+                continue;
+            }
+            if self.store.backend() == Backend::Postgres {
+                // Other processes may be hearing this agent: look at what they stored first.
+                if let Err(e) = self.reread(&mut live).await {
+                    tracing::warn!(node_id = %live.node.id, error = %e, "could not re-read a silent node; will retry");
+                    continue;
                 }
-            })
-        };
-        let flusher = {
-            let mut stopped = stopped.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(flush_every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    let stopping = tokio::select! {
-                        _ = tick.tick() => false,
-                        _ = stopped.changed() => true,
-                    };
-                    match fleet.flush_telemetry().await {
-                        Ok(n) if n > 0 => tracing::debug!(nodes = n, "flushed heartbeat telemetry"),
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::error!(error = %e, "could not flush heartbeat telemetry; will retry")
-                        }
-                    }
-                    if stopping {
-                        break;
-                    }
+            }
+            let Some(t) = silence(&live) else {
+                continue;
+            };
+            let node = live.node.clone();
+            match self
+                .apply_transition(&mut live, node, &t, NodeEventKind::Sweeper, now_ms)
+                .await
+            {
+                Ok(()) => made.push((live.node.id.clone(), t)),
+                // Another process changed it first; the next sweep looks again at fresh state.
+                Err(FleetError::Store(StoreError::Conflict(_))) => {}
+                Err(e) => {
+                    tracing::error!(node_id = %live.node.id, error = %e, "could not record status change; will retry")
                 }
-            })
-        };
-        FleetTasks {
-            stop,
-            handles: vec![sweeper, flusher],
-            sync,
+            }
         }
-    }
-
-    /// Stops both loops; the flusher writes what is pending before it returns.
-    pub async fn shutdown(self) {
-        if let Some(sync) = self.sync {
-            sync.shutdown().await;
-        }
-        let _ = self.stop.send(true);
-        for handle in self.handles {
-            let _ = handle.await;
-        }
-    }
-
-    /// Stops both loops without the final flush, as a crash would.
-    pub fn abort(self) {
-        if let Some(sync) = self.sync {
-            sync.abort();
-        }
-        for handle in self.handles {
-            handle.abort();
-        }
+        made
     }
 }

@@ -15,8 +15,8 @@ use sqlx::postgres::PgListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::store::NODE_CHANGES_CHANNEL;
 use super::Fleet;
-use crate::store::nodes::NODE_CHANGES_CHANNEL;
 
 enum Heard {
     /// A node another process changed.

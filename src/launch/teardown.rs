@@ -90,11 +90,10 @@ impl TeardownRetrier {
                         .inc(RETRIES, RETRIES_HELP, &[("outcome", "failed")]);
                     tracing::warn!(node_id = %node.id, failures = b.failures, retry_in_s = wait.as_secs(), error = %message, "teardown retry failed; the machine may still be billing");
                     let _ = self
-                        .store
-                        .insert_node_event(
+                        .fleet
+                        .record_event(
                             &node.id,
-                            crate::clock::now_ms(),
-                            "teardown_retry_failed",
+                            crate::fleet::events::NodeEventKind::TeardownRetryFailed,
                             &format!(
                                 "{message} (try {}; next in {} s)",
                                 b.failures,

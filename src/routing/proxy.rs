@@ -24,8 +24,9 @@ use super::policy::{choose, SplitMix64};
 use super::table::{Endpoint, NoHealthyNodes, RoutingTable};
 use super::upstream::{Answer, Connector, Head, SendError, IDLE_FOR};
 use crate::clock::now_ms;
+use crate::fleet::events::NodeEventKind;
+use crate::fleet::Fleet;
 use crate::metrics::Metrics;
-use crate::store::Store;
 
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
@@ -73,7 +74,8 @@ pub struct Proxy {
     connector: Connector,
     rng: SplitMix64,
     metrics: Arc<Metrics>,
-    store: Store,
+    /// Where passive health records its ejections, as node events.
+    fleet: Arc<Fleet>,
     /// The runtime that made the proxy: node events are written on it, where the database's
     /// connections live, whichever thread forwards the request.
     runtime: tokio::runtime::Handle,
@@ -216,7 +218,7 @@ impl Proxy {
         table: Arc<RoutingTable>,
         settings: ProxySettings,
         metrics: Arc<Metrics>,
-        store: Store,
+        fleet: Arc<Fleet>,
     ) -> Proxy {
         // Ends with the table: the task holds it weakly.
         let idle_table = Arc::downgrade(&table);
@@ -237,7 +239,7 @@ impl Proxy {
             settings,
             rng: SplitMix64::from_entropy(),
             metrics,
-            store,
+            fleet,
             runtime: tokio::runtime::Handle::current(),
         }
     }
@@ -433,11 +435,11 @@ impl Proxy {
         );
         tracing::warn!(node_id = %endpoint.node_id, reason = %reason, "passive health ejected a node");
         // Recorded off the request path: a slow database must not hold up the client.
-        let store = self.store.clone();
+        let fleet = self.fleet.clone();
         let node_id = endpoint.node_id.clone();
         self.runtime.spawn(async move {
-            if let Err(e) = store
-                .insert_node_event(&node_id, now, "ejected", &reason)
+            if let Err(e) = fleet
+                .record_event(&node_id, NodeEventKind::Ejected, &reason)
                 .await
             {
                 tracing::error!(node_id = %node_id, error = %e, "could not record the ejection");

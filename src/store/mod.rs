@@ -1,11 +1,12 @@
-//! Database access: connecting to SQLite or PostgreSQL, running the embedded migrations, and the
-//! SQL for each resource (next to the types it fills). Both backends go through sqlx's `Any`
-//! driver with portable SQL, so one query serves both; timestamps are Unix milliseconds.
+//! The database: connecting to SQLite or PostgreSQL, the embedded migrations, typed store
+//! errors, and the rows that belong to no domain (the installation id, cloud events). Both
+//! backends go through sqlx's `Any` driver with portable SQL, so one query serves both;
+//! timestamps are Unix milliseconds. A domain keeps the SQL for its own rows next to its types,
+//! as an `impl Store` block in its folder (the fleet's nodes are in `fleet/store.rs`).
 
 pub mod cloud_events;
 pub mod installation;
 pub mod jobs;
-pub mod nodes;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -115,7 +116,8 @@ fn database_unreachable(e: &sqlx::Error) -> bool {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
-    /// Names this process in the change announcements it makes (see `nodes`).
+    /// Names this process in the change announcements it makes (see `fleet/store.rs`), so it
+    /// can tell its own changes from those of other processes on the same database.
     origin: std::sync::Arc<str>,
 }
 

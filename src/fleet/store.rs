@@ -1,5 +1,6 @@
-//! SQL for nodes and their events. Every status change is written together with its event in
-//! one transaction; heartbeat telemetry is written in batches by the fleet's flusher.
+//! The fleet's rows: SQL for nodes and their events. Every status change is written together
+//! with its event in one transaction; heartbeat telemetry is written in batches by the fleet's
+//! flusher (`telemetry.rs`).
 //!
 //! Nullable floats are never bound as NULL: sqlx 0.8's Any driver sends a NULL `f64` to
 //! PostgreSQL typed as `float4`, and the cached statement then rejects a later real `f64`
@@ -10,13 +11,14 @@ use std::collections::BTreeMap;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use super::{Store, StoreError};
-use crate::fleet::node::{HeartbeatReport, Node, NodeEvent};
-use crate::fleet::status::NodeStatus;
+use super::events::{NodeEvent, NodeEventKind};
+use super::node::{HeartbeatReport, Node};
+use super::status::NodeStatus;
+use crate::store::{plausible_id, Backend, Store, StoreError};
 
 /// One status change as stored in `node_events`.
 pub struct StatusChange<'a> {
-    pub kind: &'a str,
+    pub kind: NodeEventKind,
     pub from: Option<NodeStatus>,
     pub to: NodeStatus,
     pub reason: &'a str,
@@ -79,7 +81,7 @@ impl Store {
 
     /// One node as stored, if it exists.
     pub async fn load_node(&self, id: &str) -> Result<Option<Node>, StoreError> {
-        if !super::plausible_id(id) {
+        if !plausible_id(id) {
             return Ok(None);
         }
         let row = sqlx::query(&format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1"))
@@ -96,7 +98,7 @@ impl Store {
         tx: &mut Transaction<'_, Any>,
         node_id: &str,
     ) -> Result<(), StoreError> {
-        if self.backend() == super::Backend::Postgres {
+        if self.backend() == Backend::Postgres {
             // Wrapped in a count: `pg_notify` returns `void`, a type the Any driver cannot describe.
             sqlx::query("SELECT count(*) FROM (SELECT pg_notify($1, $2)) AS sent")
                 .bind(NODE_CHANGES_CHANNEL)
@@ -165,7 +167,7 @@ impl Store {
         &self,
         node_id: &str,
         at: i64,
-        kind: &str,
+        kind: NodeEventKind,
         reason: &str,
     ) -> Result<(), StoreError> {
         sqlx::query(
@@ -174,7 +176,7 @@ impl Store {
         )
         .bind(node_id)
         .bind(at)
-        .bind(kind)
+        .bind(kind.as_str())
         .bind(reason)
         .execute(self.pool())
         .await?;
@@ -195,18 +197,7 @@ impl Store {
         .bind(limit)
         .fetch_all(self.pool())
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(NodeEvent {
-                    id: row.try_get("id")?,
-                    at: row.try_get("at")?,
-                    kind: row.try_get("kind")?,
-                    from_status: row.try_get("from_status")?,
-                    to_status: row.try_get("to_status")?,
-                    reason: row.try_get("reason")?,
-                })
-            })
-            .collect()
+        rows.iter().map(node_event_from_row).collect()
     }
 }
 
@@ -261,7 +252,7 @@ async fn insert_event(
     )
     .bind(node_id)
     .bind(at)
-    .bind(change.kind)
+    .bind(change.kind.as_str())
     .bind(change.from.map(NodeStatus::as_str))
     .bind(change.to.as_str())
     .bind(change.reason)
@@ -276,6 +267,29 @@ fn labels_json(labels: &BTreeMap<String, String>) -> String {
 
 fn heartbeat_json(hb: Option<&HeartbeatReport>) -> Option<String> {
     hb.map(|hb| serde_json::to_string(hb).expect("heartbeat reports always serialise"))
+}
+
+fn node_event_from_row(row: &AnyRow) -> Result<NodeEvent, StoreError> {
+    let id: i64 = row.try_get("id")?;
+    let kind: String = row.try_get("kind")?;
+    let status = |column: &str| -> Result<Option<NodeStatus>, StoreError> {
+        let Some(text) = row.try_get::<Option<String>, _>(column)? else {
+            return Ok(None);
+        };
+        NodeStatus::parse(&text).map(Some).ok_or_else(|| {
+            StoreError::Corrupt(format!("node event {id} has unknown {column} {text:?}"))
+        })
+    };
+    Ok(NodeEvent {
+        kind: NodeEventKind::parse(&kind).ok_or_else(|| {
+            StoreError::Corrupt(format!("node event {id} has unknown kind {kind:?}"))
+        })?,
+        from_status: status("from_status")?,
+        to_status: status("to_status")?,
+        at: row.try_get("at")?,
+        reason: row.try_get("reason")?,
+        id,
+    })
 }
 
 fn node_from_row(row: &AnyRow) -> Result<Node, StoreError> {
