@@ -20,7 +20,8 @@ use crate::api::state::AppState;
 use crate::clock::now_ms;
 use crate::fleet::node::NewNode;
 use crate::fleet::FleetError;
-use crate::launch::error::ErrorCode;
+use crate::launch::events::JobEventKind;
+use crate::launch::failure::ErrorCode;
 use crate::launch::job::{Job, JobStatus};
 use crate::launch::spec::{LaunchRequest, SpecError};
 use crate::launch::task::{self, NodeIdentity};
@@ -166,7 +167,7 @@ pub async fn create_job(
         }
         return Err(store_error(e));
     }
-    tracing::info!(job_id = %job.id, node_id = %node.id, provider = %job.provider, model = %job.spec.model, "launch job queued");
+    tracing::info!(job_id = %job.id, node_id = %node.id, provider = job.provider.as_str(), model = %job.spec.model, "launch job queued");
     state.runner.wake();
     Ok((StatusCode::ACCEPTED, Json(json!(job))))
 }
@@ -292,8 +293,8 @@ pub async fn job_events(
             };
             match received {
                 Ok(ev) if ev.job_id == id => {
-                    let done = ev.kind == "job";
-                    if tx.send(event(ev.kind, &ev.data)).await.is_err() || done {
+                    let done = ev.kind == JobEventKind::Job;
+                    if tx.send(event(ev.kind.as_str(), &ev.data)).await.is_err() || done {
                         return;
                     }
                 }
@@ -367,7 +368,7 @@ pub async fn cancel_job(
                         .terminate(node_id, "its launch was cancelled before it started")
                         .await;
                 }
-                state.events.send(&id, "job", json!(job));
+                state.events.send(&id, JobEventKind::Job, json!(job));
             } else {
                 // A runner claimed it meanwhile; the cancel flag stops it.
                 state.runner.signal_cancel(&id);

@@ -4,7 +4,6 @@
 
 pub mod cloud_events;
 pub mod installation;
-pub mod jobs;
 pub mod nodes;
 
 use std::path::Path;
