@@ -10,6 +10,8 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 
 use crate::fleet::FleetError;
+use crate::launch::spec::SpecError;
+use crate::launch::LaunchOpError;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -123,6 +125,50 @@ impl From<FleetError> for ApiError {
                 )
             }
             FleetError::Store(other) => ApiError::internal(&other),
+        }
+    }
+}
+
+impl From<SpecError> for ApiError {
+    fn from(e: SpecError) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code.as_str(), e.message)
+            .with("field", e.field)
+            .with("suggestions", e.suggestions)
+    }
+}
+
+impl From<LaunchOpError> for ApiError {
+    fn from(e: LaunchOpError) -> ApiError {
+        match e {
+            LaunchOpError::Invalid(e) => e.into(),
+            LaunchOpError::IdempotencyKeyReused { key, job_id } => ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_reused",
+                format!(
+                    "Idempotency-Key {key:?} was first used for a different launch (job {job_id}); send a new key for a new launch"
+                ),
+            ),
+            LaunchOpError::JobNotFound(id) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "job_not_found",
+                format!("no launch job with id {id:?}"),
+            ),
+            LaunchOpError::JobFinished { status, job } => ApiError::new(
+                StatusCode::CONFLICT,
+                "job_finished",
+                format!("the job already ended ({})", status.as_str()),
+            )
+            .with("job", json!(job)),
+            LaunchOpError::TeardownFailed(message) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "teardown_failed",
+                format!(
+                    "could not tear down what the node's launch created: {message}. The node is now teardown_pending: the teardown is retried until the machine is gone, and DELETE tries again at once"
+                ),
+            ),
+            LaunchOpError::Fleet(e) => e.into(),
+            LaunchOpError::Store(e) => FleetError::Store(e).into(),
+            LaunchOpError::Internal(cause) => ApiError::internal(&cause),
         }
     }
 }

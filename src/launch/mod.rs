@@ -1,6 +1,7 @@
 //! Launches: a request becomes a durable job that brings up a node's machine through a provider
 //! (SkyPilot, AWS, Azure, local) and follows it until the node is ready, or tears it down.
 //!
+//! - [`operations`]: what the API asks (submit, cancel, delete a launched node);
 //! - [`job`], [`stage`], [`failure`], [`events`]: the job record, its stages and attempts, why
 //!   it failed, and its live events; [`store`]: its rows;
 //! - [`runner`] with its worker, takeover and lifecycle files: running jobs under a lease;
@@ -13,6 +14,7 @@ pub mod events;
 pub mod failure;
 pub mod job;
 mod lifecycle;
+pub mod operations;
 pub mod orphans;
 pub mod providers;
 pub mod run;
@@ -24,3 +26,5 @@ mod takeover;
 pub mod task;
 pub mod teardown;
 mod worker;
+
+pub use operations::{cancel, delete_launched_node, submit, LaunchOpError};

@@ -12,7 +12,7 @@
 //! request) are not fenced: they set a flag the lease holder reads.
 
 use sqlx::any::AnyRow;
-use sqlx::Row;
+use sqlx::{Any, Row, Transaction};
 
 use super::job::{Job, JobStatus};
 use crate::store::{plausible_id, Store, StoreError};
@@ -51,8 +51,25 @@ pub struct Lease {
 const HELD: &str = "id = $1 AND lease_owner = $2 AND claims = $3 AND status = 'running'";
 
 impl Store {
+    /// Stores a new job with the request (JSON) it was made from. A job with the same
+    /// idempotency key is [`StoreError::Duplicate`].
     pub async fn insert_job(
         &self,
+        job: &Job,
+        request: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        self.insert_job_in(&mut tx, job, request, idempotency_key)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// [`Store::insert_job`] inside the caller's transaction (a launch stores its node with it).
+    pub async fn insert_job_in(
+        &self,
+        tx: &mut Transaction<'_, Any>,
         job: &Job,
         request: &str,
         idempotency_key: Option<&str>,
@@ -80,7 +97,7 @@ impl Store {
         .bind(job.finished_at)
         .bind(request)
         .bind(idempotency_key)
-        .execute(self.pool())
+        .execute(&mut **tx)
         .await?;
         Ok(())
     }
