@@ -29,7 +29,7 @@ use crate::launch::providers::azure::{orphans::AzureInventory, AzureProvider};
 use crate::launch::providers::local::LocalProvider;
 use crate::launch::providers::skypilot::SkypilotProvider;
 use crate::launch::providers::LaunchProvider;
-use crate::launch::runner::{JobRunner, RunnerSettings};
+use crate::launch::runner::JobRunner;
 use crate::launch::spec::Provider;
 use crate::metrics::Metrics;
 use crate::routing::{Proxy, RoutingTable};
@@ -312,15 +312,7 @@ impl Running {
             fleet.clone(),
             events.clone(),
             providers,
-            RunnerSettings {
-                lease: config.job_lease,
-                poll_interval: std::time::Duration::from_secs(1),
-                max_concurrent: config.max_concurrent_launches as usize,
-                registration_timeout: config.registration_timeout,
-                ready_timeout: config.ready_timeout,
-                control_plane_url: public_url.clone(),
-                agent_url: agent_url.clone(),
-            },
+            config.runner_settings(public_url.clone(), agent_url.clone()),
         );
         let (stop_runner, runner_stopped) = tokio::sync::watch::channel(false);
         let orphan_sweeper = OrphanSweeper {

@@ -329,6 +329,24 @@ impl ServeConfig {
         }
     }
 
+    /// The job runner's settings; `control_plane_url` and `agent_url` are the ones launched
+    /// nodes reach (worked out from `--public-url` and `--agent-url` at start).
+    pub fn runner_settings(
+        &self,
+        control_plane_url: String,
+        agent_url: String,
+    ) -> crate::launch::runner::RunnerSettings {
+        crate::launch::runner::RunnerSettings {
+            lease: self.job_lease,
+            poll_interval: Duration::from_secs(1),
+            max_concurrent: self.max_concurrent_launches as usize,
+            registration_timeout: self.registration_timeout,
+            ready_timeout: self.ready_timeout,
+            control_plane_url,
+            agent_url,
+        }
+    }
+
     pub fn health_policy(&self) -> HealthPolicy {
         HealthPolicy {
             heartbeat_interval: self.heartbeat_interval,

@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 
 use crate::fleet::FleetError;
 use crate::launch::spec::SpecError;
+use crate::launch::LaunchOpError;
 use crate::store::StoreError;
 
 #[derive(Debug)]
@@ -143,6 +144,42 @@ impl From<SpecError> for ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code.as_str(), e.message)
             .with("field", e.field)
             .with("suggestions", e.suggestions)
+    }
+}
+
+impl From<LaunchOpError> for ApiError {
+    fn from(e: LaunchOpError) -> ApiError {
+        match e {
+            LaunchOpError::Invalid(e) => e.into(),
+            LaunchOpError::IdempotencyKeyReused { key, job_id } => ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_reused",
+                format!(
+                    "Idempotency-Key {key:?} was first used for a different launch (job {job_id}); send a new key for a new launch"
+                ),
+            ),
+            LaunchOpError::JobNotFound(id) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "job_not_found",
+                format!("no launch job with id {id:?}"),
+            ),
+            LaunchOpError::JobFinished { status, job } => ApiError::new(
+                StatusCode::CONFLICT,
+                "job_finished",
+                format!("the job already ended ({})", status.as_str()),
+            )
+            .with("job", json!(job)),
+            LaunchOpError::TeardownFailed(message) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "teardown_failed",
+                format!(
+                    "could not tear down what the node's launch created: {message}. The node is now teardown_pending: the teardown is retried until the machine is gone, and DELETE tries again at once"
+                ),
+            ),
+            LaunchOpError::Fleet(e) => e.into(),
+            LaunchOpError::Store(e) => e.into(),
+            LaunchOpError::Internal(cause) => ApiError::internal(&cause),
+        }
     }
 }
 

@@ -17,12 +17,12 @@ use super::error::ApiError;
 use super::extract::{Admin, ApiJson};
 use super::sse::{async_stream, event};
 use crate::api::state::AppState;
-use crate::clock::now_ms;
-use crate::fleet::node::NewNode;
-use crate::launch::error::ErrorCode;
-use crate::launch::job::{Job, JobStatus};
-use crate::launch::spec::{LaunchRequest, SpecError};
+use crate::launch::events::JobEventKind;
+use crate::launch::job::Job;
+use crate::launch::operations::default_name;
+use crate::launch::spec::LaunchRequest;
 use crate::launch::task::{self, NodeIdentity};
+use crate::launch::{self, LaunchOpError};
 use crate::store::StoreError;
 
 fn store_error(e: StoreError) -> ApiError {
@@ -30,33 +30,7 @@ fn store_error(e: StoreError) -> ApiError {
 }
 
 fn job_not_found(id: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "job_not_found",
-        format!("no launch job with id {id:?}"),
-    )
-}
-
-/// A node name from the model and the job id: `llama-3.1-8b-instruct-5f3c2a`.
-fn default_name(model: &str, job_id: &str) -> String {
-    let base: String = model
-        .rsplit('/')
-        .next()
-        .unwrap_or("node")
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(40)
-        .collect();
-    let base = base.trim_matches(|c: char| !c.is_ascii_alphanumeric());
-    let base = if base.is_empty() { "node" } else { base };
-    format!("{base}-{}", &job_id.replace('-', "")[..6])
+    ApiError::from(LaunchOpError::JobNotFound(id.to_string()))
 }
 
 #[utoipa::path(post, path = "/admin/launch-jobs", tag = "launch", security(("admin" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "Repeats with the same key return the first job; the same key with another request is 409 `idempotency_key_reused`")), request_body = crate::launch::spec::LaunchRequest, responses((status = 202, description = "The queued job", body = serde_json::Value), (status = 400, description = "Bad input", body = crate::api::openapi::ErrorBody), (status = 401, description = "Missing or wrong token", body = crate::api::openapi::ErrorBody), (status = 409, description = "Conflict with the current state", body = crate::api::openapi::ErrorBody), (status = 413, description = "Body too large", body = crate::api::openapi::ErrorBody), (status = 422, description = "Well-formed but invalid (with field and suggestions)", body = crate::api::openapi::ErrorBody)))]
@@ -83,96 +57,7 @@ pub async fn create_job(
             "Idempotency-Key is longer than 200 characters",
         ));
     }
-    if let Some(key) = &key {
-        if let Some(first) = state
-            .store
-            .job_by_idempotency_key(key)
-            .await
-            .map_err(store_error)?
-        {
-            return same_request(key, first, &request);
-        }
-    }
-    let id = uuid::Uuid::new_v4().to_string();
-    let spec = request.validate(&default_name(&request.model, &id))?;
-    match state.runner.provider(spec.provider.as_str()) {
-        Some(provider) => provider.check(&spec)?,
-        None => {
-            return Err(SpecError {
-                code: ErrorCode::InvalidRequest,
-                field: "provider",
-                message: format!(
-                    "provider {:?} is not in this build of skylaunch (it was compiled without the \"{}\" feature)",
-                    spec.provider.as_str(),
-                    spec.provider.as_str()
-                ),
-                suggestions: vec!["skypilot".into(), "local".into()],
-            }
-            .into())
-        }
-    }
-    let (node, _unused_token) = state
-        .fleet
-        .create_node(
-            NewNode {
-                name: spec.name.clone(),
-                model_name: spec.model.clone(),
-                endpoint_url: None,
-                provider: Some(spec.provider.as_str().to_string()),
-                labels: None,
-            },
-            Some(id.clone()),
-        )
-        .await?;
-    let job = Job::queued(id.clone(), spec, Some(node.id.clone()), now_ms());
-    let request_json = serde_json::to_string(&request).map_err(|e| ApiError::internal(&e))?;
-    if let Err(e) = state
-        .store
-        .insert_job(&job, &request_json, key.as_deref())
-        .await
-    {
-        // The node was made for this job only.
-        let _ = state
-            .fleet
-            .terminate(&node.id, "its launch job could not be stored")
-            .await;
-        let duplicate = matches!(e, StoreError::Duplicate(_));
-        if let (true, Some(key)) = (duplicate, &key) {
-            if let Some(first) = state
-                .store
-                .job_by_idempotency_key(key)
-                .await
-                .map_err(store_error)?
-            {
-                return same_request(key, first, &request);
-            }
-        }
-        return Err(store_error(e));
-    }
-    tracing::info!(job_id = %job.id, node_id = %node.id, provider = %job.provider, model = %job.spec.model, "launch job queued");
-    state.runner.wake();
-    Ok((StatusCode::ACCEPTED, Json(json!(job))))
-}
-
-/// A repeat with an `Idempotency-Key` gets the first job, if it asks for the same launch; the
-/// same key with another request is a mistake the caller should hear about.
-fn same_request(
-    key: &str,
-    (job, first_request): (Job, String),
-    request: &LaunchRequest,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let first: Value = serde_json::from_str(&first_request).map_err(|e| ApiError::internal(&e))?;
-    let now = serde_json::to_value(request).map_err(|e| ApiError::internal(&e))?;
-    if first != now {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "idempotency_key_reused",
-            format!(
-                "Idempotency-Key {key:?} was first used for a different launch (job {}); send a new key for a new launch",
-                job.id
-            ),
-        ));
-    }
+    let job = launch::submit(&state.runner, &request, key.as_deref()).await?;
     Ok((StatusCode::ACCEPTED, Json(json!(job))))
 }
 
@@ -275,8 +160,8 @@ pub async fn job_events(
             };
             match received {
                 Ok(ev) if ev.job_id == id => {
-                    let done = ev.kind == "job";
-                    if tx.send(event(ev.kind, &ev.data)).await.is_err() || done {
+                    let done = ev.kind == JobEventKind::Job;
+                    if tx.send(event(ev.kind.as_str(), &ev.data)).await.is_err() || done {
                         return;
                     }
                 }
@@ -304,66 +189,7 @@ pub async fn cancel_job(
     _: Admin,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let status = state
-        .store
-        .request_cancel(&id, now_ms())
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| job_not_found(&id))?;
-    match status {
-        s if s.is_terminal() => {
-            let job = state
-                .store
-                .job(&id)
-                .await
-                .map_err(store_error)?
-                .ok_or_else(|| job_not_found(&id))?;
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "job_finished",
-                format!("the job already ended ({})", s.as_str()),
-            )
-            .with("job", json!(job)));
-        }
-        JobStatus::Queued => {
-            let mut job = state
-                .store
-                .job(&id)
-                .await
-                .map_err(store_error)?
-                .ok_or_else(|| job_not_found(&id))?;
-            job.finish_unsuccessfully(
-                JobStatus::Cancelled,
-                crate::launch::runner::cancelled(),
-                now_ms(),
-            );
-            job.updated_at = now_ms();
-            if state
-                .store
-                .finish_queued_job(&job)
-                .await
-                .map_err(store_error)?
-            {
-                if let Some(node_id) = &job.node_id {
-                    let _ = state
-                        .fleet
-                        .terminate(node_id, "its launch was cancelled before it started")
-                        .await;
-                }
-                state.events.send(&id, "job", json!(job));
-            } else {
-                // A runner claimed it meanwhile; the cancel flag stops it.
-                state.runner.signal_cancel(&id);
-            }
-        }
-        _ => state.runner.signal_cancel(&id),
-    }
-    let job = state
-        .store
-        .job(&id)
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| job_not_found(&id))?;
+    let job = launch::cancel(&state.runner, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(json!(job))))
 }
 

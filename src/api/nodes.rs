@@ -21,11 +21,10 @@ use super::error::ApiError;
 use super::extract::{Admin, ApiJson, NodeBearer};
 use super::sse::{async_stream, event};
 use crate::api::state::AppState;
-use crate::clock::now_ms;
 use crate::fleet::events::NodeEvent;
 use crate::fleet::node::{HeartbeatReport, NewNode, Node, Registration};
-use crate::fleet::status::NodeStatus;
 use crate::fleet::FleetError;
+use crate::launch;
 
 const RECENT_EVENTS: i64 = 50;
 
@@ -86,39 +85,8 @@ pub async fn delete_node(
     _: Admin,
     Path(id): Path<String>,
 ) -> Result<Json<Node>, ApiError> {
-    let node = state.fleet.get(&id).await?;
-    if let Some(job_id) = &node.launch_job_id {
-        let job = state
-            .store
-            .job(job_id)
-            .await
-            .map_err(|e| ApiError::from(FleetError::Store(e)))?;
-        match job {
-            Some(job) if !job.status.is_terminal() => {
-                let _ = state.store.request_cancel(job_id, now_ms()).await;
-                state.runner.signal_cancel(job_id);
-            }
-            Some(job) if node.status != NodeStatus::Terminated => {
-                if let Err(e) = state.runner.teardown(&job).await {
-                    // Not forgotten: the node waits in teardown_pending, and the teardown is
-                    // retried until the machine is gone (or on the next DELETE).
-                    let reason = format!("deleted by an admin; teardown failed: {}", e.message);
-                    state.fleet.teardown_pending(&id, &reason).await?;
-                    return Err(ApiError::new(
-                        StatusCode::BAD_GATEWAY,
-                        "teardown_failed",
-                        format!(
-                            "could not tear down what the node's launch created: {}. The node is now teardown_pending: the teardown is retried until the machine is gone, and DELETE tries again at once",
-                            e.message
-                        ),
-                    ));
-                }
-            }
-            _ => {}
-        }
-    }
     Ok(Json(
-        state.fleet.terminate(&id, "deleted by an admin").await?,
+        launch::delete_launched_node(&state.runner, &id).await?,
     ))
 }
 

@@ -17,10 +17,25 @@ impl Fleet {
         new: NewNode,
         launch_job_id: Option<String>,
     ) -> Result<(Node, String), FleetError> {
+        let mut tx = self.store.pool().begin().await.map_err(StoreError::from)?;
+        let (node, token) = self.create_node_in(&mut tx, new, launch_job_id).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok((self.node_created(node), token))
+    }
+
+    /// [`Fleet::create_node`]'s write inside the caller's transaction (a launch stores its job
+    /// with its node). Once that commits, hand the node to [`Fleet::node_created`]; until then
+    /// this process's fleet does not know it.
+    pub async fn create_node_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        new: NewNode,
+        launch_job_id: Option<String>,
+    ) -> Result<(Node, String), FleetError> {
         new.validate()?;
         let token = token::generate();
         let now = now_ms();
-        let mut node = Node {
+        let node = Node {
             id: uuid::Uuid::new_v4().to_string(),
             name: new.name,
             status: NodeStatus::Launching,
@@ -56,19 +71,26 @@ impl Fleet {
             reason: "node created; waiting for the agent to register",
         };
         // The unique index on live names is the guard against duplicates, also across processes.
-        match self.store.insert_node(&node, change).await {
-            Ok(()) => {}
-            Err(StoreError::Duplicate(_)) => return Err(FleetError::NameTaken(node.name)),
-            Err(e) => return Err(e.into()),
+        match self.store.insert_node_in(tx, &node, change).await {
+            Ok(()) => Ok((node, token)),
+            Err(StoreError::Duplicate(_)) => Err(FleetError::NameTaken(node.name)),
+            Err(e) => Err(e.into()),
         }
+    }
+
+    /// Takes a node [`Fleet::create_node_in`] wrote, once its transaction committed, into the
+    /// live fleet; returns it as stored.
+    pub fn node_created(&self, mut node: Node) -> Node {
         node.revision += 1;
         self.counters.transition(NodeStatus::Launching);
         tracing::info!(node_id = %node.id, name = %node.name, "node created");
+        // Already here only if this process read it from the database since the commit (a
+        // launch claimed at once): that copy is as new or newer.
         self.insert_new(LiveNode {
             node: node.clone(),
-            last_seen_ms: now,
+            last_seen_ms: node.updated_at,
         });
-        Ok((node, token))
+        node
     }
 
     /// Issues a new token for a node (the old one stops working) and returns it.

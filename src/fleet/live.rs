@@ -87,12 +87,19 @@ impl Fleet {
 
     /// Adds a node this process just created. Watchers hear of it before anyone else can
     /// reach it to change it.
+    /// Adds a node this process just created. One already cached (read from the database
+    /// since its creation committed) is as new or newer, and is kept.
     pub(super) fn insert_new(&self, live: LiveNode) {
+        if self.cached(&live.node.id).is_some() {
+            return;
+        }
+        // Watchers hear of it before anyone else can reach it to change it.
         self.changed(&live.node);
         self.nodes
             .write()
             .expect("node map lock is never poisoned")
-            .insert(live.node.id.clone(), Arc::new(Mutex::new(live)));
+            .entry(live.node.id.clone())
+            .or_insert_with(|| Arc::new(Mutex::new(live)));
     }
 
     /// Adds a node read from the database (created by another process); if it arrived

@@ -53,6 +53,19 @@ impl Store {
         change: StatusChange<'_>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
+        self.insert_node_in(&mut tx, node, change).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// [`Store::insert_node`] inside the caller's transaction, so other rows (a launch job) are
+    /// written with the node or not at all; other processes hear of the node when it commits.
+    pub async fn insert_node_in(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        node: &Node,
+        change: StatusChange<'_>,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO nodes (id, name, model_name, provider, status, token_hash, launch_job_id, \
              created_at, updated_at, endpoint_pinned, on_this_host) \
@@ -68,14 +81,13 @@ impl Store {
         .bind(node.created_at)
         .bind(i64::from(node.endpoint_pinned))
         .bind(i64::from(node.on_this_host))
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-        if !write_node_row(&mut tx, node).await? {
+        if !write_node_row(tx, node).await? {
             return Err(StoreError::Conflict(format!("new node {}", node.id)));
         }
-        insert_event(&mut tx, &node.id, node.updated_at, &change).await?;
-        self.announce(&mut tx, &node.id).await?;
-        tx.commit().await?;
+        insert_event(tx, &node.id, node.updated_at, &change).await?;
+        self.announce(tx, &node.id).await?;
         Ok(())
     }
 

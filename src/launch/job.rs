@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::error::LaunchError;
-use super::spec::LaunchSpec;
+use super::failure::LaunchError;
+use super::spec::{LaunchSpec, Provider};
 use super::stage::{Attempt, Stage};
 use crate::clock::{serde_opt_rfc3339, serde_rfc3339};
 
@@ -92,8 +92,8 @@ pub struct Job {
     /// The generated SkyPilot task, with the node token replaced by `<secret>`.
     pub task_yaml: Option<String>,
     pub cluster_name: String,
-    pub provider: String,
-    /// Shown with its `envs` values masked; the store keeps them (see `store::jobs`).
+    pub provider: Provider,
+    /// Shown with its `envs` values masked; the store keeps them (see `launch::store`).
     #[serde(serialize_with = "serialize_masked")]
     pub spec: LaunchSpec,
     pub cancel_requested: bool,
@@ -138,7 +138,7 @@ impl Job {
             error: None,
             node_id,
             task_yaml: None,
-            provider: spec.provider.as_str().to_string(),
+            provider: spec.provider,
             spec,
             cancel_requested: false,
             created_at: now,
@@ -242,7 +242,7 @@ impl Job {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::launch::error::ErrorCode;
+    use crate::launch::failure::ErrorCode;
 
     fn job() -> Job {
         let spec = serde_json::from_value::<crate::launch::spec::LaunchRequest>(

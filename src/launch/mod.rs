@@ -1,15 +1,30 @@
-//! Launch jobs: validation, task rendering, stages, the error taxonomy, and the providers that
-//! create VMs (SkyPilot, AWS, Azure, local) behind one interface.
+//! Launches: a request becomes a durable job that brings up a node's machine through a provider
+//! (SkyPilot, AWS, Azure, local) and follows it until the node is ready, or tears it down.
+//!
+//! - [`operations`]: what the API asks (submit, cancel, delete a launched node);
+//! - [`job`], [`stage`], [`failure`], [`events`]: the job record, its stages and attempts, why
+//!   it failed, and its live events; [`store`]: its rows;
+//! - [`runner`] with its worker, takeover and lifecycle files: running jobs under a lease;
+//!   [`run`]: one running job as a provider sees it;
+//! - [`spec`], [`task`], [`catalog`], [`providers`]: what may be launched, and how each provider
+//!   launches it; [`teardown`] and [`orphans`]: nothing left billing.
 
 pub mod catalog;
-pub mod error;
 pub mod events;
+pub mod failure;
 pub mod job;
+mod lifecycle;
+pub mod operations;
 pub mod orphans;
 pub mod providers;
 pub mod run;
 pub mod runner;
 pub mod spec;
 pub mod stage;
+pub mod store;
+mod takeover;
 pub mod task;
 pub mod teardown;
+mod worker;
+
+pub use operations::{cancel, delete_launched_node, submit, LaunchOpError};

@@ -177,7 +177,7 @@ impl OrphanSweeper {
             .jobs_by_ids(&ids)
             .await?
             .into_iter()
-            .filter(|j| j.provider == cloud.cloud())
+            .filter(|j| j.provider.as_str() == cloud.cloud())
             .map(|j| (j.id.clone(), j))
             .collect())
     }

@@ -14,12 +14,11 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::sync::{watch, Mutex};
 
-use super::events::JobEvents;
+use super::events::{JobEventKind, JobEvents};
 use super::job::Job;
-use super::runner::RunnerSettings;
-use super::stage::{Attempt, Stage};
+use super::stage::{Attempt, AttemptOutcome, Stage};
+use super::store::Lease;
 use crate::clock::now_ms;
-use crate::store::jobs::Lease;
 use crate::store::{Store, StoreError};
 
 /// This process's hold on one running job: the fencing token its writes carry, until when the
@@ -158,7 +157,7 @@ impl JobLog {
         match self.lease.written(stored) {
             Ok(true) => self.events.send(
                 job_id,
-                "log",
+                JobEventKind::Log,
                 json!({"at": crate::clock::rfc3339(at), "stream": stream, "line": line}),
             ),
             Ok(false) => {}
@@ -178,7 +177,10 @@ pub struct JobRun {
     /// The model server's API key for this launch (empty when a takeover only waits).
     pub(super) model_key: String,
     pub(super) task_yaml: String,
-    pub settings: RunnerSettings,
+    /// The control plane's URL as the node reaches it (the agent registers and heartbeats here).
+    pub control_plane_url: String,
+    /// Where the node downloads the agent binary from.
+    pub agent_url: String,
 }
 
 impl JobRun {
@@ -209,7 +211,7 @@ impl JobRun {
         let _ = rx.wait_for(|c| *c).await;
     }
 
-    async fn save(&self, job: &mut Job, kind: &'static str, data: serde_json::Value) {
+    async fn save(&self, job: &mut Job, kind: JobEventKind, data: serde_json::Value) {
         job.updated_at = now_ms();
         if self.lease.save(job).await {
             self.events.send(&job.id, kind, data);
@@ -221,8 +223,12 @@ impl JobRun {
         if job.activate(stage, detail, now_ms()) {
             tracing::info!(job_id = %job.id, stage = stage.as_str(), "launch stage");
             let stages = json!(job.stages);
-            self.save(&mut job, "stage", json!({"stage": stage, "stages": stages}))
-                .await;
+            self.save(
+                &mut job,
+                JobEventKind::Stage,
+                json!({"stage": stage, "stages": stages}),
+            )
+            .await;
         }
     }
 
@@ -231,19 +237,19 @@ impl JobRun {
         tracing::info!(job_id = %job.id, cloud = %attempt.cloud, region = ?attempt.region, zone = ?attempt.zone, "placement attempt");
         job.attempts.push(attempt);
         let data = json!({"attempt": job.attempts.len(), "attempts": job.attempts});
-        self.save(&mut job, "attempt", data).await;
+        self.save(&mut job, JobEventKind::Attempt, data).await;
     }
 
     /// Records the outcome of the latest attempt.
-    pub async fn attempt_finished(&self, outcome: &str, reason: Option<String>) {
+    pub async fn attempt_finished(&self, outcome: AttemptOutcome, reason: Option<String>) {
         let mut job = self.job.lock().await;
         let Some(last) = job.attempts.last_mut() else {
             return;
         };
-        last.outcome = outcome.to_string();
+        last.outcome = outcome;
         last.reason = reason;
         let data = json!({"attempt": job.attempts.len(), "attempts": job.attempts});
-        self.save(&mut job, "attempt", data).await;
+        self.save(&mut job, JobEventKind::Attempt, data).await;
     }
 
     /// Remembers what the provider created, so a later teardown (even after a crash) finds it.

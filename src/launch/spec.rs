@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::catalog::{self, Gpu};
-use super::error::ErrorCode;
+use super::failure::ErrorCode;
 
 /// `POST /admin/launch-jobs` body.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

@@ -1,4 +1,4 @@
-//! Launch stages, in the contract's order, and the per-stage record a job shows.
+//! Launch stages, in the order a launch goes through them, and the placements a launch tries.
 
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +56,16 @@ pub enum Market {
     OnDemand,
 }
 
+/// How a placement attempt went (stored and shown as `trying`, `succeeded` or `failed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// The provider is still trying this placement.
+    Trying,
+    Succeeded,
+    Failed,
+}
+
 /// One placement tried.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {
@@ -66,7 +76,6 @@ pub struct Attempt {
     pub market: Market,
     /// Hourly price shown by the provider, when it shows one.
     pub price_per_hour: Option<f64>,
-    /// `trying`, `succeeded` or `failed`.
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     pub reason: Option<String>,
 }

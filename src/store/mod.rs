@@ -6,7 +6,6 @@
 
 pub mod cloud_events;
 pub mod installation;
-pub mod jobs;
 
 use std::path::Path;
 use std::str::FromStr;

@@ -17,9 +17,9 @@ pub fn for_launch(run: &JobRun, job: &Job, template: &Template) -> String {
     envs.insert("GPU_COUNT".into(), job.spec.gpu_count.to_string());
     envs.insert(
         "SKYLAUNCH_CONTROL_PLANE_URL".into(),
-        run.settings.control_plane_url.clone(),
+        run.control_plane_url.clone(),
     );
-    envs.insert("SKYLAUNCH_AGENT_URL".into(), run.settings.agent_url.clone());
+    envs.insert("SKYLAUNCH_AGENT_URL".into(), run.agent_url.clone());
     envs.insert(
         "SKYLAUNCH_NODE_ID".into(),
         job.node_id.clone().unwrap_or_default(),

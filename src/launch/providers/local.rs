@@ -13,10 +13,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 use super::{BoxFuture, LaunchProvider};
-use crate::launch::error::{ErrorCode, LaunchError};
+use crate::launch::failure::{ErrorCode, LaunchError};
 use crate::launch::job::Job;
 use crate::launch::run::{JobLog, JobRun};
-use crate::launch::stage::{Attempt, Market, Stage};
+use crate::launch::stage::{Attempt, AttemptOutcome, Market, Stage};
 
 pub struct LocalProvider {
     /// The `skylaunch` executable (it serves the echo model server as a subcommand).
@@ -66,7 +66,7 @@ impl LocalProvider {
             instance_type: Some("this machine".into()),
             market: Market::OnDemand,
             price_per_hour: Some(0.0),
-            outcome: "trying".into(),
+            outcome: AttemptOutcome::Trying,
             reason: None,
         })
         .await;
@@ -81,7 +81,7 @@ impl LocalProvider {
                     format!("the local provider needs {what} at {}", path.display()),
                 )
                 .suggest("Build the workspace (cargo build --release --workspace) so both binaries sit side by side, or set SKYLAUNCH_AGENT_BIN");
-                run.attempt_finished("failed", Some(error.message.clone()))
+                run.attempt_finished(AttemptOutcome::Failed, Some(error.message.clone()))
                     .await;
                 return Err(error);
             }
@@ -93,7 +93,7 @@ impl LocalProvider {
                 e.to_string(),
             )
         })?;
-        run.attempt_finished("succeeded", None).await;
+        run.attempt_finished(AttemptOutcome::Succeeded, None).await;
         run.stage(Stage::InstanceUp, Some("this machine".into()))
             .await;
         run.stage(
@@ -136,10 +136,7 @@ impl LocalProvider {
         agent
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env(
-                "SKYLAUNCH_CONTROL_PLANE_URL",
-                &run.settings.control_plane_url,
-            )
+            .env("SKYLAUNCH_CONTROL_PLANE_URL", &run.control_plane_url)
             .env("SKYLAUNCH_NODE_ID", &node_id)
             .env(LAUNCH_MARK, &job.id)
             .env("SKYLAUNCH_MODEL_SERVER_KEY", run.model_key())

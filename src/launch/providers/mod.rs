@@ -13,7 +13,7 @@ pub mod skypilot;
 use std::future::Future;
 use std::pin::Pin;
 
-use super::error::LaunchError;
+use super::failure::LaunchError;
 use super::job::Job;
 use super::run::JobRun;
 use super::spec::{LaunchSpec, SpecError};

@@ -3,7 +3,7 @@
 //! capacity.
 
 use crate::launch::catalog::{self, MachineTable};
-use crate::launch::error::{ErrorCode, LaunchError};
+use crate::launch::failure::{ErrorCode, LaunchError};
 use crate::launch::spec::LaunchSpec;
 use crate::launch::stage::Market;
 use crate::launch::task::{self, Template};

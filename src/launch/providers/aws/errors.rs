@@ -2,7 +2,7 @@
 //! placement, stop trying spot, stop with a quota or credentials error, or retry the same call.
 //! The code named is always the real cause.
 
-use crate::launch::error::{ErrorCode, LaunchError};
+use crate::launch::failure::{ErrorCode, LaunchError};
 
 /// What to do after an EC2 error.
 #[derive(Debug, Clone, PartialEq)]

@@ -28,13 +28,13 @@ use serde_json::json;
 
 use super::catalog;
 use super::errors::{classify, Ec2Failure};
-use crate::launch::error::{ErrorCode, LaunchError};
+use crate::launch::failure::{ErrorCode, LaunchError};
 use crate::launch::job::Job;
 use crate::launch::orphans::{ownership_tags, INSTALLATION_TAG, MANAGED_TAG};
 use crate::launch::providers::placement::{self, market_name};
 use crate::launch::providers::{bootstrap, BoxFuture, LaunchProvider};
 use crate::launch::run::JobRun;
-use crate::launch::stage::{Attempt, Market, Stage};
+use crate::launch::stage::{Attempt, AttemptOutcome, Market, Stage};
 
 #[derive(Debug, Clone, Default)]
 pub struct AwsSettings {
@@ -138,7 +138,7 @@ impl AwsProvider {
                         instance_type: Some(instance_type.to_string()),
                         market: *market,
                         price_per_hour: None,
-                        outcome: "trying".into(),
+                        outcome: AttemptOutcome::Trying,
                         reason: None,
                     })
                     .await;
@@ -157,16 +157,18 @@ impl AwsProvider {
                     {
                         Ok(Outcome::Started) => return Ok(()),
                         Ok(Outcome::NextPlacement(reason)) => {
-                            run.attempt_finished("failed", Some(reason.clone())).await;
+                            run.attempt_finished(AttemptOutcome::Failed, Some(reason.clone()))
+                                .await;
                             reasons.push(reason);
                         }
                         Ok(Outcome::SkipSpot(reason)) => {
-                            run.attempt_finished("failed", Some(reason.clone())).await;
+                            run.attempt_finished(AttemptOutcome::Failed, Some(reason.clone()))
+                                .await;
                             reasons.push(reason);
                             continue 'markets;
                         }
                         Err(e) => {
-                            run.attempt_finished("failed", Some(e.message.clone()))
+                            run.attempt_finished(AttemptOutcome::Failed, Some(e.message.clone()))
                                 .await;
                             return Err(e);
                         }
@@ -197,7 +199,7 @@ impl AwsProvider {
             .settings
             .model_port_cidr
             .clone()
-            .or_else(|| public_ip_cidr(&run.settings.control_plane_url))
+            .or_else(|| public_ip_cidr(&run.control_plane_url))
         {
             Some(cidr) => cidr,
             None => {
@@ -371,7 +373,7 @@ impl AwsProvider {
                         ),
                     )
                     .await;
-                run.attempt_finished("succeeded", None).await;
+                run.attempt_finished(AttemptOutcome::Succeeded, None).await;
                 run.stage(
                     Stage::InstanceUp,
                     Some(format!("{id} in {zone}: waiting for it to run")),

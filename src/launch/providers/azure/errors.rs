@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use crate::launch::error::{ErrorCode, LaunchError};
+use crate::launch::failure::{ErrorCode, LaunchError};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ArmFailure {

@@ -22,14 +22,14 @@ use super::catalog;
 use super::errors::{classify, credentials_invalid, ArmFailure};
 use super::resources::Offering;
 use super::settings::{AzureSettings, ADMIN_USERNAME};
-use crate::launch::error::{ErrorCode, LaunchError};
+use crate::launch::failure::{ErrorCode, LaunchError};
 use crate::launch::job::Job;
 use crate::launch::orphans::ownership_tags;
 use crate::launch::providers::placement::{self, market_name};
 use crate::launch::providers::{bootstrap, BoxFuture, LaunchProvider};
 use crate::launch::run::JobRun;
 use crate::launch::spec::{LaunchSpec, SpecError};
-use crate::launch::stage::{Attempt, Market, Stage};
+use crate::launch::stage::{Attempt, AttemptOutcome, Market, Stage};
 
 pub struct AzureProvider {
     pub settings: AzureSettings,
@@ -138,7 +138,7 @@ impl AzureProvider {
                         instance_type: Some(vm_size.to_string()),
                         market: *market,
                         price_per_hour: None,
-                        outcome: "trying".into(),
+                        outcome: AttemptOutcome::Trying,
                         reason: None,
                     })
                     .await;
@@ -155,21 +155,22 @@ impl AzureProvider {
                     {
                         Ok(Outcome::Started) => return Ok(()),
                         Ok(Outcome::NextPlacement(reason)) => {
-                            run.attempt_finished("failed", Some(reason.clone())).await;
+                            run.attempt_finished(AttemptOutcome::Failed, Some(reason.clone()))
+                                .await;
                             reasons.push(reason);
                             other_failures += 1;
                         }
                         Ok(Outcome::SkipSpot(error)) => {
                             // The spot cores quota is per region: the rest of this region's
                             // zones would be refused alike, the next region may have room.
-                            run.attempt_finished("failed", Some(error.raw.clone()))
+                            run.attempt_finished(AttemptOutcome::Failed, Some(error.raw.clone()))
                                 .await;
                             reasons.push(error.raw.clone());
                             spot_refusal = Some(error);
                             break;
                         }
                         Err(e) => {
-                            run.attempt_finished("failed", Some(e.message.clone()))
+                            run.attempt_finished(AttemptOutcome::Failed, Some(e.message.clone()))
                                 .await;
                             return Err(e);
                         }
@@ -250,7 +251,7 @@ impl AzureProvider {
                 run.log
                     .line("skylaunch", &format!("Azure VM {} is running", vm.name))
                     .await;
-                run.attempt_finished("succeeded", None).await;
+                run.attempt_finished(AttemptOutcome::Succeeded, None).await;
                 run.stage(
                     Stage::InstanceUp,
                     Some(format!("{} in {} is running", vm.name, vm.region)),

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::launch::error::ErrorCode;
+use crate::launch::failure::ErrorCode;
 use crate::launch::spec::{LaunchSpec, SpecError};
 
 /// The default image: Microsoft's Ubuntu 22.04 HPC image, which ships the NVIDIA driver and CUDA.

@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use crate::launch::error::{ErrorCode, LaunchError};
+use crate::launch::failure::{ErrorCode, LaunchError};
 
 /// How many output lines travel with the error for reference.
 const RAW_TAIL_LINES: usize = 30;

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use regex::Regex;
 
 use super::errors::{explain, FailureContext};
-use crate::launch::error::{ErrorCode, LaunchError};
+use crate::launch::failure::{ErrorCode, LaunchError};
 use crate::launch::providers::skypilot::parse::{strip_ansi, SkyEvent, SkyOutputParser, Stream};
-use crate::launch::stage::{Attempt, Market, Stage};
+use crate::launch::stage::{Attempt, AttemptOutcome, Market, Stage};
 
 const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/skypilot");
 const OURS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/skypilot");
@@ -358,7 +358,7 @@ fn spot_failover_on_identity_errors_is_credentials_invalid() {
             instance_type: Some("g6.xlarge".into()),
             market: Market::Spot,
             price_per_hour: Some(0.35),
-            outcome: "trying".into(),
+            outcome: AttemptOutcome::Trying,
             reason: None,
         }
     );
@@ -520,7 +520,7 @@ fn spot_success_walks_the_stages_in_order_with_one_attempt() {
             instance_type: Some("g6.xlarge".into()),
             market: Market::Spot,
             price_per_hour: Some(0.35),
-            outcome: "trying".into(),
+            outcome: AttemptOutcome::Trying,
             reason: None,
         }]
     );

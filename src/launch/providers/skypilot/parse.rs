@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use crate::launch::stage::{Attempt, Market, Stage};
+use crate::launch::stage::{Attempt, AttemptOutcome, Market, Stage};
 
 /// How many stripped lines `tail()` can look back over; error messages need ~30, the rest is slack.
 const TAIL_CAPACITY: usize = 2000;
@@ -370,7 +370,7 @@ impl SkyOutputParser {
             instance_type,
             market,
             price_per_hour,
-            outcome: "trying".to_string(),
+            outcome: AttemptOutcome::Trying,
             reason: None,
         })
     }
@@ -402,7 +402,7 @@ impl SkyOutputParser {
                 instance_type: None,
                 market,
                 price_per_hour: None,
-                outcome: "trying".to_string(),
+                outcome: AttemptOutcome::Trying,
                 reason: None,
             },
         };
@@ -800,7 +800,7 @@ mod tests {
                     instance_type: Some("g6.xlarge".into()),
                     market: Market::OnDemand,
                     price_per_hour: Some(0.80),
-                    outcome: "trying".into(),
+                    outcome: AttemptOutcome::Trying,
                     reason: None,
                 }),
             ]

@@ -30,11 +30,11 @@ use tokio::sync::mpsc;
 
 use super::errors::{explain, teardown_failed, FailureContext};
 use super::parse::{ClusterListing, DownOutcome, SkyEvent, SkyOutputParser, Stream};
-use crate::launch::error::{ErrorCode, LaunchError};
+use crate::launch::failure::{ErrorCode, LaunchError};
 use crate::launch::job::Job;
 use crate::launch::providers::{BoxFuture, LaunchProvider};
 use crate::launch::run::JobRun;
-use crate::launch::stage::Stage;
+use crate::launch::stage::{AttemptOutcome, Stage};
 
 pub struct SkypilotProvider {
     pub sky_bin: String,
@@ -222,7 +222,8 @@ impl SkypilotProvider {
                         run.stage(Stage::Provision, Some(detail)).await;
                     }
                     SkyEvent::AttemptFailed { reason } => {
-                        run.attempt_finished("failed", Some(reason)).await
+                        run.attempt_finished(AttemptOutcome::Failed, Some(reason))
+                            .await
                     }
                     SkyEvent::Detail(text) => run.log.line("skylaunch", &text).await,
                     SkyEvent::JobFinished { status } => {
@@ -244,16 +245,19 @@ impl SkypilotProvider {
         drop(task_file);
         if status.success() {
             if let Some(last) = run.snapshot().await.attempts.last() {
-                if last.outcome == "trying" {
-                    run.attempt_finished("succeeded", None).await;
+                if last.outcome == AttemptOutcome::Trying {
+                    run.attempt_finished(AttemptOutcome::Succeeded, None).await;
                 }
             }
             return Ok(());
         }
         if let Some(last) = run.snapshot().await.attempts.last() {
-            if last.outcome == "trying" {
-                run.attempt_finished("failed", parser.failure_reasons().last().cloned())
-                    .await;
+            if last.outcome == AttemptOutcome::Trying {
+                run.attempt_finished(
+                    AttemptOutcome::Failed,
+                    parser.failure_reasons().last().cloned(),
+                )
+                .await;
             }
         }
         let gpu = job.spec.gpu.clone().unwrap_or_default();

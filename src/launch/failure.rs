@@ -1,5 +1,7 @@
-//! The launch error taxonomy of the contract: a stable code naming the real cause, a title, a
-//! plain-words message, concrete suggestions, and the provider's raw output for reference.
+//! Why a launch failed, as a job and the API show it: a stable code naming the real cause (the
+//! same codes for every provider), a title, a plain-words message, concrete suggestions, and
+//! the provider's raw output for reference. Providers' own `errors.rs` files map what their
+//! cloud or CLI said onto these.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,7 +1,9 @@
-//! SQL for launch jobs and their logs, including the lease that lets exactly one control-plane
-//! process run a job at a time: a claim marks the job running with a lease deadline in one short
-//! statement; the runner renews it while it works; a job whose lease expired (its process died)
-//! can be claimed again. No transaction is held across a subprocess or cloud call.
+//! SQL for launch jobs and their logs: an `impl Store` block kept here, next to the job it
+//! stores, so the database layer knows nothing of launches. It includes the lease that lets
+//! exactly one control-plane process run a job at a time: a claim marks the job running with a
+//! lease deadline in one short statement; the runner renews it while it works; a job whose lease
+//! expired (its process died) can be claimed again. No transaction is held across a subprocess
+//! or cloud call.
 //!
 //! Every write the runner makes about a running job is fenced by its [`Lease`]: it matches only
 //! while the job is still running under that claim, so a process cut off from the database
@@ -10,10 +12,10 @@
 //! request) are not fenced: they set a flag the lease holder reads.
 
 use sqlx::any::AnyRow;
-use sqlx::Row;
+use sqlx::{Any, Row, Transaction};
 
-use super::{Store, StoreError};
-use crate::launch::job::{Job, JobStatus};
+use super::job::{Job, JobStatus};
+use crate::store::{plausible_id, Store, StoreError};
 
 const JOB_COLUMNS: &str = "id, name, status, stage, provider, spec, stages, attempts, error, node_id, \
      task_yaml, cluster_name, provider_state, cancel_requested, created_at, updated_at, finished_at";
@@ -49,8 +51,25 @@ pub struct Lease {
 const HELD: &str = "id = $1 AND lease_owner = $2 AND claims = $3 AND status = 'running'";
 
 impl Store {
+    /// Stores a new job with the request (JSON) it was made from. A job with the same
+    /// idempotency key is [`StoreError::Duplicate`].
     pub async fn insert_job(
         &self,
+        job: &Job,
+        request: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        self.insert_job_in(&mut tx, job, request, idempotency_key)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// [`Store::insert_job`] inside the caller's transaction (a launch stores its node with it).
+    pub async fn insert_job_in(
+        &self,
+        tx: &mut Transaction<'_, Any>,
         job: &Job,
         request: &str,
         idempotency_key: Option<&str>,
@@ -63,7 +82,7 @@ impl Store {
         .bind(&job.name)
         .bind(job.status.as_str())
         .bind(job.stage.map(|s| s.as_str()))
-        .bind(&job.provider)
+        .bind(job.provider.as_str())
         .bind(json(&job.spec))
         .bind(json(&job.stages))
         .bind(json(&job.attempts))
@@ -78,7 +97,7 @@ impl Store {
         .bind(job.finished_at)
         .bind(request)
         .bind(idempotency_key)
-        .execute(self.pool())
+        .execute(&mut **tx)
         .await?;
         Ok(())
     }
@@ -101,7 +120,7 @@ impl Store {
     }
 
     pub async fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
-        if !super::plausible_id(id) {
+        if !plausible_id(id) {
             return Ok(None);
         }
         let row = sqlx::query(&format!(
@@ -116,7 +135,7 @@ impl Store {
     /// The jobs with these ids (those that exist, in no particular order), read in batches so
     /// no statement outgrows a backend's limit on parameters.
     pub async fn jobs_by_ids(&self, ids: &[String]) -> Result<Vec<Job>, StoreError> {
-        let ids: Vec<&String> = ids.iter().filter(|id| super::plausible_id(id)).collect();
+        let ids: Vec<&String> = ids.iter().filter(|id| plausible_id(id)).collect();
         let mut jobs = Vec::with_capacity(ids.len());
         for batch in ids.chunks(500) {
             let placeholders: Vec<String> = (1..=batch.len()).map(|i| format!("${i}")).collect();
@@ -261,7 +280,7 @@ impl Store {
         id: &str,
         now: i64,
     ) -> Result<Option<JobStatus>, StoreError> {
-        if !super::plausible_id(id) {
+        if !plausible_id(id) {
             return Ok(None);
         }
         let row = sqlx::query(
@@ -330,7 +349,7 @@ impl Store {
         after_id: i64,
         limit: i64,
     ) -> Result<Vec<LogLine>, StoreError> {
-        if !super::plausible_id(job_id) {
+        if !plausible_id(job_id) {
             return Ok(Vec::new());
         }
         let rows = sqlx::query(
@@ -390,6 +409,7 @@ fn job_from_row(row: &AnyRow) -> Result<Job, StoreError> {
     let stage: Option<String> = row.try_get("stage")?;
     let error: Option<String> = row.try_get("error")?;
     let provider_state: String = row.try_get("provider_state")?;
+    let provider: String = row.try_get("provider")?;
     Ok(Job {
         status: JobStatus::parse(&status)
             .ok_or_else(|| StoreError::Corrupt(format!("job {id} status {status:?}")))?,
@@ -402,7 +422,7 @@ fn job_from_row(row: &AnyRow) -> Result<Job, StoreError> {
         error: error.map(|e| parse(&id, "error", &e)).transpose()?,
         provider_state: parse(&id, "provider_state", &provider_state)?,
         name: row.try_get("name")?,
-        provider: row.try_get("provider")?,
+        provider: parse(&id, "provider", &format!("\"{provider}\""))?,
         node_id: row.try_get("node_id")?,
         task_yaml: row.try_get("task_yaml")?,
         cluster_name: row.try_get("cluster_name")?,
