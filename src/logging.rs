@@ -3,7 +3,12 @@
 //! bearer tokens and the VM custom data (with the node token) included, and the AWS SDK prints
 //! its signing and wire traffic; no log may ever carry a secret.
 
-use tracing_subscriber::filter::{Directive, EnvFilter};
+use skylaunch_protocol::LogFormat;
+use tracing_subscriber::filter::EnvFilter;
+
+/// Without `RUST_LOG`: our own `info`, and only warnings from the database driver, which logs
+/// every slow statement at `info`.
+const DEFAULT: &str = "info,sqlx=warn";
 
 /// SDK targets held at `info` or quieter, whatever `RUST_LOG` asks for them.
 const SDK_CAPS: &[&str] = &[
@@ -21,13 +26,12 @@ const SDK_CAPS: &[&str] = &[
 /// The filter for `rust_log` (the `RUST_LOG` value, if set), with the SDK caps applied last so
 /// they win over anything it says about those targets.
 pub fn filter(rust_log: Option<&str>) -> EnvFilter {
-    let mut filter = rust_log
-        .and_then(|s| EnvFilter::try_new(s).ok())
-        .unwrap_or_else(|| EnvFilter::new("info,sqlx=warn"));
-    for cap in SDK_CAPS {
-        filter = filter.add_directive(cap.parse::<Directive>().expect("static directive"));
-    }
-    filter
+    skylaunch_protocol::logging::filter(rust_log, DEFAULT, SDK_CAPS)
+}
+
+/// Installs the process's log subscriber (stderr, `format`) with this filter.
+pub fn init(format: LogFormat) {
+    skylaunch_protocol::logging::init(format, DEFAULT, SDK_CAPS);
 }
 
 #[cfg(test)]

@@ -53,7 +53,7 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
     match cli.command {
         Command::Serve(config) => {
-            init_logging(config.log_format);
+            skylaunch::logging::init(config.log_format);
             match runtime.block_on(serve(*config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(message) => {
@@ -68,7 +68,7 @@ fn main() -> ExitCode {
             model,
             api_key,
         } => {
-            init_logging(LogFormat::Human);
+            skylaunch::logging::init(LogFormat::Human);
             match runtime.block_on(skylaunch::echo_server::serve(listen, &model, api_key)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -160,17 +160,5 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = terminate => {},
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let rust_log = std::env::var("RUST_LOG").ok();
-    let filter = skylaunch::logging::filter(rust_log.as_deref());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }

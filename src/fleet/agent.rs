@@ -16,6 +16,7 @@ use super::store::StatusChange;
 use super::telemetry::record_telemetry;
 use super::{token, AgentAck, Fleet, FleetError};
 use crate::clock::now_ms;
+use skylaunch_protocol::Desired;
 
 impl Fleet {
     /// Whether `token` is the node's; the node must exist (else [`FleetError::NotFound`]).
@@ -197,9 +198,9 @@ impl Fleet {
                 node.status,
                 NodeStatus::Draining | NodeStatus::TeardownPending
             ) {
-                "drain"
+                Desired::Drain
             } else {
-                "run"
+                Desired::Run
             },
             heartbeat_interval_s: self.policy.heartbeat_interval.as_secs_f64(),
         }

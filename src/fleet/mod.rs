@@ -85,15 +85,9 @@ pub struct NodeCredentials {
     pub model_key: String,
 }
 
-/// What the control plane tells an agent after a registration or heartbeat.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct AgentAck {
-    pub node_id: String,
-    pub status: NodeStatus,
-    /// `run`, or `drain` when the node should finish in-flight work and take no more.
-    pub desired: &'static str,
-    pub heartbeat_interval_s: f64,
-}
+/// What the control plane tells an agent after a registration or heartbeat (the agent's wire
+/// type, shared with `skylaunch-agent`), with the node's status.
+pub type AgentAck = skylaunch_protocol::AgentAck<NodeStatus>;
 
 /// What the fleet is told at start: the health model's thresholds, and how often its
 /// background work runs (see [`tasks::FleetTasks`]).
