@@ -6,15 +6,17 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use serde_json::{json, Value};
+use skylaunch_protocol::{AgentAck, Desired, HeartbeatReport, Registration, SpotNotice};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::client::{Ack, CallError, ControlPlane, Registration};
+use crate::client::{CallError, ControlPlane};
 use crate::config::{Config, NodeToken};
 use crate::discover::{self, Identity};
-use crate::spot::SpotNotice;
 use crate::{gpu, probe, score};
+
+/// This agent's version, sent with its registration and every heartbeat.
+const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// How long the last heartbeat may take on SIGTERM; well inside the unit's `TimeoutStopSec`.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -99,7 +101,7 @@ impl Agent {
         );
         let mut watching_spot = true;
         let mut next = Instant::now();
-        let mut desired = ack.desired.clone();
+        let mut desired = ack.desired;
         loop {
             tokio::select! {
                 // A stop request wins over a due heartbeat, so SIGTERM is never held up by one
@@ -123,10 +125,10 @@ impl Agent {
             match self.control_plane.heartbeat(&report).await {
                 Ok(new_ack) => {
                     if new_ack.desired != desired {
-                        tracing::info!(node_id = %self.config.node_id, desired = ?new_ack.desired, "control plane changed what it wants from this node");
-                        desired = new_ack.desired.clone();
+                        tracing::info!(node_id = %self.config.node_id, desired = %new_ack.desired, "control plane changed what it wants from this node");
+                        desired = new_ack.desired;
                     }
-                    if new_ack.desired.as_deref() == Some("stop") {
+                    if new_ack.desired == Desired::Stop {
                         return Stop::Told;
                     }
                     ack = new_ack;
@@ -157,7 +159,7 @@ impl Agent {
         &self,
         identity: &Identity,
         stop: &mut watch::Receiver<bool>,
-    ) -> Result<(Ack, String), Stop> {
+    ) -> Result<(AgentAck, String), Stop> {
         tokio::select! {
             biased;
             Ok(_) = stop.wait_for(|stopping| *stopping) => Err(Stop::Signalled),
@@ -169,7 +171,10 @@ impl Agent {
         self.config.imds_url.trim_end_matches('/')
     }
 
-    async fn register_with_retries(&self, identity: &Identity) -> Result<(Ack, String), CallError> {
+    async fn register_with_retries(
+        &self,
+        identity: &Identity,
+    ) -> Result<(AgentAck, String), CallError> {
         let attempt = AtomicU32::new(0);
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
@@ -236,13 +241,13 @@ impl Agent {
                 .unwrap_or_else(|| "unknown".into()),
             spot_instance: c.spot_instance.or(identity.spot).unwrap_or(false),
             gpu_count: c.gpu_count.or(gpu.count),
-            agent_version: env!("CARGO_PKG_VERSION").into(),
-            labels: serde_json::Map::new(),
+            agent_version: Some(AGENT_VERSION.into()),
+            labels: Some(Default::default()),
         })
     }
 
     /// Probes everything at once and builds the heartbeat body.
-    async fn measure(&self, model_name: &str, spot: Option<SpotNotice>) -> Value {
+    async fn measure(&self, model_name: &str, spot: Option<SpotNotice>) -> HeartbeatReport {
         let c = &self.config;
         let (model, queue, gpu) = tokio::join!(
             probe::model_server(
@@ -255,27 +260,30 @@ impl Agent {
             gpu::query(&c.nvidia_smi, c.probe_timeout),
         );
         let health_score = score::health_score(&model, &gpu, queue.as_ref());
-        json!({
-            "health_score": health_score,
-            "model_server": model,
-            "gpu": gpu,
-            "queue": queue,
-            "spot_interruption": spot,
-            "going_away": false,
-            "agent_version": env!("CARGO_PKG_VERSION"),
-        })
+        HeartbeatReport {
+            health_score,
+            model_server: Some(model),
+            gpu: Some(gpu),
+            queue,
+            spot_interruption: spot,
+            going_away: false,
+            agent_version: Some(AGENT_VERSION.into()),
+        }
     }
 
     /// The last heartbeat, telling the control plane to stop routing here now. No probes: the
     /// answer must go out before systemd's stop timeout, and the score no longer matters. A spot
     /// notice already seen is repeated so the control plane keeps the reason.
     async fn say_goodbye(&self, spot: Option<SpotNotice>) {
-        let body = json!({
-            "health_score": 0.0,
-            "spot_interruption": spot,
-            "going_away": true,
-            "agent_version": env!("CARGO_PKG_VERSION"),
-        });
+        let body = HeartbeatReport {
+            health_score: 0.0,
+            model_server: None,
+            gpu: None,
+            queue: None,
+            spot_interruption: spot,
+            going_away: true,
+            agent_version: Some(AGENT_VERSION.into()),
+        };
         let node_id = &self.config.node_id;
         match tokio::time::timeout(GOODBYE_TIMEOUT, self.control_plane.heartbeat(&body)).await {
             Ok(Ok(_)) => {

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use skylaunch_protocol::{error_chain, AgentAck, HeartbeatReport, Registration};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -23,34 +23,6 @@ pub enum CallError {
 impl CallError {
     pub fn is_transient(&self) -> bool {
         matches!(self, CallError::Transient(_))
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Registration {
-    pub provider: String,
-    pub region: String,
-    pub zone: Option<String>,
-    pub model_name: String,
-    pub endpoint_url: String,
-    pub gpu_type: String,
-    pub instance_type: String,
-    pub spot_instance: bool,
-    pub gpu_count: Option<u32>,
-    pub agent_version: String,
-    pub labels: serde_json::Map<String, Value>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct Ack {
-    #[serde(default)]
-    pub desired: Option<String>,
-    pub heartbeat_interval_s: f64,
-}
-
-impl Ack {
-    pub fn interval(&self) -> Duration {
-        Duration::from_secs_f64(self.heartbeat_interval_s.clamp(0.05, 3600.0))
     }
 }
 
@@ -75,7 +47,7 @@ impl ControlPlane {
         })
     }
 
-    pub async fn register(&self, body: &Registration) -> Result<Ack, CallError> {
+    pub async fn register(&self, body: &Registration) -> Result<AgentAck, CallError> {
         let url = format!("{}/admin/nodes/register", self.base);
         let req = self
             .http
@@ -85,12 +57,12 @@ impl ControlPlane {
         self.call(req).await
     }
 
-    pub async fn heartbeat(&self, body: &Value) -> Result<Ack, CallError> {
+    pub async fn heartbeat(&self, body: &HeartbeatReport) -> Result<AgentAck, CallError> {
         let url = format!("{}/admin/nodes/{}/heartbeat", self.base, self.node_id);
         self.call(self.http.post(url).json(body)).await
     }
 
-    async fn call(&self, req: reqwest::RequestBuilder) -> Result<Ack, CallError> {
+    async fn call(&self, req: reqwest::RequestBuilder) -> Result<AgentAck, CallError> {
         let res = req.bearer_auth(&self.token).send().await.map_err(|e| {
             CallError::Transient(format!(
                 "cannot reach the control plane: {}",
@@ -113,16 +85,4 @@ impl ControlPlane {
             _ => Err(CallError::Rejected { status, message }),
         }
     }
-}
-
-/// The error and its causes in one line (reqwest hides the useful part in `source()`).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

@@ -4,7 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+use skylaunch_protocol::{parse_duration, LogFormat};
 
 #[derive(Parser, Clone, Debug)]
 #[command(
@@ -79,12 +80,6 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Human,
-    Json,
-}
-
 /// The node's bearer token. A newtype so that `Debug` (and so any log of the config) can never
 /// show it; the one place that needs the value calls `expose`.
 #[derive(Clone)]
@@ -108,30 +103,9 @@ impl fmt::Debug for NodeToken {
     }
 }
 
-/// Parses a positive duration such as `500ms`, `5s`, `2m` or `1h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(s.trim()) {
-        Ok(d) if !d.is_zero() => Ok(d),
-        Ok(_) => Err(format!("{s:?} must be a positive duration")),
-        Err(e) => Err(format!(
-            "{s:?} is not a duration ({e}): use e.g. 500ms, 5s, 2m, 1h"
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_accept_common_units() {
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        for bad in ["", "0s", "x", "3 parsecs"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn debug_never_shows_the_token() {

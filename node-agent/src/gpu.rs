@@ -3,41 +3,7 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct GpuReport {
-    pub present: bool,
-    pub name: Option<String>,
-    pub count: Option<u32>,
-    pub utilization_pct: Option<f64>,
-    pub memory_used_mib: Option<f64>,
-    pub memory_total_mib: Option<f64>,
-    /// The hottest GPU's temperature.
-    pub temperature_c: Option<f64>,
-}
-
-impl GpuReport {
-    pub fn absent() -> GpuReport {
-        GpuReport {
-            present: false,
-            name: None,
-            count: None,
-            utilization_pct: None,
-            memory_used_mib: None,
-            memory_total_mib: None,
-            temperature_c: None,
-        }
-    }
-
-    /// The short type name the control plane uses: "NVIDIA L4" → "L4".
-    pub fn short_type(&self) -> Option<String> {
-        let name = self.name.as_deref()?;
-        let name = name.strip_prefix("NVIDIA ").unwrap_or(name);
-        let name = name.strip_prefix("Tesla ").unwrap_or(name);
-        name.split_whitespace().next().map(str::to_string)
-    }
-}
+use skylaunch_protocol::GpuReport;
 
 const QUERY: &str = "--query-gpu=name,utilization.gpu,memory.used,memory.total,temperature.gpu";
 

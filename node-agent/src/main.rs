@@ -15,11 +15,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tokio::sync::watch;
-use tracing_subscriber::EnvFilter;
 
 use crate::agent::{Agent, Stop};
 use crate::client::CallError;
-use crate::config::{Config, LogFormat};
+use crate::config::Config;
 
 const EXIT_FAILURE: u8 = 1;
 const EXIT_UNAUTHORIZED: u8 = 3;
@@ -27,7 +26,8 @@ const EXIT_NODE_GONE: u8 = 4;
 
 fn main() -> ExitCode {
     let config = Config::parse();
-    init_logging(config.log_format);
+    // `RUST_LOG` as usual, `info` without it; the agent has no noisy dependencies to cap.
+    skylaunch_protocol::logging::init(config.log_format, "info", &[]);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -79,16 +79,5 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }

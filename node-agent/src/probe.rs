@@ -3,22 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ModelServerReport {
-    pub ready: bool,
-    pub probe_latency_ms: Option<f64>,
-    pub models: Vec<String>,
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct QueueReport {
-    pub running: f64,
-    pub waiting: f64,
-    pub kv_cache_usage: Option<f64>,
-}
+use skylaunch_protocol::{error_chain, ModelServerReport, QueueReport};
 
 /// Probes readiness. `model` is the model this node serves; `None` accepts any listed model.
 pub async fn model_server(
@@ -38,7 +23,7 @@ pub async fn model_server(
     let not_ready = |error: String, latency: Option<f64>| ModelServerReport {
         ready: false,
         probe_latency_ms: latency,
-        models: Vec::new(),
+        models: Some(Vec::new()),
         error: Some(error),
     };
     match health {
@@ -49,7 +34,7 @@ pub async fn model_server(
                 Some(latency),
             )
         }
-        Err(e) => return not_ready(format!("/health: {}", crate::client::error_chain(&e)), None),
+        Err(e) => return not_ready(format!("/health: {}", error_chain(&e)), None),
     }
     let models = match http
         .get(format!("{base}/v1/models"))
@@ -67,12 +52,7 @@ pub async fn model_server(
                 Some(latency),
             )
         }
-        Err(e) => {
-            return not_ready(
-                format!("/v1/models: {}", crate::client::error_chain(&e)),
-                Some(latency),
-            )
-        }
+        Err(e) => return not_ready(format!("/v1/models: {}", error_chain(&e)), Some(latency)),
     };
     let serves = match model {
         Some(m) => models.iter().any(|listed| listed == m),
@@ -85,7 +65,7 @@ pub async fn model_server(
             Some(m) => format!("/v1/models does not list {m:?} (lists {models:?})"),
             None => "/v1/models lists no model".to_string(),
         }),
-        models,
+        models: Some(models),
     }
 }
 
@@ -158,9 +138,10 @@ pub fn parse_vllm_metrics(text: &str) -> Option<QueueReport> {
     if running.is_none() && waiting.is_none() && cache.is_none() {
         return None;
     }
+    // A server that exposes only some of the three reports 0 requests for the others.
     Some(QueueReport {
-        running: running.unwrap_or(0.0),
-        waiting: waiting.unwrap_or(0.0),
+        running: Some(running.unwrap_or(0.0)),
+        waiting: Some(waiting.unwrap_or(0.0)),
         kv_cache_usage: cache,
     })
 }
@@ -189,8 +170,8 @@ vllm:prompt_tokens_total{model_name="x"} 12345.0
     #[test]
     fn vllm_metrics_are_summed_over_label_sets() {
         let q = parse_vllm_metrics(VLLM).unwrap();
-        assert_eq!(q.running, 5.0);
-        assert_eq!(q.waiting, 7.0);
+        assert_eq!(q.running, Some(5.0));
+        assert_eq!(q.waiting, Some(7.0));
         assert_eq!(q.kv_cache_usage, Some(0.61));
     }
 
@@ -198,7 +179,7 @@ vllm:prompt_tokens_total{model_name="x"} 12345.0
     fn newer_vllm_cache_metric_name_is_understood() {
         let q = parse_vllm_metrics("vllm:kv_cache_usage_perc{a=\"b\"} 0.99\n").unwrap();
         assert_eq!(q.kv_cache_usage, Some(0.99));
-        assert_eq!(q.running, 0.0);
+        assert_eq!(q.running, Some(0.0));
     }
 
     #[test]

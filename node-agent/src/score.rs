@@ -8,8 +8,7 @@
 //! - load_factor (vLLM metrics exposed): 1 − 0.4 × min(1, waiting / 64), then × 0.8 when the
 //!   KV cache is at least 98 % full.
 
-use crate::gpu::GpuReport;
-use crate::probe::{ModelServerReport, QueueReport};
+use skylaunch_protocol::{GpuReport, ModelServerReport, QueueReport};
 
 pub fn health_score(
     model: &ModelServerReport,
@@ -32,7 +31,7 @@ pub fn health_score(
     };
     let load_factor = match queue {
         Some(q) => {
-            let mut f = 1.0 - 0.4 * (q.waiting / 64.0).min(1.0);
+            let mut f = 1.0 - 0.4 * (q.waiting.unwrap_or(0.0) / 64.0).min(1.0);
             if q.kv_cache_usage.is_some_and(|c| c >= 0.98) {
                 f *= 0.8;
             }
@@ -52,7 +51,7 @@ mod tests {
         ModelServerReport {
             ready: true,
             probe_latency_ms: Some(latency),
-            models: vec!["m".into()],
+            models: Some(vec!["m".into()]),
             error: None,
         }
     }
@@ -100,8 +99,8 @@ mod tests {
     #[test]
     fn a_long_queue_and_a_full_cache_lower_the_score() {
         let q = QueueReport {
-            running: 10.0,
-            waiting: 32.0,
+            running: Some(10.0),
+            waiting: Some(32.0),
             kv_cache_usage: Some(0.5),
         };
         assert_eq!(
@@ -109,8 +108,8 @@ mod tests {
             0.8
         );
         let q = QueueReport {
-            running: 10.0,
-            waiting: 500.0,
+            running: Some(10.0),
+            waiting: Some(500.0),
             kv_cache_usage: Some(0.99),
         };
         assert_eq!(
@@ -123,8 +122,8 @@ mod tests {
     fn factors_multiply_and_the_result_has_three_decimals() {
         // 1000 ms: 1 − 500/4500 = 0.8888…; 85 °C: × 0.7; 16 waiting: × 0.9.
         let q = QueueReport {
-            running: 1.0,
-            waiting: 16.0,
+            running: Some(1.0),
+            waiting: Some(16.0),
             kv_cache_usage: None,
         };
         assert_eq!(
@@ -146,8 +145,8 @@ mod tests {
     #[test]
     fn cache_just_below_the_threshold_does_not_count() {
         let q = QueueReport {
-            running: 1.0,
-            waiting: 0.0,
+            running: Some(1.0),
+            waiting: Some(0.0),
             kv_cache_usage: Some(0.979),
         };
         assert_eq!(

@@ -3,19 +3,11 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
 use serde_json::Value;
+use skylaunch_protocol::SpotNotice;
 use tokio::sync::watch;
 
 use crate::discover::{aws_metadata, aws_token, fetch_text};
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SpotNotice {
-    pub source: String,
-    pub action: String,
-    pub time: Option<String>,
-    pub detail: Option<String>,
-}
 
 /// AWS answers 404 until a notice exists, then `{"action": "terminate", "time": "..."}`.
 pub fn parse_aws_instance_action(body: &str) -> Option<SpotNotice> {
