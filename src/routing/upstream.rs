@@ -30,6 +30,7 @@ use axum::http::{HeaderValue, Uri};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
+use skylaunch_protocol::error_chain;
 use tower_service::Service;
 
 use crate::http::client::Failure;
@@ -299,26 +300,13 @@ impl Connector {
         let mut dial = self.inner.clone();
         std::future::poll_fn(|cx| dial.poll_ready(cx))
             .await
-            .map_err(|e| SendError::Connect(with_causes(&*e)))?;
+            .map_err(|e| SendError::Connect(error_chain(&*e)))?;
         let io = dial
             .call(target.connect.clone())
             .await
-            .map_err(|e| SendError::Connect(with_causes(&*e)))?;
+            .map_err(|e| SendError::Connect(error_chain(&*e)))?;
         Ok(Conn::new(TokioIo::new(io)))
     }
-}
-
-/// An error with its causes ("client error (Connect): tcp connect error: Connection refused"):
-/// hyper's own message alone does not say what went wrong.
-fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
