@@ -139,7 +139,7 @@ pub async fn catalog(_: Admin) -> Json<Value> {
     }
     Json(json!({
         "providers": providers,
-        "templates": crate::launch::spec::TEMPLATES,
+        "templates": crate::launch::template::TEMPLATES,
         "gpus": gpus,
         "clouds": clouds,
     }))
