@@ -44,26 +44,40 @@ impl Provider {
         self.kind().checks
     }
 
+    /// Whether this build of skylaunch has the provider (Azure needs the `azure` cargo feature).
+    pub fn in_this_build(self) -> bool {
+        self.kind().built
+    }
+
     /// The kind table: one line per kind.
     fn kind(self) -> Kind {
         match self {
             Provider::Skypilot => Kind::new("skypilot", &skypilot::checks::SkypilotRequests),
             Provider::Aws => Kind::new("aws", &aws::REQUESTS),
-            Provider::Azure => Kind::new("azure", &azure::REQUESTS),
+            Provider::Azure => Kind {
+                built: cfg!(feature = "azure"),
+                ..Kind::new("azure", &azure::REQUESTS)
+            },
             Provider::Local => Kind::new("local", &local::LocalRequests),
         }
     }
 }
 
-/// A kind of provider: its name and its request checks (from its own folder).
+/// A kind of provider: its name, its request checks (from its own folder), and whether this
+/// build has it.
 struct Kind {
     name: &'static str,
     checks: &'static dyn RequestChecks,
+    built: bool,
 }
 
 impl Kind {
     const fn new(name: &'static str, checks: &'static dyn RequestChecks) -> Kind {
-        Kind { name, checks }
+        Kind {
+            name,
+            checks,
+            built: true,
+        }
     }
 }
 
