@@ -2,7 +2,6 @@
 //! the HTTP server from a [`ServeConfig`], binds the listener, and owns graceful shutdown. The one place where the parts
 //! meet; tests start the real service through [`Running::start`] on port 0.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,9 +27,8 @@ use crate::launch::providers::aws::{AwsProvider, AwsSettings};
 use crate::launch::providers::azure::{orphans::AzureInventory, AzureProvider};
 use crate::launch::providers::local::LocalProvider;
 use crate::launch::providers::skypilot::SkypilotProvider;
-use crate::launch::providers::LaunchProvider;
+use crate::launch::providers::{Provider, Providers};
 use crate::launch::runner::JobRunner;
-use crate::launch::spec::Provider;
 use crate::metrics::Metrics;
 use crate::routing::{Proxy, RoutingTable};
 use crate::store::{redact_url, Backend, Store, StoreError};
@@ -265,22 +263,15 @@ impl Running {
             )
         });
         let events = JobEvents::default();
-        let mut providers: HashMap<Provider, Arc<dyn LaunchProvider>> = HashMap::new();
-        providers.insert(
-            Provider::Local,
-            Arc::new(LocalProvider {
-                skylaunch_bin,
-                agent_bin: agent_bin.clone(),
-            }),
-        );
-        providers.insert(
-            Provider::Skypilot,
-            Arc::new(SkypilotProvider {
-                sky_bin: config.sky_bin.clone(),
-                work_dir: config.data_dir.join("tasks"),
-                teardown_timeout: std::time::Duration::from_secs(600),
-            }),
-        );
+        let local = Arc::new(LocalProvider {
+            skylaunch_bin,
+            agent_bin: agent_bin.clone(),
+        });
+        let skypilot = Arc::new(SkypilotProvider {
+            sky_bin: config.sky_bin.clone(),
+            work_dir: config.data_dir.join("tasks"),
+            teardown_timeout: std::time::Duration::from_secs(600),
+        });
         let aws = Arc::new(AwsProvider {
             settings: AwsSettings {
                 endpoint_url: config.aws_endpoint_url.clone(),
@@ -290,7 +281,12 @@ impl Running {
             },
             installation_id: installation_id.clone(),
         });
-        providers.insert(Provider::Aws, aws.clone());
+        // The provider registry: one line per provider.
+        #[cfg_attr(not(feature = "azure"), allow(unused_mut))]
+        let mut providers = Providers::default()
+            .with(Provider::Local, local)
+            .with(Provider::Skypilot, skypilot)
+            .with(Provider::Aws, aws.clone());
         #[cfg_attr(not(feature = "azure"), allow(unused_mut))]
         let mut clouds: Vec<Arc<dyn CloudInventory>> =
             vec![Arc::new(AwsInventory { provider: aws })];
@@ -305,7 +301,7 @@ impl Running {
                     provider: azure.clone(),
                 }));
             }
-            providers.insert(Provider::Azure, azure);
+            providers = providers.with(Provider::Azure, azure);
         }
         let runner = JobRunner::new(
             store.clone(),

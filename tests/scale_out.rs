@@ -7,7 +7,6 @@
 mod common;
 mod standins;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -25,10 +24,10 @@ use skylaunch::fleet::Fleet;
 use skylaunch::launch::events::JobEvents;
 use skylaunch::launch::failure::LaunchError;
 use skylaunch::launch::job::{Job, JobStatus};
-use skylaunch::launch::providers::{BoxFuture, LaunchProvider};
+use skylaunch::launch::providers::{BoxFuture, LaunchProvider, Provider, Providers};
 use skylaunch::launch::run::JobRun;
 use skylaunch::launch::runner::{JobRunner, RunnerSettings};
-use skylaunch::launch::spec::{LaunchRequest, Provider};
+use skylaunch::launch::spec::LaunchRequest;
 use skylaunch::metrics::Metrics;
 use skylaunch::store::{Store, StoreError};
 use standins::{agents_of, binaries, fake_sky};
@@ -810,8 +809,7 @@ async fn runner_process(db: &TestDb, provider: Arc<CutOffProvider>) -> (Store, A
         .await
         .unwrap(),
     );
-    let providers: HashMap<Provider, Arc<dyn LaunchProvider>> =
-        HashMap::from([(Provider::Local, provider as Arc<dyn LaunchProvider>)]);
+    let providers = Providers::default().with(Provider::Local, provider);
     let runner = JobRunner::new(
         store.clone(),
         fleet,

@@ -3,8 +3,9 @@
 
 mod common;
 
+use skylaunch::launch::providers::skypilot::task;
 use skylaunch::launch::spec::LaunchRequest;
-use skylaunch::launch::task::{self, NodeIdentity};
+use skylaunch::launch::template::{self, NodeIdentity};
 
 fn render(request: serde_json::Value) -> String {
     let spec = serde_json::from_value::<LaunchRequest>(request)
@@ -20,7 +21,7 @@ fn render(request: serde_json::Value) -> String {
     };
     task::to_yaml(&task::render(
         &spec,
-        &task::template(&spec.template).unwrap(),
+        &template::template(&spec.template).unwrap(),
         "sl-0b7e0c1e1111",
         &node,
     ))

@@ -20,8 +20,9 @@ use crate::api::state::AppState;
 use crate::launch::events::JobEventKind;
 use crate::launch::job::Job;
 use crate::launch::operations::default_name;
+use crate::launch::providers::skypilot::task;
 use crate::launch::spec::LaunchRequest;
-use crate::launch::task::{self, NodeIdentity};
+use crate::launch::template::{self, NodeIdentity};
 use crate::launch::{self, LaunchOpError};
 use crate::store::StoreError;
 
@@ -201,7 +202,7 @@ pub async fn preview_task(
     ApiJson(request): ApiJson<LaunchRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let spec = request.validate(&default_name(&request.model, "000000-preview"))?;
-    let template = task::template(&spec.template)
+    let template = template::template(&spec.template)
         .ok_or_else(|| ApiError::internal(&"embedded template missing"))?;
     let identity = NodeIdentity {
         control_plane_url: &state.public_url,

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use super::extract::Admin;
 use crate::api::state::AppState;
 use crate::launch::catalog;
+use crate::launch::providers::Provider;
 use crate::metrics::Gauge;
 
 #[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, description = "`{\"status\":\"ok\"}`", body = serde_json::Value)))]
@@ -133,13 +134,14 @@ pub async fn catalog(_: Admin) -> Json<Value> {
         .iter()
         .map(|c| json!({"name": c, "regions": catalog::regions(c)}))
         .collect();
-    let mut providers = vec!["skypilot", "aws", "local"];
-    if cfg!(feature = "azure") {
-        providers.insert(2, "azure");
-    }
+    let providers: Vec<&str> = Provider::ALL
+        .into_iter()
+        .filter(|p| p.in_this_build())
+        .map(Provider::as_str)
+        .collect();
     Json(json!({
         "providers": providers,
-        "templates": crate::launch::spec::TEMPLATES,
+        "templates": crate::launch::template::TEMPLATES,
         "gpus": gpus,
         "clouds": clouds,
     }))

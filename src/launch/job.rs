@@ -128,7 +128,7 @@ impl Job {
     /// A new job, queued, for `spec`'s launch of node `node_id`.
     pub fn queued(id: String, spec: LaunchSpec, node_id: Option<String>, now: i64) -> Job {
         Job {
-            cluster_name: super::task::cluster_name(&id),
+            cluster_name: super::providers::cluster_name(&id),
             id,
             name: spec.name.clone(),
             status: JobStatus::Queued,

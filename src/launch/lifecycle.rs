@@ -22,7 +22,7 @@ impl JobRunner {
     /// stops either step.
     pub(super) async fn launch_and_wait(&self, run: &JobRun) -> Result<(), LaunchError> {
         let job = run.snapshot().await;
-        let provider = self.provider(job.provider.as_str()).ok_or_else(|| {
+        let provider = self.provider(job.provider).ok_or_else(|| {
             LaunchError::new(
                 ErrorCode::InvalidRequest,
                 "Provider not available",
@@ -156,7 +156,7 @@ impl JobRunner {
                     return;
                 }
                 let mut torn_down = Ok(());
-                if let Some(provider) = self.provider(job.provider.as_str()) {
+                if let Some(provider) = self.provider(job.provider) {
                     log.line("skylaunch", "tearing down what this launch created")
                         .await;
                     torn_down = provider.teardown(&job).await;
@@ -199,7 +199,7 @@ impl JobRunner {
 
     /// Tears down what a finished job created (when its node is deleted).
     pub async fn teardown(&self, job: &Job) -> Result<(), LaunchError> {
-        match self.provider(job.provider.as_str()) {
+        match self.provider(job.provider) {
             Some(provider) => provider.teardown(job).await,
             None => Ok(()),
         }

@@ -6,8 +6,9 @@
 //!   it failed, and its live events; [`store`]: its rows;
 //! - [`runner`] with its worker, takeover and lifecycle files: running jobs under a lease;
 //!   [`run`]: one running job as a provider sees it;
-//! - [`spec`], [`task`], [`catalog`], [`providers`]: what may be launched, and how each provider
-//!   launches it; [`teardown`] and [`orphans`]: nothing left billing.
+//! - [`spec`], [`catalog`], [`template`], [`providers`]: what may be launched, what a node runs,
+//!   and how each provider checks, renders and launches it; [`teardown`] and [`orphans`]:
+//!   nothing left billing.
 
 pub mod catalog;
 pub mod events;
@@ -23,8 +24,8 @@ pub mod spec;
 pub mod stage;
 pub mod store;
 mod takeover;
-pub mod task;
 pub mod teardown;
+pub mod template;
 mod worker;
 
 pub use operations::{cancel, delete_launched_node, submit, LaunchOpError};

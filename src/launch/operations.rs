@@ -88,7 +88,7 @@ pub async fn submit(
     }
     let id = uuid::Uuid::new_v4().to_string();
     let spec = request.validate(&default_name(&request.model, &id))?;
-    match runner.provider(spec.provider.as_str()) {
+    match runner.provider(spec.provider) {
         Some(provider) => provider.check(&spec)?,
         None => {
             return Err(SpecError {

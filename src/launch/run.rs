@@ -1,7 +1,7 @@
-//! One launch job while it runs, as providers see it: what to launch (the job, the task with
-//! its real node token), how to report progress (stages, attempts, provider state, log lines,
-//! each written to the database before it is sent to live watchers), and whether it was
-//! cancelled.
+//! One launch job while it runs, as providers see it: what to launch (the job, what its provider
+//! rendered for the machine with the real node token), how to report progress (stages,
+//! attempts, provider state, log lines, each written to the database before it is sent to live
+//! watchers), and whether it was cancelled.
 //!
 //! Every write goes through this process's [`JobLease`]: once the job is another claim's (a
 //! write matched nothing, or the lease could not be renewed before it lapsed), nothing more is
@@ -176,7 +176,8 @@ pub struct JobRun {
     pub(super) node_token: String,
     /// The model server's API key for this launch (empty when a takeover only waits).
     pub(super) model_key: String,
-    pub(super) task_yaml: String,
+    /// What the provider rendered for the machine (empty when a takeover only waits).
+    pub(super) rendered_task: String,
     /// The control plane's URL as the node reaches it (the agent registers and heartbeats here).
     pub control_plane_url: String,
     /// Where the node downloads the agent binary from.
@@ -197,9 +198,10 @@ impl JobRun {
         &self.model_key
     }
 
-    /// The task with the real node token (for the provider only; the job shows it redacted).
-    pub fn task_yaml(&self) -> &str {
-        &self.task_yaml
+    /// What the provider rendered for the machine (SkyPilot's task, a first-boot script), with
+    /// the real node token: for the provider only; the job shows it masked.
+    pub fn rendered_task(&self) -> &str {
+        &self.rendered_task
     }
 
     pub fn is_cancelled(&self) -> bool {

@@ -26,11 +26,10 @@ use tokio::sync::{watch, Mutex, Notify};
 use super::events::{JobEventKind, JobEvents};
 use super::failure::{ErrorCode, LaunchError};
 use super::job::Job;
-use super::providers::LaunchProvider;
+use super::providers::{LaunchProvider, Provider, Providers};
 use super::run::{JobLog, JobRun};
-use super::spec::Provider;
 use super::stage::Stage;
-use super::task::{self, NodeIdentity};
+use super::template::{self, NodeIdentity};
 use crate::clock::now_ms;
 use crate::fleet::{Fleet, NodeCredentials};
 use crate::store::{Store, StoreError};
@@ -57,7 +56,7 @@ pub struct JobRunner {
     pub(super) store: Store,
     pub(super) fleet: Arc<Fleet>,
     pub(super) events: JobEvents,
-    providers: HashMap<Provider, Arc<dyn LaunchProvider>>,
+    providers: Providers,
     pub(super) settings: RunnerSettings,
     /// Names this process's claims: its pid and a random part.
     pub(super) owner: String,
@@ -75,7 +74,7 @@ impl JobRunner {
         store: Store,
         fleet: Arc<Fleet>,
         events: JobEvents,
-        providers: HashMap<Provider, Arc<dyn LaunchProvider>>,
+        providers: Providers,
         settings: RunnerSettings,
     ) -> Arc<JobRunner> {
         Arc::new(JobRunner {
@@ -92,15 +91,9 @@ impl JobRunner {
         })
     }
 
-    pub fn provider(&self, name: &str) -> Option<Arc<dyn LaunchProvider>> {
-        let p = match name {
-            "skypilot" => Provider::Skypilot,
-            "local" => Provider::Local,
-            "aws" => Provider::Aws,
-            "azure" => Provider::Azure,
-            _ => return None,
-        };
-        self.providers.get(&p).cloned()
+    /// The provider of a kind, if this process has one (this build may lack it).
+    pub fn provider(&self, kind: Provider) -> Option<Arc<dyn LaunchProvider>> {
+        self.providers.get(kind)
     }
 
     /// Validate and render stages: mint the node token, render the task.
@@ -132,7 +125,7 @@ impl JobRunner {
                 e.to_string(),
             )
         })?;
-        let template = task::template(&job.spec.template).ok_or_else(|| {
+        let template = template::template(&job.spec.template).ok_or_else(|| {
             LaunchError::new(
                 ErrorCode::InvalidRequest,
                 "Unknown template",
@@ -146,9 +139,8 @@ impl JobRunner {
             node_token: &credentials.token,
             model_key: &credentials.model_key,
         };
-        let rendered = task::render(&job.spec, &template, &job.cluster_name, &identity);
-        let task_yaml = task::to_yaml(&rendered);
-        job.task_yaml = Some(task::to_yaml(&task::masked(&rendered, &job.spec)));
+        let rendered = self.providers.render(&job, &template, &identity);
+        job.task_yaml = Some(rendered.shown);
         job.detail(
             Stage::RenderTask,
             format!("template {} ({})", job.spec.template, template.description),
@@ -162,17 +154,18 @@ impl JobRunner {
             JobEventKind::Stage,
             json!({"stage": Stage::RenderTask, "stages": job.stages}),
         );
-        Ok(self.job_run(job, log, cancel, Some(credentials), task_yaml))
+        Ok(self.job_run(job, log, cancel, Some(credentials), rendered.for_machine))
     }
 
-    /// A job's run; `credentials` are the node's for a launch, none when it only waits.
+    /// A job's run; `credentials` are the node's and `rendered_task` what its provider rendered
+    /// for a launch, none and empty when it only waits.
     pub(super) fn job_run(
         &self,
         job: Job,
         log: JobLog,
         cancel: watch::Receiver<bool>,
         credentials: Option<NodeCredentials>,
-        task_yaml: String,
+        rendered_task: String,
     ) -> JobRun {
         let (node_token, model_key) =
             credentials.map_or_else(Default::default, |c| (c.token, c.model_key));
@@ -184,7 +177,7 @@ impl JobRunner {
             cancel,
             node_token,
             model_key,
-            task_yaml,
+            rendered_task,
             control_plane_url: self.settings.control_plane_url.clone(),
             agent_url: self.settings.agent_url.clone(),
         }
@@ -268,8 +261,7 @@ mod tests {
             .unwrap(),
         );
         let provider = Arc::new(PanickingProvider::default());
-        let providers: HashMap<Provider, Arc<dyn LaunchProvider>> =
-            HashMap::from([(Provider::Local, provider.clone() as Arc<dyn LaunchProvider>)]);
+        let providers = Providers::default().with(Provider::Local, provider.clone());
         let runner = JobRunner::new(
             store.clone(),
             fleet.clone(),

@@ -1,6 +1,8 @@
 //! A launch request as the API receives it, and its validation into a [`LaunchSpec`] before
 //! anything is queued: GPU names against the catalogue (with "did you mean"), counts, regions per
-//! cloud, the model id, names, disk size and env keys.
+//! cloud, the model id, names, disk size and env keys. What only one kind of provider checks (its
+//! cloud, its machines, whether it needs a GPU) it checks itself, through its
+//! [`RequestChecks`](super::providers::RequestChecks).
 
 use std::collections::BTreeMap;
 
@@ -8,6 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use super::catalog::{self, Gpu};
 use super::failure::ErrorCode;
+use super::template::TEMPLATES;
+
+/// The kind of provider a request names (defined with the provider registry).
+pub use super::providers::Provider;
 
 /// `POST /admin/launch-jobs` body.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -36,26 +42,6 @@ pub struct LaunchRequest {
     pub envs: BTreeMap<String, String>,
     #[serde(default)]
     pub name: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Provider {
-    Skypilot,
-    Aws,
-    Azure,
-    Local,
-}
-
-impl Provider {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Provider::Skypilot => "skypilot",
-            Provider::Aws => "aws",
-            Provider::Azure => "azure",
-            Provider::Local => "local",
-        }
-    }
 }
 
 /// A request that passed validation, in canonical form.
@@ -102,39 +88,46 @@ pub struct SpecError {
     pub suggestions: Vec<String>,
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> SpecError {
-    SpecError {
-        code: ErrorCode::InvalidRequest,
-        field,
-        message: message.into(),
-        suggestions: Vec::new(),
+impl SpecError {
+    /// An invalid value in `field`, with no suggestions.
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> SpecError {
+        SpecError {
+            code: ErrorCode::InvalidRequest,
+            field,
+            message: message.into(),
+            suggestions: Vec::new(),
+        }
     }
 }
 
-pub const TEMPLATES: &[&str] = &["vllm"];
+fn invalid(field: &'static str, message: impl Into<String>) -> SpecError {
+    SpecError::invalid(field, message)
+}
+
 const RESERVED_ENV_PREFIX: &str = "SKYLAUNCH_";
 const RESERVED_ENVS: &[&str] = &["MODEL_ID", "MODEL_PORT", "GPU_COUNT"];
 
 impl LaunchRequest {
     /// Validates and canonicalises. `default_name` is used when the request names no node.
     pub fn validate(&self, default_name: &str) -> Result<LaunchSpec, SpecError> {
-        let provider = match self.provider.trim().to_ascii_lowercase().as_str() {
-            "skypilot" => Provider::Skypilot,
-            "local" => Provider::Local,
-            "aws" => Provider::Aws,
-            "azure" => Provider::Azure,
-            other => {
-                return Err(SpecError {
-                    suggestions: catalog::closest(other, ["skypilot", "aws", "azure", "local"]),
-                    ..invalid(
-                        "provider",
-                        format!("unknown provider {other:?}: use skypilot, aws, azure or local"),
-                    )
-                })
-            }
+        let named = self.provider.trim().to_ascii_lowercase();
+        let Some(provider) = Provider::from_name(&named) else {
+            let names = Provider::ALL.map(Provider::as_str);
+            let (last, first) = names.split_last().expect("there are providers");
+            return Err(SpecError {
+                suggestions: catalog::closest(&named, names),
+                ..invalid(
+                    "provider",
+                    format!(
+                        "unknown provider {named:?}: use {} or {last}",
+                        first.join(", ")
+                    ),
+                )
+            });
         };
+        let checks = provider.request_checks();
         check_model(&self.model)?;
-        let gpu = self.check_gpu(provider)?;
+        let gpu = self.check_gpu(checks.needs_gpu())?;
         let gpu_count = self.gpu_count.unwrap_or(1);
         if let Some(gpu) = gpu {
             if !gpu.counts.contains(&gpu_count) {
@@ -156,27 +149,8 @@ impl LaunchRequest {
         } else if gpu_count != 1 {
             return Err(invalid("gpu_count", "gpu_count needs a gpu"));
         }
-        let cloud = match native_catalogue(provider) {
-            Some((label, table)) => {
-                let own = provider.as_str();
-                if let Some(other) = self
-                    .cloud
-                    .as_deref()
-                    .map(|c| c.trim().to_ascii_lowercase())
-                    .filter(|c| c != own)
-                {
-                    return Err(invalid(
-                        "cloud",
-                        format!("provider {own:?} launches on {own}, not {other:?}"),
-                    ));
-                }
-                let gpu = gpu.expect("a GPU is required for cloud providers");
-                check_machine(label, table, gpu, gpu_count)?;
-                Some(own.to_string())
-            }
-            None => self.check_cloud(provider, gpu)?,
-        };
-        let regions = self.check_regions(provider, cloud.as_deref())?;
+        let cloud = checks.cloud(self.cloud.as_deref(), gpu, gpu_count)?;
+        let regions = checks.regions(&self.regions, cloud.as_deref())?;
         let fallback_to_on_demand = match self.spot_fallback.as_deref() {
             None | Some("none") => false,
             Some("on_demand") => true,
@@ -212,7 +186,7 @@ impl LaunchRequest {
             provider,
             gpu: gpu.map(|g| g.name.to_string()),
             gpu_count,
-            use_spot: self.use_spot && provider != Provider::Local,
+            use_spot: self.use_spot && checks.offers_spot(),
             fallback_to_on_demand: fallback_to_on_demand && self.use_spot,
             regions,
             cloud,
@@ -223,9 +197,9 @@ impl LaunchRequest {
         })
     }
 
-    fn check_gpu(&self, provider: Provider) -> Result<Option<&'static Gpu>, SpecError> {
+    fn check_gpu(&self, needs_gpu: bool) -> Result<Option<&'static Gpu>, SpecError> {
         let Some(name) = self.gpu.as_deref().filter(|g| !g.trim().is_empty()) else {
-            if provider == Provider::Local {
+            if !needs_gpu {
                 return Ok(None);
             }
             return Err(SpecError {
@@ -248,148 +222,44 @@ impl LaunchRequest {
             suggestions: catalog::closest(name, catalog::GPUS.iter().map(|g| g.name)),
         })
     }
+}
 
-    fn check_cloud(
-        &self,
-        provider: Provider,
-        gpu: Option<&Gpu>,
-    ) -> Result<Option<String>, SpecError> {
-        let Some(cloud) = self.cloud.as_deref().map(|c| c.trim().to_ascii_lowercase()) else {
-            return Ok(None);
+/// The regions asked for, canonical and without repeats: each a region of `cloud`, or of any
+/// cloud skylaunch knows when none is set.
+pub(crate) fn check_regions(
+    asked: &[String],
+    cloud: Option<&str>,
+) -> Result<Vec<String>, SpecError> {
+    let mut out: Vec<String> = Vec::new();
+    for region in asked {
+        let region = region.trim().to_ascii_lowercase();
+        let known = match cloud {
+            Some(c) => catalog::regions(c).contains(&region.as_str()),
+            None => catalog::cloud_of_region(&region).is_some(),
         };
-        if provider == Provider::Local {
-            return Err(invalid(
-                "cloud",
-                "the local provider runs on this machine; leave cloud unset",
-            ));
-        }
-        if !catalog::CLOUDS.contains(&cloud.as_str()) {
+        if !known {
+            let candidates: Vec<&str> = match cloud {
+                Some(c) => catalog::regions(c).to_vec(),
+                None => catalog::CLOUDS
+                    .iter()
+                    .flat_map(|c| catalog::regions(c).iter().copied())
+                    .collect(),
+            };
             return Err(SpecError {
-                suggestions: catalog::closest(&cloud, catalog::CLOUDS.iter().copied()),
-                ..invalid(
-                    "cloud",
-                    format!("unknown cloud {cloud:?}: use aws, azure or gcp"),
-                )
+                code: ErrorCode::InvalidRegion,
+                field: "regions",
+                message: match cloud {
+                    Some(c) => format!("{region:?} is not a region of {c}"),
+                    None => format!("{region:?} is not a region of aws, azure or gcp"),
+                },
+                suggestions: catalog::closest(&region, candidates),
             });
         }
-        if let Some(gpu) = gpu {
-            if !gpu.clouds.contains(&cloud.as_str()) {
-                return Err(SpecError {
-                    code: ErrorCode::InvalidAccelerator,
-                    field: "gpu",
-                    message: format!(
-                        "{} is not offered on {cloud}; it is on {}",
-                        gpu.name,
-                        gpu.clouds.join(", ")
-                    ),
-                    suggestions: catalog::GPUS
-                        .iter()
-                        .filter(|g| {
-                            g.clouds.contains(&cloud.as_str()) && g.memory_gb >= gpu.memory_gb
-                        })
-                        .map(|g| g.name.to_string())
-                        .collect(),
-                });
-            }
+        if !out.contains(&region) {
+            out.push(region);
         }
-        Ok(Some(cloud))
     }
-
-    fn check_regions(
-        &self,
-        provider: Provider,
-        cloud: Option<&str>,
-    ) -> Result<Vec<String>, SpecError> {
-        if provider == Provider::Local {
-            return match self.regions.as_slice() {
-                [] => Ok(Vec::new()),
-                [only] if only == "local" => Ok(Vec::new()),
-                _ => Err(invalid(
-                    "regions",
-                    "the local provider runs on this machine; leave regions empty",
-                )),
-            };
-        }
-        let mut out: Vec<String> = Vec::new();
-        for region in &self.regions {
-            let region = region.trim().to_ascii_lowercase();
-            let known = match cloud {
-                Some(c) => catalog::regions(c).contains(&region.as_str()),
-                None => catalog::cloud_of_region(&region).is_some(),
-            };
-            if !known {
-                let candidates: Vec<&str> = match cloud {
-                    Some(c) => catalog::regions(c).to_vec(),
-                    None => catalog::CLOUDS
-                        .iter()
-                        .flat_map(|c| catalog::regions(c).iter().copied())
-                        .collect(),
-                };
-                return Err(SpecError {
-                    code: ErrorCode::InvalidRegion,
-                    field: "regions",
-                    message: match cloud {
-                        Some(c) => format!("{region:?} is not a region of {c}"),
-                        None => format!("{region:?} is not a region of aws, azure or gcp"),
-                    },
-                    suggestions: catalog::closest(&region, candidates),
-                });
-            }
-            if !out.contains(&region) {
-                out.push(region);
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// The machine table of a provider that calls a cloud directly: its display name and rows of
-/// `(gpu, count, machine)`.
-fn native_catalogue(provider: Provider) -> Option<(&'static str, catalog::MachineTable)> {
-    match provider {
-        Provider::Aws => Some((
-            "AWS",
-            crate::launch::providers::aws::catalog::INSTANCE_TYPES,
-        )),
-        Provider::Azure => Some(("Azure", crate::launch::providers::azure::catalog::VM_SIZES)),
-        Provider::Skypilot | Provider::Local => None,
-    }
-}
-
-/// The cloud sells a machine with exactly `count` × `gpu`, or the request names what it does sell.
-fn check_machine(
-    label: &str,
-    table: &[(&str, u32, &'static str)],
-    gpu: &Gpu,
-    count: u32,
-) -> Result<(), SpecError> {
-    let Err(offered) = catalog::machine_for(table, gpu.name, count) else {
-        return Ok(());
-    };
-    Err(if offered.is_empty() {
-        let mut sold: Vec<String> = Vec::new();
-        for (g, _, _) in table {
-            if !sold.iter().any(|s| s == g) {
-                sold.push(g.to_string());
-            }
-        }
-        SpecError {
-            code: ErrorCode::InvalidAccelerator,
-            field: "gpu",
-            message: format!("{} is not sold on {label}", gpu.name),
-            suggestions: sold,
-        }
-    } else {
-        SpecError {
-            code: ErrorCode::InvalidAccelerator,
-            field: "gpu_count",
-            message: format!(
-                "{label} has no machine with {count} × {}; it offers {offered:?}",
-                gpu.name
-            ),
-            suggestions: offered.iter().map(|c| format!("gpu_count: {c}")).collect(),
-        }
-    })
+    Ok(out)
 }
 
 fn check_model(model: &str) -> Result<(), SpecError> {
@@ -446,174 +316,4 @@ fn check_envs(envs: &BTreeMap<String, String>) -> Result<(), SpecError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn req(json: serde_json::Value) -> LaunchRequest {
-        serde_json::from_value(json).unwrap()
-    }
-
-    fn base() -> serde_json::Value {
-        serde_json::json!({"model": "meta-llama/Llama-3.1-8B-Instruct", "provider": "skypilot", "gpu": "l4",
-            "use_spot": true, "spot_fallback": "on_demand", "regions": ["us-east-1", "us-west-2"]})
-    }
-
-    #[test]
-    fn valid_request_is_canonicalised() {
-        let spec = req(base()).validate("llama-1").unwrap();
-        assert_eq!(spec.gpu.as_deref(), Some("L4"));
-        assert_eq!(spec.gpu_count, 1);
-        assert!(spec.use_spot && spec.fallback_to_on_demand);
-        assert_eq!(spec.regions, vec!["us-east-1", "us-west-2"]);
-        assert_eq!(spec.template, "vllm");
-        assert_eq!(spec.name, "llama-1");
-    }
-
-    #[test]
-    fn unknown_gpu_suggests_near_names() {
-        let mut r = base();
-        r["gpu"] = "A1000".into();
-        let e = req(r).validate("n").unwrap_err();
-        assert_eq!(e.code, ErrorCode::InvalidAccelerator);
-        assert_eq!(e.field, "gpu");
-        assert_eq!(e.suggestions.first().map(String::as_str), Some("A100"));
-    }
-
-    #[test]
-    fn unknown_region_suggests_near_regions() {
-        let mut r = base();
-        r["regions"] = serde_json::json!(["us-east-9"]);
-        let e = req(r).validate("n").unwrap_err();
-        assert_eq!(e.code, ErrorCode::InvalidRegion);
-        assert!(
-            e.suggestions.contains(&"us-east-1".to_string()),
-            "{:?}",
-            e.suggestions
-        );
-    }
-
-    #[test]
-    fn region_of_another_cloud_is_refused_when_cloud_is_set() {
-        let mut r = base();
-        r["cloud"] = "aws".into();
-        r["regions"] = serde_json::json!(["eastus"]);
-        assert_eq!(
-            req(r).validate("n").unwrap_err().code,
-            ErrorCode::InvalidRegion
-        );
-    }
-
-    #[test]
-    fn gpu_not_on_the_cloud_is_refused_with_alternatives() {
-        let mut r = base();
-        r["cloud"] = "azure".into();
-        r["regions"] = serde_json::json!([]);
-        let e = req(r).validate("n").unwrap_err();
-        assert_eq!(e.code, ErrorCode::InvalidAccelerator);
-        assert!(e.message.contains("not offered on azure"), "{}", e.message);
-        assert!(!e.suggestions.is_empty());
-    }
-
-    #[test]
-    fn impossible_gpu_count_is_refused() {
-        let mut r = base();
-        r["gpu_count"] = 3.into();
-        let e = req(r).validate("n").unwrap_err();
-        assert_eq!(e.field, "gpu_count");
-    }
-
-    #[test]
-    fn model_ids_cannot_smuggle_paths_or_shell() {
-        for bad in [
-            "",
-            "../../etc/passwd",
-            "a/b/c",
-            "m; rm -rf /",
-            "$(reboot)",
-            "x\ny",
-        ] {
-            let mut r = base();
-            r["model"] = bad.into();
-            assert_eq!(req(r).validate("n").unwrap_err().field, "model", "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn env_keys_are_checked_and_reserved_ones_refused() {
-        for bad in ["1BAD", "A-B", "SKYLAUNCH_NODE_TOKEN", "MODEL_ID"] {
-            let mut r = base();
-            r["envs"] = serde_json::json!({ bad: "x" });
-            assert_eq!(req(r).validate("n").unwrap_err().field, "envs", "{bad:?}");
-        }
-        let mut r = base();
-        r["envs"] = serde_json::json!({"HF_TOKEN": "<secret>"});
-        let refused = req(r.clone()).validate("n").unwrap_err();
-        assert_eq!(refused.field, "envs");
-        assert!(
-            refused.message.contains("real value"),
-            "{}",
-            refused.message
-        );
-        r["envs"] = serde_json::json!({"HF_TOKEN": "hf_x", "_X1": "y"});
-        assert!(req(r).validate("n").is_ok());
-    }
-
-    #[test]
-    fn other_checks() {
-        let cases = [
-            (serde_json::json!({"provider": "skypilott"}), "provider"),
-            (serde_json::json!({"provider": "azure"}), "gpu"),
-            (
-                serde_json::json!({"provider": "azure", "gpu": "A100-80GB", "gpu_count": 3}),
-                "gpu_count",
-            ),
-            (
-                serde_json::json!({"provider": "azure", "gpu": "A10", "regions": ["us-east-1"]}),
-                "regions",
-            ),
-            (
-                serde_json::json!({"provider": "azure", "gpu": "A10", "cloud": "aws"}),
-                "cloud",
-            ),
-            (serde_json::json!({"provider": "aws", "gpu": "A10"}), "gpu"),
-            (
-                serde_json::json!({"provider": "aws", "gpu": "H100"}),
-                "gpu_count",
-            ),
-            (
-                serde_json::json!({"provider": "aws", "regions": ["eastus"]}),
-                "regions",
-            ),
-            (
-                serde_json::json!({"spot_fallback": "maybe"}),
-                "spot_fallback",
-            ),
-            (serde_json::json!({"disk_gb": 10}), "disk_gb"),
-            (serde_json::json!({"template": "tgi"}), "template"),
-            (serde_json::json!({"name": "bad name!"}), "name"),
-            (serde_json::json!({"gpu": null}), "gpu"),
-        ];
-        for (patch, field) in cases {
-            let mut r = base();
-            for (k, v) in patch.as_object().unwrap() {
-                r[k] = v.clone();
-            }
-            assert_eq!(req(r).validate("n").unwrap_err().field, field, "{patch}");
-        }
-    }
-
-    #[test]
-    fn local_provider_needs_no_gpu_or_region() {
-        let spec = req(serde_json::json!({"model": "echo", "provider": "local"}))
-            .validate("n")
-            .unwrap();
-        assert_eq!(spec.gpu, None);
-        assert!(!spec.use_spot);
-        let e = req(
-            serde_json::json!({"model": "echo", "provider": "local", "regions": ["us-east-1"]}),
-        )
-        .validate("n")
-        .unwrap_err();
-        assert_eq!(e.field, "regions");
-    }
-}
+mod tests;

@@ -56,7 +56,7 @@ impl JobRunner {
             Some(id) => self.fleet.get(id).await.ok(),
             None => None,
         };
-        let provider = self.provider(job.provider.as_str());
+        let provider = self.provider(job.provider);
         if job.cancel_requested {
             return Err(cancelled());
         }
@@ -94,8 +94,7 @@ impl JobRunner {
         };
         if let Some((why, start)) = first_attempt {
             log.line("skylaunch", &why).await;
-            let task_yaml = job.task_yaml.clone().unwrap_or_default();
-            let run = self.job_run(job, log, cancel, None, task_yaml);
+            let run = self.job_run(job, log, cancel, None, String::new());
             return Ok((run, start));
         }
         log.line(
@@ -116,7 +115,7 @@ impl JobRunner {
         log: JobLog,
         cancel: watch::Receiver<bool>,
     ) -> Result<JobRun, LaunchError> {
-        if let Some(provider) = self.provider(job.provider.as_str()) {
+        if let Some(provider) = self.provider(job.provider) {
             if !log.lease.confirm().await {
                 return Err(lease_lost());
             }
@@ -182,8 +181,7 @@ impl JobRunner {
     /// returns once it registered: the machine is up.
     async fn first_attempt_ended(&self, run: &JobRun) {
         let job = run.snapshot().await;
-        let (Some(provider), Some(node_id)) =
-            (self.provider(job.provider.as_str()), job.node_id.clone())
+        let (Some(provider), Some(node_id)) = (self.provider(job.provider), job.node_id.clone())
         else {
             return std::future::pending().await;
         };

@@ -5,30 +5,27 @@
 use std::collections::BTreeMap;
 
 use crate::launch::job::Job;
-use crate::launch::run::JobRun;
-use crate::launch::task::Template;
+use crate::launch::providers::{skypilot, RenderedTask};
+use crate::launch::spec::LaunchSpec;
+use crate::launch::template::{node_env, NodeIdentity, Template};
 
-/// The whole script for a launch: the user's envs, the model, and what the agent needs to find
-/// its control plane (the node token included: the script is the only place it travels).
-pub fn for_launch(run: &JobRun, job: &Job, template: &Template) -> String {
-    let mut envs: BTreeMap<String, String> = job.spec.envs.clone();
-    envs.insert("MODEL_ID".into(), job.spec.model.clone());
-    envs.insert("MODEL_PORT".into(), template.port.to_string());
-    envs.insert("GPU_COUNT".into(), job.spec.gpu_count.to_string());
-    envs.insert(
-        "SKYLAUNCH_CONTROL_PLANE_URL".into(),
-        run.control_plane_url.clone(),
-    );
-    envs.insert("SKYLAUNCH_AGENT_URL".into(), run.agent_url.clone());
-    envs.insert(
-        "SKYLAUNCH_NODE_ID".into(),
-        job.node_id.clone().unwrap_or_default(),
-    );
-    envs.insert("SKYLAUNCH_NODE_TOKEN".into(), run.node_token().to_string());
-    envs.insert(
-        "SKYLAUNCH_MODEL_SERVER_KEY".into(),
-        run.model_key().to_string(),
-    );
+/// What a provider that boots its machine with this script renders: the script for the machine,
+/// and for the job to show, the SkyPilot task with its values masked, as every provider's job
+/// shows (the script has its secrets inline, so it is never stored).
+pub fn rendered(job: &Job, template: &Template, node: &NodeIdentity<'_>) -> RenderedTask {
+    RenderedTask {
+        for_machine: for_launch(&job.spec, template, node),
+        shown: skypilot::task::rendered(&job.spec, template, &job.cluster_name, node).shown,
+    }
+}
+
+/// The whole script for a launch: the node env block (the user's envs, the model, and what the
+/// agent needs to find its control plane, the node token included: the script is the only place
+/// it travels), as exports.
+pub fn for_launch(spec: &LaunchSpec, template: &Template, node: &NodeIdentity<'_>) -> String {
+    let env = node_env(spec, template, node);
+    let mut envs = env.envs;
+    envs.extend(env.secrets);
     envs.insert("HOME".into(), "/root".into());
     script(&envs, &template.setup, &template.run)
 }

@@ -12,11 +12,53 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-use super::{BoxFuture, LaunchProvider};
+use super::{BoxFuture, LaunchProvider, RequestChecks};
+use crate::launch::catalog::Gpu;
 use crate::launch::failure::{ErrorCode, LaunchError};
 use crate::launch::job::Job;
 use crate::launch::run::{JobLog, JobRun};
+use crate::launch::spec::SpecError;
 use crate::launch::stage::{Attempt, AttemptOutcome, Market, Stage};
+
+/// The request checks of `provider: "local"`: this machine, so no GPU needed, no cloud, no
+/// regions and no spot.
+pub struct LocalRequests;
+
+impl RequestChecks for LocalRequests {
+    fn needs_gpu(&self) -> bool {
+        false
+    }
+
+    fn offers_spot(&self) -> bool {
+        false
+    }
+
+    fn cloud(
+        &self,
+        asked: Option<&str>,
+        _gpu: Option<&'static Gpu>,
+        _gpu_count: u32,
+    ) -> Result<Option<String>, SpecError> {
+        match asked {
+            None => Ok(None),
+            Some(_) => Err(SpecError::invalid(
+                "cloud",
+                "the local provider runs on this machine; leave cloud unset",
+            )),
+        }
+    }
+
+    fn regions(&self, asked: &[String], _cloud: Option<&str>) -> Result<Vec<String>, SpecError> {
+        match asked {
+            [] => Ok(Vec::new()),
+            [only] if only == "local" => Ok(Vec::new()),
+            _ => Err(SpecError::invalid(
+                "regions",
+                "the local provider runs on this machine; leave regions empty",
+            )),
+        }
+    }
+}
 
 pub struct LocalProvider {
     /// The `skylaunch` executable (it serves the echo model server as a subcommand).

@@ -1,44 +1,120 @@
-//! What the native cloud providers (AWS, Azure) share about placements: the markets to try in
-//! order, how a market reads in a log line, and the error when every placement was refused for
-//! capacity.
+//! What the native cloud providers (AWS, Azure) share about placements: the request checks of a
+//! provider that launches on one cloud from its machine table, the markets to try in order, how
+//! a market reads in a log line, and the error when every placement was refused for capacity.
 
-use crate::launch::catalog::{self, MachineTable};
+use crate::launch::catalog::{self, Gpu, MachineTable};
 use crate::launch::failure::{ErrorCode, LaunchError};
-use crate::launch::spec::LaunchSpec;
+use crate::launch::providers::RequestChecks;
+use crate::launch::spec::{LaunchSpec, SpecError};
 use crate::launch::stage::Market;
-use crate::launch::task::{self, Template};
+use crate::launch::template::{self, Template};
 
-/// The machine carrying the launch's GPUs on `cloud` (from its table), and the template to run.
-/// Validation already checked both; a stored job from an older catalogue may not match.
-pub fn machine_and_template(
-    cloud: &str,
-    table: MachineTable,
-    spec: &LaunchSpec,
-) -> Result<(&'static str, Template), LaunchError> {
-    let gpu = spec.gpu.as_deref().unwrap_or_default();
-    let machine = catalog::machine_for(table, gpu, spec.gpu_count).map_err(|offered| {
-        LaunchError::new(
-            ErrorCode::InvalidAccelerator,
-            format!("{cloud} has no machine with {} × {gpu}", spec.gpu_count),
-            format!(
-                "no {cloud} machine carries exactly {} × {gpu}",
-                spec.gpu_count
+/// A provider that calls one cloud directly: its requests launch on that cloud (named like the
+/// provider), on a machine from its table.
+pub struct NativeCloud {
+    /// The cloud, and the provider's name.
+    pub cloud: &'static str,
+    /// How messages name the cloud ("AWS").
+    pub label: &'static str,
+    /// Its machines by GPU.
+    pub machines: MachineTable,
+}
+
+impl RequestChecks for NativeCloud {
+    fn cloud(
+        &self,
+        asked: Option<&str>,
+        gpu: Option<&'static Gpu>,
+        gpu_count: u32,
+    ) -> Result<Option<String>, SpecError> {
+        let own = self.cloud;
+        if let Some(other) = asked
+            .map(|c| c.trim().to_ascii_lowercase())
+            .filter(|c| c != own)
+        {
+            return Err(SpecError::invalid(
+                "cloud",
+                format!("provider {own:?} launches on {own}, not {other:?}"),
+            ));
+        }
+        let gpu = gpu.expect("a GPU is required for cloud providers");
+        check_machine(self.label, self.machines, gpu, gpu_count)?;
+        Ok(Some(own.to_string()))
+    }
+}
+
+/// The cloud sells a machine with exactly `count` × `gpu`, or the request names what it does sell.
+fn check_machine(
+    label: &str,
+    table: &[(&str, u32, &'static str)],
+    gpu: &Gpu,
+    count: u32,
+) -> Result<(), SpecError> {
+    let Err(offered) = catalog::machine_for(table, gpu.name, count) else {
+        return Ok(());
+    };
+    Err(if offered.is_empty() {
+        let mut sold: Vec<String> = Vec::new();
+        for (g, _, _) in table {
+            if !sold.iter().any(|s| s == g) {
+                sold.push(g.to_string());
+            }
+        }
+        SpecError {
+            code: ErrorCode::InvalidAccelerator,
+            field: "gpu",
+            message: format!("{} is not sold on {label}", gpu.name),
+            suggestions: sold,
+        }
+    } else {
+        SpecError {
+            code: ErrorCode::InvalidAccelerator,
+            field: "gpu_count",
+            message: format!(
+                "{label} has no machine with {count} × {}; it offers {offered:?}",
+                gpu.name
             ),
-        )
-        .suggest(if offered.is_empty() {
-            format!("{gpu} is not sold on {cloud}; use the skypilot provider or another GPU")
-        } else {
-            format!("Ask for gpu_count {offered:?}")
-        })
-    })?;
-    let template = task::template(&spec.template).ok_or_else(|| {
-        LaunchError::new(
-            ErrorCode::InvalidRequest,
-            "Unknown template",
-            format!("template {:?} does not exist", spec.template),
-        )
-    })?;
-    Ok((machine, template))
+            suggestions: offered.iter().map(|c| format!("gpu_count: {c}")).collect(),
+        }
+    })
+}
+
+impl NativeCloud {
+    /// The machine carrying the launch's GPUs (from the table), and the template to run.
+    /// Validation already checked both; a stored job from an older catalogue may not match.
+    pub fn machine_and_template(
+        &self,
+        spec: &LaunchSpec,
+    ) -> Result<(&'static str, Template), LaunchError> {
+        let cloud = self.label;
+        let gpu = spec.gpu.as_deref().unwrap_or_default();
+        let machine =
+            catalog::machine_for(self.machines, gpu, spec.gpu_count).map_err(|offered| {
+                LaunchError::new(
+                    ErrorCode::InvalidAccelerator,
+                    format!("{cloud} has no machine with {} × {gpu}", spec.gpu_count),
+                    format!(
+                        "no {cloud} machine carries exactly {} × {gpu}",
+                        spec.gpu_count
+                    ),
+                )
+                .suggest(if offered.is_empty() {
+                    format!(
+                        "{gpu} is not sold on {cloud}; use the skypilot provider or another GPU"
+                    )
+                } else {
+                    format!("Ask for gpu_count {offered:?}")
+                })
+            })?;
+        let template = template::template(&spec.template).ok_or_else(|| {
+            LaunchError::new(
+                ErrorCode::InvalidRequest,
+                "Unknown template",
+                format!("template {:?} does not exist", spec.template),
+            )
+        })?;
+        Ok((machine, template))
+    }
 }
 
 /// Spot first when asked for, then on-demand when `spot_fallback` allows it.

@@ -1,4 +1,4 @@
-//! Which EC2 instance type carries a GPU request (issue 4's native AWS provider). One row per
+//! Which EC2 instance type carries a GPU request for the native AWS provider. One row per
 //! (GPU, count): the smallest current-generation type with exactly that many of that GPU.
 
 /// `(gpu, count, instance type)`, documented in the README's AWS section.

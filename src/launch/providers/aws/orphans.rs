@@ -47,7 +47,7 @@ impl CloudInventory for AwsInventory {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| super::errors::describe(&e))
+                .map_err(|e| super::explain::describe(&e))
         })
     }
 
@@ -73,7 +73,7 @@ impl AwsInventory {
             )
             .send()
             .await
-            .map_err(|e| super::errors::describe(&e))?;
+            .map_err(|e| super::explain::describe(&e))?;
         let mut found = Vec::new();
         for instance in out.reservations().iter().flat_map(|r| r.instances()) {
             let Some(id) = instance.instance_id() else {

@@ -17,24 +17,26 @@ use std::time::Duration;
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::operation::RequestId;
 use aws_sdk_ec2::types::{
-    Filter, HttpTokensState, InstanceInterruptionBehavior, InstanceMarketOptionsRequest,
+    HttpTokensState, InstanceInterruptionBehavior, InstanceMarketOptionsRequest,
     InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType,
-    IpPermission, IpRange, LocationType, MarketType, Placement, ResourceType, SpotInstanceType,
-    SpotMarketOptions, Tag, TagSpecification,
+    MarketType, Placement, ResourceType, SpotInstanceType, SpotMarketOptions, Tag,
+    TagSpecification,
 };
 use aws_sdk_ec2::Client;
 use backon::{ExponentialBuilder, Retryable};
 use serde_json::json;
 
 use super::catalog;
-use super::errors::{classify, Ec2Failure};
+use super::explain::{classify, Ec2Failure};
+use super::region::{lookup_ami, zones_offering};
 use crate::launch::failure::{ErrorCode, LaunchError};
 use crate::launch::job::Job;
-use crate::launch::orphans::{ownership_tags, INSTALLATION_TAG, MANAGED_TAG};
+use crate::launch::orphans::ownership_tags;
 use crate::launch::providers::placement::{self, market_name};
-use crate::launch::providers::{bootstrap, BoxFuture, LaunchProvider};
+use crate::launch::providers::{bootstrap, BoxFuture, LaunchProvider, RenderedTask};
 use crate::launch::run::JobRun;
 use crate::launch::stage::{Attempt, AttemptOutcome, Market, Stage};
+use crate::launch::template::{NodeIdentity, Template};
 
 #[derive(Debug, Clone, Default)]
 pub struct AwsSettings {
@@ -55,12 +57,14 @@ pub struct AwsProvider {
     pub installation_id: String,
 }
 
-/// The GPU image looked up when no AMI is configured: AWS's Deep Learning base image.
-const AMI_OWNER: &str = "amazon";
-const AMI_NAME: &str = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04)*";
 const DEFAULT_REGION: &str = "us-east-1";
 
 impl LaunchProvider for AwsProvider {
+    /// The first-boot script, handed to the VM as its user data.
+    fn render(&self, job: &Job, template: &Template, node: &NodeIdentity<'_>) -> RenderedTask {
+        bootstrap::rendered(job, template, node)
+    }
+
     fn launch<'a>(&'a self, run: &'a JobRun) -> BoxFuture<'a, Result<(), LaunchError>> {
         Box::pin(self.launch_ec2(run))
     }
@@ -93,15 +97,14 @@ impl AwsProvider {
     async fn launch_ec2(&self, run: &JobRun) -> Result<(), LaunchError> {
         let job = run.snapshot().await;
         let spec = &job.spec;
-        let (instance_type, template) =
-            placement::machine_and_template("AWS", catalog::INSTANCE_TYPES, spec)?;
+        let (instance_type, template) = super::REQUESTS.machine_and_template(spec)?;
         let regions = if spec.regions.is_empty() {
             vec![DEFAULT_REGION.to_string()]
         } else {
             spec.regions.clone()
         };
         let markets = placement::markets(spec);
-        let user_data = bootstrap::for_launch(run, &job, &template);
+        let user_data = run.rendered_task();
         let mut reasons = Vec::new();
         // Numbered on from earlier attempts (a launch started over after a takeover keeps them),
         // so no ClientToken is ever reused: EC2 would answer with the earlier attempt's instance.
@@ -152,7 +155,7 @@ impl AwsProvider {
                         security_group: security_group.as_deref(),
                     };
                     match self
-                        .run_instance(run, &client, &job, &target, &token, &user_data)
+                        .run_instance(run, &client, &job, &target, &token, user_data)
                         .await
                     {
                         Ok(Outcome::Started) => return Ok(()),
@@ -184,92 +187,6 @@ impl AwsProvider {
             &reasons,
             "us-west-2 or us-east-2",
         ))
-    }
-
-    /// The security group that lets only `cidr` reach the model port, created once per region.
-    /// `None` (the VPC's default group) when no address range is known, with a note in the log.
-    async fn model_port_group(
-        &self,
-        run: &JobRun,
-        client: &Client,
-        region: &str,
-        port: u16,
-    ) -> Result<Option<String>, LaunchError> {
-        let cidr = match self
-            .settings
-            .model_port_cidr
-            .clone()
-            .or_else(|| public_ip_cidr(&run.control_plane_url))
-        {
-            Some(cidr) => cidr,
-            None => {
-                run.log
-                    .line("skylaunch", "no address range for the model port: set SKYLAUNCH_AWS_MODEL_PORT_CIDR so the control plane can reach it")
-                    .await;
-                return Ok(None);
-            }
-        };
-        let name = format!(
-            "skylaunch-model-port-{port}-{}",
-            cidr.replace(['/', '.', ':'], "-")
-        );
-        let found = client
-            .describe_security_groups()
-            .filters(Filter::builder().name("group-name").values(&name).build())
-            .send()
-            .await
-            .map_err(|e| ec2_call_failed("DescribeSecurityGroups", &e))?;
-        if let Some(id) = found.security_groups().first().and_then(|g| g.group_id()) {
-            return Ok(Some(id.to_string()));
-        }
-        // Found by name and shared by every installation in the account that uses the same
-        // range, so it names the installation that made it, for the record only.
-        let created = client
-            .create_security_group()
-            .group_name(&name)
-            .description(format!("skylaunch: model port {port} from {cidr} only"))
-            .tag_specifications(
-                TagSpecification::builder()
-                    .resource_type(ResourceType::SecurityGroup)
-                    .tags(Tag::builder().key(MANAGED_TAG).value("true").build())
-                    .tags(
-                        Tag::builder()
-                            .key(INSTALLATION_TAG)
-                            .value(&self.installation_id)
-                            .build(),
-                    )
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|e| ec2_call_failed("CreateSecurityGroup", &e))?;
-        let id = created.group_id().unwrap_or_default().to_string();
-        client
-            .authorize_security_group_ingress()
-            .group_id(&id)
-            .ip_permissions(
-                IpPermission::builder()
-                    .ip_protocol("tcp")
-                    .from_port(i32::from(port))
-                    .to_port(i32::from(port))
-                    .ip_ranges(
-                        IpRange::builder()
-                            .cidr_ip(&cidr)
-                            .description("skylaunch control plane")
-                            .build(),
-                    )
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|e| ec2_call_failed("AuthorizeSecurityGroupIngress", &e))?;
-        run.log
-            .line(
-                "skylaunch",
-                &format!("created security group {id} in {region}: port {port} from {cidr} only"),
-            )
-            .await;
-        Ok(Some(id))
     }
 
     async fn run_instance(
@@ -344,7 +261,7 @@ impl AwsProvider {
                     )
             })
             .notify(|e, after| {
-                tracing::warn!(region, error = %super::errors::describe(e), retry_in = ?after, "RunInstances failed; retrying")
+                tracing::warn!(region, error = %super::explain::describe(e), retry_in = ?after, "RunInstances failed; retrying")
             })
             .await;
         let e = match sent {
@@ -400,7 +317,7 @@ impl AwsProvider {
                 "Cannot reach EC2",
                 format!(
                     "RunInstances in {region} got no answer: {}",
-                    super::errors::describe(&e)
+                    super::explain::describe(&e)
                 ),
             )
             .suggest("Check the control plane's network access to the EC2 endpoint"));
@@ -481,7 +398,7 @@ impl AwsProvider {
                 "Could not look up the instance",
                 format!(
                     "DescribeInstances {id} in {region} failed: {}",
-                    super::errors::describe(&e)
+                    super::explain::describe(&e)
                 ),
             )),
         }
@@ -504,7 +421,7 @@ impl AwsProvider {
             Err(e) => Err(LaunchError::new(
                 ErrorCode::ProviderUnavailable,
                 "Could not terminate the instance",
-                format!("TerminateInstances {id} in {region} failed: {}; terminate it in the EC2 console", super::errors::describe(&e)),
+                format!("TerminateInstances {id} in {region} failed: {}; terminate it in the EC2 console", super::explain::describe(&e)),
             )),
         }
     }
@@ -530,83 +447,4 @@ fn imdsv2_only() -> InstanceMetadataOptionsRequest {
         .http_tokens(HttpTokensState::Required)
         .http_put_response_hop_limit(1)
         .build()
-}
-
-/// `a.b.c.d/32` when the control plane's URL names an IP address.
-fn public_ip_cidr(url: &str) -> Option<String> {
-    let host = url.split("://").nth(1)?.split(['/', ':']).next()?;
-    let ip: std::net::Ipv4Addr = host.parse().ok()?;
-    Some(format!("{ip}/32"))
-}
-
-/// The zones of a region that offer the instance type.
-async fn zones_offering(client: &Client, instance_type: &str) -> Result<Vec<String>, LaunchError> {
-    let out = client
-        .describe_instance_type_offerings()
-        .location_type(LocationType::AvailabilityZone)
-        .filters(
-            Filter::builder()
-                .name("instance-type")
-                .values(instance_type)
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(|e| ec2_call_failed("DescribeInstanceTypeOfferings", &e))?;
-    let mut zones: Vec<String> = out
-        .instance_type_offerings()
-        .iter()
-        .filter_map(|o| o.location().map(str::to_string))
-        .collect();
-    zones.sort();
-    zones.dedup();
-    Ok(zones)
-}
-
-async fn lookup_ami(client: &Client, region: &str) -> Result<String, LaunchError> {
-    let out = client
-        .describe_images()
-        .owners(AMI_OWNER)
-        .filters(Filter::builder().name("name").values(AMI_NAME).build())
-        .send()
-        .await
-        .map_err(|e| ec2_call_failed("DescribeImages", &e))?;
-    let mut images: Vec<_> = out.images().iter().collect();
-    images.sort_by_key(|i| i.creation_date().unwrap_or_default().to_string());
-    images
-        .last()
-        .and_then(|i| i.image_id())
-        .map(str::to_string)
-        .ok_or_else(|| {
-            LaunchError::new(
-                ErrorCode::ProviderUnavailable,
-                format!("No GPU image found in {region}"),
-                format!("no AMI named {AMI_NAME:?} from {AMI_OWNER} in {region}"),
-            )
-            .suggest("Set SKYLAUNCH_AWS_AMI to a GPU AMI id for this region")
-        })
-}
-
-fn ec2_call_failed<E: ProvideErrorMetadata + std::error::Error + 'static>(
-    call: &str,
-    e: &aws_sdk_ec2::error::SdkError<E>,
-) -> LaunchError
-where
-    aws_sdk_ec2::error::SdkError<E>: ProvideErrorMetadata,
-{
-    match classify(
-        e.code().unwrap_or(""),
-        e.message().unwrap_or(""),
-        None,
-        "",
-        "",
-        false,
-    ) {
-        Ec2Failure::Fatal(error) if error.code == ErrorCode::CredentialsInvalid => error,
-        _ => LaunchError::new(
-            ErrorCode::ProviderUnavailable,
-            format!("EC2 {call} failed"),
-            super::errors::describe(e),
-        ),
-    }
 }

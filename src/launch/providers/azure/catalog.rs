@@ -1,4 +1,4 @@
-//! Which Azure VM size carries a GPU request (issue 4's native Azure provider).
+//! Which Azure VM size carries a GPU request for the native Azure provider.
 
 /// `(gpu, count, VM size)`, documented in the README's Azure section.
 pub const VM_SIZES: &[(&str, u32, &str)] = &[

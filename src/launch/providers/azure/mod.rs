@@ -1,12 +1,15 @@
 //! `provider: "azure"`: native Azure launches through the Azure SDK for Rust (the VM-size
-//! catalogue, the settings and their checks, the ARM error mapping, reading ARM documents, the ARM client, the provider,
-//! and the orphan inventory). Without the `azure` cargo feature only the parts that need no SDK
-//! are built, and `provider: "azure"` is refused at validation.
+//! catalogue and the request checks on it, the settings and their checks, what ARM errors mean
+//! for a launch, reading ARM documents, the ARM client, the provider, and the orphan inventory).
+//! Without the `azure` cargo feature only the parts that need no SDK are built, and
+//! `provider: "azure"` is refused when a launch is created.
+
+use crate::launch::providers::placement::NativeCloud;
 
 #[cfg(feature = "azure")]
 pub mod arm;
 pub mod catalog;
-pub mod errors;
+pub mod explain;
 #[cfg(feature = "azure")]
 pub mod orphans;
 #[cfg(feature = "azure")]
@@ -17,3 +20,10 @@ pub mod settings;
 #[cfg(feature = "azure")]
 pub use provider::AzureProvider;
 pub use settings::AzureSettings;
+
+/// The request checks of `provider: "azure"`: launches on Azure, on a VM size from the table.
+pub const REQUESTS: NativeCloud = NativeCloud {
+    cloud: "azure",
+    label: "Azure",
+    machines: catalog::VM_SIZES,
+};

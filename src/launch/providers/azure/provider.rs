@@ -18,18 +18,18 @@ use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
 use super::arm::{Arm, ArmError, VmRef};
-use super::catalog;
-use super::errors::{classify, credentials_invalid, ArmFailure};
+use super::explain::{classify, credentials_invalid, ArmFailure};
 use super::resources::Offering;
 use super::settings::{AzureSettings, ADMIN_USERNAME};
 use crate::launch::failure::{ErrorCode, LaunchError};
 use crate::launch::job::Job;
 use crate::launch::orphans::ownership_tags;
 use crate::launch::providers::placement::{self, market_name};
-use crate::launch::providers::{bootstrap, BoxFuture, LaunchProvider};
+use crate::launch::providers::{bootstrap, BoxFuture, LaunchProvider, RenderedTask};
 use crate::launch::run::JobRun;
 use crate::launch::spec::{LaunchSpec, SpecError};
 use crate::launch::stage::{Attempt, AttemptOutcome, Market, Stage};
+use crate::launch::template::{NodeIdentity, Template};
 
 pub struct AzureProvider {
     pub settings: AzureSettings,
@@ -45,6 +45,11 @@ enum Outcome {
 }
 
 impl LaunchProvider for AzureProvider {
+    /// The first-boot script, handed to the VM as its custom data.
+    fn render(&self, job: &Job, template: &Template, node: &NodeIdentity<'_>) -> RenderedTask {
+        bootstrap::rendered(job, template, node)
+    }
+
     fn check(&self, spec: &LaunchSpec) -> Result<(), SpecError> {
         self.settings.check(spec)
     }
@@ -83,14 +88,12 @@ impl AzureProvider {
         let job = run.snapshot().await;
         let spec = &job.spec;
         let gpu = spec.gpu.clone().unwrap_or_default();
-        let (vm_size, template) =
-            placement::machine_and_template("Azure", catalog::VM_SIZES, spec)?;
+        let (vm_size, _template) = super::REQUESTS.machine_and_template(spec)?;
         let arm = self
             .arm()
             .await
             .map_err(|e| arm_failed("set up the Azure client", &e))?;
-        let custom_data =
-            azure_core::base64::encode(bootstrap::for_launch(run, &job, &template).as_bytes());
+        let custom_data = azure_core::base64::encode(run.rendered_task().as_bytes());
         let regions = self.settings.regions_for(spec);
         let markets = placement::markets(spec);
         let mut reasons = Vec::new();

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use regex::Regex;
 
-use super::errors::{explain, FailureContext};
+use super::explain::{explain, FailureContext};
 use crate::launch::failure::{ErrorCode, LaunchError};
 use crate::launch::providers::skypilot::parse::{strip_ansi, SkyEvent, SkyOutputParser, Stream};
 use crate::launch::stage::{Attempt, AttemptOutcome, Market, Stage};

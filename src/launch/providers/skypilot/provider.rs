@@ -9,13 +9,13 @@
 //! launch, and its agent will register with the token it was given.
 //!
 //! Cancelling kills the whole `sky` process group, but that alone does not stop a SkyPilot
-//! launch: the request keeps running inside SkyPilot's API server (reference §0.5). Teardown
-//! therefore always runs `sky down -y <cluster>`, which does not wait behind the running launch:
-//! it cancels the cluster's other requests, force-unlocks the cluster and removes whatever the
-//! launch created (`sky/backends/cloud_vm_ray_backend.py:4765-4784`). `sky down` exits 0 even
-//! when the teardown failed, so its outcome is read from SkyPilot's own lines
-//! ([`super::parse::down_outcome`]); a teardown that did not say it removed the cluster is an
-//! error, never a success.
+//! launch: the `sky` command is only a client, and the request keeps running inside SkyPilot's
+//! API server. Teardown therefore always runs `sky down -y <cluster>`, which does not wait
+//! behind the running launch: it cancels the cluster's other requests, force-unlocks the cluster
+//! and removes whatever the launch created (`sky/backends/cloud_vm_ray_backend.py:4765-4784`).
+//! `sky down` exits 0 even when the teardown failed, so its outcome is read from SkyPilot's own
+//! lines ([`super::cluster::down_outcome`]); a teardown that did not say it removed the cluster
+//! is an error, never a success.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::OpenOptionsExt;
@@ -28,8 +28,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 
-use super::errors::{explain, teardown_failed, FailureContext};
-use super::parse::{ClusterListing, DownOutcome, SkyEvent, SkyOutputParser, Stream};
+use super::cluster::{cluster_status, down_outcome, ClusterListing, DownOutcome};
+use super::explain::{explain, teardown_failed, FailureContext};
+use super::parse::{SkyEvent, SkyOutputParser, Stream};
 use crate::launch::failure::{ErrorCode, LaunchError};
 use crate::launch::job::Job;
 use crate::launch::providers::{BoxFuture, LaunchProvider};
@@ -127,7 +128,7 @@ impl SkypilotProvider {
 
     async fn sky_launch(&self, run: &JobRun) -> Result<(), LaunchError> {
         let job = run.snapshot().await;
-        let task_file = self.write_task_file(&job.id, run.task_yaml())?;
+        let task_file = self.write_task_file(&job.id, run.rendered_task())?;
         // Remembered before anything starts, so a teardown after a crash knows the cluster.
         run.set_provider_state(json!({"cluster": job.cluster_name}))
             .await;
@@ -321,7 +322,7 @@ impl SkypilotProvider {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
-        let listing = super::parse::cluster_status(&String::from_utf8_lossy(&out.stdout), cluster);
+        let listing = cluster_status(&String::from_utf8_lossy(&out.stdout), cluster);
         tracing::info!(job_id = %job.id, cluster, listing = ?listing, "asked SkyPilot about a stopped launch's cluster");
         match listing {
             ClusterListing::Listed(status) => Ok(matches!(status, "INIT" | "UP")),
@@ -355,7 +356,7 @@ impl SkypilotProvider {
         };
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        match super::parse::down_outcome(cluster, out.status.code(), &stdout, &stderr) {
+        match down_outcome(cluster, out.status.code(), &stdout, &stderr) {
             DownOutcome::Removed => {
                 tracing::info!(job_id = %job.id, cluster, "cluster torn down");
                 Ok(())

@@ -1,6 +1,8 @@
-//! What an EC2 API error means for a launch (issue 4's native AWS provider): try the next
-//! placement, stop trying spot, stop with a quota or credentials error, or retry the same call.
-//! The code named is always the real cause.
+//! What an EC2 API error means for a launch of the native AWS provider: try the next placement,
+//! stop trying spot, stop with a quota or credentials error, or retry the same call. The code
+//! named is always the real cause.
+
+use aws_sdk_ec2::error::ProvideErrorMetadata;
 
 use crate::launch::failure::{ErrorCode, LaunchError};
 
@@ -106,6 +108,32 @@ where
             }
             text
         }
+    }
+}
+
+/// A failed EC2 call other than `RunInstances`: credentials errors as such, anything else as the
+/// provider being unavailable, quoting EC2's answer.
+pub fn call_failed<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    call: &str,
+    e: &aws_sdk_ec2::error::SdkError<E>,
+) -> LaunchError
+where
+    aws_sdk_ec2::error::SdkError<E>: ProvideErrorMetadata,
+{
+    match classify(
+        e.code().unwrap_or(""),
+        e.message().unwrap_or(""),
+        None,
+        "",
+        "",
+        false,
+    ) {
+        Ec2Failure::Fatal(error) if error.code == ErrorCode::CredentialsInvalid => error,
+        _ => LaunchError::new(
+            ErrorCode::ProviderUnavailable,
+            format!("EC2 {call} failed"),
+            describe(e),
+        ),
     }
 }
 

@@ -1,43 +1,16 @@
-//! Builds the SkyPilot task for a launch as typed data and serialises it to YAML (SkyPilot 0.14
-//! schema, reference §1). User values never become YAML or shell text: the model id and user envs
-//! go under `envs`, the node token under `secrets`, and the template's scripts read them as
-//! environment variables.
+//! Builds the SkyPilot task for a launch as typed data and serialises it to YAML (the task schema
+//! of SkyPilot 0.14). User values never become YAML or shell text: the model id and user envs go
+//! under `envs`, the node token and the model server's key under `secrets`, and the template's
+//! scripts read them as environment variables.
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::spec::{LaunchSpec, SECRET_SHOWN};
-
-/// A skylaunch template (`task-templates/<name>.yaml`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Template {
-    pub description: String,
-    /// The port the model server listens on.
-    pub port: u16,
-    pub setup: String,
-    pub run: String,
-}
-
-const VLLM: &str = include_str!("../../task-templates/vllm.yaml");
-
-pub fn template(name: &str) -> Option<Template> {
-    let text = match name {
-        "vllm" => VLLM,
-        _ => return None,
-    };
-    Some(serde_norway::from_str(text).expect("embedded templates are valid (tested)"))
-}
-
-/// What the node needs to find its control plane.
-pub struct NodeIdentity<'a> {
-    pub control_plane_url: &'a str,
-    pub agent_url: &'a str,
-    pub node_id: &'a str,
-    pub node_token: &'a str,
-    pub model_key: &'a str,
-}
+use crate::launch::catalog;
+use crate::launch::providers::RenderedTask;
+use crate::launch::spec::{LaunchSpec, SECRET_SHOWN};
+use crate::launch::template::{node_env, NodeIdentity, Template};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SkyTask {
@@ -83,7 +56,7 @@ pub fn candidates(spec: &LaunchSpec) -> Vec<Candidate> {
                 let cloud = spec
                     .cloud
                     .clone()
-                    .or_else(|| super::catalog::cloud_of_region(r).map(str::to_string));
+                    .or_else(|| catalog::cloud_of_region(r).map(str::to_string));
                 Some(match cloud {
                     Some(c) => format!("{c}/{r}"),
                     None => format!("*/{r}"),
@@ -113,22 +86,7 @@ pub fn render(
     task_name: &str,
     node: &NodeIdentity<'_>,
 ) -> SkyTask {
-    let mut envs = spec.envs.clone();
-    envs.insert("MODEL_ID".into(), spec.model.clone());
-    envs.insert("MODEL_PORT".into(), template.port.to_string());
-    envs.insert("GPU_COUNT".into(), spec.gpu_count.to_string());
-    envs.insert(
-        "SKYLAUNCH_CONTROL_PLANE_URL".into(),
-        node.control_plane_url.to_string(),
-    );
-    envs.insert("SKYLAUNCH_AGENT_URL".into(), node.agent_url.to_string());
-    envs.insert("SKYLAUNCH_NODE_ID".into(), node.node_id.to_string());
-    let mut secrets = BTreeMap::new();
-    secrets.insert("SKYLAUNCH_NODE_TOKEN".into(), node.node_token.to_string());
-    secrets.insert(
-        "SKYLAUNCH_MODEL_SERVER_KEY".into(),
-        node.model_key.to_string(),
-    );
+    let env = node_env(spec, template, node);
     let mut candidates = candidates(spec);
     let (infra, use_spot, ordered) = if candidates.len() == 1 {
         let only = candidates.remove(0);
@@ -146,8 +104,8 @@ pub fn render(
             ports: vec![template.port],
             ordered,
         },
-        envs,
-        secrets,
+        envs: env.envs,
+        secrets: env.secrets,
         setup: template.setup.clone(),
         run: template.run.clone(),
     }
@@ -172,21 +130,26 @@ pub fn to_yaml(task: &SkyTask) -> String {
     serde_norway::to_string(task).expect("a task of strings, numbers and maps always serialises")
 }
 
-/// A SkyPilot cluster name for a job: valid for SkyPilot (`[a-zA-Z]([-_.a-zA-Z0-9]*[a-zA-Z0-9])?`)
-/// and short enough for every cloud's limit once SkyPilot adds its suffix.
-pub fn cluster_name(job_id: &str) -> String {
-    let hex: String = job_id
-        .chars()
-        .filter(|c| c.is_ascii_hexdigit())
-        .take(12)
-        .collect();
-    format!("sl-{}", hex.to_ascii_lowercase())
+/// The launch's SkyPilot task as YAML: with its secrets for `sky launch`, and masked for the job
+/// to show.
+pub fn rendered(
+    spec: &LaunchSpec,
+    template: &Template,
+    task_name: &str,
+    node: &NodeIdentity<'_>,
+) -> RenderedTask {
+    let task = render(spec, template, task_name, node);
+    RenderedTask {
+        for_machine: to_yaml(&task),
+        shown: to_yaml(&masked(&task, spec)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::launch::spec::LaunchRequest;
+    use crate::launch::template::template;
 
     fn spec(json: serde_json::Value) -> LaunchSpec {
         serde_json::from_value::<LaunchRequest>(json)
@@ -203,13 +166,6 @@ mod tests {
             node_token: "tok-secret",
             model_key: "mk-secret",
         }
-    }
-
-    #[test]
-    fn embedded_templates_parse() {
-        let t = template("vllm").unwrap();
-        assert_eq!(t.port, 8000);
-        assert!(t.run.contains("$MODEL_ID"));
     }
 
     #[test]
@@ -266,11 +222,5 @@ mod tests {
         );
         assert!(back["envs"].get("SKYLAUNCH_NODE_TOKEN").is_none());
         assert!(!task.setup.contains("org/model-1") && !task.run.contains("org/model-1"));
-    }
-
-    #[test]
-    fn cluster_names_are_valid_for_skypilot() {
-        let name = cluster_name("5F3C2A1B-0D9E-4C7A-8B6F-123456789ABC");
-        assert_eq!(name, "sl-5f3c2a1b0d9e");
     }
 }
