@@ -429,7 +429,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_match_the_contract() {
+    fn defaults_are_the_documented_ones() {
         let c = ServeConfig::defaults();
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.data_dir, PathBuf::from("./skylaunch-data"));

@@ -1,8 +1,8 @@
-//! Several `skylaunch serve` processes on one PostgreSQL database (the contract's "Scale-out"):
-//! real processes built from this workspace, the local PostgreSQL, the real agent and echo
-//! model server, and the stand-in `sky` for the launch (no cloud VM can exist here). The lease
-//! fencing tests at the end also run two processes' stores and job runners inside this one, to
-//! choose the moment a process is cut off.
+//! Several `skylaunch serve` processes on one PostgreSQL database (see "Several processes on one
+//! PostgreSQL" in docs/operations.md): real processes built from this workspace, the local
+//! PostgreSQL, the real agent and echo model server, and the stand-in `sky` for the launch (no
+//! cloud VM can exist here). The lease fencing tests at the end also run two processes' stores and
+//! job runners inside this one, to choose the moment a process is cut off.
 
 mod common;
 mod standins;

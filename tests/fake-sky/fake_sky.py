@@ -4,7 +4,7 @@ It behaves like the CLI at its edges:
 - `sky launch -y -c NAME --detach-run TASK` replays a recorded transcript (stdout, then stderr,
   with pacing) and exits with the transcript's exit code; an unknown option is a click usage
   error (exit 2). Like the real CLI, the client only follows a *request* that runs on its own
-  (SkyPilot's API server, reference §0.5): killing the client, or the process that started it,
+  (SkyPilot 0.14 runs every request in its local API server): killing the client, or the process that started it,
   does not stop the launch. The request holds the cluster's lock while it runs, the cluster is
   INIT from its start and UP once launched. When the transcript is a successful launch, it
   plays the VM's part: it reads the task like SkyPilot would and starts the real node agent with

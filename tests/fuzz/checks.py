@@ -1,6 +1,6 @@
 """Schemathesis checks for skylaunch's bounded fuzz run (loaded through SCHEMATHESIS_HOOKS).
 
-The one rule: no 5xx. The exception is the contract's own 503 from the load balancer when no
+The one rule: no 5xx. The exception is the load balancer's documented 503 (`no_healthy_nodes`) when no
 healthy node serves the requested model (fuzzed model names never have one). Any other 5xx,
 including a 503 with another code, fails the run.
 """
