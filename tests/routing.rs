@@ -326,6 +326,32 @@ async fn no_ready_node_is_503_with_the_counts_by_status() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_no_node_serves_is_404_and_one_still_booting_is_503() {
+    let Some(app) = app().await else { return };
+    let (status, body) = chat(&app, "nobody/serves-this").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["error"]["code"], "model_not_found");
+    assert_eq!(body["error"]["model"], "nobody/serves-this");
+    // A terminated node serves nothing: still unknown.
+    let (id, _) = app
+        .create_node_from(
+            &json!({"name": "gone", "model_name": "nobody/serves-this", "provider": "local"}),
+        )
+        .await;
+    assert_eq!(app.delete_node(&id).await.status, StatusCode::OK);
+    let (status, _) = chat(&app, "nobody/serves-this").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // A node that is coming up makes it a model worth retrying.
+    app.create_node_from(
+        &json!({"name": "booting", "model_name": "nobody/serves-this", "provider": "local"}),
+    )
+    .await;
+    let (status, body) = chat(&app, "nobody/serves-this").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "no_healthy_nodes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_follows_health_and_load() {
     let Some(app) = app().await else { return };
     let (strong_a, url_a) = upstream("strong-a", Behaviour::Complete { delay_ms: 40 }).await;
@@ -1176,8 +1202,8 @@ async fn one_connection_carries_inference_and_other_requests_in_turn_and_pipelin
     let models = client.response().await.json();
     assert_eq!(models["data"][0]["id"], "m", "{models}");
     let none = client.response().await;
-    assert_eq!(none.status, 503);
-    assert_eq!(none.json()["error"]["code"], "no_healthy_nodes");
+    assert_eq!(none.status, 404);
+    assert_eq!(none.json()["error"]["code"], "model_not_found");
     assert_eq!(up.hits.load(Ordering::SeqCst), 3);
     let (seen, _) = up.seen.lock().unwrap().clone().unwrap();
     assert_eq!(seen["x-request-id"], "first", "request headers went on");

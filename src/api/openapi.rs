@@ -125,7 +125,7 @@ macro_rules! v1_forwarded {
         #[utoipa::path(post, path = $path, tag = "inference", security((), ("api_key" = [])), request_body = InferenceRequest,
             responses((status = 200, description = $answer),
                 (status = 400, description = "Not JSON, or no `model`", body = ErrorBody), (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-                (status = 413, description = "Body over --proxy-body-limit", body = ErrorBody), (status = 502, description = "Every node tried failed before answering", body = ErrorBody),
+                (status = 404, description = "No node serves the model (`model_not_found`)", body = ErrorBody), (status = 413, description = "Body over --proxy-body-limit", body = ErrorBody), (status = 502, description = "Every node tried failed before answering", body = ErrorBody),
                 (status = 503, description = "No healthy node for the model, with counts by status", body = ErrorBody), (status = 504, description = "The model server was silent too long", body = ErrorBody)))]
         #[allow(dead_code)]
         fn $name() {}

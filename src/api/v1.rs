@@ -250,6 +250,17 @@ pub async fn forward_body(
         .forward(&model, path, headers, body)
         .await
         .map_err(|e| match e {
+            // No live node has the model at all: what OpenAI and vLLM answer for an unknown
+            // model, which clients do not retry (a 503 would make them retry in vain).
+            ProxyError::NoHealthyNodes(none) if none.by_status.is_empty() => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "model_not_found",
+                format!(
+                    "no node serves model {}; GET /v1/models lists the models served now",
+                    none.model
+                ),
+            )
+            .with("model", none.model.clone()),
             ProxyError::NoHealthyNodes(none) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_healthy_nodes",
