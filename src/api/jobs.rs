@@ -24,11 +24,6 @@ use crate::launch::providers::skypilot::task;
 use crate::launch::spec::LaunchRequest;
 use crate::launch::template::{self, NodeIdentity};
 use crate::launch::{self, LaunchOpError};
-use crate::store::StoreError;
-
-fn store_error(e: StoreError) -> ApiError {
-    ApiError::from(e)
-}
 
 fn job_not_found(id: &str) -> ApiError {
     ApiError::from(LaunchOpError::JobNotFound(id.to_string()))
@@ -64,7 +59,7 @@ pub async fn create_job(
 
 #[utoipa::path(get, path = "/admin/launch-jobs", tag = "launch", security(("admin" = [])), responses((status = 200, description = "`{\"jobs\": [...]}`, newest first", body = serde_json::Value), (status = 401, description = "Missing or wrong token", body = crate::api::openapi::ErrorBody)))]
 pub async fn list_jobs(State(state): State<AppState>, _: Admin) -> Result<Json<Value>, ApiError> {
-    let jobs = state.store.jobs(500).await.map_err(store_error)?;
+    let jobs = state.store.jobs(500).await?;
     Ok(Json(json!({ "jobs": jobs })))
 }
 
@@ -77,8 +72,7 @@ pub async fn get_job(
     state
         .store
         .job(&id)
-        .await
-        .map_err(store_error)?
+        .await?
         .map(Json)
         .ok_or_else(|| job_not_found(&id))
 }
@@ -91,15 +85,11 @@ pub async fn job_logs(
     Path(id): Path<String>,
     Query(query): Query<std::collections::HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    if state.store.job(&id).await.map_err(store_error)?.is_none() {
+    if state.store.job(&id).await?.is_none() {
         return Err(job_not_found(&id));
     }
     let after = query.get("after").and_then(|a| a.parse().ok()).unwrap_or(0);
-    let lines = state
-        .store
-        .job_logs(&id, after, 10_000)
-        .await
-        .map_err(store_error)?;
+    let lines = state.store.job_logs(&id, after, 10_000).await?;
     if query.get("format").map(String::as_str) == Some("json") {
         return Ok(Json(json!({ "lines": lines })).into_response());
     }
@@ -123,8 +113,7 @@ pub async fn job_events(
     let job = state
         .store
         .job(&id)
-        .await
-        .map_err(store_error)?
+        .await?
         .ok_or_else(|| job_not_found(&id))?;
     let store = state.store.clone();
     let runner = state.runner.clone();

@@ -44,22 +44,10 @@ const NODE_COLUMNS: &str = "id, name, model_name, endpoint_url, provider, region
 pub const NODE_CHANGES_CHANNEL: &str = "skylaunch_nodes";
 
 impl Store {
-    /// Inserts a new node and its creation event. A live node with the same name is
-    /// [`StoreError::Duplicate`]. The stored revision is then
-    /// `node.revision + 1`, as after [`Store::save_node`].
-    pub async fn insert_node(
-        &self,
-        node: &Node,
-        change: StatusChange<'_>,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
-        self.insert_node_in(&mut tx, node, change).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// [`Store::insert_node`] inside the caller's transaction, so other rows (a launch job) are
-    /// written with the node or not at all; other processes hear of the node when it commits.
+    /// Inserts a new node and its creation event inside the caller's transaction, so other rows
+    /// (a launch job) are written with the node or not at all; other processes hear of the node
+    /// when it commits. A live node with the same name is [`StoreError::Duplicate`]. Once
+    /// committed, the stored revision is `node.revision + 1`, as after [`Store::save_node`].
     pub async fn insert_node_in(
         &self,
         tx: &mut Transaction<'_, Any>,
