@@ -21,6 +21,9 @@ use tokio::sync::Notify;
 enum Behaviour {
     /// A small completion, after `delay_ms`.
     Complete { delay_ms: u64 },
+    /// A small completion once the test opens the gate (`Upstream::answers`), however long
+    /// that takes: a request stays in flight as long as the test needs it to.
+    CompleteOnGate,
     /// 500 every time.
     Fail,
     /// An SSE stream: the first event at once, the rest when the test releases it.
@@ -37,6 +40,8 @@ struct Upstream {
     behaviour: Behaviour,
     hits: Arc<AtomicUsize>,
     release: Arc<Notify>,
+    /// Permits for `CompleteOnGate` answers.
+    answers: Arc<tokio::sync::Semaphore>,
     /// Set when a streaming response's body was dropped before it finished (client went away).
     abandoned: Arc<AtomicBool>,
     /// The last request's headers and body size, as the model server received them.
@@ -66,8 +71,13 @@ async fn serve(State(up): State<Upstream>, headers: axum::http::HeaderMap, body:
         ))
     };
     match up.behaviour {
-        Behaviour::Complete { delay_ms } => {
-            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        Behaviour::Complete { .. } | Behaviour::CompleteOnGate => {
+            match up.behaviour {
+                Behaviour::Complete { delay_ms } => {
+                    tokio::time::sleep(Duration::from_millis(delay_ms)).await
+                }
+                _ => up.answers.acquire().await.unwrap().forget(),
+            }
             Response::builder()
                 .header("content-type", "application/json")
                 .header("x-model-server", "one")
@@ -157,6 +167,7 @@ async fn upstream(name: &'static str, behaviour: Behaviour) -> (Upstream, String
         behaviour,
         hits: Arc::default(),
         release: Arc::new(Notify::new()),
+        answers: Arc::new(tokio::sync::Semaphore::new(0)),
         abandoned: Arc::default(),
         seen: Arc::default(),
     };
@@ -743,7 +754,9 @@ async fn near_the_connection_cap_agents_still_get_in_and_clients_are_told_to_ret
     else {
         return;
     };
-    let (up, url) = upstream("slow", Behaviour::Complete { delay_ms: 2000 }).await;
+    // The model server answers only when the test says so: were it to answer on a timer, a slow
+    // machine could see the busy connections turn idle (and evictable) before the third arrives.
+    let (up, url) = upstream("slow", Behaviour::CompleteOnGate).await;
     let (id, token) = node_at(&app, "slow-1", "m", &url, 1.0).await;
     // Two clients hold the two full places with requests in flight.
     let mut busy = Vec::new();
@@ -781,6 +794,7 @@ async fn near_the_connection_cap_agents_still_get_in_and_clients_are_told_to_ret
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     // The clients in flight get their answers.
+    up.answers.add_permits(2);
     for mut client in busy {
         assert_eq!(client.response().await.status, 200);
     }
