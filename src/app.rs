@@ -161,6 +161,8 @@ pub struct Running {
     tasks: FleetTasks,
     stop_runner: tokio::sync::watch::Sender<bool>,
     runner: JoinHandle<()>,
+    stop_reconciler: tokio::sync::watch::Sender<bool>,
+    reconciler: JoinHandle<()>,
     job_runner: Arc<JobRunner>,
     orphans: JoinHandle<()>,
     teardowns: JoinHandle<()>,
@@ -356,6 +358,31 @@ impl Running {
             metrics.clone(),
             fleet.clone(),
         ));
+        // The deployments' reconciler: on a timer, and at once when one of their nodes changes.
+        let reconciler = crate::deploy::Reconciler::new(
+            store.clone(),
+            fleet.clone(),
+            runner.clone(),
+            proxy.table.clone(),
+            metrics.clone(),
+            config.reconciler_settings(),
+        );
+        let woken = reconciler.clone();
+        fleet
+            .watch(Arc::new(move |node: &crate::fleet::node::Node| {
+                if node.deployment.is_some() {
+                    woken.wake();
+                }
+            }))
+            .await;
+        let (stop_reconciler, reconciler_stopped) = tokio::sync::watch::channel(false);
+        let reconciler_task = tokio::spawn(reconciler.clone().run(reconciler_stopped));
+        let deployments = Arc::new(crate::deploy::operations::Deployments {
+            store: store.clone(),
+            fleet: fleet.clone(),
+            runner: runner.clone(),
+            reconciler: reconciler.clone(),
+        });
         let (stop_streams, stopping) = tokio::sync::watch::channel(false);
         raise_open_files_limit(config.max_connections);
         let connections = Connections::new(config.connection_settings(), &metrics);
@@ -368,6 +395,7 @@ impl Running {
             metrics: metrics.clone(),
             store: store.clone(),
             runner: runner.clone(),
+            deployments,
             events,
             node_feed,
             stopping,
@@ -413,6 +441,8 @@ impl Running {
             tasks,
             stop_runner,
             runner: runner_task,
+            stop_reconciler,
+            reconciler: reconciler_task,
             job_runner: runner,
             orphans: orphans_task,
             teardowns: teardowns_task,
@@ -463,6 +493,9 @@ impl Running {
         // Launches in flight stop with the process and their leases are handed back: the next
         // process to look (this one after a restart, or another on the same database) takes
         // them over at once.
+        // The reconciler stops first: it queues launches the runner would otherwise take.
+        let _ = self.stop_reconciler.send(true);
+        let _ = self.reconciler.await;
         let _ = self.stop_runner.send(true);
         let _ = self.runner.await;
         self.job_runner.hand_back().await;
@@ -477,6 +510,7 @@ impl Running {
     pub async fn abort(self) {
         self.server.abort();
         let _ = self.server.await;
+        self.reconciler.abort();
         self.runner.abort();
         self.orphans.abort();
         self.teardowns.abort();

@@ -156,6 +156,22 @@ pub struct ServeConfig {
     #[arg(long, env = "SKYLAUNCH_TEARDOWN_RETRY_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub teardown_retry_interval: Duration,
 
+    /// How often each deployment is compared with what runs (node changes also wake the reconciler at once).
+    #[arg(long, env = "SKYLAUNCH_RECONCILE_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub reconcile_interval: Duration,
+
+    /// How long a deployment's replica may stay unhealthy before it is replaced (an offline one is replaced at once).
+    #[arg(long, env = "SKYLAUNCH_REPLICA_UNHEALTHY_GRACE", default_value = "60s", value_parser = parse_duration)]
+    pub replica_unhealthy_grace: Duration,
+
+    /// Longest a deployment's draining replica keeps its in-flight requests before it is terminated.
+    #[arg(long, env = "SKYLAUNCH_REPLICA_DRAIN_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    pub replica_drain_timeout: Duration,
+
+    /// First wait after a deployment's replica could not be placed (capacity, quota); each further failure in a row doubles it, up to 30 minutes.
+    #[arg(long, env = "SKYLAUNCH_DEPLOYMENT_BACKOFF", default_value = "30s", value_parser = parse_duration)]
+    pub deployment_backoff: Duration,
+
     /// How often the orphan sweeper looks for cloud instances no launch accounts for.
     #[arg(long, env = "SKYLAUNCH_ORPHAN_SWEEP_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub orphan_sweep_interval: Duration,
@@ -319,6 +335,16 @@ impl ServeConfig {
             self.agent_rate_per_node.max(floor),
             self.agent_rate_per_source,
         )
+    }
+
+    pub fn reconciler_settings(&self) -> crate::deploy::ReconcilerSettings {
+        crate::deploy::ReconcilerSettings {
+            interval: self.reconcile_interval,
+            unhealthy_grace: self.replica_unhealthy_grace,
+            drain_timeout: self.replica_drain_timeout,
+            backoff: self.deployment_backoff,
+            ..crate::deploy::ReconcilerSettings::default()
+        }
     }
 
     pub fn fleet_settings(&self) -> FleetSettings {

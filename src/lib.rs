@@ -8,6 +8,7 @@ pub mod background;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod deploy;
 pub mod echo_server;
 pub mod fleet;
 pub mod http;

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
+use crate::deploy::DeployError;
 use crate::fleet::FleetError;
 use crate::launch::spec::SpecError;
 use crate::launch::LaunchOpError;
@@ -179,6 +180,39 @@ impl From<LaunchOpError> for ApiError {
             LaunchOpError::Fleet(e) => e.into(),
             LaunchOpError::Store(e) => e.into(),
             LaunchOpError::Internal(cause) => ApiError::internal(&cause),
+        }
+    }
+}
+
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            DeployError::Invalid(e) => e.into(),
+            DeployError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "deployment_not_found", message)
+            }
+            DeployError::NameTaken(_) => {
+                ApiError::new(StatusCode::CONFLICT, "deployment_exists", message)
+            }
+            DeployError::Deleting(_) => {
+                ApiError::new(StatusCode::CONFLICT, "deployment_deleting", message)
+            }
+            DeployError::ActionNotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "action_not_found", message)
+            }
+            DeployError::ActionNotPending { state, .. } => {
+                ApiError::new(StatusCode::CONFLICT, "action_not_pending", message)
+                    .with("state", state.as_str())
+            }
+            DeployError::NoPreviousRevision(_) => {
+                ApiError::new(StatusCode::CONFLICT, "no_previous_revision", message)
+            }
+            DeployError::Conflict(_) => {
+                ApiError::new(StatusCode::CONFLICT, "changed_meanwhile", message)
+            }
+            DeployError::Store(e) => e.into(),
+            DeployError::Internal(cause) => ApiError::internal(&cause),
         }
     }
 }

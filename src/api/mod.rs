@@ -3,6 +3,7 @@
 //! calls; handlers parse a request, call a domain operation and map its answer.
 
 pub mod cloud_events;
+pub mod deployments;
 pub mod dispatch;
 pub mod error;
 pub mod extract;
@@ -72,6 +73,41 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/launch-jobs/{id}/cancel", post(jobs::cancel_job))
         .route("/admin/task-yaml/preview", post(jobs::preview_task))
         .route("/admin/cloud-events", get(cloud_events::list_cloud_events))
+        .route(
+            "/admin/deployments",
+            get(deployments::list_deployments).post(deployments::create_deployment),
+        )
+        .route(
+            "/admin/deployments/{name}",
+            get(deployments::get_deployment)
+                .put(deployments::update_deployment)
+                .delete(deployments::delete_deployment),
+        )
+        .route(
+            "/admin/deployments/{name}/scale",
+            post(deployments::scale_deployment),
+        )
+        .route(
+            "/admin/deployments/{name}/retry",
+            post(deployments::retry_deployment),
+        )
+        .route(
+            "/admin/deployments/{name}/rollback",
+            post(deployments::rollback_deployment),
+        )
+        .route(
+            "/admin/deployments/{name}/actions",
+            get(deployments::deployment_actions),
+        )
+        .route("/admin/actions", get(deployments::list_actions))
+        .route(
+            "/admin/actions/{id}/approve",
+            post(deployments::approve_action),
+        )
+        .route(
+            "/admin/actions/{id}/reject",
+            post(deployments::reject_action),
+        )
         .route("/downloads/skylaunch-agent", get(jobs::download_agent))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(refuse_large_bodies))

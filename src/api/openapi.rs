@@ -9,7 +9,7 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{cloud_events, jobs, nodes, system, v1};
+use super::{cloud_events, deployments, jobs, nodes, system, v1};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -42,6 +42,18 @@ use super::{cloud_events, jobs, nodes, system, v1};
         jobs::preview_task,
         jobs::download_agent,
         cloud_events::list_cloud_events,
+        deployments::create_deployment,
+        deployments::list_deployments,
+        deployments::get_deployment,
+        deployments::update_deployment,
+        deployments::scale_deployment,
+        deployments::retry_deployment,
+        deployments::rollback_deployment,
+        deployments::delete_deployment,
+        deployments::deployment_actions,
+        deployments::list_actions,
+        deployments::approve_action,
+        deployments::reject_action,
         v1::list_models,
         chat_completions,
         completions,

@@ -25,6 +25,7 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     pub store: Store,
     pub runner: Arc<JobRunner>,
+    pub deployments: Arc<crate::deploy::operations::Deployments>,
     pub events: JobEvents,
     /// Node changes for the web UI's live fleet view.
     pub node_feed: crate::fleet::feed::NodeFeed,

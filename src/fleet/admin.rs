@@ -3,7 +3,7 @@
 
 use super::events::{NodeEvent, NodeEventKind};
 use super::live::{retrying, LiveNode};
-use super::node::{NewNode, Node};
+use super::node::{Membership, NewNode, Node};
 use super::status::{NodeStatus, Transition};
 use super::store::StatusChange;
 use super::{token, Fleet, FleetError, NodeCredentials};
@@ -18,19 +18,23 @@ impl Fleet {
         launch_job_id: Option<String>,
     ) -> Result<(Node, String), FleetError> {
         let mut tx = self.store.pool().begin().await.map_err(StoreError::from)?;
-        let (node, token) = self.create_node_in(&mut tx, new, launch_job_id).await?;
+        let (node, token) = self
+            .create_node_in(&mut tx, new, launch_job_id, None)
+            .await?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok((self.node_created(node), token))
     }
 
     /// [`Fleet::create_node`]'s write inside the caller's transaction (a launch stores its job
     /// with its node). Once that commits, hand the node to [`Fleet::node_created`]; until then
-    /// this process's fleet does not know it.
+    /// this process's fleet does not know it. A deployment's replica is made with its
+    /// `membership`.
     pub async fn create_node_in(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         new: NewNode,
         launch_job_id: Option<String>,
+        membership: Option<Membership>,
     ) -> Result<(Node, String), FleetError> {
         new.validate()?;
         let token = token::generate();
@@ -58,6 +62,9 @@ impl Fleet {
             last_heartbeat_at: None,
             last_heartbeat: None,
             launch_job_id,
+            deployment: membership.as_ref().map(|m| m.deployment.clone()),
+            deployment_revision: membership.as_ref().map(|m| m.revision),
+            deployment_slot: membership.as_ref().map(|m| m.slot),
             registered_at: None,
             created_at: now,
             updated_at: now,

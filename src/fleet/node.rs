@@ -41,6 +41,13 @@ pub struct Node {
     /// The agent's latest measurements, as it sent them.
     pub last_heartbeat: Option<HeartbeatReport>,
     pub launch_job_id: Option<String>,
+    /// The deployment this node is a replica of; `None` outside any deployment.
+    pub deployment: Option<String>,
+    /// The deployment revision the replica runs.
+    pub deployment_revision: Option<i64>,
+    /// The replica's slot in its deployment (0 to replicas - 1); a replacement takes the slot
+    /// of the node it replaces.
+    pub deployment_slot: Option<i64>,
     #[serde(with = "serde_opt_rfc3339")]
     pub registered_at: Option<i64>,
     #[serde(with = "serde_rfc3339")]
@@ -62,6 +69,14 @@ pub struct Node {
     /// token; the load balancer sends it, and no API answer shows it.
     #[serde(skip)]
     pub model_key: Option<String>,
+}
+
+/// Which deployment a new node is a replica of, fixed when the node is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub deployment: String,
+    pub revision: i64,
+    pub slot: i64,
 }
 
 /// `POST /admin/nodes`: a host that skylaunch did not launch.

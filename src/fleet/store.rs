@@ -36,7 +36,8 @@ pub struct Telemetry {
 const NODE_COLUMNS: &str = "id, name, model_name, endpoint_url, provider, region, zone, gpu_type, \
      gpu_count, instance_type, spot_instance, labels, agent_version, status, status_reason, \
      token_hash, launch_job_id, health_score, last_heartbeat_at, last_heartbeat, registered_at, \
-     created_at, updated_at, revision, endpoint_pinned, on_this_host, model_key";
+     created_at, updated_at, revision, endpoint_pinned, on_this_host, model_key, deployment, \
+     deployment_revision, deployment_slot";
 
 /// The PostgreSQL channel on which every committed node change is announced (payload: the
 /// announcing store's origin, a space, the node id),
@@ -56,8 +57,9 @@ impl Store {
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO nodes (id, name, model_name, provider, status, token_hash, launch_job_id, \
-             created_at, updated_at, endpoint_pinned, on_this_host) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10)",
+             created_at, updated_at, endpoint_pinned, on_this_host, deployment, \
+             deployment_revision, deployment_slot) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $11, $12, $13)",
         )
         .bind(&node.id)
         .bind(&node.name)
@@ -69,6 +71,9 @@ impl Store {
         .bind(node.created_at)
         .bind(i64::from(node.endpoint_pinned))
         .bind(i64::from(node.on_this_host))
+        .bind(&node.deployment)
+        .bind(node.deployment_revision)
+        .bind(node.deployment_slot)
         .execute(&mut **tx)
         .await?;
         if !write_node_row(tx, node).await? {
@@ -333,6 +338,9 @@ fn node_from_row(row: &AnyRow) -> Result<Node, StoreError> {
         endpoint_pinned: row.try_get::<i64, _>("endpoint_pinned")? != 0,
         on_this_host: row.try_get::<i64, _>("on_this_host")? != 0,
         model_key: row.try_get("model_key")?,
+        deployment: row.try_get("deployment")?,
+        deployment_revision: row.try_get("deployment_revision")?,
+        deployment_slot: row.try_get("deployment_slot")?,
         id,
     })
 }

@@ -11,6 +11,27 @@ pub struct Gpu {
     /// GPUs per VM that some instance type offers.
     pub counts: &'static [u32],
     pub clouds: &'static [&'static str],
+    /// A planning estimate of one GPU's on-demand price per hour in US dollars (its share of the
+    /// cheapest common instance type with it, from the clouds' public list prices in 2026). Used
+    /// for a deployment's hourly cost and its approval cap, never for billing.
+    pub usd_per_hour: f64,
+}
+
+/// Spot prices as a share of on-demand, as a planning estimate (spot prices move by the hour).
+pub const SPOT_PRICE_SHARE: f64 = 0.35;
+
+/// The estimated hourly price of `count` × `gpu` on the given market, in US dollars; 0 when no
+/// GPU is named (the local provider).
+pub fn hourly_usd(gpu: Option<&str>, count: u32, spot: bool) -> f64 {
+    let Some(gpu) = gpu.and_then(self::gpu) else {
+        return 0.0;
+    };
+    let on_demand = gpu.usd_per_hour * f64::from(count);
+    if spot {
+        on_demand * SPOT_PRICE_SHARE
+    } else {
+        on_demand
+    }
 }
 
 pub const GPUS: &[Gpu] = &[
@@ -19,54 +40,63 @@ pub const GPUS: &[Gpu] = &[
         memory_gb: 16,
         counts: &[1, 4, 8],
         clouds: &["aws", "azure", "gcp"],
+        usd_per_hour: 0.53,
     },
     Gpu {
         name: "L4",
         memory_gb: 24,
         counts: &[1, 2, 4, 8],
         clouds: &["aws", "gcp"],
+        usd_per_hour: 0.80,
     },
     Gpu {
         name: "A10G",
         memory_gb: 24,
         counts: &[1, 4, 8],
         clouds: &["aws"],
+        usd_per_hour: 1.01,
     },
     Gpu {
         name: "A10",
         memory_gb: 24,
         counts: &[1, 2],
         clouds: &["azure"],
+        usd_per_hour: 0.91,
     },
     Gpu {
         name: "L40S",
         memory_gb: 48,
         counts: &[1, 4, 8],
         clouds: &["aws"],
+        usd_per_hour: 1.86,
     },
     Gpu {
         name: "A100",
         memory_gb: 40,
         counts: &[1, 2, 4, 8],
         clouds: &["aws", "azure", "gcp"],
+        usd_per_hour: 4.10,
     },
     Gpu {
         name: "A100-80GB",
         memory_gb: 80,
         counts: &[1, 2, 4, 8],
         clouds: &["aws", "azure", "gcp"],
+        usd_per_hour: 5.12,
     },
     Gpu {
         name: "H100",
         memory_gb: 80,
         counts: &[1, 2, 4, 8],
         clouds: &["aws", "azure", "gcp"],
+        usd_per_hour: 6.88,
     },
     Gpu {
         name: "H200",
         memory_gb: 141,
         counts: &[8],
         clouds: &["aws", "gcp"],
+        usd_per_hour: 10.60,
     },
 ];
 

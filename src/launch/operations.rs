@@ -9,9 +9,9 @@ use super::events::JobEventKind;
 use super::failure::ErrorCode;
 use super::job::{Job, JobStatus};
 use super::runner::{cancelled, JobRunner};
-use super::spec::{LaunchRequest, SpecError};
+use super::spec::{LaunchRequest, LaunchSpec, SpecError};
 use crate::clock::now_ms;
-use crate::fleet::node::{NewNode, Node};
+use crate::fleet::node::{Membership, NewNode, Node};
 use crate::fleet::status::NodeStatus;
 use crate::fleet::FleetError;
 use crate::store::StoreError;
@@ -86,6 +86,47 @@ pub async fn submit(
             return same_request(key, first, request);
         }
     }
+    let prepared = prepare(runner, request)?;
+    let mut tx = store.pool().begin().await.map_err(StoreError::from)?;
+    let written = queue_in(runner, &mut tx, prepared, idempotency_key, None).await;
+    let (job, node) = match written {
+        Ok(written) => written,
+        Err(e) => {
+            drop(tx);
+            // Another request with the same key was stored first: it answers this one.
+            if let (LaunchOpError::Store(StoreError::Duplicate(_)), Some(key)) =
+                (&e, idempotency_key)
+            {
+                if let Some(first) = store.job_by_idempotency_key(key).await? {
+                    return same_request(key, first, request);
+                }
+            }
+            return Err(e);
+        }
+    };
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(queued(runner, job, node))
+}
+
+/// A launch request that passed validation and its provider's checks, with its job id: ready
+/// to be written by [`queue_in`].
+pub struct PreparedLaunch {
+    id: String,
+    spec: LaunchSpec,
+    request_json: String,
+}
+
+impl PreparedLaunch {
+    pub fn spec(&self) -> &LaunchSpec {
+        &self.spec
+    }
+}
+
+/// Validates a launch request and asks its provider whether it can run it; writes nothing.
+pub fn prepare(
+    runner: &JobRunner,
+    request: &LaunchRequest,
+) -> Result<PreparedLaunch, LaunchOpError> {
     let id = uuid::Uuid::new_v4().to_string();
     let spec = request.validate(&default_name(&request.model, &id))?;
     match runner.provider(spec.provider) {
@@ -106,11 +147,32 @@ pub async fn submit(
     }
     let request_json =
         serde_json::to_string(request).map_err(|e| LaunchOpError::Internal(e.to_string()))?;
-    let mut tx = store.pool().begin().await.map_err(StoreError::from)?;
+    Ok(PreparedLaunch {
+        id,
+        spec,
+        request_json,
+    })
+}
+
+/// Writes a prepared launch's node (a deployment's replica when `membership` says so) and its
+/// queued job inside the caller's transaction, so they are stored with whatever else the
+/// caller writes, or not at all. Once the transaction commits, hand both to [`queued`].
+pub async fn queue_in(
+    runner: &JobRunner,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    prepared: PreparedLaunch,
+    idempotency_key: Option<&str>,
+    membership: Option<Membership>,
+) -> Result<(Job, Node), LaunchOpError> {
+    let PreparedLaunch {
+        id,
+        spec,
+        request_json,
+    } = prepared;
     let (node, _unused_token) = runner
         .fleet
         .create_node_in(
-            &mut tx,
+            tx,
             NewNode {
                 name: spec.name.clone(),
                 model_name: spec.model.clone(),
@@ -119,27 +181,23 @@ pub async fn submit(
                 labels: None,
             },
             Some(id.clone()),
+            membership,
         )
         .await?;
     let job = Job::queued(id, spec, Some(node.id.clone()), now_ms());
-    let stored = store
-        .insert_job_in(&mut tx, &job, &request_json, idempotency_key)
-        .await;
-    if let Err(e) = stored {
-        drop(tx);
-        // Another request with the same key was stored first: it answers this one.
-        if let (StoreError::Duplicate(_), Some(key)) = (&e, idempotency_key) {
-            if let Some(first) = store.job_by_idempotency_key(key).await? {
-                return same_request(key, first, request);
-            }
-        }
-        return Err(e.into());
-    }
-    tx.commit().await.map_err(StoreError::from)?;
+    runner
+        .store
+        .insert_job_in(tx, &job, &request_json, idempotency_key)
+        .await?;
+    Ok((job, node))
+}
+
+/// After the transaction of [`queue_in`] committed: the fleet takes the node, the runner wakes.
+pub fn queued(runner: &JobRunner, job: Job, node: Node) -> Job {
     let node = runner.fleet.node_created(node);
     tracing::info!(job_id = %job.id, node_id = %node.id, provider = job.provider.as_str(), model = %job.spec.model, "launch job queued");
     runner.wake();
-    Ok(job)
+    job
 }
 
 /// A repeat with an idempotency key gets the first job, if it asks for the same launch; the same

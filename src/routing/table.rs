@@ -126,6 +126,9 @@ struct Inner {
     by_node: HashMap<String, (String, Arc<Endpoint>)>,
     /// Every node that is not terminated: (model, status), for the 503 message.
     nodes: HashMap<String, (String, NodeStatus)>,
+    /// Endpoints that stopped being routable, while requests in flight may still hold them: a
+    /// draining node is terminated only once they finished (see [`RoutingTable::in_flight`]).
+    retired: HashMap<String, std::sync::Weak<Endpoint>>,
 }
 
 #[derive(Default)]
@@ -177,8 +180,19 @@ impl RoutingTable {
                 }
             }
         }
+        if let Some((_, endpoint)) = &existing {
+            if !routable {
+                inner
+                    .retired
+                    .insert(node.id.clone(), Arc::downgrade(endpoint));
+            }
+        }
+        if routable {
+            inner.retired.remove(&node.id);
+        }
         if node.status == NodeStatus::Terminated {
             inner.nodes.remove(&node.id);
+            inner.retired.remove(&node.id);
         } else {
             inner
                 .nodes
@@ -216,6 +230,20 @@ impl RoutingTable {
         inner
             .by_node
             .insert(node.id.clone(), (node.model_name.clone(), endpoint));
+    }
+
+    /// Requests this process has in flight to a node's model server, also after the node
+    /// stopped being routable (draining): what a drain waits for.
+    pub fn in_flight(&self, node_id: &str) -> usize {
+        let inner = self.inner.read().expect("routing lock is never poisoned");
+        if let Some((_, endpoint)) = inner.by_node.get(node_id) {
+            return endpoint.in_flight.load(Ordering::SeqCst);
+        }
+        inner
+            .retired
+            .get(node_id)
+            .and_then(std::sync::Weak::upgrade)
+            .map_or(0, |e| e.in_flight.load(Ordering::SeqCst))
     }
 
     /// The routable endpoints of a model, or why there are none.
@@ -302,6 +330,9 @@ pub(crate) mod tests {
             last_heartbeat_at: None,
             last_heartbeat: None,
             launch_job_id: None,
+            deployment: None,
+            deployment_revision: None,
+            deployment_slot: None,
             registered_at: None,
             created_at: 0,
             updated_at: 0,

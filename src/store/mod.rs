@@ -47,6 +47,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "node_model_key",
         include_str!("../../migrations/0007_node_model_key.sql"),
     ),
+    (
+        8,
+        "deployments",
+        include_str!("../../migrations/0008_deployments.sql"),
+    ),
 ];
 
 /// Which database a URL points at; the few backend-specific statements branch on it.

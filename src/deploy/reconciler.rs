@@ -1,0 +1,703 @@
+//! The reconciler: observe → plan → act, for every deployment, on a timer and whenever one of
+//! its nodes changes.
+//!
+//! - Observe: the deployments and their open actions (database), their nodes (the fleet's live
+//!   copy), the outcome of their launches (database; final outcomes cached), and for draining
+//!   nodes the requests still in flight.
+//! - Plan: [`plan::plan`], a pure function.
+//! - Act: store each planned action under its deterministic id (a second process or a repeated
+//!   tick writes nothing new), cancel pending actions whose drift went away, and run approved
+//!   ones. A launch is queued in the same transaction that moves its action to `running`, so a
+//!   crash leaves either both or neither; drains and terminations are claimed with a lease and
+//!   are idempotent, so a claim whose process died is simply run again by another.
+//!
+//! Nothing is written when a deployment is converged: a tick that finds no drift only reads.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+
+use super::model::{Action, ActionKind, ActionState, Deployment, DeploymentStatus, Risk};
+use super::plan::{self, Observation, Plan, Planned, ReplicaState};
+use super::spec::{DeploymentRequest, Market};
+use crate::clock::now_ms;
+use crate::fleet::node::{Membership, Node};
+use crate::fleet::status::NodeStatus;
+use crate::fleet::Fleet;
+use crate::launch::failure::ErrorCode;
+use crate::launch::job::JobStatus;
+use crate::launch::runner::JobRunner;
+use crate::launch::{operations, LaunchOpError};
+use crate::metrics::Metrics;
+use crate::routing::RoutingTable;
+use crate::store::{Store, StoreError};
+
+/// Launch failures of one revision in a row (other than capacity) that stop its rollout.
+pub const ROLLOUT_FAILURE_LIMIT: i64 = 3;
+/// Longest capacity back-off.
+const MAX_BACKOFF: Duration = Duration::from_secs(30 * 60);
+/// A draining replica is terminated no sooner than this after it started draining, so every
+/// process has seen it leave the routing table.
+const MIN_DRAIN: Duration = Duration::from_secs(2);
+
+/// How a launch ended: its status, its error code, and when.
+type JobOutcome = (JobStatus, Option<ErrorCode>, i64);
+
+#[derive(Debug, Clone)]
+pub struct ReconcilerSettings {
+    pub interval: Duration,
+    pub unhealthy_grace: Duration,
+    pub drain_timeout: Duration,
+    pub backoff: Duration,
+    /// How long a claim on a drain or terminate action lasts.
+    pub action_lease: Duration,
+}
+
+impl Default for ReconcilerSettings {
+    fn default() -> Self {
+        ReconcilerSettings {
+            interval: Duration::from_secs(2),
+            unhealthy_grace: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(120),
+            backoff: Duration::from_secs(30),
+            action_lease: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// What the reconciler knows about a deployment after its last tick, for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct DeploymentGauge {
+    pub desired: i64,
+    pub ready: usize,
+}
+
+pub struct Reconciler {
+    store: Store,
+    fleet: Arc<Fleet>,
+    runner: Arc<JobRunner>,
+    table: Arc<RoutingTable>,
+    metrics: Arc<Metrics>,
+    settings: ReconcilerSettings,
+    /// Names this process in action leases.
+    owner: String,
+    wake: Notify,
+    /// When this process first saw each node unhealthy / draining.
+    unhealthy_since: Mutex<HashMap<String, i64>>,
+    draining_since: Mutex<HashMap<String, i64>>,
+    /// Final launch outcomes by job id (they never change).
+    finished_jobs: Mutex<HashMap<String, JobOutcome>>,
+    /// Stored specs by (uid, revision) (they never change).
+    revisions: Mutex<HashMap<(String, i64), DeploymentRequest>>,
+    gauges: Mutex<Vec<(String, DeploymentGauge)>>,
+}
+
+const ACTIONS: &str = "skylaunch_deployment_actions_total";
+const ACTIONS_HELP: &str =
+    "Deployment actions by kind and outcome (started, completed, failed, cancelled, rejected).";
+const REPLACE: &str = "skylaunch_deployment_replacement_seconds";
+const REPLACE_HELP: &str = "Seconds from a replica's failure, preemption notice or outdating (its action) to its replacement being ready, by drift.";
+
+impl Reconciler {
+    pub fn new(
+        store: Store,
+        fleet: Arc<Fleet>,
+        runner: Arc<JobRunner>,
+        table: Arc<RoutingTable>,
+        metrics: Arc<Metrics>,
+        settings: ReconcilerSettings,
+    ) -> Arc<Reconciler> {
+        Arc::new(Reconciler {
+            store,
+            fleet,
+            runner,
+            table,
+            metrics,
+            settings,
+            owner: uuid::Uuid::new_v4().simple().to_string(),
+            wake: Notify::new(),
+            unhealthy_since: Mutex::default(),
+            draining_since: Mutex::default(),
+            finished_jobs: Mutex::default(),
+            revisions: Mutex::default(),
+            gauges: Mutex::default(),
+        })
+    }
+
+    /// Something changed (a deployment, an approval, a replica): look now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Desired and ready replicas per deployment, as of the last tick.
+    pub fn gauges(&self) -> Vec<(String, DeploymentGauge)> {
+        self.gauges.lock().expect("gauges lock").clone()
+    }
+
+    /// Runs ticks until `stop` turns true.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            if let Err(e) = self.tick().await {
+                tracing::warn!(error = %e, "reconciling deployments failed; trying again at the next tick");
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {
+                    // Let a burst of changes settle into one tick.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                _ = tokio::time::sleep(self.settings.interval) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// One pass over every deployment.
+    pub async fn tick(&self) -> Result<(), StoreError> {
+        let now = now_ms();
+        let deployments = self.store.deployments().await?;
+        let open = self.store.open_actions().await?;
+        let nodes = self.fleet.list().await;
+        self.track_since(&nodes, now);
+        let mut gauges = Vec::new();
+        for d in deployments {
+            let mine: Vec<&Node> = nodes
+                .iter()
+                // Nodes of an earlier deployment of the same name are not this one's.
+                .filter(|n| {
+                    n.deployment.as_deref() == Some(d.name.as_str()) && n.created_at >= d.created_at
+                })
+                .collect();
+            let actions: Vec<&Action> = open.iter().filter(|a| a.uid == d.uid).collect();
+            match self.reconcile(&d, &mine, &actions, now).await {
+                Ok(gauge) => gauges.push((d.name.clone(), gauge)),
+                Err(e) => {
+                    tracing::warn!(deployment = %d.name, error = %e, "could not reconcile the deployment; trying again at the next tick")
+                }
+            }
+        }
+        *self.gauges.lock().expect("gauges lock") = gauges;
+        Ok(())
+    }
+
+    /// Remembers when each node was first seen unhealthy and draining (forgotten once it is not).
+    fn track_since(&self, nodes: &[Node], now: i64) {
+        let mut unhealthy = self.unhealthy_since.lock().expect("lock");
+        let mut draining = self.draining_since.lock().expect("lock");
+        let mut seen_u = HashSet::new();
+        let mut seen_d = HashSet::new();
+        for n in nodes.iter().filter(|n| n.deployment.is_some()) {
+            if n.status == NodeStatus::Unhealthy {
+                unhealthy.entry(n.id.clone()).or_insert(now);
+                seen_u.insert(n.id.as_str());
+            }
+            if n.status == NodeStatus::Draining {
+                draining.entry(n.id.clone()).or_insert(now);
+                seen_d.insert(n.id.as_str());
+            }
+        }
+        unhealthy.retain(|id, _| seen_u.contains(id.as_str()));
+        draining.retain(|id, _| seen_d.contains(id.as_str()));
+    }
+
+    async fn reconcile(
+        &self,
+        d: &Deployment,
+        nodes: &[&Node],
+        actions: &[&Action],
+        now: i64,
+    ) -> Result<DeploymentGauge, ReconcileError> {
+        // Launches that ended since the last tick.
+        let mut d = d.clone();
+        for a in actions
+            .iter()
+            .filter(|a| a.state == ActionState::Running && a.kind.launches())
+        {
+            if self.follow_launch(&mut d, a, now).await? {
+                // The deployment's counters changed; read it again.
+                if let Some(fresh) = self.store.deployment(&d.name).await? {
+                    d = fresh;
+                }
+            }
+        }
+        let replicas = self.observe(&d, nodes, now).await?;
+        let hourly = hourly_usd(&d.spec, &replicas);
+        let plan = plan::plan(&Observation {
+            deployment: &d,
+            replicas: &replicas,
+            hourly_usd: hourly,
+            now,
+        });
+        if d.deleting && nodes.iter().all(|n| n.status == NodeStatus::Terminated) {
+            let launching = actions
+                .iter()
+                .any(|a| a.state == ActionState::Running && a.kind.launches());
+            if !launching {
+                self.store.remove_deployment(&d).await?;
+                tracing::info!(deployment = %d.name, "deployment deleted: every replica is terminated");
+                return Ok(DeploymentGauge::default());
+            }
+        }
+        self.save_status(&d, &plan, now).await?;
+        let planned: HashMap<&str, &Planned> =
+            plan.actions.iter().map(|p| (p.id.as_str(), p)).collect();
+        // Pending actions whose drift went away are cancelled; approved and running ones are
+        // the admin's or already under way, and stay.
+        for a in actions
+            .iter()
+            .filter(|a| !planned.contains_key(a.id.as_str()))
+        {
+            let auto_approved_launch =
+                a.state == ActionState::Approved && a.risk == Risk::Low && a.kind.launches();
+            if a.state != ActionState::Pending && !auto_approved_launch {
+                continue;
+            }
+            let removed = d.deleting || a.slot.is_some_and(|s| s >= d.desired());
+            let reason = if removed {
+                "deployment_removed"
+            } else {
+                "drift_resolved_auto"
+            };
+            if self
+                .store
+                .set_action_state(&a.id, a.state, ActionState::Cancelled, Some(reason), now)
+                .await?
+            {
+                self.count(a.kind, "cancelled");
+                tracing::info!(deployment = %d.name, action = %a.id, kind = a.kind.as_str(), reason, "action cancelled");
+            }
+        }
+        let known: HashMap<&str, &&Action> = actions.iter().map(|a| (a.id.as_str(), a)).collect();
+        for p in plan.actions.iter().filter(|p| !p.blocked) {
+            let state = match known.get(p.id.as_str()) {
+                Some(a) => a.state,
+                None => match self.store_planned(&d, p, now).await? {
+                    Some(state) => state,
+                    None => continue,
+                },
+            };
+            if state == ActionState::Approved
+                || (state == ActionState::Running && !p.kind.launches())
+            {
+                self.act(&d, p, now).await?;
+            }
+        }
+        Ok(DeploymentGauge {
+            desired: d.desired(),
+            ready: plan.ready,
+        })
+    }
+
+    /// Stores a planned action unless one with its id exists; returns the state it has now, or
+    /// `None` when it is final (done before; nothing more to do).
+    async fn store_planned(
+        &self,
+        d: &Deployment,
+        p: &Planned,
+        now: i64,
+    ) -> Result<Option<ActionState>, StoreError> {
+        if let Some(existing) = self.store.action(&p.id).await? {
+            return Ok((!existing.state.is_final()).then_some(existing.state));
+        }
+        let state = match p.risk {
+            Risk::Low => ActionState::Approved,
+            Risk::Guarded => ActionState::Pending,
+        };
+        let action = Action {
+            id: p.id.clone(),
+            deployment: d.name.clone(),
+            uid: d.uid.clone(),
+            revision: d.revision,
+            slot: p.slot,
+            kind: p.kind,
+            drift: p.drift,
+            risk: p.risk,
+            state,
+            market: p.market,
+            reason: Some(p.reason.clone()),
+            node_id: p.node_id.clone(),
+            launch_job_id: None,
+            created_at: now,
+            updated_at: now,
+        };
+        if self.store.insert_action(&action).await? {
+            tracing::info!(deployment = %d.name, action = %action.id, kind = action.kind.as_str(), drift = action.drift.as_str(), state = state.as_str(), reason = %p.reason, "action planned");
+            return Ok(Some(state));
+        }
+        // Another process stored it first.
+        Ok(self
+            .store
+            .action(&p.id)
+            .await?
+            .filter(|a| !a.state.is_final())
+            .map(|a| a.state))
+    }
+
+    /// Runs an approved action (or takes over a drain or termination whose claimant died).
+    async fn act(&self, d: &Deployment, p: &Planned, now: i64) -> Result<(), ReconcileError> {
+        match p.kind {
+            ActionKind::LaunchReplica | ActionKind::ReplaceReplica => self.launch(d, p, now).await,
+            ActionKind::DrainReplica | ActionKind::TerminateReplica => {
+                let lease_until = now + self.settings.action_lease.as_millis() as i64;
+                if !self
+                    .store
+                    .claim_action(&p.id, &self.owner, lease_until, now)
+                    .await?
+                {
+                    return Ok(());
+                }
+                let node_id = p.node_id.as_deref().unwrap_or_default();
+                let outcome = if p.kind == ActionKind::DrainReplica {
+                    let reason = format!("deployment {}: {}", d.name, p.reason);
+                    self.fleet
+                        .drain(node_id, &reason)
+                        .await
+                        .map(|_| ())
+                        .map_err(LaunchOpError::from)
+                } else {
+                    operations::delete_launched_node(&self.runner, node_id)
+                        .await
+                        .map(|_| ())
+                };
+                let (state, reason) = match &outcome {
+                    Ok(()) => (ActionState::Completed, None),
+                    // Gone already, or leaving by itself: done all the same.
+                    Err(LaunchOpError::Fleet(crate::fleet::FleetError::Terminated(_))) => {
+                        (ActionState::Completed, None)
+                    }
+                    Err(e) => (ActionState::Failed, Some(e.to_string())),
+                };
+                self.store
+                    .set_action_state(
+                        &p.id,
+                        ActionState::Running,
+                        state,
+                        reason.as_deref(),
+                        now_ms(),
+                    )
+                    .await?;
+                self.count(p.kind, state.as_str());
+                tracing::info!(deployment = %d.name, action = %p.id, kind = p.kind.as_str(), node_id, outcome = state.as_str(), error = reason.as_deref().unwrap_or(""), "action done");
+                Ok(())
+            }
+        }
+    }
+
+    /// Queues the replica's launch in the transaction that starts its action.
+    async fn launch(&self, d: &Deployment, p: &Planned, now: i64) -> Result<(), ReconcileError> {
+        let slot = p.slot.unwrap_or_default();
+        let market = p.market.unwrap_or(Market::OnDemand);
+        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
+        let name = d.spec.node_name(d.revision, slot, suffix);
+        // A spot launch falls back to on-demand by itself unless that fallback waits for approval.
+        let request = d
+            .spec
+            .launch_request(&name, market, !d.spec.fallback_guarded());
+        let prepared = match operations::prepare(&self.runner, &request) {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                // The spec was valid when stored; a provider left this build, say.
+                let reason = format!("cannot launch: {e}");
+                self.store
+                    .set_action_state(
+                        &p.id,
+                        ActionState::Approved,
+                        ActionState::Failed,
+                        Some(&reason),
+                        now,
+                    )
+                    .await?;
+                self.count(p.kind, "failed");
+                return Ok(());
+            }
+        };
+        let mut tx = self.store.pool().begin().await.map_err(StoreError::from)?;
+        let membership = Membership {
+            deployment: d.name.clone(),
+            revision: d.revision,
+            slot,
+        };
+        let (job, node) =
+            operations::queue_in(&self.runner, &mut tx, prepared, None, Some(membership)).await?;
+        if !self
+            .store
+            .start_launch_action_in(&mut tx, &p.id, &node.id, &job.id, now)
+            .await?
+        {
+            // Another process started it first: nothing is launched here.
+            return Ok(());
+        }
+        tx.commit().await.map_err(StoreError::from)?;
+        let job = operations::queued(&self.runner, job, node);
+        self.count(p.kind, "started");
+        tracing::info!(deployment = %d.name, action = %p.id, kind = p.kind.as_str(), drift = p.drift.as_str(), slot, market = market.as_str(), job_id = %job.id, "replica launch queued");
+        Ok(())
+    }
+
+    /// A running launch action whose job ended: completed when its node got ready, else
+    /// failed, counted towards the back-off or a failed rollout. `true` when this call changed
+    /// the deployment's counters.
+    async fn follow_launch(
+        &self,
+        d: &mut Deployment,
+        a: &Action,
+        now: i64,
+    ) -> Result<bool, ReconcileError> {
+        let Some(job_id) = &a.launch_job_id else {
+            return Ok(false);
+        };
+        let Some((status, code, finished_at)) = self.job_outcome(job_id).await? else {
+            return Ok(false);
+        };
+        if status == JobStatus::Succeeded {
+            let took = (finished_at - a.created_at).max(0) as f64 / 1000.0;
+            let reason = format!("replica ready {took:.1} s after the action was planned");
+            if self.store.complete_launch_action(a, &reason, now).await? {
+                self.count(a.kind, "completed");
+                if a.kind == ActionKind::ReplaceReplica {
+                    self.metrics.observe(
+                        REPLACE,
+                        REPLACE_HELP,
+                        &[("drift", a.drift.as_str())],
+                        took,
+                    );
+                }
+                tracing::info!(deployment = %d.name, action = %a.id, job_id, "{reason}");
+                return Ok(true);
+            }
+            return Ok(false);
+        }
+        let job = self.store.job(job_id).await?;
+        let error = job.as_ref().and_then(|j| j.error.clone());
+        let why = error
+            .as_ref()
+            .map(|e| format!("{}: {}", e.title, e.message))
+            .unwrap_or_else(|| format!("the launch ended {}", status.as_str()));
+        let capacity = code.is_some_and(|c| c.is_placement_specific());
+        let same_revision = a.revision == d.revision;
+        let backoff_until = (capacity && same_revision).then(|| {
+            let exp = d.failures.clamp(0, 16) as u32;
+            let wait = self
+                .settings
+                .backoff
+                .saturating_mul(2u32.saturating_pow(exp))
+                .min(MAX_BACKOFF);
+            now + wait.as_millis() as i64
+        });
+        let reason = format!("launch {job_id} failed: {why}");
+        if !self
+            .store
+            .fail_launch_action(a, &reason, backoff_until, now)
+            .await?
+        {
+            return Ok(false);
+        }
+        self.count(a.kind, "failed");
+        tracing::warn!(deployment = %d.name, action = %a.id, job_id, "{reason}");
+        if !same_revision || status == JobStatus::Cancelled {
+            return Ok(true);
+        }
+        let failures = d.failures + 1;
+        if let Some(until) = backoff_until {
+            d.status = DeploymentStatus::Unsatisfiable;
+            d.reason = Some(format!(
+                "{why} (launches wait until {}; POST /admin/deployments/{}/retry tries again now)",
+                crate::clock::rfc3339(until),
+                d.name
+            ));
+            d.unsatisfiable_until = Some(until);
+        } else if failures >= ROLLOUT_FAILURE_LIMIT {
+            d.status = DeploymentStatus::RolloutFailed;
+            d.reason = Some(format!(
+                "revision {} failed to launch {failures} times in a row; the rollout stopped and the previous replicas keep serving. Last error: {why}",
+                d.revision
+            ));
+        } else {
+            return Ok(true);
+        }
+        d.updated_at = now;
+        self.store.save_deployment_state(d).await?;
+        Ok(true)
+    }
+
+    /// A launch job's final status, its error code and when it ended; `None` while it runs.
+    async fn job_outcome(&self, job_id: &str) -> Result<Option<JobOutcome>, StoreError> {
+        if let Some(known) = self.finished_jobs.lock().expect("lock").get(job_id) {
+            return Ok(Some(*known));
+        }
+        let Some(job) = self.store.job(job_id).await? else {
+            return Ok(None);
+        };
+        if !job.status.is_terminal() {
+            return Ok(None);
+        }
+        let outcome = (
+            job.status,
+            job.error.as_ref().map(|e| e.code),
+            job.finished_at.unwrap_or(job.updated_at),
+        );
+        self.finished_jobs
+            .lock()
+            .expect("lock")
+            .insert(job_id.to_string(), outcome);
+        Ok(Some(outcome))
+    }
+
+    /// What each of the deployment's nodes is doing, as the plan needs it.
+    async fn observe(
+        &self,
+        d: &Deployment,
+        nodes: &[&Node],
+        now: i64,
+    ) -> Result<Vec<ReplicaState>, StoreError> {
+        let grace = self.settings.unhealthy_grace.as_millis() as i64;
+        let drain_timeout = self.settings.drain_timeout.as_millis() as i64;
+        let mut out = Vec::with_capacity(nodes.len());
+        for n in nodes {
+            let revision = n.deployment_revision.unwrap_or_default();
+            let current = revision == d.revision || self.same_as_current(d, revision).await?;
+            // Only the current revision's launches matter to the plan (back-off, fallbacks).
+            let outcome = match (&n.launch_job_id, revision == d.revision) {
+                (Some(job), true) => self.job_outcome(job).await?,
+                _ => None,
+            };
+            let unhealthy_for = self
+                .unhealthy_since
+                .lock()
+                .expect("lock")
+                .get(&n.id)
+                .map(|since| now - since);
+            let dead = n.status == NodeStatus::Offline
+                || (n.status == NodeStatus::Unhealthy && unhealthy_for.is_some_and(|t| t >= grace));
+            let draining_for = self
+                .draining_since
+                .lock()
+                .expect("lock")
+                .get(&n.id)
+                .map(|since| now - since);
+            let quiet = self.table.in_flight(&n.id) == 0
+                && n.last_heartbeat
+                    .as_ref()
+                    .and_then(|h| h.queue.as_ref())
+                    .and_then(|q| q.running)
+                    .is_none_or(|running| running < 0.5);
+            let drained = n.status == NodeStatus::Draining
+                && draining_for.is_some_and(|t| {
+                    (t >= MIN_DRAIN.as_millis() as i64 && quiet) || t >= drain_timeout
+                });
+            let spot_notice = n.status == NodeStatus::Draining
+                && (n
+                    .status_reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("spot interruption notice"))
+                    || n.last_heartbeat
+                        .as_ref()
+                        .is_some_and(|h| h.spot_interruption.is_some()));
+            let market = node_market(&self.store, n).await?;
+            out.push(ReplicaState {
+                node_id: n.id.clone(),
+                status: n.status,
+                revision,
+                slot: n.deployment_slot.unwrap_or_default(),
+                created_at: n.created_at,
+                market,
+                current,
+                dead,
+                spot_notice,
+                drained,
+                launch_succeeded: outcome.is_some_and(|(s, _, _)| s == JobStatus::Succeeded),
+                launch_failed: outcome.and_then(|(s, code, _)| {
+                    (s == JobStatus::Failed).then_some(code.unwrap_or(ErrorCode::Internal))
+                }),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Whether `revision` runs what the deployment's current revision runs (after a rollback,
+    /// or a spec put back as it was, the replicas that run it are kept).
+    async fn same_as_current(&self, d: &Deployment, revision: i64) -> Result<bool, StoreError> {
+        let key = (d.uid.clone(), revision);
+        let cached = self.revisions.lock().expect("lock").get(&key).cloned();
+        let spec = match cached {
+            Some(spec) => spec,
+            None => match self.store.deployment_revision(&d.uid, revision).await? {
+                Some(spec) => {
+                    self.revisions
+                        .lock()
+                        .expect("lock")
+                        .insert(key, spec.clone());
+                    spec
+                }
+                None => return Ok(false),
+            },
+        };
+        Ok(!spec.runs_differently(&d.spec))
+    }
+
+    /// Writes the deployment's status and reason when the plan changed them (nothing when the
+    /// deployment is as it was: a converged deployment costs no writes).
+    async fn save_status(&self, d: &Deployment, plan: &Plan, now: i64) -> Result<(), StoreError> {
+        let until = match plan.status {
+            DeploymentStatus::Unsatisfiable => d.unsatisfiable_until,
+            _ => d.unsatisfiable_until.filter(|u| *u > now),
+        };
+        if plan.status == d.status && plan.reason == d.reason && until == d.unsatisfiable_until {
+            return Ok(());
+        }
+        let mut changed = d.clone();
+        changed.status = plan.status;
+        changed.reason = plan.reason.clone();
+        changed.unsatisfiable_until = until;
+        changed.updated_at = now;
+        if self.store.save_deployment_state(&changed).await? && plan.status != d.status {
+            tracing::info!(deployment = %d.name, from = d.status.as_str(), to = plan.status.as_str(), reason = plan.reason.as_deref().unwrap_or(""), "deployment status changed");
+        }
+        Ok(())
+    }
+
+    fn count(&self, kind: ActionKind, outcome: &str) {
+        self.metrics.inc(
+            ACTIONS,
+            ACTIONS_HELP,
+            &[("kind", kind.as_str()), ("outcome", outcome)],
+        );
+    }
+}
+
+/// A replica's market: what its agent reported once registered, before that what its launch
+/// asked for.
+pub async fn node_market(store: &Store, n: &Node) -> Result<Market, StoreError> {
+    if n.registered_at.is_some() {
+        return Ok(if n.spot_instance {
+            Market::Spot
+        } else {
+            Market::OnDemand
+        });
+    }
+    let Some(job_id) = &n.launch_job_id else {
+        return Ok(Market::OnDemand);
+    };
+    Ok(match store.job(job_id).await? {
+        Some(job) if job.spec.use_spot => Market::Spot,
+        _ => Market::OnDemand,
+    })
+}
+
+/// The estimated hourly cost of a deployment's live replicas.
+pub fn hourly_usd(spec: &DeploymentRequest, replicas: &[ReplicaState]) -> f64 {
+    replicas
+        .iter()
+        .filter(|r| r.status != NodeStatus::Terminated)
+        .map(|r| spec.replica_hourly_usd(r.market))
+        .sum()
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ReconcileError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Launch(#[from] LaunchOpError),
+}

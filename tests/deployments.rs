@@ -1,0 +1,482 @@
+//! Deployments end to end with the local provider: the real reconciler launches replicas
+//! through real launch jobs, which start the real echo model server and the real agent as
+//! processes on this machine. A replica's "VM dies" by killing its processes.
+
+mod common;
+mod standins;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Backend, Reply, TestApp, ADMIN_TOKEN};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use standins::binaries;
+
+async fn app_with(
+    backend: Backend,
+    tweak: impl FnOnce(&mut skylaunch::config::ServeConfig),
+) -> Option<TestApp> {
+    let db = common::TestDb::new(backend).await?;
+    let mut config = common::test_config(&db);
+    let (skylaunch, agent) = binaries();
+    config.skylaunch_bin = Some(skylaunch);
+    config.agent_bin = Some(agent);
+    config.job_lease = Duration::from_secs(3);
+    config.reconcile_interval = Duration::from_millis(200);
+    config.replica_unhealthy_grace = Duration::from_secs(1);
+    config.replica_drain_timeout = Duration::from_secs(10);
+    config.deployment_backoff = Duration::from_secs(1);
+    tweak(&mut config);
+    Some(TestApp::start(db, config).await)
+}
+
+macro_rules! app {
+    ($backend:expr) => {
+        match app_with($backend, |_| {}).await {
+            Some(app) => app,
+            None => return,
+        }
+    };
+}
+
+fn deployment(name: &str, replicas: u32) -> Value {
+    json!({"name": name, "model": format!("echo/{name}"), "provider": "local", "replicas": replicas})
+}
+
+async fn put(app: &TestApp, path: &str, body: &Value) -> Reply {
+    app.send(
+        app.client
+            .put(app.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(body),
+    )
+    .await
+}
+
+async fn get_deployment(app: &TestApp, name: &str) -> Reply {
+    app.get(&format!("/admin/deployments/{name}"), Some(ADMIN_TOKEN))
+        .await
+}
+
+/// Polls (up to about 90 s) until `done` holds for the deployment; returns it.
+async fn wait_for(app: &TestApp, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..900 {
+        let r = get_deployment(app, name).await;
+        last = r.body;
+        if r.status == StatusCode::OK && done(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("deployment {name} never got {what}; last seen: {last:#}");
+}
+
+async fn wait_serving(app: &TestApp, name: &str, replicas: i64) -> Value {
+    wait_for(app, name, &format!("{replicas} ready replicas"), |d| {
+        d["status"] == "serving"
+            && d["replicas"]["ready"] == replicas
+            && d["replicas"]["launching"] == 0
+            && d["replicas"]["draining"] == 0
+            && d["nodes"].as_array().unwrap().len() == replicas as usize
+    })
+    .await
+}
+
+fn node_ids(d: &Value) -> Vec<String> {
+    d["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn actions(app: &TestApp, name: &str) -> Vec<Value> {
+    let r = app
+        .get(
+            &format!("/admin/deployments/{name}/actions"),
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    r.body["actions"].as_array().unwrap().clone()
+}
+
+/// Polls (up to about 60 s) until `done` holds for the deployment's actions; returns them.
+async fn wait_actions(
+    app: &TestApp,
+    name: &str,
+    what: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let mut last = Vec::new();
+    for _ in 0..600 {
+        last = actions(app, name).await;
+        if done(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the actions of {name} never showed {what}: {last:#?}");
+}
+
+/// Kills every process a local launch started for the node (its agent and its model server),
+/// as if its VM died.
+fn kill_vm(job_id: &str) -> usize {
+    let needle = format!("SKYLAUNCH_LOCAL_JOB={job_id}");
+    let mut killed = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|v| v == needle.as_bytes()) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            killed += 1;
+        }
+    }
+    killed
+}
+
+/// Processes a local launch started for the job that still run.
+fn processes_of(job_id: &str) -> usize {
+    let needle = format!("SKYLAUNCH_LOCAL_JOB={job_id}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == needle.as_bytes()))
+        })
+        .count()
+}
+
+async fn chat(app: &TestApp, model: &str) -> reqwest::Result<reqwest::Response> {
+    app.client
+        .post(app.url("/v1/chat/completions"))
+        .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+}
+
+async fn a_deployment_is_launched_healed_scaled_and_deleted(backend: Backend) {
+    let app = app!(backend);
+    let r = app
+        .post(
+            "/admin/deployments",
+            Some(ADMIN_TOKEN),
+            &deployment("chat", 2),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["revision"], 1);
+    assert_eq!(r.body["replicas"]["desired"], 2);
+    let d = wait_serving(&app, "chat", 2).await;
+    // The replicas are ordinary nodes that know their deployment, and serve the model.
+    for id in node_ids(&d) {
+        let node = app.node(&id).await;
+        assert_eq!(node["deployment"], "chat");
+        assert_eq!(node["deployment_revision"], 1);
+        assert_eq!(node["status"], "ready");
+    }
+    let answer: Value = chat(&app, "echo/chat").await.unwrap().json().await.unwrap();
+    assert_eq!(answer["choices"][0]["message"]["content"], "echo: hi");
+    let launched = wait_actions(&app, "chat", "two completed launches", |all| {
+        all.iter().all(|a| a["state"] == "completed")
+    })
+    .await;
+    assert_eq!(launched.len(), 2, "{launched:#?}");
+    assert!(launched.iter().all(|a| a["kind"] == "launch_replica"
+        && a["drift"] == "missing_replica"
+        && a["risk"] == "low"));
+
+    // One replica's VM dies: it is replaced with no admin action.
+    let victim = d["nodes"][0].clone();
+    let victim_id = victim["node_id"].as_str().unwrap();
+    assert!(kill_vm(victim["launch_job_id"].as_str().unwrap()) >= 2);
+    let healed = wait_for(&app, "chat", "its dead replica replaced", |d| {
+        d["status"] == "serving"
+            && d["replicas"]["ready"] == 2
+            && !node_ids(d).contains(&victim_id.to_string())
+    })
+    .await;
+    assert_eq!(healed["nodes"].as_array().unwrap().len(), 2);
+    let dead = app.wait_for_status(victim_id, "terminated").await;
+    assert_eq!(dead["deployment"], "chat");
+    let all = wait_actions(&app, "chat", "the replacement completed", |all| {
+        all.iter()
+            .any(|a| a["kind"] == "replace_replica" && a["state"] == "completed")
+    })
+    .await;
+    let replace = all
+        .iter()
+        .find(|a| a["kind"] == "replace_replica")
+        .expect("a replace action");
+    assert_eq!(replace["drift"], "unhealthy_replica");
+    assert_eq!(replace["node_id"], victim_id);
+    assert_eq!(replace["state"], "completed", "{replace:#}");
+    assert!(all
+        .iter()
+        .any(|a| a["kind"] == "terminate_replica" && a["node_id"] == victim_id));
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(
+            "skylaunch_deployment_replacement_seconds_count{drift=\"unhealthy_replica\"} 1"
+        ),
+        "{metrics}"
+    );
+
+    // Scale 2 -> 3 -> 1.
+    let r = app
+        .post(
+            "/admin/deployments/chat/scale",
+            Some(ADMIN_TOKEN),
+            &json!({"replicas": 3}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["revision"], 1, "scaling is not a new revision");
+    wait_serving(&app, "chat", 3).await;
+    let r = app
+        .post(
+            "/admin/deployments/chat/scale",
+            Some(ADMIN_TOKEN),
+            &json!({"replicas": 1}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let one = wait_serving(&app, "chat", 1).await;
+    assert_eq!(one["nodes"][0]["slot"], 0, "the first slot stays");
+    assert!(actions(&app, "chat")
+        .await
+        .iter()
+        .any(|a| a["kind"] == "drain_replica" && a["drift"] == "excess_replica"));
+
+    // Delete: every replica drained and terminated, the deployment gone, nothing left running.
+    let all_nodes: Vec<Value> = app.get("/admin/nodes", Some(ADMIN_TOKEN)).await.body["nodes"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let r = app
+        .delete("/admin/deployments/chat", Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert_eq!(r.body["status"], "deleting");
+    for _ in 0..600 {
+        if get_deployment(&app, "chat").await.status == StatusCode::NOT_FOUND {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let gone = get_deployment(&app, "chat").await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND, "{}", gone.body);
+    assert_eq!(gone.error_code(), "deployment_not_found");
+    for n in &all_nodes {
+        let node = app.node(n["id"].as_str().unwrap()).await;
+        assert_eq!(node["status"], "terminated", "{node:#}");
+        assert_eq!(processes_of(n["launch_job_id"].as_str().unwrap()), 0);
+    }
+    let r = chat(&app, "echo/chat").await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+async fn a_rolling_update_under_load_fails_no_request(backend: Backend) {
+    let app = app!(backend);
+    let r = app
+        .post(
+            "/admin/deployments",
+            Some(ADMIN_TOKEN),
+            &deployment("roll", 2),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let before = wait_serving(&app, "roll", 2).await;
+    let old = node_ids(&before);
+    // A client sends requests one after another for the whole update.
+    let stop = Arc::new(AtomicUsize::new(0));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        let client = app.client.clone();
+        let url = app.url("/v1/chat/completions");
+        tokio::spawn(async move {
+            while stop.load(Ordering::SeqCst) == 0 {
+                let r = client
+                    .post(&url)
+                    .json(&json!({"model": "echo/roll", "messages": [{"role": "user", "content": "x"}]}))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == StatusCode::OK => ok.fetch_add(1, Ordering::SeqCst),
+                    _ => failed.fetch_add(1, Ordering::SeqCst),
+                };
+            }
+        })
+    };
+    let mut spec = deployment("roll", 2);
+    spec["envs"] = json!({"MODEL_REVISION": "b"});
+    let r = put(&app, "/admin/deployments/roll", &spec).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["revision"], 2);
+    assert_eq!(r.body["spec"]["envs"]["MODEL_REVISION"], "<secret>");
+    let after = wait_for(&app, "roll", "both replicas at revision 2", |d| {
+        d["status"] == "serving"
+            && d["nodes"].as_array().unwrap().len() == 2
+            && d["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["revision"] == 2 && n["status"] == "ready")
+    })
+    .await;
+    stop.store(1, Ordering::SeqCst);
+    load.await.unwrap();
+    assert!(ok.load(Ordering::SeqCst) > 0);
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "no request failed during the rollout"
+    );
+    for id in &old {
+        assert!(!node_ids(&after).contains(id));
+        app.wait_for_status(id, "terminated").await;
+    }
+    let all = actions(&app, "roll").await;
+    assert!(all
+        .iter()
+        .any(|a| a["kind"] == "replace_replica" && a["drift"] == "outdated_revision"));
+    // A replica-count change alone is no new revision; the same spec again changes nothing.
+    let r = put(&app, "/admin/deployments/roll", &spec).await;
+    assert_eq!(r.body["revision"], 2);
+    // Roll back: revision 3 runs what revision 1 ran.
+    let r = app
+        .post(
+            "/admin/deployments/roll/rollback",
+            Some(ADMIN_TOKEN),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["revision"], 3);
+    assert!(r.body["spec"]["envs"].as_object().unwrap().is_empty());
+}
+
+async fn bad_requests_change_nothing(backend: Backend) {
+    let app = app!(backend);
+    let mut bad = deployment("x", 1);
+    bad["provider"] = json!("skypilot");
+    bad["gpu"] = json!("A1000");
+    let r = app
+        .post("/admin/deployments", Some(ADMIN_TOKEN), &bad)
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert_eq!(r.error_code(), "invalid_accelerator");
+    assert_eq!(r.body["error"]["field"], "gpu");
+    assert!(r.body["error"]["suggestions"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("A100")));
+    let r = app
+        .post(
+            "/admin/deployments",
+            Some(ADMIN_TOKEN),
+            &deployment("Bad_Name", 1),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.body["error"]["suggestions"], json!(["bad-name"]));
+    let mut no_update = deployment("x", 1);
+    no_update["update"] = json!({"max_surge": 0, "max_unavailable": 0});
+    let r = app
+        .post("/admin/deployments", Some(ADMIN_TOKEN), &no_update)
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.body["error"]["field"], "update");
+    let r = app.get("/admin/deployments", Some(ADMIN_TOKEN)).await;
+    assert_eq!(r.body["deployments"], json!([]), "nothing was stored");
+    assert_eq!(
+        app.get("/admin/deployments", None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Zero replicas: stored, nothing launched.
+    let r = app
+        .post(
+            "/admin/deployments",
+            Some(ADMIN_TOKEN),
+            &deployment("idle", 0),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let again = app
+        .post(
+            "/admin/deployments",
+            Some(ADMIN_TOKEN),
+            &deployment("idle", 0),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert_eq!(again.error_code(), "deployment_exists");
+    let mut renamed = deployment("other", 0);
+    renamed["name"] = json!("other");
+    let r = put(&app, "/admin/deployments/idle", &renamed).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.body["error"]["field"], "name");
+    let r = app
+        .post(
+            "/admin/deployments/idle/scale",
+            Some(ADMIN_TOKEN),
+            &json!({"replicas": 1000}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = app
+        .post(
+            "/admin/deployments/nope/scale",
+            Some(ADMIN_TOKEN),
+            &json!({"replicas": 1}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = app
+        .post(
+            "/admin/deployments/idle/rollback",
+            Some(ADMIN_TOKEN),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.error_code(), "no_previous_revision");
+    let d = wait_for(&app, "idle", "serving with none", |d| {
+        d["status"] == "serving"
+    })
+    .await;
+    assert_eq!(d["replicas"]["desired"], 0);
+    assert_eq!(d["nodes"], json!([]));
+    let r = app
+        .get("/admin/actions?state=sleeping", Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = app
+        .post(
+            "/admin/actions/act-000000000000000000000000/approve",
+            Some(ADMIN_TOKEN),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.error_code(), "action_not_found");
+}
+
+on_both_backends!(
+    a_deployment_is_launched_healed_scaled_and_deleted,
+    a_rolling_update_under_load_fails_no_request,
+    bad_requests_change_nothing,
+);
