@@ -49,7 +49,26 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             )
         })
         .collect();
+    let deployments = state.deployments.reconciler.gauges();
+    let desired = deployments
+        .iter()
+        .map(|(name, g)| (vec![("deployment", name.clone())], g.desired as f64))
+        .collect();
+    let ready = deployments
+        .iter()
+        .map(|(name, g)| (vec![("deployment", name.clone())], g.ready as f64))
+        .collect();
     let text = state.metrics.render(&[
+        Gauge {
+            name: "skylaunch_deployment_replicas_desired",
+            help: "Replicas each deployment wants (0 once deleted).",
+            series: desired,
+        },
+        Gauge {
+            name: "skylaunch_deployment_replicas_ready",
+            help: "Ready replicas of each deployment, as of the reconciler's last pass.",
+            series: ready,
+        },
         Gauge {
             name: "skylaunch_proxy_in_flight",
             help: "Requests in flight to each ready node's model server.",

@@ -30,7 +30,7 @@ use crate::launch::failure::ErrorCode;
 use crate::launch::job::JobStatus;
 use crate::launch::runner::JobRunner;
 use crate::launch::{operations, LaunchOpError};
-use crate::metrics::Metrics;
+use crate::metrics::{Counter, Histogram, Metrics};
 use crate::routing::RoutingTable;
 use crate::store::{Store, StoreError};
 
@@ -92,11 +92,17 @@ pub struct Reconciler {
     /// Stored specs by (uid, revision) (they never change).
     revisions: Mutex<HashMap<(String, i64), DeploymentRequest>>,
     gauges: Mutex<Vec<(String, DeploymentGauge)>>,
+    writes: Counter,
+    ticks: Histogram,
 }
 
 const ACTIONS: &str = "skylaunch_deployment_actions_total";
 const ACTIONS_HELP: &str =
     "Deployment actions by kind and outcome (started, completed, failed, cancelled, rejected).";
+const WRITES: &str = "skylaunch_reconciler_writes_total";
+const WRITES_HELP: &str = "Database writes the deployments' reconciler made (none while every deployment is converged).";
+const TICK: &str = "skylaunch_reconciler_tick_seconds";
+const TICK_HELP: &str = "Time one reconciler pass over every deployment took.";
 const REPLACE: &str = "skylaunch_deployment_replacement_seconds";
 const REPLACE_HELP: &str = "Seconds from a replica's failure, preemption notice or outdating (its action) to its replacement being ready, by drift.";
 
@@ -114,7 +120,6 @@ impl Reconciler {
             fleet,
             runner,
             table,
-            metrics,
             settings,
             owner: uuid::Uuid::new_v4().simple().to_string(),
             wake: Notify::new(),
@@ -123,6 +128,9 @@ impl Reconciler {
             finished_jobs: Mutex::default(),
             revisions: Mutex::default(),
             gauges: Mutex::default(),
+            writes: metrics.counter(WRITES, WRITES_HELP, &[]),
+            ticks: metrics.histogram(TICK, TICK_HELP, &[]),
+            metrics,
         })
     }
 
@@ -139,7 +147,10 @@ impl Reconciler {
     /// Runs ticks until `stop` turns true.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         loop {
-            if let Err(e) = self.tick().await {
+            let started = std::time::Instant::now();
+            let ticked = self.tick().await;
+            self.ticks.observe(started.elapsed().as_secs_f64());
+            if let Err(e) = ticked {
                 tracing::warn!(error = %e, "reconciling deployments failed; trying again at the next tick");
             }
             tokio::select! {
@@ -234,7 +245,7 @@ impl Reconciler {
                 .iter()
                 .any(|a| a.state == ActionState::Running && a.kind.launches());
             if !launching {
-                self.store.remove_deployment(&d).await?;
+                self.store_write().remove_deployment(&d).await?;
                 tracing::info!(deployment = %d.name, "deployment deleted: every replica is terminated");
                 return Ok(DeploymentGauge::default());
             }
@@ -260,7 +271,7 @@ impl Reconciler {
                 "drift_resolved_auto"
             };
             if self
-                .store
+                .store_write()
                 .set_action_state(&a.id, a.state, ActionState::Cancelled, Some(reason), now)
                 .await?
             {
@@ -321,7 +332,7 @@ impl Reconciler {
             created_at: now,
             updated_at: now,
         };
-        if self.store.insert_action(&action).await? {
+        if self.store_write().insert_action(&action).await? {
             tracing::info!(deployment = %d.name, action = %action.id, kind = action.kind.as_str(), drift = action.drift.as_str(), state = state.as_str(), reason = %p.reason, "action planned");
             return Ok(Some(state));
         }
@@ -341,7 +352,7 @@ impl Reconciler {
             ActionKind::DrainReplica | ActionKind::TerminateReplica => {
                 let lease_until = now + self.settings.action_lease.as_millis() as i64;
                 if !self
-                    .store
+                    .store_write()
                     .claim_action(&p.id, &self.owner, lease_until, now)
                     .await?
                 {
@@ -368,7 +379,7 @@ impl Reconciler {
                     }
                     Err(e) => (ActionState::Failed, Some(e.to_string())),
                 };
-                self.store
+                self.store_write()
                     .set_action_state(
                         &p.id,
                         ActionState::Running,
@@ -399,7 +410,7 @@ impl Reconciler {
             Err(e) => {
                 // The spec was valid when stored; a provider left this build, say.
                 let reason = format!("cannot launch: {e}");
-                self.store
+                self.store_write()
                     .set_action_state(
                         &p.id,
                         ActionState::Approved,
@@ -421,7 +432,7 @@ impl Reconciler {
         let (job, node) =
             operations::queue_in(&self.runner, &mut tx, prepared, None, Some(membership)).await?;
         if !self
-            .store
+            .store_write()
             .start_launch_action_in(&mut tx, &p.id, &node.id, &job.id, now)
             .await?
         {
@@ -453,7 +464,7 @@ impl Reconciler {
         if status == JobStatus::Succeeded {
             let took = (finished_at - a.created_at).max(0) as f64 / 1000.0;
             let reason = format!("replica ready {took:.1} s after the action was planned");
-            if self.store.complete_launch_action(a, &reason, now).await? {
+            if self.store_write().complete_launch_action(a, &reason, now).await? {
                 self.count(a.kind, "completed");
                 if a.kind == ActionKind::ReplaceReplica {
                     self.metrics.observe(
@@ -487,7 +498,7 @@ impl Reconciler {
         });
         let reason = format!("launch {job_id} failed: {why}");
         if !self
-            .store
+            .store_write()
             .fail_launch_action(a, &reason, backoff_until, now)
             .await?
         {
@@ -517,7 +528,7 @@ impl Reconciler {
             return Ok(true);
         }
         d.updated_at = now;
-        self.store.save_deployment_state(d).await?;
+        self.store_write().save_deployment_state(d).await?;
         Ok(true)
     }
 
@@ -651,10 +662,17 @@ impl Reconciler {
         changed.reason = plan.reason.clone();
         changed.unsatisfiable_until = until;
         changed.updated_at = now;
-        if self.store.save_deployment_state(&changed).await? && plan.status != d.status {
+        if self.store_write().save_deployment_state(&changed).await? && plan.status != d.status {
             tracing::info!(deployment = %d.name, from = d.status.as_str(), to = plan.status.as_str(), reason = plan.reason.as_deref().unwrap_or(""), "deployment status changed");
         }
         Ok(())
+    }
+
+    /// The store, for a write: every write the reconciler makes is counted, so a benchmark can
+    /// check that a converged deployment costs none.
+    fn store_write(&self) -> &Store {
+        self.writes.inc();
+        &self.store
     }
 
     fn count(&self, kind: ActionKind, outcome: &str) {
