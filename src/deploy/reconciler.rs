@@ -100,7 +100,8 @@ const ACTIONS: &str = "skylaunch_deployment_actions_total";
 const ACTIONS_HELP: &str =
     "Deployment actions by kind and outcome (started, completed, failed, cancelled, rejected).";
 const WRITES: &str = "skylaunch_reconciler_writes_total";
-const WRITES_HELP: &str = "Database writes the deployments' reconciler made (none while every deployment is converged).";
+const WRITES_HELP: &str =
+    "Database writes the deployments' reconciler made (none while every deployment is converged).";
 const TICK: &str = "skylaunch_reconciler_tick_seconds";
 const TICK_HELP: &str = "Time one reconciler pass over every deployment took.";
 const REPLACE: &str = "skylaunch_deployment_replacement_seconds";
@@ -464,7 +465,11 @@ impl Reconciler {
         if status == JobStatus::Succeeded {
             let took = (finished_at - a.created_at).max(0) as f64 / 1000.0;
             let reason = format!("replica ready {took:.1} s after the action was planned");
-            if self.store_write().complete_launch_action(a, &reason, now).await? {
+            if self
+                .store_write()
+                .complete_launch_action(a, &reason, now)
+                .await?
+            {
                 self.count(a.kind, "completed");
                 if a.kind == ActionKind::ReplaceReplica {
                     self.metrics.observe(

@@ -26,6 +26,12 @@ FAKE_SKY_DOWN_FAILS=1 (every `sky down` of an existing cluster fails the way Sky
 failed teardown: the failure lines on stdout, exit 0, the cluster and its "VM" left as they
 were; a file named `down-fails` in FAKE_SKY_STATE does the same while it exists, so a test can
 turn it on and off), FAKE_SKY_SKYLAUNCH_BIN and FAKE_SKY_AGENT_BIN (for the "VM").
+A task that asks for spot only (no on-demand candidate) replays FAKE_SKY_SPOT_TRANSCRIPT instead
+when set, or the transcript a file named `spot-transcript` in FAKE_SKY_STATE names while it
+exists (so a test can make spot capacity vanish and come back). The "VM" reports itself as spot
+when the task's first candidate is spot (and, while such a spot transcript is set, only for a
+spot-only task: a task with an on-demand fallback then gets on-demand). FAKE_SKY_IMDS_URL is the metadata service the VM's agent
+polls for spot interruption notices (default: a closed port).
 
 The wordings are SkyPilot 0.14.1's; file:line references are inside the installed `sky` package.
 """
@@ -65,6 +71,39 @@ def transcript(path):
             elif section is not None:
                 section.append(line.replace("^[[", "\x1b["))
     return code, out, err
+
+
+def spot_only(task):
+    resources = task.get("resources") or {}
+    ordered = resources.get("ordered")
+    if ordered:
+        return all(c.get("use_spot") for c in ordered)
+    return bool(resources.get("use_spot"))
+
+
+def spot_transcript():
+    """The transcript of a spot-only launch while spot capacity is gone, if a test set one."""
+    override = os.path.join(STATE, "spot-transcript")
+    if os.path.exists(override):
+        with open(override) as f:
+            return f.read().strip()
+    return os.environ.get("FAKE_SKY_SPOT_TRANSCRIPT")
+
+
+def transcript_for(task):
+    """The transcript this task's launch replays (see the module doc)."""
+    if spot_only(task) and spot_transcript():
+        return transcript(spot_transcript())
+    return transcript(os.environ["FAKE_SKY_TRANSCRIPT"])
+
+
+def vm_is_spot(task):
+    """Whether the launched VM is a spot instance: its first candidate's market, unless spot
+    capacity is gone (a test set a spot transcript) and an on-demand candidate got the VM."""
+    resources = task.get("resources") or {}
+    ordered = resources.get("ordered")
+    first = bool(ordered[0].get("use_spot")) if ordered else bool(resources.get("use_spot"))
+    return first and (spot_only(task) or not spot_transcript())
 
 
 def usage_error(option):
@@ -129,8 +168,9 @@ def start_vm(task, cluster):
         "SKYLAUNCH_ZONE": "us-east-1a",
         "SKYLAUNCH_INSTANCE_TYPE": "g6.xlarge",
         "SKYLAUNCH_GPU_TYPE": "L4",
-        "SKYLAUNCH_SPOT_INSTANCE": "true",
-        "SKYLAUNCH_IMDS_URL": "http://127.0.0.1:9",
+        "SKYLAUNCH_SPOT_INSTANCE": "true" if vm_is_spot(task) else "false",
+        "SKYLAUNCH_IMDS_URL": os.environ.get("FAKE_SKY_IMDS_URL", "http://127.0.0.1:9"),
+        "SKYLAUNCH_SPOT_POLL_INTERVAL": os.environ.get("FAKE_SKY_SPOT_POLL_INTERVAL", "5s"),
         "SKYLAUNCH_NVIDIA_SMI": "/nonexistent/nvidia-smi",
     }
     # The "VM's disk": the agent's output, its own copy of the token and the task's envs, so
@@ -163,7 +203,9 @@ def launch(args):
         else:
             task_path = a
         i += 1
-    code, out, err = transcript(os.environ["FAKE_SKY_TRANSCRIPT"])
+    with open(task_path) as f:
+        task = yaml.safe_load(f)
+    code, out, err = transcript_for(task)
     delay = float(os.environ.get("FAKE_SKY_DELAY_S", "0.01"))
     if os.environ.get("FAKE_SKY_HANG") == "1":
         for line in out:
@@ -173,8 +215,6 @@ def launch(args):
             time.sleep(3600)
     # The client uploads the task with the request (the API server keeps its own copy), then
     # follows the request's output until it ends.
-    with open(task_path) as f:
-        task = yaml.safe_load(f)
     request = os.path.join(STATE, f"request-{cluster}-{time.time_ns()}")
     with open(request + ".task.json", "w", opener=lambda p, fl: os.open(p, fl, 0o600)) as f:
         json.dump(task, f)
@@ -218,11 +258,11 @@ def finish_request(request, code, err):
 def run_request(cluster, request):
     """The launch as SkyPilot's API server runs it: on its own, whatever happens to the client.
     `sky down` cancels it with SIGTERM, as SkyPilot kills a cluster's other requests."""
-    code, out, err = transcript(os.environ["FAKE_SKY_TRANSCRIPT"])
-    delay = float(os.environ.get("FAKE_SKY_DELAY_S", "0.01"))
     with open(request + ".task.json") as f:
         task = json.load(f)
     os.remove(request + ".task.json")
+    code, out, err = transcript_for(task)
+    delay = float(os.environ.get("FAKE_SKY_DELAY_S", "0.01"))
 
     starting_vm = False
 

@@ -1,0 +1,445 @@
+//! Deployments whose replicas launch through the SkyPilot provider and the stand-in `sky`
+//! (tests/fake-sky), which replays recorded SkyPilot output and plays each VM with the real
+//! agent and echo model server: spot interruption notices (the agent's metadata service is a
+//! local stand-in that starts answering with a notice), spot capacity that vanishes (a
+//! capacity transcript) and comes back, and the approval of a guarded on-demand fallback.
+
+mod common;
+mod standins;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Backend, Reply, TestApp, ADMIN_TOKEN};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use standins::{fake_sky, fixture, FakeSky};
+
+const SPOT_CAPACITY: &str = "spot-capacity-aws-l4-all-zones.txt";
+
+async fn app_with_sky(sky: &FakeSky, backoff: Duration) -> Option<TestApp> {
+    let db = common::TestDb::new(Backend::Sqlite).await?;
+    let mut config = common::test_config(&db);
+    config.allow_loopback_endpoints = true;
+    config.sky_bin = sky.bin.display().to_string();
+    config.registration_timeout = Duration::from_secs(20);
+    config.job_lease = Duration::from_secs(3);
+    config.reconcile_interval = Duration::from_millis(200);
+    config.replica_unhealthy_grace = Duration::from_secs(1);
+    config.replica_drain_timeout = Duration::from_secs(10);
+    config.deployment_backoff = backoff;
+    Some(TestApp::start(db, config).await)
+}
+
+macro_rules! setup {
+    ($backoff:expr $(, $k:expr => $v:expr)*) => {{
+        let Some(python) = common::sky_python() else { return };
+        let sky = fake_sky(&python, "success-aws-l4-spot.txt", &[$(($k, $v)),*]);
+        let Some(app) = app_with_sky(&sky, $backoff).await else { return };
+        (sky, app)
+    }};
+}
+
+fn spot_deployment(name: &str, replicas: u32) -> Value {
+    json!({"name": name, "model": "meta-llama/Llama-3.1-8B-Instruct", "provider": "skypilot",
+           "gpu": "L4", "regions": ["us-east-1"], "replicas": replicas,
+           "spot": {"use_spot": true}})
+}
+
+async fn create(app: &TestApp, body: &Value) {
+    let r = app
+        .post("/admin/deployments", Some(ADMIN_TOKEN), body)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+}
+
+async fn get_deployment(app: &TestApp, name: &str) -> Reply {
+    app.get(&format!("/admin/deployments/{name}"), Some(ADMIN_TOKEN))
+        .await
+}
+
+/// Polls (up to about 90 s) until `done` holds for the deployment; returns it.
+async fn wait_for(app: &TestApp, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..900 {
+        let r = get_deployment(app, name).await;
+        last = r.body;
+        if r.status == StatusCode::OK && done(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("deployment {name} never got {what}; last seen: {last:#}");
+}
+
+async fn actions(app: &TestApp, name: &str) -> Vec<Value> {
+    let r = app
+        .get(
+            &format!("/admin/deployments/{name}/actions"),
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    r.body["actions"].as_array().unwrap().clone()
+}
+
+async fn wait_actions(
+    app: &TestApp,
+    name: &str,
+    what: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let mut last = Vec::new();
+    for _ in 0..900 {
+        last = actions(app, name).await;
+        if done(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the actions of {name} never showed {what}: {last:#?}");
+}
+
+fn serving(d: &Value, replicas: i64) -> bool {
+    d["status"] == "serving"
+        && d["replicas"]["ready"] == replicas
+        && d["nodes"].as_array().unwrap().len() == replicas as usize
+}
+
+fn launches(sky: &FakeSky) -> usize {
+    sky.calls()
+        .iter()
+        .filter(|c| c.get(1).map(String::as_str) == Some("launch"))
+        .count()
+}
+
+/// A stand-in for AWS's instance metadata service (IMDSv2) on loopback: tokens for anyone; the
+/// spot `instance-action` is 404 until the test arms a notice, which then goes to the first agent
+/// that polls (each agent stops polling once it has one), so exactly one replica is preempted.
+struct Imds {
+    url: String,
+    armed: Arc<AtomicBool>,
+    served: Arc<AtomicUsize>,
+}
+
+async fn imds() -> Imds {
+    use axum::routing::{get, put};
+    let armed = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let (a, s) = (armed.clone(), served.clone());
+    let router = axum::Router::new()
+        .route("/latest/api/token", put(|| async { "stand-in-imds-token" }))
+        .route(
+            "/latest/meta-data/spot/instance-action",
+            get(move || {
+                let (armed, served) = (a.clone(), s.clone());
+                async move {
+                    if armed.swap(false, Ordering::SeqCst) {
+                        served.fetch_add(1, Ordering::SeqCst);
+                        (
+                            StatusCode::OK,
+                            r#"{"action": "terminate", "time": "2026-12-06T20:00:00Z"}"#
+                                .to_string(),
+                        )
+                    } else {
+                        (StatusCode::NOT_FOUND, "Not Found".to_string())
+                    }
+                }
+            }),
+        )
+        .fallback(|| async { (StatusCode::NOT_FOUND, "Not Found") });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    Imds { url, armed, served }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spot_notice_gets_its_replacement_launched_while_the_node_drains_and_no_request_fails() {
+    let Some(python) = common::sky_python() else {
+        return;
+    };
+    let metadata = imds().await;
+    let sky = fake_sky(
+        &python,
+        "success-aws-l4-spot.txt",
+        &[
+            ("FAKE_SKY_IMDS_URL", metadata.url.as_str()),
+            ("FAKE_SKY_SPOT_POLL_INTERVAL", "200ms"),
+        ],
+    );
+    let Some(app) = app_with_sky(&sky, Duration::from_secs(1)).await else {
+        return;
+    };
+    create(&app, &spot_deployment("spotty", 2)).await;
+    let before = wait_for(&app, "spotty", "2 ready replicas", |d| serving(d, 2)).await;
+    assert!(before["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|n| n["market"] == "spot"));
+    // Continuous load while one replica is preempted.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        let (client, url) = (app.client.clone(), app.url("/v1/chat/completions"));
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let r = client
+                    .post(&url)
+                    .json(&json!({"model": "meta-llama/Llama-3.1-8B-Instruct", "messages": [{"role": "user", "content": "x"}]}))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == StatusCode::OK => ok.fetch_add(1, Ordering::SeqCst),
+                    _ => failed.fetch_add(1, Ordering::SeqCst),
+                };
+            }
+        })
+    };
+    metadata.armed.store(true, Ordering::SeqCst);
+    let replaced = wait_actions(&app, "spotty", "a completed spot replacement", |all| {
+        all.iter().any(|a| {
+            a["kind"] == "replace_replica"
+                && a["drift"] == "spot_interruption"
+                && a["state"] == "completed"
+        })
+    })
+    .await;
+    assert_eq!(metadata.served.load(Ordering::SeqCst), 1);
+    let replace = replaced
+        .iter()
+        .find(|a| a["drift"] == "spot_interruption" && a["kind"] == "replace_replica")
+        .unwrap();
+    let doomed = replace["node_id"].as_str().unwrap().to_string();
+    // The replacement was launched while the doomed node was still there (draining), not
+    // after it was gone.
+    wait_for(&app, "spotty", "the doomed node retired", |d| {
+        serving(d, 2)
+            && d["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["node_id"] != doomed)
+    })
+    .await;
+    let node = app.wait_for_status(&doomed, "terminated").await;
+    let reasons: Vec<String> = node["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| format!("{} {}", e["to_status"], e["reason"]))
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("draining") && r.contains("spot interruption notice")),
+        "{reasons:#?}"
+    );
+    let job = app
+        .get(
+            &format!(
+                "/admin/launch-jobs/{}",
+                replace["launch_job_id"].as_str().unwrap()
+            ),
+            Some(ADMIN_TOKEN),
+        )
+        .await
+        .body;
+    let terminated_event = node["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["to_status"] == "terminated")
+        .expect("a terminated event")
+        .clone();
+    let ms = |v: &Value| skylaunch::clock::parse_rfc3339(v.as_str().unwrap()).unwrap();
+    assert!(
+        ms(&job["created_at"]) < ms(&terminated_event["at"]),
+        "the replacement's launch ({}) started before the node was gone ({})",
+        job["created_at"],
+        terminated_event["at"]
+    );
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    assert!(ok.load(Ordering::SeqCst) > 0);
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "no request failed meanwhile"
+    );
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(
+            "skylaunch_deployment_replacement_seconds_count{drift=\"spot_interruption\"} 1"
+        ),
+        "{metrics}"
+    );
+    drop(sky);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_spot_capacity_backs_off_with_a_bounded_number_of_launches_until_retry_now() {
+    let (sky, app) = setup!(Duration::from_secs(2));
+    std::fs::write(
+        sky.state.path().join("spot-transcript"),
+        fixture(SPOT_CAPACITY).display().to_string(),
+    )
+    .unwrap();
+    create(&app, &spot_deployment("scarce", 1)).await;
+    let d = wait_for(&app, "scarce", "unsatisfiable", |d| {
+        d["status"] == "unsatisfiable"
+    })
+    .await;
+    let reason = d["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("spot") && reason.contains("retry"),
+        "{reason}"
+    );
+    assert!(d["unsatisfiable_until"].is_string(), "{d:#}");
+    // Over the next 6 s, a 2 s back-off that doubles allows at most two more attempts.
+    let at_first = launches(&sky);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let more = launches(&sky) - at_first;
+    assert!(
+        more <= 2,
+        "{more} launches in 6 s: the back-off must hold them"
+    );
+    let failed = actions(&app, "scarce").await;
+    assert!(
+        failed
+            .iter()
+            .all(|a| a["state"] == "failed" && a["reason"].as_str().unwrap().contains("capacity")),
+        "{failed:#?}"
+    );
+    // Capacity is back; "retry now" tries at once, whatever the back-off.
+    std::fs::remove_file(sky.state.path().join("spot-transcript")).unwrap();
+    let r = app
+        .post(
+            "/admin/deployments/scarce/retry",
+            Some(ADMIN_TOKEN),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_ne!(r.body["status"], "unsatisfiable");
+    let d = wait_for(&app, "scarce", "serving after retry", |d| serving(d, 1)).await;
+    assert_eq!(d["reason"], Value::Null);
+    assert_eq!(d["unsatisfiable_until"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_on_demand_fallback_waits_for_approval_and_is_cancelled_when_spot_returns() {
+    let (sky, app) = setup!(Duration::from_secs(1));
+    let capacity_gone = sky.state.path().join("spot-transcript");
+    std::fs::write(&capacity_gone, fixture(SPOT_CAPACITY).display().to_string()).unwrap();
+    let mut body = spot_deployment("frugal", 1);
+    body["spot"]["fallback"] = json!("on_demand");
+    body["approval"] = json!({"guarded": ["on_demand_fallback"]});
+    create(&app, &body).await;
+    let pending = wait_actions(&app, "frugal", "a pending on-demand fallback", |all| {
+        all.iter().any(|a| a["state"] == "pending")
+    })
+    .await;
+    let fallback = pending
+        .iter()
+        .find(|a| a["state"] == "pending")
+        .unwrap()
+        .clone();
+    assert_eq!(fallback["kind"], "launch_replica");
+    assert_eq!(fallback["risk"], "guarded");
+    assert_eq!(fallback["market"], "on_demand");
+    assert!(fallback["reason"]
+        .as_str()
+        .unwrap()
+        .contains("waits for approval"));
+    let listed = app
+        .get("/admin/actions?state=pending", Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(listed.body["actions"][0]["id"], fallback["id"]);
+    assert_eq!(
+        get_deployment(&app, "frugal").await.body["pending_actions"],
+        1
+    );
+    // Approved: it runs at once, back-off or not, and the replica is on-demand.
+    let id = fallback["id"].as_str().unwrap();
+    let r = app
+        .post(
+            &format!("/admin/actions/{id}/approve"),
+            Some(ADMIN_TOKEN),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["state"], "approved");
+    let again = app
+        .post(
+            &format!("/admin/actions/{id}/approve"),
+            Some(ADMIN_TOKEN),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert_eq!(again.error_code(), "action_not_pending");
+    let d = wait_for(&app, "frugal", "serving on on-demand", |d| {
+        d["replicas"]["ready"].as_i64() >= Some(1)
+            && d["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["market"] == "on_demand" && n["status"] == "ready")
+    })
+    .await;
+    assert!(d["hourly_usd"].as_f64().unwrap() > 0.0);
+
+    // A second replica: its spot launch fails too, and its fallback waits. Then spot capacity
+    // returns: the spot retry fills the slot and the pending fallback is cancelled by itself.
+    let r = app
+        .post(
+            "/admin/deployments/frugal/scale",
+            Some(ADMIN_TOKEN),
+            &json!({"replicas": 2}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let second = wait_actions(&app, "frugal", "a second pending fallback", |all| {
+        all.iter()
+            .any(|a| a["state"] == "pending" && a["slot"] == 1)
+    })
+    .await;
+    let second = second
+        .iter()
+        .find(|a| a["state"] == "pending")
+        .unwrap()
+        .clone();
+    std::fs::remove_file(&capacity_gone).unwrap();
+    let all = wait_actions(&app, "frugal", "the fallback cancelled by itself", |all| {
+        all.iter()
+            .any(|a| a["id"] == second["id"] && a["state"] == "cancelled")
+    })
+    .await;
+    let cancelled = all.iter().find(|a| a["id"] == second["id"]).unwrap();
+    assert_eq!(cancelled["reason"], "drift_resolved_auto");
+    let d = wait_for(&app, "frugal", "2 ready", |d| serving(d, 2)).await;
+    let markets: Vec<&str> = d["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["market"].as_str().unwrap())
+        .collect();
+    assert!(
+        markets.contains(&"spot") && markets.contains(&"on_demand"),
+        "{markets:?}"
+    );
+    // A rejected action stays rejected; rejecting again is a conflict.
+    let r = app
+        .post(
+            &format!("/admin/actions/{}/reject", second["id"].as_str().unwrap()),
+            Some(ADMIN_TOKEN),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+}
