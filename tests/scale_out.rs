@@ -930,3 +930,143 @@ async fn a_runner_cut_off_past_its_lease_stops_at_its_next_write_without_tearing
     b_task.await.unwrap();
     b.hand_back().await;
 }
+
+/// Two processes reconcile one deployment on PostgreSQL: they launch each replica once
+/// (deterministic action ids, launches queued in the transaction that starts their action). One
+/// is SIGKILLed during a rolling update; the other finishes it with no duplicate or lost replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_reconcile_a_deployment_once_and_one_killed_mid_rollout_loses_nothing() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let settings = [
+        ("SKYLAUNCH_RECONCILE_INTERVAL", "100ms"),
+        ("SKYLAUNCH_REPLICA_UNHEALTHY_GRACE", "2s"),
+        ("SKYLAUNCH_REPLICA_DRAIN_TIMEOUT", "10s"),
+        ("SKYLAUNCH_OFFLINE_AFTER", "6s"),
+    ];
+    let mut a = Serve::start(&db, &settings).await;
+    let b = Serve::start(&db, &settings).await;
+    let spec = json!({"name": "twin", "model": "echo/twin", "provider": "local", "replicas": 2});
+    let (status, body) = a
+        .call(reqwest::Method::POST, "/admin/deployments", Some(&spec))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let serving = |d: &Value, revision: i64| {
+        d["status"] == "serving"
+            && d["nodes"].as_array().is_some_and(|n| {
+                n.len() == 2
+                    && n.iter()
+                        .all(|n| n["revision"] == revision && n["status"] == "ready")
+            })
+    };
+    within(
+        Duration::from_secs(90),
+        "2 replicas ready, seen on B",
+        || async {
+            let (_, d) = b
+                .call(reqwest::Method::GET, "/admin/deployments/twin", None)
+                .await;
+            serving(&d, 1)
+        },
+    )
+    .await;
+    let replicas = |revision: i64| {
+        let b = &b;
+        async move {
+            let (_, nodes) = b.call(reqwest::Method::GET, "/admin/nodes", None).await;
+            nodes["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["deployment"] == "twin" && n["deployment_revision"] == revision)
+                .cloned()
+                .collect::<Vec<Value>>()
+        }
+    };
+    assert_eq!(
+        replicas(1).await.len(),
+        2,
+        "each replica launched once by the two processes"
+    );
+
+    // A rolling update; A dies (kill -9) once it is under way.
+    let mut next = spec.clone();
+    next["envs"] = json!({"MODEL_REVISION": "2"});
+    let (status, body) = a
+        .call(reqwest::Method::PUT, "/admin/deployments/twin", Some(&next))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    within(
+        Duration::from_secs(30),
+        "the rollout's first launch",
+        || async { !replicas(2).await.is_empty() },
+    )
+    .await;
+    a.sigkill().await;
+    within(
+        Duration::from_secs(120),
+        "B finishes the rollout",
+        || async {
+            let (_, d) = b
+                .call(reqwest::Method::GET, "/admin/deployments/twin", None)
+                .await;
+            serving(&d, 2)
+        },
+    )
+    .await;
+    let new = replicas(2).await;
+    assert_eq!(
+        new.len(),
+        2,
+        "no duplicate and no lost replica: {new:#?}\n--- A ---\n{}\n--- B ---\n{}",
+        a.output(),
+        b.output()
+    );
+    for old in replicas(1).await {
+        within(
+            Duration::from_secs(30),
+            "the old replicas terminated",
+            || async {
+                let (_, n) = b
+                    .call(
+                        reqwest::Method::GET,
+                        &format!("/admin/nodes/{}", old["id"].as_str().unwrap()),
+                        None,
+                    )
+                    .await;
+                n["status"] == "terminated"
+            },
+        )
+        .await;
+    }
+    let (_, actions) = b
+        .call(
+            reqwest::Method::GET,
+            "/admin/deployments/twin/actions",
+            None,
+        )
+        .await;
+    let launches = actions["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["kind"] == "launch_replica" || a["kind"] == "replace_replica")
+        .count();
+    assert_eq!(launches, 4, "two launches, two replacements: {actions:#}");
+    // Cleanup: delete, and wait until nothing is left running.
+    let (status, _) = b
+        .call(reqwest::Method::DELETE, "/admin/deployments/twin", None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    within(Duration::from_secs(60), "the deployment gone", || async {
+        b.call(reqwest::Method::GET, "/admin/deployments/twin", None)
+            .await
+            .0
+            == StatusCode::NOT_FOUND
+    })
+    .await;
+    for node in replicas(2).await {
+        assert!(agents_of(node["id"].as_str().unwrap()).is_empty());
+    }
+}
