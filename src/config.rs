@@ -168,6 +168,10 @@ pub struct ServeConfig {
     #[arg(long, env = "SKYLAUNCH_REPLICA_DRAIN_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
     pub replica_drain_timeout: Duration,
 
+    /// Least time between two tries to move a deployment's on-demand fallback replica back to spot (the on-demand one serves until the spot one is ready).
+    #[arg(long, env = "SKYLAUNCH_SPOT_SWAP_BACK_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    pub spot_swap_back_interval: Duration,
+
     /// First wait after a deployment's replica could not be placed (capacity, quota); each further failure in a row doubles it, up to 30 minutes.
     #[arg(long, env = "SKYLAUNCH_DEPLOYMENT_BACKOFF", default_value = "30s", value_parser = parse_duration)]
     pub deployment_backoff: Duration,
@@ -343,6 +347,7 @@ impl ServeConfig {
             unhealthy_grace: self.replica_unhealthy_grace,
             drain_timeout: self.replica_drain_timeout,
             backoff: self.deployment_backoff,
+            spot_swap_back_every: self.spot_swap_back_interval,
             ..crate::deploy::ReconcilerSettings::default()
         }
     }

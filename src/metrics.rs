@@ -175,7 +175,13 @@ impl Metrics {
         self.add(name, help, labels, 1);
     }
 
-    fn add(&self, name: &'static str, help: &'static str, labels: &[(&'static str, &str)], n: u64) {
+    pub fn add(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+        n: u64,
+    ) {
         with_series(&self.counters, name, help, labels, |c| {
             c.fetch_add(n, Ordering::Relaxed)
         });

@@ -29,6 +29,7 @@ async fn app_with_sky(sky: &FakeSky, backoff: Duration) -> Option<TestApp> {
     config.replica_unhealthy_grace = Duration::from_secs(1);
     config.replica_drain_timeout = Duration::from_secs(10);
     config.deployment_backoff = backoff;
+    config.spot_swap_back_interval = Duration::from_secs(2);
     Some(TestApp::start(db, config).await)
 }
 
@@ -214,6 +215,13 @@ async fn a_spot_notice_gets_its_replacement_launched_while_the_node_drains_and_n
         .find(|a| a["drift"] == "spot_interruption" && a["kind"] == "replace_replica")
         .unwrap();
     let doomed = replace["node_id"].as_str().unwrap().to_string();
+    assert!(
+        replace["reason"]
+            .as_str()
+            .unwrap()
+            .contains("0 requests for the model failed meanwhile"),
+        "{replace:#}"
+    );
     // The replacement was launched while the doomed node was still there (draining), not
     // after it was gone.
     wait_for(&app, "spotty", "the doomed node retired", |d| {
@@ -422,18 +430,38 @@ async fn a_guarded_on_demand_fallback_waits_for_approval_and_is_cancelled_when_s
     .await;
     let cancelled = all.iter().find(|a| a["id"] == second["id"]).unwrap();
     assert_eq!(cancelled["reason"], "drift_resolved_auto");
-    let d = wait_for(&app, "frugal", "2 ready", |d| serving(d, 2)).await;
-    let markets: Vec<&str> = d["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["market"].as_str().unwrap())
-        .collect();
+    wait_for(&app, "frugal", "2 ready", |d| serving(d, 2)).await;
+    // Spot is back: the on-demand stand-in of slot 0 is swapped back to spot, and it serves
+    // until its spot replacement is ready, so the ready count never drops.
+    let mut last = Value::Null;
+    for _ in 0..900 {
+        last = get_deployment(&app, "frugal").await.body;
+        assert!(
+            last["replicas"]["ready"].as_i64() >= Some(2),
+            "ready dropped: {last:#}"
+        );
+        let nodes = last["nodes"].as_array().unwrap();
+        if serving(&last, 2) && nodes.iter().all(|n| n["market"] == "spot") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
-        markets.contains(&"spot") && markets.contains(&"on_demand"),
-        "{markets:?}"
+        last["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["market"] == "spot"),
+        "{last:#}"
     );
-    // A rejected action stays rejected; rejecting again is a conflict.
+    let swapped = actions(&app, "frugal").await;
+    assert!(
+        swapped.iter().any(|a| a["kind"] == "replace_replica"
+            && a["state"] == "completed"
+            && a["reason"].as_str().unwrap().contains("spot")),
+        "{swapped:#?}"
+    );
+    // A cancelled action cannot be rejected any more.
     let r = app
         .post(
             &format!("/admin/actions/{}/reject", second["id"].as_str().unwrap()),

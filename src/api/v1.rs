@@ -245,11 +245,15 @@ pub async fn forward_body(
             )
             .with("field", "model")
         })?;
-    state
-        .proxy
-        .forward(&model, path, headers, body)
-        .await
-        .map_err(|e| match e {
+    let forwarded = state.proxy.forward(&model, path, headers, body).await;
+    // Failed answers per model: what a deployment's replacement records as "failed meanwhile".
+    match &forwarded {
+        Ok(f) if f.status.is_server_error() => state.proxy.table.note_failed_answer(&model),
+        Err(ProxyError::NoHealthyNodes(none)) if none.by_status.is_empty() => {}
+        Err(_) => state.proxy.table.note_failed_answer(&model),
+        Ok(_) => {}
+    }
+    forwarded.map_err(|e| match e {
             // No live node has the model at all: what OpenAI and vLLM answer for an unknown
             // model, which clients do not retry (a 503 would make them retry in vain).
             ProxyError::NoHealthyNodes(none) if none.by_status.is_empty() => ApiError::new(

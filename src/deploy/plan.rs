@@ -69,6 +69,9 @@ pub struct Observation<'a> {
     /// The estimated hourly cost of its live replicas now.
     pub hourly_usd: f64,
     pub now: i64,
+    /// Whether an on-demand replica standing in a spot slot may be tried on spot again now
+    /// (the swap-back interval passed since the last try).
+    pub spot_trial_due: bool,
 }
 
 /// One action the plan asks for.
@@ -97,6 +100,15 @@ pub struct Plan {
     pub ready: usize,
     pub launching: usize,
     pub draining: usize,
+}
+
+/// How a spot swap-back's reason starts.
+pub const SWAP_BACK: &str = "spot swap-back";
+
+/// Whether an action is a spot swap-back: a replacement of a replica that is fine, only not on
+/// spot. Its failure does not count against the deployment (no back-off, no failed rollout).
+pub fn is_swap_back(kind: ActionKind, drift: Drift) -> bool {
+    kind == ActionKind::ReplaceReplica && drift == Drift::MissingReplica
 }
 
 fn is_capacity(code: ErrorCode) -> bool {
@@ -221,6 +233,8 @@ pub fn plan(o: &Observation<'_>) -> Plan {
     let mut ready_after = ready_total;
     let mut hourly = o.hourly_usd;
     let mut ready_current = 0usize;
+    // Each slot's ready replica, and whether anything else is in the slot.
+    let mut kept: Vec<(i64, &ReplicaState, bool)> = Vec::new();
     let mut outdated_left = false;
     let mut dead_seen = false;
 
@@ -246,7 +260,14 @@ pub fn plan(o: &Observation<'_>) -> Plan {
         if let Some(keep) = current.iter().find(|r| r.ready()).or(current.first()) {
             if keep.ready() {
                 ready_current += 1;
-                for r in current.iter().filter(|r| r.node_id != keep.node_id) {
+                kept.push((slot, *keep, current.len() + old.len() > 1));
+                // A newer replica still launching is the slot's next one (a spot swap-back):
+                // it takes over once ready. Any other is superseded.
+                for r in current
+                    .iter()
+                    .filter(|r| r.node_id != keep.node_id)
+                    .filter(|r| r.ready() || r.created_at <= keep.created_at)
+                {
                     ready_after -= i64::from(r.ready());
                     out.push(retire(
                         r,
@@ -410,6 +431,40 @@ pub fn plan(o: &Observation<'_>) -> Plan {
         }
     }
 
+    // Spot swap-back: when every slot is served and nothing else is under way, one on-demand
+    // replica standing in a spot slot (a fallback) is tried on spot again; it is retired only
+    // once the spot replica is ready, so ready replicas never drop.
+    let settled = ready_current as i64 == desired
+        && !outdated_left
+        && !dead_seen
+        && kept.iter().all(|(_, _, crowded)| !crowded)
+        && o.replicas
+            .iter()
+            .all(|r| !r.live() || r.slot >= desired || r.ready() || r.leaving());
+    if settled && o.spot_trial_due && launches_allowed {
+        let stand_in = kept.iter().find(|(slot, r, _)| {
+            d.spec.slot_market(*slot) == Market::Spot && r.market == Market::OnDemand
+        });
+        if let Some((slot, r, _)) = stand_in {
+            let incarnation = by_slot
+                .get(slot)
+                .map_or(0, |n| n.iter().filter(|r| r.revision == rev).count())
+                as i64;
+            let kind = ActionKind::ReplaceReplica;
+            out.push(Planned {
+                id: action_id(&d.uid, rev, Some(*slot), Drift::MissingReplica, kind, incarnation, Some(&r.node_id)),
+                kind,
+                drift: Drift::MissingReplica,
+                slot: Some(*slot),
+                node_id: Some(r.node_id.clone()),
+                market: Some(Market::Spot),
+                risk: if d.spec.is_guarded(kind.as_str()) { Risk::Guarded } else { Risk::Low },
+                reason: format!("{SWAP_BACK}: slot {slot} runs on an on-demand fallback; trying spot again (the on-demand replica stays until the spot one is ready)"),
+                blocked: false,
+            });
+        }
+    }
+
     let count = |f: &dyn Fn(&ReplicaState) -> bool| o.replicas.iter().filter(|r| f(r)).count();
     let ready = count(&|r| r.ready());
     let launching =
@@ -509,6 +564,7 @@ mod tests {
             replicas,
             hourly_usd: 0.0,
             now: 10,
+            spot_trial_due: false,
         })
     }
 
@@ -766,6 +822,58 @@ mod tests {
         ok.market = Market::Spot;
         let p3 = run(&d, &[failed, ok]);
         assert!(p3.actions.is_empty());
+    }
+
+    #[test]
+    fn an_on_demand_fallback_is_tried_on_spot_again_once_settled_and_due() {
+        let mut d = deployment(2);
+        d.spec.spot.use_spot = true;
+        d.spec.spot.fallback = Some("on_demand".into());
+        let mut od = replica("a", 0, NodeStatus::Ready);
+        od.market = Market::OnDemand;
+        let mut spot = replica("b", 1, NodeStatus::Ready);
+        spot.market = Market::Spot;
+        let due = |replicas: &[ReplicaState]| {
+            plan(&Observation {
+                deployment: &d,
+                replicas,
+                hourly_usd: 0.0,
+                now: 10,
+                spot_trial_due: true,
+            })
+        };
+        let p = due(&[od.clone(), spot.clone()]);
+        assert_eq!(
+            kinds(&p),
+            vec![(
+                ActionKind::ReplaceReplica,
+                Drift::MissingReplica,
+                Some("a".into())
+            )]
+        );
+        assert_eq!(p.actions[0].market, Some(Market::Spot));
+        assert!(is_swap_back(p.actions[0].kind, p.actions[0].drift));
+        assert!(
+            run(&d, &[od.clone(), spot.clone()]).actions.is_empty(),
+            "not due"
+        );
+        // The spot try is launching: nothing more. Ready: the on-demand one drains.
+        let mut trial = replica("c", 0, NodeStatus::Launching);
+        trial.market = Market::Spot;
+        trial.created_at = 5;
+        assert!(due(&[od.clone(), spot.clone(), trial.clone()])
+            .actions
+            .is_empty());
+        trial.status = NodeStatus::Ready;
+        let p = due(&[od, spot, trial]);
+        assert_eq!(
+            kinds(&p),
+            vec![(
+                ActionKind::DrainReplica,
+                Drift::ExcessReplica,
+                Some("a".into())
+            )]
+        );
     }
 
     #[test]

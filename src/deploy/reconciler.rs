@@ -53,6 +53,8 @@ pub struct ReconcilerSettings {
     pub backoff: Duration,
     /// How long a claim on a drain or terminate action lasts.
     pub action_lease: Duration,
+    /// Least time between two tries to move an on-demand fallback replica back to spot.
+    pub spot_swap_back_every: Duration,
 }
 
 impl Default for ReconcilerSettings {
@@ -63,6 +65,7 @@ impl Default for ReconcilerSettings {
             drain_timeout: Duration::from_secs(120),
             backoff: Duration::from_secs(30),
             action_lease: Duration::from_secs(15 * 60),
+            spot_swap_back_every: Duration::from_secs(10 * 60),
         }
     }
 }
@@ -92,6 +95,11 @@ pub struct Reconciler {
     /// Stored specs by (uid, revision) (they never change).
     revisions: Mutex<HashMap<(String, i64), DeploymentRequest>>,
     gauges: Mutex<Vec<(String, DeploymentGauge)>>,
+    /// For each replacement this process planned: the model's failed answers at that moment,
+    /// so its completion can say how many requests failed meanwhile.
+    failed_before: Mutex<HashMap<String, u64>>,
+    /// When this process last tried each deployment's on-demand fallback on spot again.
+    spot_trials: Mutex<HashMap<String, i64>>,
     writes: Counter,
     ticks: Histogram,
 }
@@ -104,6 +112,8 @@ const WRITES_HELP: &str =
     "Database writes the deployments' reconciler made (none while every deployment is converged).";
 const TICK: &str = "skylaunch_reconciler_tick_seconds";
 const TICK_HELP: &str = "Time one reconciler pass over every deployment took.";
+const FAILED_MEANWHILE: &str = "skylaunch_deployment_replacement_failed_requests_total";
+const FAILED_MEANWHILE_HELP: &str = "Requests for a deployment's model answered with a server error while one of its replicas was being replaced (counted by the process that planned the replacement), by drift.";
 const REPLACE: &str = "skylaunch_deployment_replacement_seconds";
 const REPLACE_HELP: &str = "Seconds from a replica's failure, preemption notice or outdating (its action) to its replacement being ready, by drift.";
 
@@ -129,6 +139,8 @@ impl Reconciler {
             finished_jobs: Mutex::default(),
             revisions: Mutex::default(),
             gauges: Mutex::default(),
+            failed_before: Mutex::default(),
+            spot_trials: Mutex::default(),
             writes: metrics.counter(WRITES, WRITES_HELP, &[]),
             ticks: metrics.histogram(TICK, TICK_HELP, &[]),
             metrics,
@@ -235,11 +247,18 @@ impl Reconciler {
         }
         let replicas = self.observe(&d, nodes, now).await?;
         let hourly = hourly_usd(&d.spec, &replicas);
+        let spot_trial_due = self
+            .spot_trials
+            .lock()
+            .expect("lock")
+            .get(&d.uid)
+            .is_none_or(|last| now - last >= self.settings.spot_swap_back_every.as_millis() as i64);
         let plan = plan::plan(&Observation {
             deployment: &d,
             replicas: &replicas,
             hourly_usd: hourly,
             now,
+            spot_trial_due,
         });
         if d.deleting && nodes.iter().all(|n| n.status == NodeStatus::Terminated) {
             let launching = actions
@@ -333,6 +352,18 @@ impl Reconciler {
             created_at: now,
             updated_at: now,
         };
+        if plan::is_swap_back(action.kind, action.drift) {
+            self.spot_trials
+                .lock()
+                .expect("lock")
+                .insert(d.uid.clone(), now);
+        }
+        if action.kind == ActionKind::ReplaceReplica {
+            self.failed_before
+                .lock()
+                .expect("lock")
+                .insert(action.id.clone(), self.table.failed_answers(&d.spec.model));
+        }
         if self.store_write().insert_action(&action).await? {
             tracing::info!(deployment = %d.name, action = %action.id, kind = action.kind.as_str(), drift = action.drift.as_str(), state = state.as_str(), reason = %p.reason, "action planned");
             return Ok(Some(state));
@@ -402,10 +433,10 @@ impl Reconciler {
         let market = p.market.unwrap_or(Market::OnDemand);
         let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
         let name = d.spec.node_name(d.revision, slot, suffix);
-        // A spot launch falls back to on-demand by itself unless that fallback waits for approval.
-        let request = d
-            .spec
-            .launch_request(&name, market, !d.spec.fallback_guarded());
+        // A spot launch falls back to on-demand by itself unless that fallback waits for
+        // approval, or the launch is a swap-back (spot or nothing).
+        let fallback = !d.spec.fallback_guarded() && !plan::is_swap_back(p.kind, p.drift);
+        let request = d.spec.launch_request(&name, market, fallback);
         let prepared = match operations::prepare(&self.runner, &request) {
             Ok(prepared) => prepared,
             Err(e) => {
@@ -464,7 +495,38 @@ impl Reconciler {
         };
         if status == JobStatus::Succeeded {
             let took = (finished_at - a.created_at).max(0) as f64 / 1000.0;
-            let reason = format!("replica ready {took:.1} s after the action was planned");
+            let failed = self
+                .failed_before
+                .lock()
+                .expect("lock")
+                .remove(&a.id)
+                .map(|before| {
+                    self.table
+                        .failed_answers(&d.spec.model)
+                        .saturating_sub(before)
+                });
+            let reason = match failed {
+                Some(n) => format!(
+                    "replica ready {took:.1} s after the action was planned; {n} requests for the model failed meanwhile (as this process saw them)"
+                ),
+                None => format!("replica ready {took:.1} s after the action was planned"),
+            };
+            let reason = if plan::is_swap_back(a.kind, a.drift) {
+                format!(
+                    "{}: {reason}; the on-demand replica it replaces is retired",
+                    plan::SWAP_BACK
+                )
+            } else {
+                reason
+            };
+            if let (Some(n), ActionKind::ReplaceReplica) = (failed, a.kind) {
+                self.metrics.add(
+                    FAILED_MEANWHILE,
+                    FAILED_MEANWHILE_HELP,
+                    &[("drift", a.drift.as_str())],
+                    n,
+                );
+            }
             if self
                 .store_write()
                 .complete_launch_action(a, &reason, now)
@@ -502,6 +564,27 @@ impl Reconciler {
             now + wait.as_millis() as i64
         });
         let reason = format!("launch {job_id} failed: {why}");
+        if plan::is_swap_back(a.kind, a.drift) {
+            // The on-demand replica keeps serving; spot is tried again after the interval.
+            let reason = format!(
+                "{reason}; the on-demand replica keeps serving and spot is tried again later"
+            );
+            if self
+                .store_write()
+                .set_action_state(
+                    &a.id,
+                    ActionState::Running,
+                    ActionState::Failed,
+                    Some(&reason),
+                    now,
+                )
+                .await?
+            {
+                self.count(a.kind, "failed");
+                tracing::info!(deployment = %d.name, action = %a.id, job_id, "{reason}");
+            }
+            return Ok(false);
+        }
         if !self
             .store_write()
             .fail_launch_action(a, &reason, backoff_until, now)

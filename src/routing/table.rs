@@ -134,6 +134,10 @@ struct Inner {
 #[derive(Default)]
 pub struct RoutingTable {
     inner: RwLock<Inner>,
+    /// Requests answered with a server error (or not forwarded for want of a node), by model,
+    /// since this process started; only models with live nodes are counted, so the map stays
+    /// as small as the fleet's model list.
+    failed_answers: std::sync::Mutex<HashMap<String, u64>>,
 }
 
 impl RoutingTable {
@@ -230,6 +234,35 @@ impl RoutingTable {
         inner
             .by_node
             .insert(node.id.clone(), (node.model_name.clone(), endpoint));
+    }
+
+    /// Counts a request for `model` that got a server error, or found no node to take it.
+    pub fn note_failed_answer(&self, model: &str) {
+        let served = self
+            .inner
+            .read()
+            .expect("routing lock is never poisoned")
+            .nodes
+            .values()
+            .any(|(m, _)| m == model);
+        if served {
+            *self
+                .failed_answers
+                .lock()
+                .expect("failed answers lock")
+                .entry(model.to_string())
+                .or_default() += 1;
+        }
+    }
+
+    /// Requests for `model` this process answered with a server error so far.
+    pub fn failed_answers(&self, model: &str) -> u64 {
+        self.failed_answers
+            .lock()
+            .expect("failed answers lock")
+            .get(model)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Requests this process has in flight to a node's model server, also after the node
