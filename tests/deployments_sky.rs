@@ -471,3 +471,79 @@ async fn a_guarded_on_demand_fallback_waits_for_approval_and_is_cancelled_when_s
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_that_keeps_failing_stops_its_rollout_and_the_old_one_serves_until_rolled_back()
+{
+    let (sky, app) = setup!(Duration::from_secs(1));
+    let mut spec = spot_deployment("steady", 1);
+    spec["spot"] = json!({"use_spot": false});
+    create(&app, &spec).await;
+    let before = wait_for(&app, "steady", "1 ready", |d| serving(d, 1)).await;
+    let old = before["nodes"][0]["node_id"].as_str().unwrap().to_string();
+    // Revision 2's replicas fail their setup, every time.
+    let failing = sky.state.path().join("transcript");
+    std::fs::write(
+        &failing,
+        fixture("setup-failure-aws-l4.txt").display().to_string(),
+    )
+    .unwrap();
+    spec["envs"] = json!({"VLLM_EXTRA_ARGS": "--broken"});
+    let r = app
+        .send(
+            app.client
+                .put(app.url("/admin/deployments/steady"))
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&spec),
+        )
+        .await;
+    assert_eq!(r.body["revision"], 2, "{}", r.body);
+    let stopped = wait_for(&app, "steady", "rollout_failed", |d| {
+        d["status"] == "rollout_failed"
+    })
+    .await;
+    let reason = stopped["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("revision 2 failed to launch 3 times"),
+        "{reason}"
+    );
+    assert!(
+        reason.to_lowercase().contains("setup"),
+        "the launch error is named: {reason}"
+    );
+    // The old revision keeps serving, and no more launches are tried.
+    assert_eq!(stopped["nodes"][0]["node_id"], old);
+    assert_eq!(stopped["nodes"][0]["status"], "ready");
+    let chat = json!({"model": "meta-llama/Llama-3.1-8B-Instruct", "messages": [{"role": "user", "content": "x"}]});
+    let answer = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let tried = launches(&sky);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        launches(&sky),
+        tried,
+        "a failed rollout launches nothing more"
+    );
+    // Roll back: revision 3 runs what revision 1 ran, so the old replica is kept as it is.
+    std::fs::remove_file(&failing).unwrap();
+    let r = app
+        .post(
+            "/admin/deployments/steady/rollback",
+            Some(ADMIN_TOKEN),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["revision"], 3);
+    let after = wait_for(&app, "steady", "serving again", |d| serving(d, 1)).await;
+    assert_eq!(after["nodes"][0]["node_id"], old, "nothing was replaced");
+    assert_eq!(after["reason"], Value::Null);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(launches(&sky), tried, "the rollback launched nothing");
+}

@@ -26,7 +26,8 @@ FAKE_SKY_DOWN_FAILS=1 (every `sky down` of an existing cluster fails the way Sky
 failed teardown: the failure lines on stdout, exit 0, the cluster and its "VM" left as they
 were; a file named `down-fails` in FAKE_SKY_STATE does the same while it exists, so a test can
 turn it on and off), FAKE_SKY_SKYLAUNCH_BIN and FAKE_SKY_AGENT_BIN (for the "VM").
-A task that asks for spot only (no on-demand candidate) replays FAKE_SKY_SPOT_TRANSCRIPT instead
+A file named `transcript` in FAKE_SKY_STATE replaces FAKE_SKY_TRANSCRIPT while it exists (so a
+test can make launches start failing, and stop). A task that asks for spot only (no on-demand candidate) replays FAKE_SKY_SPOT_TRANSCRIPT instead
 when set, or the transcript a file named `spot-transcript` in FAKE_SKY_STATE names while it
 exists (so a test can make spot capacity vanish and come back). The "VM" reports itself as spot
 when the task's first candidate is spot (and, while such a spot transcript is set, only for a
@@ -94,6 +95,10 @@ def transcript_for(task):
     """The transcript this task's launch replays (see the module doc)."""
     if spot_only(task) and spot_transcript():
         return transcript(spot_transcript())
+    override = os.path.join(STATE, "transcript")
+    if os.path.exists(override):
+        with open(override) as f:
+            return transcript(f.read().strip())
     return transcript(os.environ["FAKE_SKY_TRANSCRIPT"])
 
 
