@@ -37,12 +37,12 @@ function td(label, content, cls) {
 // Keyboard focus survives re-rendering: a control is known by its row's key and its label.
 function focusKey(e) {
   if (!e || !e.closest) return null;
-  const row = e.closest('[data-node],[data-job]');
-  return { row: row ? row.dataset.node || row.dataset.job : null, label: e.getAttribute('aria-label') || e.textContent };
+  const row = e.closest('[data-node],[data-job],[data-action],[data-deployment]');
+  return { row: row ? row.dataset.node || row.dataset.job || row.dataset.action || row.dataset.deployment : null, label: e.getAttribute('aria-label') || e.textContent };
 }
 function refocus(container, key) {
   if (!key) return;
-  const match = $$('a, button', container).find(e => { const k = focusKey(e); return k.row === key.row && k.label === key.label; });
+  const match = $$('a, button, input', container).find(e => { const k = focusKey(e); return k.row === key.row && k.label === key.label; });
   if (match) match.focus();
 }
 function keepFocus(container, render) {
@@ -551,18 +551,24 @@ form.addEventListener('change', e => { if (e.target.name !== 'regions') refreshF
 function clearErrors() { for (const e of $$('[data-error-for]', form)) e.replaceChildren(); }
 function clearError(field) { const e = field && $('[data-error-for="' + CSS.escape(field) + '"]', form); if (e) e.replaceChildren(); }
 
+// An API error's message (as text: it may echo what was typed) with its suggestions as buttons;
+// `pick` applies one.
+function errorBox(err, pick) {
+  const box = el('div', {}, el('div', { text: err.message }));
+  const suggestions = err.suggestions || [];
+  if (suggestions.length) {
+    box.append(el('div', { class: 'suggestions' }, el('span', { text: 'Did you mean:' }),
+      suggestions.slice(0, 6).map(s => el('button', { type: 'button', class: 'small suggestion', text: s, onclick: () => pick(s) }))));
+  }
+  return box;
+}
+
 // Puts an API validation error next to the field it concerns, with its suggestions as buttons.
 function showFormError(err) {
   clearErrors();
   const field = (err.field || '').replace(/\[\d+\]$/, '').replace(/^spec\./, '');
   const target = (field && $('[data-error-for="' + CSS.escape(field) + '"]', form)) || $('[data-error-for="_form"]', form);
-  const box = el('div', {}, el('div', { text: err.message }));
-  const suggestions = err.suggestions || [];
-  if (suggestions.length) {
-    box.append(el('div', { class: 'suggestions' }, el('span', { text: 'Did you mean:' }),
-      suggestions.slice(0, 6).map(s => el('button', { type: 'button', class: 'small suggestion', text: s, onclick: () => applySuggestion(field, s, err) }))));
-  }
-  target.replaceChildren(box);
+  target.replaceChildren(errorBox(err, s => applySuggestion(field, s, err)));
   const input = form.elements[field];
   if (input && input.focus) input.focus();
 }
