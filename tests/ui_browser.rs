@@ -1,8 +1,9 @@
 //! The web UI end to end in headless Chromium (Debian's `chromium`), driven by playwright-core
 //! scripts in tests/browser/ against the real control plane: a local launch reaching `ready`
 //! and a chat through `/v1`, a failing SkyPilot launch (the stand-in `sky` replaying a recorded
-//! failure), and the fleet table following a node that turns unhealthy. Screenshots are saved
-//! under `test-artifacts/ui/` (or SKYLAUNCH_UI_ARTIFACTS).
+//! failure), the fleet table following a node that turns unhealthy, and the deployments view
+//! creating, scaling, rolling out, approving and deleting local deployments. Screenshots are
+//! saved under `test-artifacts/ui/` (or SKYLAUNCH_UI_ARTIFACTS).
 //!
 //! Needs node, playwright-core (SKYLAUNCH_TEST_NODE_MODULES, set by scripts/test) and Chromium
 //! (SKYLAUNCH_TEST_CHROMIUM, default /usr/bin/chromium). Under CI=true a missing one fails the
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{Backend, TestApp, ADMIN_TOKEN};
+use serde_json::{json, Value};
 
 struct Browser {
     node_modules: PathBuf,
@@ -184,4 +186,94 @@ async fn fleet_table_follows_a_node_turning_unhealthy_without_reload() {
     assert_eq!(a["status"], "unhealthy");
     let b = app.node(nodes[1]["id"].as_str().unwrap()).await;
     assert_eq!(b["status"], "terminated");
+}
+
+/// Polls the API (up to about 60 s) until `done` holds for the deployment's reply (its status
+/// code and body).
+async fn wait_for_deployment(
+    app: &TestApp,
+    name: &str,
+    what: &str,
+    done: impl Fn(u16, &Value) -> bool,
+) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..600 {
+        let r = app
+            .get(&format!("/admin/deployments/{name}"), Some(ADMIN_TOKEN))
+            .await;
+        if done(r.status.as_u16(), &r.body) {
+            return r.body;
+        }
+        last = r.body;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("deployment {name} never got {what}; last seen: {last:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_view_creates_scales_approves_and_deletes_without_reload() {
+    let Some(browser) = browser() else { return };
+    let (skylaunch, agent) = standins::binaries();
+    // The settings of tests/deployments.rs: the reconciler and its launches act within the test.
+    let Some(app) = app_with(|config| {
+        config.skylaunch_bin = Some(skylaunch);
+        config.agent_bin = Some(agent);
+        config.job_lease = Duration::from_secs(3);
+        config.reconcile_interval = Duration::from_millis(200);
+        config.replica_drain_timeout = Duration::from_secs(10);
+        config.deployment_backoff = Duration::from_secs(1);
+    })
+    .await
+    else {
+        return;
+    };
+    // A deployment whose replica launch waits for an admin: the page approves it.
+    let gated = json!({
+        "name": "gated", "model": "echo/gated", "provider": "local", "replicas": 1,
+        "approval": {"guarded": ["launch_replica"]}
+    });
+    let r = app
+        .post("/admin/deployments", Some(ADMIN_TOKEN), &gated)
+        .await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.body);
+    run_scenario(
+        &browser,
+        &app,
+        "deployments",
+        &[("SKYLAUNCH_UI_GATED", "gated".to_string())],
+    )
+    .await;
+
+    // What the page showed is what the API holds: the form's deployment deleted, the guarded
+    // launch approved by an admin and done.
+    wait_for_deployment(&app, "chat-one", "deleted", |status, _| status == 404).await;
+    let d = wait_for_deployment(&app, "gated", "1 ready replica", |status, d| {
+        status == 200 && d["status"] == "serving" && d["replicas"]["ready"] == 1
+    })
+    .await;
+    assert_eq!(d["revision"], 1);
+    let actions = app
+        .get("/admin/deployments/gated/actions", Some(ADMIN_TOKEN))
+        .await
+        .body;
+    let launches: Vec<&Value> = actions["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["kind"] == "launch_replica")
+        .collect();
+    assert_eq!(launches.len(), 1, "{actions:#}");
+    assert_eq!(launches[0]["risk"], "guarded");
+    assert_eq!(launches[0]["state"], "completed", "{actions:#}");
+
+    // Leave nothing running: deleting the deployment terminates its replica's local processes.
+    let r = app
+        .delete("/admin/deployments/gated", Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(r.status.as_u16(), 202, "{}", r.body);
+    wait_for_deployment(&app, "gated", "deleted", |status, _| status == 404).await;
+    let nodes = app.get("/admin/nodes", Some(ADMIN_TOKEN)).await.body;
+    for n in nodes["nodes"].as_array().unwrap() {
+        assert_eq!(n["status"], "terminated", "{n:#}");
+    }
 }

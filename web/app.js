@@ -37,12 +37,12 @@ function td(label, content, cls) {
 // Keyboard focus survives re-rendering: a control is known by its row's key and its label.
 function focusKey(e) {
   if (!e || !e.closest) return null;
-  const row = e.closest('[data-node],[data-job]');
-  return { row: row ? row.dataset.node || row.dataset.job : null, label: e.getAttribute('aria-label') || e.textContent };
+  const row = e.closest('[data-node],[data-job],[data-action],[data-deployment]');
+  return { row: row ? row.dataset.node || row.dataset.job || row.dataset.action || row.dataset.deployment : null, label: e.getAttribute('aria-label') || e.textContent };
 }
 function refocus(container, key) {
   if (!key) return;
-  const match = $$('a, button', container).find(e => { const k = focusKey(e); return k.row === key.row && k.label === key.label; });
+  const match = $$('a, button, input', container).find(e => { const k = focusKey(e); return k.row === key.row && k.label === key.label; });
   if (match) match.focus();
 }
 function keepFocus(container, render) {
@@ -152,7 +152,7 @@ $('#sign-out').addEventListener('click', () => signOut(''));
 
 // ---------- views ----------
 
-const views = ['signin', 'fleet', 'node', 'launches', 'launch', 'chat', 'housekeeping'];
+const views = ['signin', 'fleet', 'node', 'deployments', 'launches', 'launch', 'chat', 'housekeeping'];
 // The open view's live work: its streams and timers stop, and its late answers are dropped,
 // the moment another view opens.
 let current = null;
@@ -184,7 +184,7 @@ function route() {
   if (location.hash && !location.hash.startsWith('#/')) return;
   const [, name, id] = (location.hash.match(/^#\/([a-z]+)(?:\/(.+))?/) || []);
   const open = {
-    fleet: v => showFleet(v), node: v => showNode(v, id), launches: v => showLaunches(v),
+    fleet: v => showFleet(v), node: v => showNode(v, id), deployments: v => showDeployments(v), launches: v => showLaunches(v),
     launch: v => showLaunch(v, id), chat: v => showChat(v), housekeeping: v => showHousekeeping(v),
   }[name];
   if (!open || (!id && ['node', 'launch'].includes(name))) { location.replace('#/fleet'); return; }
@@ -329,6 +329,277 @@ function confirmThen(title, text, verb, action) {
     if (location.hash.startsWith('#/node/')) route();
   }, { once: true });
 }
+
+// ---------- deployments ----------
+
+const OPEN_ACTION_STATES = ['pending', 'approved', 'running'];
+const ACTION_KINDS = { launch_replica: 'Launch replica', replace_replica: 'Replace replica', drain_replica: 'Drain replica', terminate_replica: 'Terminate replica' };
+const DRIFTS = { missing_replica: 'missing replica', unhealthy_replica: 'unhealthy replica', spot_interruption: 'spot interruption', outdated_revision: 'outdated revision', excess_replica: 'excess replica' };
+// Statuses whose reason says what is wrong.
+const TROUBLED = ['unsatisfiable', 'rollout_failed', 'degraded'];
+
+// What an operator typed in a Scale box outlives the refresh that re-renders its card.
+const scaleDrafts = new Map();
+// Each card as last rendered, with the data it showed: an unchanged card is left alone.
+const deploymentCards = new Map();
+let refreshDeployments = async () => {};
+
+function marketText(m) { return m === 'spot' ? 'spot' : m === 'on_demand' ? 'on-demand' : '—'; }
+function usdPerHour(usd) { return '$' + (usd || 0).toFixed(2) + '/h'; }
+function slotText(slot) { return slot == null ? '—' : String(slot); }
+
+// A call from a deployment's card; the view refreshes once it is answered, whatever the answer.
+async function andRefresh(call) {
+  try { return await call; } finally { await refreshDeployments(); }
+}
+// The same, its error shown in the banner (confirmThen does that for the calls it makes).
+async function deploymentCall(method, path, body) {
+  try { const r = await andRefresh(api(method, path, body)); banner(''); return r; } catch (e) { banner(e.message); return null; }
+}
+
+// Approve or reject: one decision per action, so both buttons wait until it is answered.
+async function decide(button, id, verb) {
+  const buttons = $$('button', button.closest('td'));
+  for (const b of buttons) b.disabled = true;
+  if (!await deploymentCall('POST', '/admin/actions/' + encodeURIComponent(id) + '/' + verb)) for (const b of buttons) b.disabled = false;
+}
+
+function deploymentStatus(d) {
+  const box = el('div', { class: 'deployment-status' }, badge(d.status));
+  if (TROUBLED.includes(d.status) && d.reason) box.append(' ', el('span', { class: 'reason', text: d.reason }));
+  if (d.status === 'unsatisfiable' && d.unsatisfiable_until) box.append(' ', el('span', { class: 'muted retry-at', text: 'retry at ' + time(d.unsatisfiable_until) }));
+  return box;
+}
+
+// Its replicas side by side by revision, newest first: a rollout shows the old beside the new.
+function replicaGroups(d) {
+  const byRevision = new Map();
+  if (d.replicas.desired > 0) byRevision.set(d.revision, []);
+  for (const n of d.nodes) {
+    const r = n.revision ?? 0;
+    if (!byRevision.has(r)) byRevision.set(r, []);
+    byRevision.get(r).push(n);
+  }
+  const revisions = [...byRevision.keys()].sort((a, b) => b - a);
+  if (!revisions.length) return el('p', { class: 'muted', text: 'No replicas.' });
+  return el('div', { class: 'revisions' }, revisions.map(r => {
+    const isCurrent = r === d.revision;
+    const nodes = byRevision.get(r);
+    return el('section', { class: 'revision' + (isCurrent ? ' current' : ' old'), 'data-revision': String(r), 'aria-label': 'Revision ' + r },
+      el('h3', { text: 'Revision ' + r + (isCurrent ? ' (current)' : ' (old)') }),
+      nodes.length ? el('table', { class: 'responsive' },
+        el('thead', {}, el('tr', {}, ['Slot', 'Replica', 'Status', 'Market', 'Health'].map(h => el('th', { text: h })))),
+        el('tbody', {}, nodes.map(n => el('tr', { 'data-node': n.node_id, 'data-status': n.status },
+          td('Slot', slotText(n.slot)), td('Replica', el('a', { href: '#/node/' + encodeURIComponent(n.node_id), text: n.name })),
+          td('Status', badge(n.status)), td('Market', marketText(n.market)),
+          td('Health', n.health_score == null ? '—' : n.health_score.toFixed(2))))))
+        : el('p', { class: 'muted', text: 'No replica yet.' }));
+  }));
+}
+
+function rolloutProgress(d) {
+  if (!d.nodes.some(n => n.revision !== d.revision)) return null;
+  const done = d.nodes.filter(n => n.revision === d.revision && n.status === 'ready').length;
+  const want = d.replicas.desired;
+  return el('p', { class: 'rollout' },
+    el('progress', { max: String(Math.max(want, 1)), value: String(Math.min(done, want)), 'aria-hidden': 'true' }),
+    el('span', { text: ' Rollout to revision ' + d.revision + ': ' + done + ' of ' + want + ' replicas on the new revision' }));
+}
+
+function actionTable(actions) {
+  if (!actions.length) return el('p', { class: 'muted', text: 'No actions in progress.' });
+  const rows = actions.map(a => {
+    const label = (ACTION_KINDS[a.kind] || a.kind) + (a.slot == null ? '' : ' (slot ' + a.slot + ')');
+    const buttons = el('td', { class: 'actions-cell', 'data-label': 'Decision' });
+    if (a.state === 'pending') {
+      buttons.append(
+        el('button', { type: 'button', class: 'small primary', text: 'Approve', 'aria-label': 'Approve ' + label,
+          onclick: e => decide(e.currentTarget, a.id, 'approve') }), ' ',
+        el('button', { type: 'button', class: 'small danger', text: 'Reject', 'aria-label': 'Reject ' + label,
+          onclick: e => decide(e.currentTarget, a.id, 'reject') }));
+    }
+    return el('tr', { 'data-action': a.id, 'data-state': a.state, 'data-kind': a.kind },
+      td('When', time(a.created_at)), td('Action', label), td('Why', DRIFTS[a.drift] || a.drift),
+      td('Market', marketText(a.market)), td('State', badge(a.state)),
+      td('Details', [a.risk === 'guarded' && a.state === 'pending' ? 'waits for approval' : null, a.reason].filter(Boolean).join(': ') || null, 'muted'),
+      buttons);
+  });
+  return el('div', { class: 'table-wrap' }, el('table', { class: 'responsive' },
+    el('thead', {}, el('tr', {}, ['When', 'Action', 'Why', 'Market', 'State', 'Details', ''].map(h => el('th', {}, h ? h : el('span', { class: 'sr-only', text: 'Decision' }))))),
+    el('tbody', {}, rows)));
+}
+
+function deploymentControls(d) {
+  const controls = el('div', { class: 'actions' });
+  if (d.status === 'deleting') return controls;
+  const input = el('input', { type: 'number', min: '0', max: '100', step: '1', class: 'scale-input', 'aria-label': 'Replicas of ' + d.name });
+  input.value = scaleDrafts.get(d.name) ?? String(d.replicas.desired);
+  input.addEventListener('input', () => scaleDrafts.set(d.name, input.value));
+  controls.append(el('form', { class: 'scale', onsubmit: async e => {
+    e.preventDefault();
+    const replicas = Number(input.value);
+    if (input.value.trim() === '' || !Number.isInteger(replicas) || replicas < 0) { banner('Replicas must be a whole number, 0 or more.'); return; }
+    if (await deploymentCall('POST', '/admin/deployments/' + encodeURIComponent(d.name) + '/scale', { replicas })) scaleDrafts.delete(d.name);
+  } }, input, ' ', el('button', { class: 'small', text: 'Scale', 'aria-label': 'Scale ' + d.name })));
+  if (d.status === 'unsatisfiable' || d.status === 'rollout_failed') {
+    controls.append(el('button', { type: 'button', class: 'small', text: 'Retry', 'aria-label': 'Retry ' + d.name,
+      onclick: () => deploymentCall('POST', '/admin/deployments/' + encodeURIComponent(d.name) + '/retry') }));
+  }
+  if (d.revision > 1) {
+    controls.append(el('button', { type: 'button', class: 'small', text: 'Roll back', 'aria-label': 'Roll back ' + d.name,
+      onclick: () => confirmThen('Roll back ' + d.name + '?', 'A new revision runs what revision ' + (d.revision - 1) + ' ran; its replicas are replaced one by one.', 'Roll back',
+        () => andRefresh(api('POST', '/admin/deployments/' + encodeURIComponent(d.name) + '/rollback'))) }));
+  }
+  controls.append(el('button', { type: 'button', class: 'small danger', text: 'Delete', 'aria-label': 'Delete ' + d.name,
+    onclick: () => confirmThen('Delete ' + d.name + '?', 'Its ' + d.nodes.length + ' replica(s) are drained and their VMs shut down; then the deployment disappears. This cannot be undone.', 'Delete',
+      () => andRefresh(api('DELETE', '/admin/deployments/' + encodeURIComponent(d.name)))) }));
+  return controls;
+}
+
+function deploymentCard(d, actions) {
+  const s = d.spec;
+  const where = s.cloud ? CLOUD_NAMES[s.cloud] || s.cloud : { skypilot: 'SkyPilot', aws: 'AWS', azure: 'Azure' }[s.provider] || s.provider;
+  const runsOn = s.provider === 'local' ? 'this machine' : gpuText(s.gpu, s.gpu_count) + ' · ' + where;
+  const facts = [
+    ['Ready', d.replicas.ready + '/' + d.replicas.desired, 'fact-ready'],
+    ['Revision', String(d.revision), 'fact-revision'],
+    ['Estimated', usdPerHour(d.hourly_usd), 'fact-cost'],
+    ['Model', s.model, 'fact-model'],
+    ['Runs on', runsOn + (s.spot && s.spot.use_spot ? ', spot' : ''), null],
+  ];
+  if (d.replicas.launching) facts.push(['Launching', String(d.replicas.launching), null]);
+  if (d.replicas.draining) facts.push(['Draining', String(d.replicas.draining), null]);
+  return el('article', { class: 'deployment card', 'data-deployment': d.name, 'data-status': d.status, 'data-revision': String(d.revision),
+    'data-ready': String(d.replicas.ready), 'data-desired': String(d.replicas.desired), 'aria-labelledby': 'deployment-' + d.name },
+    el('div', { class: 'deployment-head' }, el('h2', { id: 'deployment-' + d.name, text: d.name }), deploymentStatus(d)),
+    el('dl', { class: 'deployment-facts' }, facts.map(([k, v, cls]) => el('div', { class: cls }, el('dt', { text: k }), el('dd', { text: v })))),
+    deploymentControls(d),
+    rolloutProgress(d),
+    replicaGroups(d),
+    el('h3', { text: 'Actions in progress' + (d.pending_actions ? ' · ' + d.pending_actions + ' waiting for approval' : '') }),
+    actionTable(actions));
+}
+
+function renderDeployments(deployments, actions) {
+  const list = $('#deployment-list');
+  if (!deployments.length) {
+    deploymentCards.clear();
+    list.replaceChildren(el('p', { class: 'muted', text: 'No deployments yet. Create one with New deployment.' }));
+    return;
+  }
+  const cards = deployments.map(d => {
+    // By name alone: a deleted deployment's actions go with it. (Not by time either: an action
+    // can carry the time of the reconciler pass that began just before its deployment existed.)
+    const mine = actions.filter(a => a.deployment === d.name)
+      .sort((a, b) => new Date(b.created_at) - new Date(a.created_at) || b.id.localeCompare(a.id));
+    // Heartbeat times are not shown: they alone do not re-render a card.
+    const data = JSON.stringify([d, mine], (k, v) => k === 'last_heartbeat_at' ? undefined : v);
+    const old = deploymentCards.get(d.name);
+    if (old && old.data === data) return old.card;
+    const card = deploymentCard(d, mine);
+    deploymentCards.set(d.name, { data, card });
+    return card;
+  });
+  for (const name of [...deploymentCards.keys()]) if (!deployments.some(d => d.name === name)) deploymentCards.delete(name);
+  const shown = [...list.children];
+  const sameOrder = shown.length === cards.length && shown.every((c, i) => c.dataset.deployment === cards[i].dataset.deployment);
+  if (sameOrder) {
+    // Only the cards that changed are replaced, so focus and typing elsewhere are undisturbed.
+    cards.forEach((card, i) => { if (shown[i] !== card) keepFocus(list, () => shown[i].replaceWith(card)); });
+  } else {
+    keepFocus(list, () => list.replaceChildren(...cards));
+  }
+}
+
+async function showDeployments(view) {
+  show('deployments');
+  refreshDeploymentForm();
+  const load = async () => {
+    let deployments, actions;
+    try {
+      const [list, ...open] = await Promise.all([api('GET', '/admin/deployments'),
+        ...OPEN_ACTION_STATES.map(s => api('GET', '/admin/actions?state=' + s))]);
+      deployments = list.deployments; actions = open.flatMap(o => o.actions);
+    } catch (e) { if (view.alive()) banner(e.message); return; }
+    if (view.alive()) renderDeployments(deployments, actions);
+  };
+  refreshDeployments = load;
+  deploymentCards.clear(); scaleDrafts.clear();
+  $('#deployment-list').replaceChildren();
+  await load();
+  // Polled while the view is open and the tab is visible.
+  view.every(() => { if (!document.hidden) load(); }, 2000);
+}
+document.addEventListener('visibilitychange', () => { if (!document.hidden && current && !$('#view-deployments').hidden) refreshDeployments(); });
+
+// ---------- the new deployment form ----------
+
+const deploymentForm = $('#deployment-form');
+
+function refreshDeploymentForm() {
+  if (!catalog) return;
+  const f = deploymentForm;
+  for (const option of f.provider.options) option.hidden = option.disabled = !catalog.providers.includes(option.value);
+  if (f.provider.selectedOptions[0] && f.provider.selectedOptions[0].disabled) {
+    const first = [...f.provider.options].find(o => !o.disabled);
+    if (first) f.provider.value = first.value;
+  }
+  const provider = f.provider.value;
+  for (const part of $$('[data-for-providers]', f)) part.hidden = !part.dataset.forProviders.split(' ').includes(provider);
+  const gpus = catalog.gpus.filter(g => provider === 'aws' || provider === 'azure' ? g.clouds.includes(provider) : true);
+  fillSelect(f.gpu, gpus.map(g => [g.name, g.name + ' (' + g.memory_gb + ' GB)']));
+}
+function deploymentErrorSlot(field) {
+  const top = (field || '').split(/[.[]/)[0];
+  return (top && $('[data-error-for="' + CSS.escape(top) + '"]', deploymentForm)) || $('[data-error-for="_form"]', deploymentForm);
+}
+function clearDeploymentErrors() { for (const e of $$('[data-error-for]', deploymentForm)) e.replaceChildren(); }
+function showDeploymentError(err) {
+  clearDeploymentErrors();
+  deploymentErrorSlot(err.field).replaceChildren(errorBox(err, s => applyDeploymentSuggestion(err.field, s)));
+  const input = deploymentForm.elements[(err.field || '').split(/[.[]/)[0]];
+  if (input && input.focus) input.focus();
+}
+function applyDeploymentSuggestion(field, suggestion) {
+  const f = deploymentForm;
+  const pair = suggestion.match(/^(\w+): (.+)$/);
+  if (pair && f.elements[pair[1]]) { field = pair[1]; suggestion = pair[2]; }
+  const input = f.elements[field];
+  if (!input) return;
+  if (input.tagName === 'SELECT' && ![...input.options].some(o => o.value === suggestion)) input.append(el('option', { value: suggestion, text: suggestion }));
+  input.value = suggestion;
+  if (field === 'provider') { refreshDeploymentForm(); f.provider.value = suggestion; }
+  deploymentErrorSlot(field).replaceChildren();
+}
+deploymentForm.addEventListener('change', e => { if (e.target.name === 'provider') refreshDeploymentForm(); });
+// An error goes as soon as its field is edited, not when it loses focus: a form that shrinks
+// under the pointer would swallow the click on Create.
+deploymentForm.addEventListener('input', e => { if (e.target.name) deploymentErrorSlot(e.target.name).replaceChildren(); });
+deploymentForm.addEventListener('submit', async e => {
+  e.preventDefault();
+  clearDeploymentErrors();
+  const f = deploymentForm;
+  const replicas = Number(f.replicas.value);
+  if (f.replicas.value.trim() === '' || !Number.isInteger(replicas) || replicas < 0) {
+    showDeploymentError({ field: 'replicas', message: 'Replicas must be a whole number, 0 or more.' }); return;
+  }
+  const body = { name: f.elements['name'].value.trim(), model: f.model.value.trim(), provider: f.provider.value, replicas };
+  if (body.provider !== 'local') {
+    body.gpu = f.gpu.value;
+    body.spot = { use_spot: f.use_spot.checked };
+  }
+  const submit = $('#deployment-submit');
+  submit.disabled = true;
+  try {
+    await api('POST', '/admin/deployments', body);
+    f.reset(); refreshDeploymentForm();
+    $('#new-deployment').open = false;
+    banner('');
+    await refreshDeployments();
+  } catch (err) {
+    showDeploymentError(err instanceof ApiError ? err : { message: 'cannot reach the control plane: ' + err.message });
+  } finally { submit.disabled = false; }
+});
 
 // ---------- launches ----------
 
@@ -551,18 +822,24 @@ form.addEventListener('change', e => { if (e.target.name !== 'regions') refreshF
 function clearErrors() { for (const e of $$('[data-error-for]', form)) e.replaceChildren(); }
 function clearError(field) { const e = field && $('[data-error-for="' + CSS.escape(field) + '"]', form); if (e) e.replaceChildren(); }
 
+// An API error's message (as text: it may echo what was typed) with its suggestions as buttons;
+// `pick` applies one.
+function errorBox(err, pick) {
+  const box = el('div', {}, el('div', { text: err.message }));
+  const suggestions = err.suggestions || [];
+  if (suggestions.length) {
+    box.append(el('div', { class: 'suggestions' }, el('span', { text: 'Did you mean:' }),
+      suggestions.slice(0, 6).map(s => el('button', { type: 'button', class: 'small suggestion', text: s, onclick: () => pick(s) }))));
+  }
+  return box;
+}
+
 // Puts an API validation error next to the field it concerns, with its suggestions as buttons.
 function showFormError(err) {
   clearErrors();
   const field = (err.field || '').replace(/\[\d+\]$/, '').replace(/^spec\./, '');
   const target = (field && $('[data-error-for="' + CSS.escape(field) + '"]', form)) || $('[data-error-for="_form"]', form);
-  const box = el('div', {}, el('div', { text: err.message }));
-  const suggestions = err.suggestions || [];
-  if (suggestions.length) {
-    box.append(el('div', { class: 'suggestions' }, el('span', { text: 'Did you mean:' }),
-      suggestions.slice(0, 6).map(s => el('button', { type: 'button', class: 'small suggestion', text: s, onclick: () => applySuggestion(field, s, err) }))));
-  }
-  target.replaceChildren(box);
+  target.replaceChildren(errorBox(err, s => applySuggestion(field, s, err)));
   const input = form.elements[field];
   if (input && input.focus) input.focus();
 }
