@@ -179,10 +179,11 @@ impl Reconciler {
 
     /// One pass over every deployment.
     pub async fn tick(&self) -> Result<(), StoreError> {
-        let now = now_ms();
         let deployments = self.store.deployments().await?;
         let open = self.store.open_actions().await?;
         let nodes = self.fleet.list().await;
+        // After the reads: what this pass stores is never dated before what it read.
+        let now = now_ms();
         self.track_since(&nodes, now);
         let mut gauges = Vec::new();
         for d in deployments {
