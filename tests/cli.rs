@@ -1,5 +1,5 @@
-//! The `skylaunch launch / jobs / nodes` commands against a running control plane, and the task
-//! preview endpoint.
+//! The `skylaunch launch / jobs / nodes / deploy` commands against a running control plane, and
+//! the task preview endpoint.
 
 mod common;
 
@@ -16,7 +16,14 @@ async fn app() -> Option<TestApp> {
     config.agent_bin = Some(skylaunch.with_file_name("skylaunch-agent"));
     config.skylaunch_bin = Some(skylaunch);
     config.job_lease = Duration::from_secs(2);
+    config.reconcile_interval = Duration::from_millis(200);
+    config.replica_drain_timeout = Duration::from_secs(10);
     Some(TestApp::start(db, config).await)
+}
+
+async fn deployment(app: &TestApp, name: &str) -> common::Reply {
+    app.get(&format!("/admin/deployments/{name}"), Some(ADMIN_TOKEN))
+        .await
 }
 
 async fn cli(app: &TestApp, args: &[&str]) -> (i32, String, String) {
@@ -186,5 +193,169 @@ async fn serve_refuses_a_connect_timeout_not_below_the_idle_timeout() {
             "--proxy-connect-timeout (10s) must be shorter than --proxy-idle-timeout (5s)"
         ),
         "{err}"
+    );
+}
+
+/// A deployment whose replicas wait for approval: nothing is launched however many it wants.
+const GUARDED: &[&str] = &[
+    "deploy",
+    "--name",
+    "chat",
+    "--model",
+    "echo/chat",
+    "--provider",
+    "local",
+    "--guard",
+    "launch_replica",
+];
+
+async fn deploy(app: &TestApp, extra: &[&str]) -> (i32, String, String) {
+    let mut args = GUARDED.to_vec();
+    args.extend_from_slice(extra);
+    cli(app, &args).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_creates_then_a_changed_env_is_a_new_revision_and_replicas_alone_are_not() {
+    let Some(app) = app().await else { return };
+    let (code, out, err) = deploy(&app, &["--replicas", "0", "--env", "MODE=a"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("created deployment chat (revision 1)"),
+        "{out}"
+    );
+    assert!(out.contains("deployment chat: revision 1"), "{out}");
+    assert_eq!(deployment(&app, "chat").await.body["revision"], 1);
+
+    let (code, out, err) = deploy(&app, &["--replicas", "0", "--env", "MODE=b"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("updated deployment chat: new revision 2"),
+        "{out}"
+    );
+    assert_eq!(deployment(&app, "chat").await.body["revision"], 2);
+
+    let (code, out, err) = deploy(&app, &["--replicas", "2", "--env", "MODE=b"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("updated deployment chat: still revision 2"),
+        "{out}"
+    );
+    let d = deployment(&app, "chat").await.body;
+    assert_eq!(d["revision"], 2);
+    assert_eq!(d["replicas"]["desired"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_from_a_yaml_file_takes_its_fields_and_flags_override_them() {
+    let Some(app) = app().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("chat.yaml");
+    std::fs::write(
+        &file,
+        "name: chat\nmodel: echo/chat\nprovider: local\nreplicas: 3\nenvs:\n  MAX_MODEL_LEN: 8192\nupdate:\n  max_surge: 2\napproval:\n  guarded: [launch_replica]\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let (code, out, err) = cli(
+        &app,
+        &[
+            "deploy",
+            "-f",
+            file,
+            "--replicas",
+            "0",
+            "--env",
+            "HF_TOKEN=t",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("created deployment chat"), "{out}");
+    let spec = deployment(&app, "chat").await.body["spec"].clone();
+    assert_eq!(spec["replicas"], 0, "the flag wins: {spec:#}");
+    assert_eq!(spec["update"]["max_surge"], 2);
+    assert_eq!(spec["approval"]["guarded"], json!(["launch_replica"]));
+    let envs: Vec<&String> = spec["envs"].as_object().unwrap().keys().collect();
+    assert_eq!(
+        envs,
+        ["HF_TOKEN", "MAX_MODEL_LEN"],
+        "the flag adds to the file's"
+    );
+
+    std::fs::write(dir.path().join("typo.yaml"), "name: chat\nreplica: 1\n").unwrap();
+    let typo = dir.path().join("typo.yaml");
+    let (code, _, err) = cli(&app, &["deploy", "-f", typo.to_str().unwrap()]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("typo.yaml") && err.contains("unknown field `replica`"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_with_an_unknown_gpu_prints_the_suggestion_and_exits_non_zero() {
+    let Some(app) = app().await else { return };
+    let (code, _, err) = cli(
+        &app,
+        &[
+            "deploy",
+            "--name",
+            "chat",
+            "--model",
+            "m/x",
+            "--provider",
+            "skypilot",
+            "--gpu",
+            "A1000",
+            "--replicas",
+            "1",
+        ],
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("did you mean: A100"), "{err}");
+    assert_eq!(
+        deployment(&app, "chat").await.status,
+        StatusCode::NOT_FOUND,
+        "nothing was stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_wait_stops_with_the_reason_when_the_rollout_fails() {
+    let Some(app) = app().await else { return };
+    let mut config = app.config.clone();
+    config.public_url = Some("http://127.0.0.1:9".into());
+    config.registration_timeout = Duration::from_secs(1);
+    config.deployment_backoff = Duration::from_secs(1);
+    let app = {
+        let mut app = app;
+        app.running.take().unwrap().shutdown().await;
+        TestApp::start(app.db, config).await
+    };
+    let (code, out, err) = cli(
+        &app,
+        &[
+            "deploy",
+            "--name",
+            "web",
+            "--model",
+            "echo/web",
+            "--replicas",
+            "1",
+            "--wait",
+        ],
+    )
+    .await;
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("✗ deployment web stopped its rollout (rollout_failed)")
+            && err.contains("The node agent never registered"),
+        "the reason is printed: {err}"
+    );
+    assert!(
+        err.contains("skylaunch deployments retry web"),
+        "what to do next: {err}"
     );
 }
