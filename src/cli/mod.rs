@@ -1,10 +1,15 @@
 //! The client commands of the `skylaunch` binary: `launch` (with `--follow`, a live stage display
-//! and the plain-words error at the end), `jobs` and `nodes` here; `deploy` in its module. They talk to a running control plane through its REST API, like
+//! and the plain-words error at the end), `jobs` and `nodes` here; `deploy`, `deployments` and
+//! `actions` in their modules. They talk to a running control plane through its REST API, like
 //! any script would.
 
+mod actions;
 mod deploy;
+mod deployments;
 
+pub use actions::{actions, ActionsArgs, ActionsCommand};
 pub use deploy::{deploy, DeployArgs};
+pub use deployments::{deployments, DeploymentsArgs, DeploymentsCommand};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -162,6 +167,11 @@ impl Client {
         self.call(self.http.put(format!("{}{path}", self.url)).json(body))
             .await
     }
+
+    pub async fn delete(&self, path: &str) -> Result<Value, String> {
+        self.call(self.http.delete(format!("{}{path}", self.url)))
+            .await
+    }
 }
 
 /// An API error answer in plain words: its message, its code, and the suggestions it carries.
@@ -187,6 +197,14 @@ fn api_path(segments: &[&str]) -> String {
         .expect("an http URL has a path")
         .extend(segments);
     url.path().to_string()
+}
+
+/// Prints the API's JSON as it came, for `--json`.
+fn print_json(body: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(body).expect("a JSON value serialises")
+    );
 }
 
 /// A spinner for a command that waits, and a way to print lines beside it.
