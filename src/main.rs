@@ -35,6 +35,13 @@ enum Command {
     Jobs(cli::ClientArgs),
     /// List nodes.
     Nodes(cli::ClientArgs),
+    /// Create or update a deployment from flags or a YAML/JSON file (`--wait` follows it until it
+    /// serves).
+    Deploy(Box<cli::DeployArgs>),
+    /// List deployments; `show`, `scale`, `retry`, `rollback` or `delete` one.
+    Deployments(cli::DeploymentsArgs),
+    /// List the deployments' actions (pending ones by default); `approve` or `reject` one.
+    Actions(cli::ActionsArgs),
     /// Run the built-in echo model server (OpenAI-compatible; echoes prompts, not a real model).
     EchoServer {
         #[arg(long, default_value = "127.0.0.1:8000")]
@@ -80,6 +87,9 @@ fn main() -> ExitCode {
         Command::Launch(args) => client_outcome(runtime.block_on(cli::launch(*args))),
         Command::Jobs(args) => client_outcome(runtime.block_on(cli::jobs(args))),
         Command::Nodes(args) => client_outcome(runtime.block_on(cli::nodes(args))),
+        Command::Deploy(args) => client_outcome(runtime.block_on(cli::deploy(*args))),
+        Command::Deployments(args) => client_outcome(runtime.block_on(cli::deployments(args))),
+        Command::Actions(args) => client_outcome(runtime.block_on(cli::actions(args))),
     }
 }
 

@@ -1,6 +1,15 @@
 //! The client commands of the `skylaunch` binary: `launch` (with `--follow`, a live stage display
-//! and the plain-words error at the end), `jobs` and `nodes`. They talk to a running control
-//! plane through its REST API, like any script would.
+//! and the plain-words error at the end), `jobs` and `nodes` here; `deploy`, `deployments` and
+//! `actions` in their modules. They talk to a running control plane through its REST API, like
+//! any script would.
+
+mod actions;
+mod deploy;
+mod deployments;
+
+pub use actions::{actions, ActionsArgs, ActionsCommand};
+pub use deploy::{deploy, DeployArgs};
+pub use deployments::{deployments, DeploymentsArgs, DeploymentsCommand};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,18 +17,36 @@ use std::time::Duration;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+// Global: commands with subcommands take them after the subcommand too (`deployments show NAME
+// --url …`).
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
     /// The control plane's address.
-    #[arg(long, env = "SKYLAUNCH_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "SKYLAUNCH_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub url: String,
     /// Admin token (default: read from <data-dir>/admin-token).
-    #[arg(long, env = "SKYLAUNCH_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "SKYLAUNCH_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
     pub admin_token: Option<String>,
     /// Where `skylaunch serve` keeps its generated admin token.
-    #[arg(long, env = "SKYLAUNCH_DATA_DIR", default_value = "./skylaunch-data")]
+    #[arg(
+        long,
+        global = true,
+        env = "SKYLAUNCH_DATA_DIR",
+        default_value = "./skylaunch-data"
+    )]
     pub data_dir: PathBuf,
 }
 
@@ -94,28 +121,24 @@ impl Client {
         })
     }
 
-    async fn call(&self, req: reqwest::RequestBuilder) -> Result<Value, String> {
+    /// Sends the request; answers its status and JSON body (null when it has none), or why the
+    /// control plane could not be reached.
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<(StatusCode, Value), String> {
         let res = req
             .bearer_auth(&self.token)
             .send()
             .await
             .map_err(|e| format!("cannot reach the control plane at {}: {e}", self.url))?;
         let status = res.status();
-        let body: Value = res.json().await.unwrap_or(Value::Null);
+        Ok((status, res.json().await.unwrap_or(Value::Null)))
+    }
+
+    async fn call(&self, req: reqwest::RequestBuilder) -> Result<Value, String> {
+        let (status, body) = self.send(req).await?;
         if status.is_success() {
             return Ok(body);
         }
-        let error = &body["error"];
-        let mut text = format!(
-            "{} ({})",
-            error["message"].as_str().unwrap_or("request failed"),
-            error["code"].as_str().unwrap_or(status.as_str())
-        );
-        if let Some(s) = error["suggestions"].as_array().filter(|s| !s.is_empty()) {
-            let list: Vec<&str> = s.iter().filter_map(Value::as_str).collect();
-            text.push_str(&format!("\n  did you mean: {}", list.join(", ")));
-        }
-        Err(text)
+        Err(error_text(status, &body))
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, String> {
@@ -123,9 +146,89 @@ impl Client {
             .await
     }
 
+    /// A GET that answers `None` for a 404 (it does not exist) rather than an error.
+    pub async fn find(&self, path: &str) -> Result<Option<Value>, String> {
+        let (status, body) = self
+            .send(self.http.get(format!("{}{path}", self.url)))
+            .await?;
+        match status {
+            StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => Ok(Some(body)),
+            s => Err(error_text(s, &body)),
+        }
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, String> {
         self.call(self.http.post(format!("{}{path}", self.url)).json(body))
             .await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Value, String> {
+        self.call(self.http.put(format!("{}{path}", self.url)).json(body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<Value, String> {
+        self.call(self.http.delete(format!("{}{path}", self.url)))
+            .await
+    }
+}
+
+/// An API error answer in plain words: its message, its code, and the suggestions it carries.
+fn error_text(status: StatusCode, body: &Value) -> String {
+    let error = &body["error"];
+    let mut text = format!(
+        "{} ({})",
+        error["message"].as_str().unwrap_or("request failed"),
+        error["code"].as_str().unwrap_or(status.as_str())
+    );
+    if let Some(s) = error["suggestions"].as_array().filter(|s| !s.is_empty()) {
+        let list: Vec<&str> = s.iter().filter_map(Value::as_str).collect();
+        text.push_str(&format!("\n  did you mean: {}", list.join(", ")));
+    }
+    text
+}
+
+/// An API path from its segments, each percent-encoded: a name typed on the command line
+/// cannot reach another route.
+fn api_path(segments: &[&str]) -> String {
+    let mut url = url::Url::parse("http://localhost/").expect("a valid base URL");
+    url.path_segments_mut()
+        .expect("an http URL has a path")
+        .extend(segments);
+    url.path().to_string()
+}
+
+/// Prints the API's JSON as it came, for `--json`.
+fn print_json(body: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(body).expect("a JSON value serialises")
+    );
+}
+
+/// A spinner for a command that waits, and a way to print lines beside it.
+struct Progress {
+    bar: ProgressBar,
+}
+
+impl Progress {
+    fn start() -> Progress {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("valid template"),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Progress { bar }
+    }
+
+    /// Without a terminal the spinner is hidden, and so would be its println: print plainly.
+    fn say(&self, line: String) {
+        if self.bar.is_hidden() {
+            println!("{line}");
+        } else {
+            self.bar.println(line);
+        }
     }
 }
 
@@ -162,11 +265,8 @@ pub async fn launch(args: LaunchArgs) -> Result<bool, String> {
 
 /// Streams the job's events, showing each stage as it happens; returns whether it succeeded.
 async fn follow(client: &Client, id: &str) -> Result<bool, String> {
-    let bar = ProgressBar::new_spinner();
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("valid template"),
-    );
-    bar.enable_steady_tick(Duration::from_millis(120));
+    let progress = Progress::start();
+    let bar = &progress.bar;
     let mut res = client
         .http
         .get(format!("{}/admin/launch-jobs/{id}/events", client.url))
@@ -174,14 +274,7 @@ async fn follow(client: &Client, id: &str) -> Result<bool, String> {
         .send()
         .await
         .map_err(|e| format!("cannot follow the job: {e}"))?;
-    // Without a terminal the spinner is hidden, and so would be its println: print plainly.
-    let say = |line: String| {
-        if bar.is_hidden() {
-            println!("{line}");
-        } else {
-            bar.println(line);
-        }
-    };
+    let say = |line: String| progress.say(line);
     let mut buffer = String::new();
     let mut shown_done: Vec<String> = Vec::new();
     let mut attempts_shown = 0;
