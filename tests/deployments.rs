@@ -352,9 +352,22 @@ async fn a_rolling_update_under_load_fails_no_request(backend: Backend) {
     assert!(all
         .iter()
         .any(|a| a["kind"] == "replace_replica" && a["drift"] == "outdated_revision"));
-    // A replica-count change alone is no new revision; the same spec again changes nothing.
+    // The same spec again changes nothing; so does the spec as the API shows it, its secret
+    // values masked: `<secret>` keeps the stored value.
     let r = put(&app, "/admin/deployments/roll", &spec).await;
     assert_eq!(r.body["revision"], 2);
+    let mut shown = r.body["spec"].clone();
+    assert_eq!(shown["envs"]["MODEL_REVISION"], "<secret>");
+    let r = put(&app, "/admin/deployments/roll", &shown).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        r.body["revision"], 2,
+        "the masked value kept the stored one"
+    );
+    shown["envs"]["NEVER_SET"] = json!("<secret>");
+    let r = put(&app, "/admin/deployments/roll", &shown).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert_eq!(r.body["error"]["field"], "envs");
     // Roll back: revision 3 runs what revision 1 ran.
     let r = app
         .post(

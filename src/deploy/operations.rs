@@ -14,7 +14,7 @@ use crate::fleet::node::Node;
 use crate::fleet::status::NodeStatus;
 use crate::fleet::Fleet;
 use crate::launch::runner::JobRunner;
-use crate::launch::spec::SpecError;
+use crate::launch::spec::{SpecError, SECRET_SHOWN};
 use crate::launch::{operations as launch_ops, LaunchOpError};
 use crate::store::{Store, StoreError};
 
@@ -94,6 +94,31 @@ pub struct DeploymentView {
     pub updated_at: i64,
 }
 
+/// An update may send an `envs` value as `<secret>` (as every answer shows it) to keep the
+/// stored value, so a spec read from the API can be changed and sent back whole.
+fn keep_secrets(
+    mut request: DeploymentRequest,
+    current: &DeploymentRequest,
+) -> Result<DeploymentRequest, DeployError> {
+    for (key, value) in request.envs.iter_mut() {
+        if value == SECRET_SHOWN {
+            match current.envs.get(key) {
+                Some(stored) => *value = stored.clone(),
+                None => {
+                    return Err(SpecError::invalid(
+                        "envs",
+                        format!(
+                            "envs.{key} is {SECRET_SHOWN:?}, which keeps a stored value, but the deployment has no {key}: send its value"
+                        ),
+                    )
+                    .into())
+                }
+            }
+        }
+    }
+    Ok(request)
+}
+
 /// The deployments service the API calls.
 pub struct Deployments {
     pub store: Store,
@@ -148,8 +173,9 @@ impl Deployments {
             )
             .into());
         }
-        self.check(&request)?;
         let current = self.live(name).await?;
+        let request = keep_secrets(request, &current.spec)?;
+        self.check(&request)?;
         let new_revision = current.spec.runs_differently(&request);
         self.write_spec(current, request, new_revision).await
     }
@@ -196,7 +222,9 @@ impl Deployments {
             d.revision += 1;
         }
         d.spec = spec;
-        d.status = DeploymentStatus::Converging;
+        if new_revision {
+            d.status = DeploymentStatus::Converging;
+        }
         d.updated_at = now_ms();
         if !self
             .store

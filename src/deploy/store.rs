@@ -76,9 +76,10 @@ impl Store {
     }
 
     /// Writes a new spec, if the deployment is still at `expected_revision` and not being
-    /// deleted: a new revision (stored for rollbacks) when `new_revision` is set. Any change of
-    /// the spec clears the back-off and the failure count (it may add capacity or fix the
-    /// launch). `false` when the deployment changed meanwhile.
+    /// deleted. A new revision (stored for rollbacks, when `new_revision` is set) also clears
+    /// the back-off, the failure count and a failed rollout: it may add capacity or fix the
+    /// launch. A change of the replica count or the policies alone leaves them as they are.
+    /// `false` when the deployment changed meanwhile.
     pub async fn update_deployment_spec(
         &self,
         d: &Deployment,
@@ -87,9 +88,13 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool().begin().await?;
         let done = sqlx::query(
-            "UPDATE deployments SET spec = $2, replicas = $3, revision = $4, status = $5, \
-             reason = NULL, unsatisfiable_until = NULL, failures = 0, last_failure_at = NULL, \
-             updated_at = $6 WHERE name = $1 AND revision = $7 AND deleting = 0",
+            "UPDATE deployments SET spec = $2, replicas = $3, revision = $4, updated_at = $6, \
+             status = CASE WHEN $8 = 1 THEN $5 ELSE status END, \
+             reason = CASE WHEN $8 = 1 THEN NULL ELSE reason END, \
+             unsatisfiable_until = CASE WHEN $8 = 1 THEN NULL ELSE unsatisfiable_until END, \
+             failures = CASE WHEN $8 = 1 THEN 0 ELSE failures END, \
+             last_failure_at = CASE WHEN $8 = 1 THEN NULL ELSE last_failure_at END \
+             WHERE name = $1 AND revision = $7 AND deleting = 0",
         )
         .bind(&d.name)
         .bind(spec_json(&d.spec))
@@ -98,6 +103,7 @@ impl Store {
         .bind(d.status.as_str())
         .bind(d.updated_at)
         .bind(expected_revision)
+        .bind(i64::from(new_revision))
         .execute(&mut *tx)
         .await?
         .rows_affected()
