@@ -55,27 +55,8 @@ async fn put(app: &TestApp, path: &str, body: &Value) -> Reply {
     .await
 }
 
-async fn get_deployment(app: &TestApp, name: &str) -> Reply {
-    app.get(&format!("/admin/deployments/{name}"), Some(ADMIN_TOKEN))
-        .await
-}
-
-/// Polls (up to about 90 s) until `done` holds for the deployment; returns it.
-async fn wait_for(app: &TestApp, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..900 {
-        let r = get_deployment(app, name).await;
-        last = r.body;
-        if r.status == StatusCode::OK && done(&last) {
-            return last;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("deployment {name} never got {what}; last seen: {last:#}");
-}
-
 async fn wait_serving(app: &TestApp, name: &str, replicas: i64) -> Value {
-    wait_for(app, name, &format!("{replicas} ready replicas"), |d| {
+    app.wait_deployment(name, &format!("{replicas} ready replicas"), |d| {
         d["status"] == "serving"
             && d["replicas"]["ready"] == replicas
             && d["replicas"]["launching"] == 0
@@ -92,35 +73,6 @@ fn node_ids(d: &Value) -> Vec<String> {
         .iter()
         .map(|n| n["node_id"].as_str().unwrap().to_string())
         .collect()
-}
-
-async fn actions(app: &TestApp, name: &str) -> Vec<Value> {
-    let r = app
-        .get(
-            &format!("/admin/deployments/{name}/actions"),
-            Some(ADMIN_TOKEN),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    r.body["actions"].as_array().unwrap().clone()
-}
-
-/// Polls (up to about 60 s) until `done` holds for the deployment's actions; returns them.
-async fn wait_actions(
-    app: &TestApp,
-    name: &str,
-    what: &str,
-    done: impl Fn(&[Value]) -> bool,
-) -> Vec<Value> {
-    let mut last = Vec::new();
-    for _ in 0..600 {
-        last = actions(app, name).await;
-        if done(&last) {
-            return last;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the actions of {name} never showed {what}: {last:#?}");
 }
 
 /// Kills every process a local launch started for the node (its agent and its model server),
@@ -188,10 +140,11 @@ async fn a_deployment_is_launched_healed_scaled_and_deleted(backend: Backend) {
     }
     let answer: Value = chat(&app, "echo/chat").await.unwrap().json().await.unwrap();
     assert_eq!(answer["choices"][0]["message"]["content"], "echo: hi");
-    let launched = wait_actions(&app, "chat", "two completed launches", |all| {
-        all.iter().all(|a| a["state"] == "completed")
-    })
-    .await;
+    let launched = app
+        .wait_actions("chat", "two completed launches", |all| {
+            all.iter().all(|a| a["state"] == "completed")
+        })
+        .await;
     assert_eq!(launched.len(), 2, "{launched:#?}");
     assert!(launched.iter().all(|a| a["kind"] == "launch_replica"
         && a["drift"] == "missing_replica"
@@ -201,20 +154,22 @@ async fn a_deployment_is_launched_healed_scaled_and_deleted(backend: Backend) {
     let victim = d["nodes"][0].clone();
     let victim_id = victim["node_id"].as_str().unwrap();
     assert!(kill_vm(victim["launch_job_id"].as_str().unwrap()) >= 2);
-    let healed = wait_for(&app, "chat", "its dead replica replaced", |d| {
-        d["status"] == "serving"
-            && d["replicas"]["ready"] == 2
-            && !node_ids(d).contains(&victim_id.to_string())
-    })
-    .await;
+    let healed = app
+        .wait_deployment("chat", "its dead replica replaced", |d| {
+            d["status"] == "serving"
+                && d["replicas"]["ready"] == 2
+                && !node_ids(d).contains(&victim_id.to_string())
+        })
+        .await;
     assert_eq!(healed["nodes"].as_array().unwrap().len(), 2);
     let dead = app.wait_for_status(victim_id, "terminated").await;
     assert_eq!(dead["deployment"], "chat");
-    let all = wait_actions(&app, "chat", "the replacement completed", |all| {
-        all.iter()
-            .any(|a| a["kind"] == "replace_replica" && a["state"] == "completed")
-    })
-    .await;
+    let all = app
+        .wait_actions("chat", "the replacement completed", |all| {
+            all.iter()
+                .any(|a| a["kind"] == "replace_replica" && a["state"] == "completed")
+        })
+        .await;
     let replace = all
         .iter()
         .find(|a| a["kind"] == "replace_replica")
@@ -254,7 +209,8 @@ async fn a_deployment_is_launched_healed_scaled_and_deleted(backend: Backend) {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let one = wait_serving(&app, "chat", 1).await;
     assert_eq!(one["nodes"][0]["slot"], 0, "the first slot stays");
-    assert!(actions(&app, "chat")
+    assert!(app
+        .deployment_actions("chat")
         .await
         .iter()
         .any(|a| a["kind"] == "drain_replica" && a["drift"] == "excess_replica"));
@@ -270,12 +226,12 @@ async fn a_deployment_is_launched_healed_scaled_and_deleted(backend: Backend) {
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
     assert_eq!(r.body["status"], "deleting");
     for _ in 0..600 {
-        if get_deployment(&app, "chat").await.status == StatusCode::NOT_FOUND {
+        if app.get_deployment("chat").await.status == StatusCode::NOT_FOUND {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let gone = get_deployment(&app, "chat").await;
+    let gone = app.get_deployment("chat").await;
     assert_eq!(gone.status, StatusCode::NOT_FOUND, "{}", gone.body);
     assert_eq!(gone.error_code(), "deployment_not_found");
     for n in &all_nodes {
@@ -326,16 +282,17 @@ async fn a_rolling_update_under_load_fails_no_request(backend: Backend) {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["revision"], 2);
     assert_eq!(r.body["spec"]["envs"]["MODEL_REVISION"], "<secret>");
-    let after = wait_for(&app, "roll", "both replicas at revision 2", |d| {
-        d["status"] == "serving"
-            && d["nodes"].as_array().unwrap().len() == 2
-            && d["nodes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|n| n["revision"] == 2 && n["status"] == "ready")
-    })
-    .await;
+    let after = app
+        .wait_deployment("roll", "both replicas at revision 2", |d| {
+            d["status"] == "serving"
+                && d["nodes"].as_array().unwrap().len() == 2
+                && d["nodes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|n| n["revision"] == 2 && n["status"] == "ready")
+        })
+        .await;
     stop.store(1, Ordering::SeqCst);
     load.await.unwrap();
     assert!(ok.load(Ordering::SeqCst) > 0);
@@ -348,7 +305,7 @@ async fn a_rolling_update_under_load_fails_no_request(backend: Backend) {
         assert!(!node_ids(&after).contains(id));
         app.wait_for_status(id, "terminated").await;
     }
-    let all = actions(&app, "roll").await;
+    let all = app.deployment_actions("roll").await;
     assert!(all
         .iter()
         .any(|a| a["kind"] == "replace_replica" && a["drift"] == "outdated_revision"));
@@ -467,10 +424,9 @@ async fn bad_requests_change_nothing(backend: Backend) {
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     assert_eq!(r.error_code(), "no_previous_revision");
-    let d = wait_for(&app, "idle", "serving with none", |d| {
-        d["status"] == "serving"
-    })
-    .await;
+    let d = app
+        .wait_deployment("idle", "serving with none", |d| d["status"] == "serving")
+        .await;
     assert_eq!(d["replicas"]["desired"], 0);
     assert_eq!(d["nodes"], json!([]));
     let r = app

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Backend, Reply, TestApp, ADMIN_TOKEN};
+use common::{Backend, TestApp, ADMIN_TOKEN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use standins::{fake_sky, fixture, FakeSky};
@@ -53,53 +53,6 @@ async fn create(app: &TestApp, body: &Value) {
         .post("/admin/deployments", Some(ADMIN_TOKEN), body)
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-}
-
-async fn get_deployment(app: &TestApp, name: &str) -> Reply {
-    app.get(&format!("/admin/deployments/{name}"), Some(ADMIN_TOKEN))
-        .await
-}
-
-/// Polls (up to about 90 s) until `done` holds for the deployment; returns it.
-async fn wait_for(app: &TestApp, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..900 {
-        let r = get_deployment(app, name).await;
-        last = r.body;
-        if r.status == StatusCode::OK && done(&last) {
-            return last;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("deployment {name} never got {what}; last seen: {last:#}");
-}
-
-async fn actions(app: &TestApp, name: &str) -> Vec<Value> {
-    let r = app
-        .get(
-            &format!("/admin/deployments/{name}/actions"),
-            Some(ADMIN_TOKEN),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    r.body["actions"].as_array().unwrap().clone()
-}
-
-async fn wait_actions(
-    app: &TestApp,
-    name: &str,
-    what: &str,
-    done: impl Fn(&[Value]) -> bool,
-) -> Vec<Value> {
-    let mut last = Vec::new();
-    for _ in 0..900 {
-        last = actions(app, name).await;
-        if done(&last) {
-            return last;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the actions of {name} never showed {what}: {last:#?}");
 }
 
 fn serving(d: &Value, replicas: i64) -> bool {
@@ -174,7 +127,9 @@ async fn a_spot_notice_gets_its_replacement_launched_while_the_node_drains_and_n
         return;
     };
     create(&app, &spot_deployment("spotty", 2)).await;
-    let before = wait_for(&app, "spotty", "2 ready replicas", |d| serving(d, 2)).await;
+    let before = app
+        .wait_deployment("spotty", "2 ready replicas", |d| serving(d, 2))
+        .await;
     assert!(before["nodes"]
         .as_array()
         .unwrap()
@@ -201,14 +156,15 @@ async fn a_spot_notice_gets_its_replacement_launched_while_the_node_drains_and_n
         })
     };
     metadata.armed.store(true, Ordering::SeqCst);
-    let replaced = wait_actions(&app, "spotty", "a completed spot replacement", |all| {
-        all.iter().any(|a| {
-            a["kind"] == "replace_replica"
-                && a["drift"] == "spot_interruption"
-                && a["state"] == "completed"
+    let replaced = app
+        .wait_actions("spotty", "a completed spot replacement", |all| {
+            all.iter().any(|a| {
+                a["kind"] == "replace_replica"
+                    && a["drift"] == "spot_interruption"
+                    && a["state"] == "completed"
+            })
         })
-    })
-    .await;
+        .await;
     assert_eq!(metadata.served.load(Ordering::SeqCst), 1);
     let replace = replaced
         .iter()
@@ -224,7 +180,7 @@ async fn a_spot_notice_gets_its_replacement_launched_while_the_node_drains_and_n
     );
     // The replacement was launched while the doomed node was still there (draining), not
     // after it was gone.
-    wait_for(&app, "spotty", "the doomed node retired", |d| {
+    app.wait_deployment("spotty", "the doomed node retired", |d| {
         serving(d, 2)
             && d["nodes"]
                 .as_array()
@@ -297,10 +253,11 @@ async fn no_spot_capacity_backs_off_with_a_bounded_number_of_launches_until_retr
     )
     .unwrap();
     create(&app, &spot_deployment("scarce", 1)).await;
-    let d = wait_for(&app, "scarce", "unsatisfiable", |d| {
-        d["status"] == "unsatisfiable"
-    })
-    .await;
+    let d = app
+        .wait_deployment("scarce", "unsatisfiable", |d| {
+            d["status"] == "unsatisfiable"
+        })
+        .await;
     let reason = d["reason"].as_str().unwrap();
     assert!(
         reason.contains("spot") && reason.contains("retry"),
@@ -315,7 +272,7 @@ async fn no_spot_capacity_backs_off_with_a_bounded_number_of_launches_until_retr
         more <= 2,
         "{more} launches in 6 s: the back-off must hold them"
     );
-    let failed = actions(&app, "scarce").await;
+    let failed = app.deployment_actions("scarce").await;
     assert!(
         failed
             .iter()
@@ -333,7 +290,9 @@ async fn no_spot_capacity_backs_off_with_a_bounded_number_of_launches_until_retr
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_ne!(r.body["status"], "unsatisfiable");
-    let d = wait_for(&app, "scarce", "serving after retry", |d| serving(d, 1)).await;
+    let d = app
+        .wait_deployment("scarce", "serving after retry", |d| serving(d, 1))
+        .await;
     assert_eq!(d["reason"], Value::Null);
     assert_eq!(d["unsatisfiable_until"], Value::Null);
 }
@@ -347,10 +306,11 @@ async fn a_guarded_on_demand_fallback_waits_for_approval_and_is_cancelled_when_s
     body["spot"]["fallback"] = json!("on_demand");
     body["approval"] = json!({"guarded": ["on_demand_fallback"]});
     create(&app, &body).await;
-    let pending = wait_actions(&app, "frugal", "a pending on-demand fallback", |all| {
-        all.iter().any(|a| a["state"] == "pending")
-    })
-    .await;
+    let pending = app
+        .wait_actions("frugal", "a pending on-demand fallback", |all| {
+            all.iter().any(|a| a["state"] == "pending")
+        })
+        .await;
     let fallback = pending
         .iter()
         .find(|a| a["state"] == "pending")
@@ -368,7 +328,7 @@ async fn a_guarded_on_demand_fallback_waits_for_approval_and_is_cancelled_when_s
         .await;
     assert_eq!(listed.body["actions"][0]["id"], fallback["id"]);
     assert_eq!(
-        get_deployment(&app, "frugal").await.body["pending_actions"],
+        app.get_deployment("frugal").await.body["pending_actions"],
         1
     );
     // Approved: it runs at once, back-off or not, and the replica is on-demand.
@@ -391,15 +351,16 @@ async fn a_guarded_on_demand_fallback_waits_for_approval_and_is_cancelled_when_s
         .await;
     assert_eq!(again.status, StatusCode::CONFLICT);
     assert_eq!(again.error_code(), "action_not_pending");
-    let d = wait_for(&app, "frugal", "serving on on-demand", |d| {
-        d["replicas"]["ready"].as_i64() >= Some(1)
-            && d["nodes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|n| n["market"] == "on_demand" && n["status"] == "ready")
-    })
-    .await;
+    let d = app
+        .wait_deployment("frugal", "serving on on-demand", |d| {
+            d["replicas"]["ready"].as_i64() >= Some(1)
+                && d["nodes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|n| n["market"] == "on_demand" && n["status"] == "ready")
+        })
+        .await;
     assert!(d["hourly_usd"].as_f64().unwrap() > 0.0);
 
     // A second replica: its spot launch fails too, and its fallback waits. Then spot capacity
@@ -412,30 +373,33 @@ async fn a_guarded_on_demand_fallback_waits_for_approval_and_is_cancelled_when_s
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    let second = wait_actions(&app, "frugal", "a second pending fallback", |all| {
-        all.iter()
-            .any(|a| a["state"] == "pending" && a["slot"] == 1)
-    })
-    .await;
+    let second = app
+        .wait_actions("frugal", "a second pending fallback", |all| {
+            all.iter()
+                .any(|a| a["state"] == "pending" && a["slot"] == 1)
+        })
+        .await;
     let second = second
         .iter()
         .find(|a| a["state"] == "pending")
         .unwrap()
         .clone();
     std::fs::remove_file(&capacity_gone).unwrap();
-    let all = wait_actions(&app, "frugal", "the fallback cancelled by itself", |all| {
-        all.iter()
-            .any(|a| a["id"] == second["id"] && a["state"] == "cancelled")
-    })
-    .await;
+    let all = app
+        .wait_actions("frugal", "the fallback cancelled by itself", |all| {
+            all.iter()
+                .any(|a| a["id"] == second["id"] && a["state"] == "cancelled")
+        })
+        .await;
     let cancelled = all.iter().find(|a| a["id"] == second["id"]).unwrap();
     assert_eq!(cancelled["reason"], "drift_resolved_auto");
-    wait_for(&app, "frugal", "2 ready", |d| serving(d, 2)).await;
+    app.wait_deployment("frugal", "2 ready", |d| serving(d, 2))
+        .await;
     // Spot is back: the on-demand stand-in of slot 0 is swapped back to spot, and it serves
     // until its spot replacement is ready, so the ready count never drops.
     let mut last = Value::Null;
     for _ in 0..900 {
-        last = get_deployment(&app, "frugal").await.body;
+        last = app.get_deployment("frugal").await.body;
         assert!(
             last["replicas"]["ready"].as_i64() >= Some(2),
             "ready dropped: {last:#}"
@@ -454,7 +418,7 @@ async fn a_guarded_on_demand_fallback_waits_for_approval_and_is_cancelled_when_s
             .all(|n| n["market"] == "spot"),
         "{last:#}"
     );
-    let swapped = actions(&app, "frugal").await;
+    let swapped = app.deployment_actions("frugal").await;
     assert!(
         swapped.iter().any(|a| a["kind"] == "replace_replica"
             && a["state"] == "completed"
@@ -479,7 +443,9 @@ async fn a_revision_that_keeps_failing_stops_its_rollout_and_the_old_one_serves_
     let mut spec = spot_deployment("steady", 1);
     spec["spot"] = json!({"use_spot": false});
     create(&app, &spec).await;
-    let before = wait_for(&app, "steady", "1 ready", |d| serving(d, 1)).await;
+    let before = app
+        .wait_deployment("steady", "1 ready", |d| serving(d, 1))
+        .await;
     let old = before["nodes"][0]["node_id"].as_str().unwrap().to_string();
     // Revision 2's replicas fail their setup, every time.
     let failing = sky.state.path().join("transcript");
@@ -498,10 +464,11 @@ async fn a_revision_that_keeps_failing_stops_its_rollout_and_the_old_one_serves_
         )
         .await;
     assert_eq!(r.body["revision"], 2, "{}", r.body);
-    let stopped = wait_for(&app, "steady", "rollout_failed", |d| {
-        d["status"] == "rollout_failed"
-    })
-    .await;
+    let stopped = app
+        .wait_deployment("steady", "rollout_failed", |d| {
+            d["status"] == "rollout_failed"
+        })
+        .await;
     let reason = stopped["reason"].as_str().unwrap();
     assert!(
         reason.contains("revision 2 failed to launch 3 times"),
@@ -541,7 +508,9 @@ async fn a_revision_that_keeps_failing_stops_its_rollout_and_the_old_one_serves_
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["revision"], 3);
-    let after = wait_for(&app, "steady", "serving again", |d| serving(d, 1)).await;
+    let after = app
+        .wait_deployment("steady", "serving again", |d| serving(d, 1))
+        .await;
     assert_eq!(after["nodes"][0]["node_id"], old, "nothing was replaced");
     assert_eq!(after["reason"], Value::Null);
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -6,6 +6,7 @@
 mod app;
 mod cloud;
 mod db;
+mod deployments;
 mod launches;
 mod nodes;
 

@@ -191,7 +191,7 @@ fn ours(prefix: &str) -> Outcome {
 /// Every fixture file must have a test below; a new transcript fails this until it gets one.
 #[test]
 fn every_fixture_file_is_covered_and_replays_without_panicking() {
-    const COVERED: [&str; 27] = [
+    const COVERED: [&str; 28] = [
         "00",
         "01",
         "02",
@@ -219,6 +219,7 @@ fn every_fixture_file_is_covered_and_replays_without_panicking() {
         "success-aws-l4-spot",
         "failover-aws-l4-second-zone",
         "setup-failure-aws-l4",
+        "spot-capacity-aws-l4-all-zones",
     ];
     for dir in [SHARED, OURS] {
         for entry in std::fs::read_dir(dir).expect("fixture dir") {
@@ -588,4 +589,25 @@ fn setup_failure_finishes_the_job_as_failed_setup_and_maps_to_setup_failed() {
     ));
     assert_eq!(outcome.exit_code, Some(100));
     assert_eq!(outcome.explain("L4", false).code, ErrorCode::SetupFailed);
+}
+
+#[test]
+fn spot_capacity_gone_in_every_zone_is_spot_capacity_unavailable_with_each_zone_tried() {
+    let outcome = ours("spot-capacity-aws-l4-all-zones");
+    let attempts = outcome.attempts();
+    assert_eq!(attempts.len(), 2);
+    assert!(
+        attempts.iter().all(|a| a.market == Market::Spot),
+        "{attempts:?}"
+    );
+    let failures = outcome.failures();
+    assert!(
+        failures
+            .iter()
+            .all(|f| f.starts_with("InsufficientInstanceCapacity")),
+        "{failures:?}"
+    );
+    assert_eq!(outcome.exit_code, Some(1));
+    let error = outcome.explain("L4", true);
+    assert_eq!(error.code, ErrorCode::SpotCapacityUnavailable, "{error:?}");
 }
