@@ -202,12 +202,12 @@ impl Connections {
         })
     }
 
-    /// Shuts down the connection waiting for a request whose deadline is nearest, among up to
-    /// [`EVICT_SCAN`] of them (only those whose `restricted` is `only`, if given), and gives
-    /// its place to the caller. Whether one was found.
+    /// Shuts down a connection waiting for a request, among up to [`EVICT_SCAN`] of them (only
+    /// those whose `restricted` is `only`, if given): an idle kept-alive one first, else the one
+    /// whose head is due soonest; and gives its place to the caller. Whether one was found.
     fn evict_one(&self, inner: &mut Admitted, only: Option<bool>) -> bool {
         let len = inner.slots.len();
-        let mut best: Option<(u64, usize)> = None;
+        let mut best: Option<((bool, u64), usize)> = None;
         for step in 0..len.min(EVICT_SCAN) {
             let at = (inner.cursor + step) % len;
             let slot = &inner.slots[at];
@@ -219,8 +219,12 @@ impl Connections {
             {
                 continue;
             }
-            if best.is_none_or(|(deadline, _)| read >> 2 < deadline) {
-                best = Some((read >> 2, at));
+            // A kept-alive connection waiting for its next request goes first: it asked
+            // nothing. A new one whose head is due may have sent it already (its bytes not
+            // read yet), so among those the one waiting longest (a slow head) goes.
+            let rank = (Wait::from_bits(read) != Wait::Idle, read >> 2);
+            if best.is_none_or(|(best_rank, _)| rank < best_rank) {
+                best = Some((rank, at));
             }
         }
         inner.cursor = inner.cursor.wrapping_add(EVICT_SCAN);

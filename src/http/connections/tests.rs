@@ -86,6 +86,37 @@ async fn at_the_cap_the_connection_waiting_longest_for_a_request_makes_room() {
     assert_eq!(c.open(), 0);
 }
 
+/// A new connection's head is due soon (the header timeout) while a kept-alive one may idle for
+/// long: by deadline alone the new one would go first, though it may have sent its request
+/// already. The idle one, which asked nothing, makes room instead.
+#[tokio::test]
+async fn at_the_cap_an_idle_connection_makes_room_before_a_new_one_whose_head_is_due() {
+    use tokio::io::AsyncReadExt;
+    let c = Connections::new(settings(2, 0, 0), &Metrics::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut clients = Vec::new();
+    let mut served = Vec::new();
+    for _ in 0..2 {
+        clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        let (io, peer) = listener.accept().await.unwrap();
+        served.push(c.admit(peer).unwrap().open(io));
+    }
+    served[0].slot().wait_idle();
+    served[1].slot().wait_head();
+    let newcomer = c.admit(peer("127.0.0.1")).expect("room is made");
+    assert!(!newcomer.restricted);
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), clients[0].read(&mut byte))
+        .await
+        .expect("the idle connection ends");
+    assert!(matches!(read, Ok(0) | Err(_)));
+    let still = tokio::time::timeout(Duration::from_millis(200), clients[1].read(&mut byte)).await;
+    assert!(still.is_err(), "the new connection is kept: {still:?}");
+    drop(served);
+    drop(newcomer);
+}
+
 #[tokio::test]
 async fn the_sweeper_closes_a_connection_past_its_deadline_and_not_a_busy_one() {
     use tokio::io::AsyncReadExt;
