@@ -565,11 +565,17 @@ impl Reconciler {
             now + wait.as_millis() as i64
         });
         let reason = format!("launch {job_id} failed: {why}");
-        if plan::is_swap_back(a.kind, a.drift) {
-            // The on-demand replica keeps serving; spot is tried again after the interval.
-            let reason = format!(
-                "{reason}; the on-demand replica keeps serving and spot is tried again later"
-            );
+        // A swap-back that failed leaves the on-demand replica serving, and a launch someone
+        // cancelled says nothing about the revision: neither counts towards a back-off or a
+        // failed rollout.
+        if plan::is_swap_back(a.kind, a.drift) || status == JobStatus::Cancelled {
+            let reason = if status == JobStatus::Cancelled {
+                format!("launch {job_id} was cancelled")
+            } else {
+                format!(
+                    "{reason}; the on-demand replica keeps serving and spot is tried again later"
+                )
+            };
             if self
                 .store_write()
                 .set_action_state(
@@ -595,7 +601,7 @@ impl Reconciler {
         }
         self.count(a.kind, "failed");
         tracing::warn!(deployment = %d.name, action = %a.id, job_id, "{reason}");
-        if !same_revision || status == JobStatus::Cancelled {
+        if !same_revision {
             return Ok(true);
         }
         let failures = d.failures + 1;
