@@ -232,7 +232,9 @@ def converged_window():
     cpu = cpu1 - cpu0
     p50, p50_le = quantile(0.5, count, buckets)
     p99, p99_le = quantile(0.99, count, buckets)
-    print(f"  passes: {count:.0f} in {t1 - t0:.1f} s")
+    print(f"  passes: {count:.0f} in {t1 - t0:.1f} s ({count / (t1 - t0):.1f} per second; the reconcile interval "
+          f"is {os.environ.get('SKYLAUNCH_RECONCILE_INTERVAL', '?')}, and a change of any replica, a heartbeat "
+          f"included, wakes it)")
     if count:
         print(f"  pass duration: mean {ms(total / count)}, p50 ~{ms(p50)} (bucket <= {bound(p50_le)}), "
               f"p99 ~{ms(p99)} (bucket <= {bound(p99_le)})")
@@ -311,11 +313,20 @@ def kills(ds):
     procs = processes_by_job(set(jobs))
     check(len(procs) == 2 * DEPLOYMENTS * REPLICAS,
           f"{len(procs)} replica processes running after the replacements (the dead ones' are gone)")
+    # Healed: the reconciler is back to writing nothing.
+    time.sleep(5)
+    w0, p0 = Metrics(), time.time()
+    time.sleep(15)
+    w1 = Metrics()
+    writes = w1.get("skylaunch_reconciler_writes_total") - w0.get("skylaunch_reconciler_writes_total")
+    passes = w1.get("skylaunch_reconciler_tick_seconds_count") - w0.get("skylaunch_reconciler_tick_seconds_count")
+    check(writes == 0, f"no reconciler write once healed ({writes:.0f} in {passes:.0f} passes over {time.time() - p0:.0f} s)")
 
 
 def delete_all():
     print("== Delete every deployment; nothing of the run may be left running ==")
     jobs = our_jobs()
+    before = Metrics().histogram("skylaunch_reconciler_tick_seconds")
     t0 = time.time()
     for name in NAMES:
         status, body = http("DELETE", f"/admin/deployments/{name}")
@@ -327,6 +338,10 @@ def delete_all():
     print(f"  every deployment gone {time.time() - t0:.1f} s after the deletes" if not left else
           f"  {len(left)} deployments still there after 600 s")
     check(not left, "every deployment deleted")
+    count, total, buckets = histogram_delta(Metrics().histogram("skylaunch_reconciler_tick_seconds"), before)
+    under_1s = dict(buckets).get(1.0, 0.0)
+    print(f"  reconciler passes meanwhile: {count:.0f}, {total:.1f} s in all, {count - under_1s:.0f} of them over 1 s "
+          f"(a pass terminates its drained replicas one after another, waiting for each teardown)")
     # Teardown stops a group with SIGTERM and waits for it: give the last ones a moment.
     deadline = time.time() + 30
     while time.time() < deadline and processes_by_job(set(jobs)):
@@ -343,6 +358,9 @@ def delete_all():
 def main():
     print(f"# bench-deployments: {DEPLOYMENTS} x {REPLICAS} on the local provider, {os.cpu_count()} cores, "
           f"{open('/proc/cpuinfo').read().split('model name')[1].split(':', 1)[1].splitlines()[0].strip()}")
+    print("# server: " + ", ".join(f"{k.removeprefix('SKYLAUNCH_').lower()} {os.environ.get(k, 'default')}" for k in (
+        "SKYLAUNCH_RECONCILE_INTERVAL", "SKYLAUNCH_HEARTBEAT_INTERVAL", "SKYLAUNCH_REPLICA_UNHEALTHY_GRACE",
+        "SKYLAUNCH_JOB_LEASE", "SKYLAUNCH_MAX_CONCURRENT_LAUNCHES")))
     try:
         ds = converge()
         converged_window()
