@@ -367,10 +367,23 @@ impl Running {
             metrics.clone(),
             config.reconciler_settings(),
         );
+        // Only a change of a replica's status wakes it, not each heartbeat's telemetry: a
+        // pass covers every deployment.
         let woken = reconciler.clone();
+        let statuses = std::sync::Mutex::new(std::collections::HashMap::new());
         fleet
             .watch(Arc::new(move |node: &crate::fleet::node::Node| {
-                if node.deployment.is_some() {
+                if node.deployment.is_none() {
+                    return;
+                }
+                let mut known = statuses.lock().expect("replica status lock");
+                let changed = if node.status == crate::fleet::status::NodeStatus::Terminated {
+                    known.remove(&node.id).is_some()
+                } else {
+                    known.insert(node.id.clone(), node.status) != Some(node.status)
+                };
+                drop(known);
+                if changed {
                     woken.wake();
                 }
             }))

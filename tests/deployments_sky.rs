@@ -516,3 +516,64 @@ async fn a_revision_that_keeps_failing_stops_its_rollout_and_the_old_one_serves_
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(launches(&sky), tried, "the rollback launched nothing");
 }
+
+/// A teardown takes minutes with a real cloud. One deployment's slow `sky down` must not hold up
+/// another deployment's healing: retirements run beside the reconciler's passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_teardown_in_one_deployment_does_not_hold_up_healing_in_another() {
+    let (sky, app) = setup!(Duration::from_secs(1));
+    let mut spec = spot_deployment("slowdown", 1);
+    spec["spot"] = json!({"use_spot": false});
+    create(&app, &spec).await;
+    spec["name"] = json!("healer");
+    spec["model"] = json!("meta-llama/Llama-3.1-70B-Instruct");
+    create(&app, &spec).await;
+    app.wait_deployment("slowdown", "1 ready", |d| serving(d, 1))
+        .await;
+    // Its launch job over too: what is torn down below is the launched cluster (`sky down`), not
+    // a launch still running.
+    app.wait_actions("slowdown", "its launch completed", |all| {
+        all.iter().all(|a| a["state"] == "completed")
+    })
+    .await;
+    let healer = app
+        .wait_deployment("healer", "1 ready", |d| serving(d, 1))
+        .await;
+    let victim = healer["nodes"][0]["node_id"].as_str().unwrap().to_string();
+    // Every teardown now takes a minute; scaling "slowdown" to 0 starts one.
+    std::fs::write(sky.state.path().join("down-slow"), "60").unwrap();
+    let r = app
+        .post(
+            "/admin/deployments/slowdown/scale",
+            Some(ADMIN_TOKEN),
+            &json!({"replicas": 0}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    app.wait_actions("slowdown", "a running termination", |all| {
+        all.iter()
+            .any(|a| a["kind"] == "terminate_replica" && a["state"] == "running")
+    })
+    .await;
+    // Meanwhile "healer"'s replica dies (its agent stops heartbeating): it is replaced while
+    // the other deployment's teardown still runs.
+    for pid in standins::agents_of(&victim) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    app.wait_actions("healer", "its replacement launched", |all| {
+        all.iter().any(|a| {
+            a["kind"] == "replace_replica"
+                && matches!(a["state"].as_str(), Some("running" | "completed"))
+        })
+    })
+    .await;
+    let slow = app.deployment_actions("slowdown").await;
+    assert!(
+        slow.iter()
+            .any(|a| a["kind"] == "terminate_replica" && a["state"] == "running"),
+        "the slow teardown is still under way: {slow:#?}"
+    );
+    std::fs::remove_file(sky.state.path().join("down-slow")).unwrap();
+}

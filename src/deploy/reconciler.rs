@@ -78,6 +78,11 @@ pub struct DeploymentGauge {
 }
 
 pub struct Reconciler {
+    /// Itself, for the drains and terminations it runs on tasks of their own.
+    me: std::sync::Weak<Reconciler>,
+    /// Drain and terminate actions this process runs now: a slow teardown (`sky down` takes
+    /// minutes) runs beside the passes, never inside one, and never twice at once here.
+    retiring: Mutex<HashSet<String>>,
     store: Store,
     fleet: Arc<Fleet>,
     runner: Arc<JobRunner>,
@@ -126,7 +131,9 @@ impl Reconciler {
         metrics: Arc<Metrics>,
         settings: ReconcilerSettings,
     ) -> Arc<Reconciler> {
-        Arc::new(Reconciler {
+        Arc::new_cyclic(|me| Reconciler {
+            me: me.clone(),
+            retiring: Mutex::default(),
             store,
             fleet,
             runner,
@@ -383,6 +390,9 @@ impl Reconciler {
         match p.kind {
             ActionKind::LaunchReplica | ActionKind::ReplaceReplica => self.launch(d, p, now).await,
             ActionKind::DrainReplica | ActionKind::TerminateReplica => {
+                if self.retiring.lock().expect("lock").contains(&p.id) {
+                    return Ok(());
+                }
                 let lease_until = now + self.settings.action_lease.as_millis() as i64;
                 if !self
                     .store_write()
@@ -391,41 +401,59 @@ impl Reconciler {
                 {
                     return Ok(());
                 }
-                let node_id = p.node_id.as_deref().unwrap_or_default();
-                let outcome = if p.kind == ActionKind::DrainReplica {
-                    let reason = format!("deployment {}: {}", d.name, p.reason);
-                    self.fleet
-                        .drain(node_id, &reason)
-                        .await
-                        .map(|_| ())
-                        .map_err(LaunchOpError::from)
-                } else {
-                    operations::delete_launched_node(&self.runner, node_id)
-                        .await
-                        .map(|_| ())
+                let Some(me) = self.me.upgrade() else {
+                    return Ok(());
                 };
-                let (state, reason) = match &outcome {
-                    Ok(()) => (ActionState::Completed, None),
-                    // Gone already, or leaving by itself: done all the same.
-                    Err(LaunchOpError::Fleet(crate::fleet::FleetError::Terminated(_))) => {
-                        (ActionState::Completed, None)
+                self.retiring.lock().expect("lock").insert(p.id.clone());
+                let (deployment, action) = (d.name.clone(), p.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = me.retire(&deployment, &action).await {
+                        tracing::warn!(deployment = %deployment, action = %action.id, error = %e, "could not record the action's outcome; it is run again once its lease lapses");
                     }
-                    Err(e) => (ActionState::Failed, Some(e.to_string())),
-                };
-                self.store_write()
-                    .set_action_state(
-                        &p.id,
-                        ActionState::Running,
-                        state,
-                        reason.as_deref(),
-                        now_ms(),
-                    )
-                    .await?;
-                self.count(p.kind, state.as_str());
-                tracing::info!(deployment = %d.name, action = %p.id, kind = p.kind.as_str(), node_id, outcome = state.as_str(), error = reason.as_deref().unwrap_or(""), "action done");
+                    me.retiring.lock().expect("lock").remove(&action.id);
+                    me.wake();
+                });
                 Ok(())
             }
         }
+    }
+
+    /// Drains or terminates a replica (a claimed action), on its own task: a teardown may take
+    /// minutes, and the other deployments' passes go on meanwhile.
+    async fn retire(&self, deployment: &str, p: &Planned) -> Result<(), StoreError> {
+        let node_id = p.node_id.as_deref().unwrap_or_default();
+        let outcome = if p.kind == ActionKind::DrainReplica {
+            let reason = format!("deployment {deployment}: {}", p.reason);
+            self.fleet
+                .drain(node_id, &reason)
+                .await
+                .map(|_| ())
+                .map_err(LaunchOpError::from)
+        } else {
+            operations::delete_launched_node(&self.runner, node_id)
+                .await
+                .map(|_| ())
+        };
+        let (state, reason) = match &outcome {
+            Ok(()) => (ActionState::Completed, None),
+            // Gone already, or leaving by itself: done all the same.
+            Err(LaunchOpError::Fleet(crate::fleet::FleetError::Terminated(_))) => {
+                (ActionState::Completed, None)
+            }
+            Err(e) => (ActionState::Failed, Some(e.to_string())),
+        };
+        self.store_write()
+            .set_action_state(
+                &p.id,
+                ActionState::Running,
+                state,
+                reason.as_deref(),
+                now_ms(),
+            )
+            .await?;
+        self.count(p.kind, state.as_str());
+        tracing::info!(deployment, action = %p.id, kind = p.kind.as_str(), node_id, outcome = state.as_str(), error = reason.as_deref().unwrap_or(""), "action done");
+        Ok(())
     }
 
     /// Queues the replica's launch in the transaction that starts its action.

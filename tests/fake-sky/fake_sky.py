@@ -26,6 +26,7 @@ FAKE_SKY_DOWN_FAILS=1 (every `sky down` of an existing cluster fails the way Sky
 failed teardown: the failure lines on stdout, exit 0, the cluster and its "VM" left as they
 were; a file named `down-fails` in FAKE_SKY_STATE does the same while it exists, so a test can
 turn it on and off), FAKE_SKY_SKYLAUNCH_BIN and FAKE_SKY_AGENT_BIN (for the "VM").
+A file named `down-slow` in FAKE_SKY_STATE (a number of seconds) makes `sky down` take that long.
 A file named `transcript` in FAKE_SKY_STATE replaces FAKE_SKY_TRANSCRIPT while it exists (so a
 test can make launches start failing, and stop). A task that asks for spot only (no on-demand candidate) replays FAKE_SKY_SPOT_TRANSCRIPT instead
 when set, or the transcript a file named `spot-transcript` in FAKE_SKY_STATE names while it
@@ -419,6 +420,12 @@ def down(args):
         print("Cluster(s) not found (tip: see `sky status`).")
         return
     print("")  # sky/client/cli/command.py:3966
+    # A real teardown takes minutes; a file named `down-slow` in FAKE_SKY_STATE holding a number
+    # of seconds makes every `sky down` take that long.
+    slow = os.path.join(STATE, "down-slow")
+    if os.path.exists(slow):
+        with open(slow) as f:
+            time.sleep(float(f.read().strip() or "0"))
     if down_fails():
         # A teardown that raised RuntimeError (sky/client/cli/command.py:3934-3938; the reason
         # is the lock error of sky/backends/cloud_vm_ray_backend.py:4805-4807), then the
