@@ -233,8 +233,7 @@ def converged_window():
     p50, p50_le = quantile(0.5, count, buckets)
     p99, p99_le = quantile(0.99, count, buckets)
     print(f"  passes: {count:.0f} in {t1 - t0:.1f} s ({count / (t1 - t0):.1f} per second; the reconcile interval "
-          f"is {os.environ.get('SKYLAUNCH_RECONCILE_INTERVAL', '?')}, and a change of any replica, a heartbeat "
-          f"included, wakes it)")
+          f"is {os.environ.get('SKYLAUNCH_RECONCILE_INTERVAL', '?')}, and a replica's status change wakes it)")
     if count:
         print(f"  pass duration: mean {ms(total / count)}, p50 ~{ms(p50)} (bucket <= {bound(p50_le)}), "
               f"p99 ~{ms(p99)} (bucket <= {bound(p99_le)})")
@@ -341,7 +340,7 @@ def delete_all():
     count, total, buckets = histogram_delta(Metrics().histogram("skylaunch_reconciler_tick_seconds"), before)
     under_1s = dict(buckets).get(1.0, 0.0)
     print(f"  reconciler passes meanwhile: {count:.0f}, {total:.1f} s in all, {count - under_1s:.0f} of them over 1 s "
-          f"(a pass terminates its drained replicas one after another, waiting for each teardown)")
+          f"(drains and terminations run on tasks of their own, beside the passes)")
     # Teardown stops a group with SIGTERM and waits for it: give the last ones a moment.
     deadline = time.time() + 30
     while time.time() < deadline and processes_by_job(set(jobs)):
