@@ -368,8 +368,10 @@ impl Running {
             config.reconciler_settings(),
         );
         // Only a change of a replica's status wakes it, not each heartbeat's telemetry: a
-        // pass covers every deployment.
-        let woken = reconciler.clone();
+        // pass covers every deployment. Held weakly: the reconciler holds the fleet, and the
+        // fleet its watchers, so a strong handle here would keep both (and the database's
+        // connections) alive after a stop.
+        let woken = Arc::downgrade(&reconciler);
         let statuses = std::sync::Mutex::new(std::collections::HashMap::new());
         fleet
             .watch(Arc::new(move |node: &crate::fleet::node::Node| {
@@ -383,8 +385,8 @@ impl Running {
                     known.insert(node.id.clone(), node.status) != Some(node.status)
                 };
                 drop(known);
-                if changed {
-                    woken.wake();
+                if let Some(reconciler) = woken.upgrade().filter(|_| changed) {
+                    reconciler.wake();
                 }
             }))
             .await;

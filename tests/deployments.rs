@@ -444,8 +444,76 @@ async fn bad_requests_change_nothing(backend: Backend) {
     assert_eq!(r.error_code(), "action_not_found");
 }
 
+async fn a_pending_launch_is_cancelled_when_its_slot_is_scaled_away_or_the_deployment_deleted(
+    backend: Backend,
+) {
+    let app = app!(backend);
+    let mut spec = deployment("gated", 2);
+    spec["approval"] = json!({"guarded": ["launch_replica"]});
+    let r = app
+        .post("/admin/deployments", Some(ADMIN_TOKEN), &spec)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let pending = app
+        .wait_actions("gated", "two pending launches", |all| {
+            all.len() == 2 && all.iter().all(|a| a["state"] == "pending")
+        })
+        .await;
+    assert!(pending.iter().all(|a| a["risk"] == "guarded"));
+    let d = app.get_deployment("gated").await.body;
+    assert_eq!(d["pending_actions"], 2);
+    assert_eq!(d["nodes"], json!([]), "nothing launched without approval");
+    // Scaled to 1: slot 1's launch is cancelled, slot 0's still waits.
+    let r = app
+        .post(
+            "/admin/deployments/gated/scale",
+            Some(ADMIN_TOKEN),
+            &json!({"replicas": 1}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let all = app
+        .wait_actions("gated", "slot 1's launch cancelled", |all| {
+            all.iter()
+                .any(|a| a["slot"] == 1 && a["state"] == "cancelled")
+        })
+        .await;
+    let slot = |n: i64| all.iter().find(|a| a["slot"] == n).unwrap().clone();
+    assert_eq!(slot(1)["reason"], "deployment_removed");
+    assert_eq!(slot(0)["state"], "pending");
+    // Deleted: the last pending launch is cancelled too, and the deployment goes.
+    let r = app
+        .delete("/admin/deployments/gated", Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let id = slot(0)["id"].as_str().unwrap().to_string();
+    for _ in 0..300 {
+        if app.get_deployment("gated").await.status == StatusCode::NOT_FOUND {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        app.get_deployment("gated").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let r = app
+        .post(
+            &format!("/admin/actions/{id}/approve"),
+            Some(ADMIN_TOKEN),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_FOUND,
+        "the deployment's actions went with it"
+    );
+}
+
 on_both_backends!(
     a_deployment_is_launched_healed_scaled_and_deleted,
     a_rolling_update_under_load_fails_no_request,
     bad_requests_change_nothing,
+    a_pending_launch_is_cancelled_when_its_slot_is_scaled_away_or_the_deployment_deleted,
 );
