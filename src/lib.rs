@@ -16,4 +16,5 @@ pub mod launch;
 pub mod logging;
 pub mod metrics;
 pub mod routing;
+pub mod ssh;
 pub mod store;

@@ -9,12 +9,14 @@ mod db;
 mod deployments;
 mod launches;
 mod nodes;
+mod sshd;
 
 pub use app::{metric_value, Reply, TestApp};
 pub use cloud::{moto, Moto};
 pub use db::{test_config, TestDb};
 pub use launches::{job_finished, sky_python};
 pub use nodes::{healthy, registration};
+pub use sshd::Sshd;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
