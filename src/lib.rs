@@ -11,6 +11,7 @@ pub mod config;
 pub mod deploy;
 pub mod echo_server;
 pub mod fleet;
+pub mod hosts;
 pub mod http;
 pub mod launch;
 pub mod logging;

@@ -160,3 +160,51 @@ async fn an_unreachable_host_is_told_apart() {
         .unwrap_err();
     assert!(matches!(e, SshError::Unreachable(_)), "{e:?}");
 }
+
+#[tokio::test]
+async fn a_probe_reads_the_os_disk_gpus_and_init_system_and_changes_nothing() {
+    let Some(sshd) = Sshd::start() else { return };
+    let host = target(
+        &sshd,
+        SshAuth::PrivateKey(sshd.client_key.clone()),
+        Some(sshd.host_key.clone()),
+    );
+    let settings = SshSettings::default();
+    let before = host
+        .run(&settings, "ls -A ~ | wc -l", None, T)
+        .await
+        .unwrap();
+    let probe = skylaunch::hosts::probe(&host, &settings, T)
+        .await
+        .expect("probe");
+    // This machine is the "host": the same OS, no GPU here, and no systemd in this container.
+    let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let pretty = os_release
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_default();
+    assert_eq!(probe.os, pretty);
+    assert_eq!(probe.arch, std::env::consts::ARCH);
+    assert!(probe.disk_free_gb > 0.0, "{probe:?}");
+    assert_eq!(
+        probe.systemd,
+        std::path::Path::new("/run/systemd/system").is_dir()
+    );
+    if !std::process::Command::new("sh")
+        .args(["-c", "command -v nvidia-smi"])
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(probe.gpus.is_empty());
+    }
+    let after = host
+        .run(&settings, "ls -A ~ | wc -l", None, T)
+        .await
+        .unwrap();
+    assert_eq!(
+        before.stdout, after.stdout,
+        "nothing was written in the home directory"
+    );
+}
