@@ -5,8 +5,6 @@
 mod common;
 mod standins;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Backend, Reply, TestApp, ADMIN_TOKEN};
@@ -120,16 +118,9 @@ async fn chat(app: &TestApp, model: &str) -> reqwest::Result<reqwest::Response> 
 
 async fn a_deployment_is_launched_healed_scaled_and_deleted(backend: Backend) {
     let app = app!(backend);
-    let r = app
-        .post(
-            "/admin/deployments",
-            Some(ADMIN_TOKEN),
-            &deployment("chat", 2),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    assert_eq!(r.body["revision"], 1);
-    assert_eq!(r.body["replicas"]["desired"], 2);
+    let created = app.create_deployment(&deployment("chat", 2)).await;
+    assert_eq!(created["revision"], 1);
+    assert_eq!(created["replicas"]["desired"], 2);
     let d = wait_serving(&app, "chat", 2).await;
     // The replicas are ordinary nodes that know their deployment, and serve the model.
     for id in node_ids(&d) {
@@ -189,24 +180,10 @@ async fn a_deployment_is_launched_healed_scaled_and_deleted(backend: Backend) {
     );
 
     // Scale 2 -> 3 -> 1.
-    let r = app
-        .post(
-            "/admin/deployments/chat/scale",
-            Some(ADMIN_TOKEN),
-            &json!({"replicas": 3}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    assert_eq!(r.body["revision"], 1, "scaling is not a new revision");
+    let scaled = app.scale_deployment("chat", 3).await;
+    assert_eq!(scaled["revision"], 1, "scaling is not a new revision");
     wait_serving(&app, "chat", 3).await;
-    let r = app
-        .post(
-            "/admin/deployments/chat/scale",
-            Some(ADMIN_TOKEN),
-            &json!({"replicas": 1}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    app.scale_deployment("chat", 1).await;
     let one = wait_serving(&app, "chat", 1).await;
     assert_eq!(one["nodes"][0]["slot"], 0, "the first slot stays");
     assert!(app
@@ -245,37 +222,11 @@ async fn a_deployment_is_launched_healed_scaled_and_deleted(backend: Backend) {
 
 async fn a_rolling_update_under_load_fails_no_request(backend: Backend) {
     let app = app!(backend);
-    let r = app
-        .post(
-            "/admin/deployments",
-            Some(ADMIN_TOKEN),
-            &deployment("roll", 2),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    app.create_deployment(&deployment("roll", 2)).await;
     let before = wait_serving(&app, "roll", 2).await;
     let old = node_ids(&before);
     // A client sends requests one after another for the whole update.
-    let stop = Arc::new(AtomicUsize::new(0));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let load = {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        let client = app.client.clone();
-        let url = app.url("/v1/chat/completions");
-        tokio::spawn(async move {
-            while stop.load(Ordering::SeqCst) == 0 {
-                let r = client
-                    .post(&url)
-                    .json(&json!({"model": "echo/roll", "messages": [{"role": "user", "content": "x"}]}))
-                    .send()
-                    .await;
-                match r {
-                    Ok(r) if r.status() == StatusCode::OK => ok.fetch_add(1, Ordering::SeqCst),
-                    _ => failed.fetch_add(1, Ordering::SeqCst),
-                };
-            }
-        })
-    };
+    let load = app.chat_load("echo/roll");
     let mut spec = deployment("roll", 2);
     spec["envs"] = json!({"MODEL_REVISION": "b"});
     let r = put(&app, "/admin/deployments/roll", &spec).await;
@@ -293,14 +244,9 @@ async fn a_rolling_update_under_load_fails_no_request(backend: Backend) {
                     .all(|n| n["revision"] == 2 && n["status"] == "ready")
         })
         .await;
-    stop.store(1, Ordering::SeqCst);
-    load.await.unwrap();
-    assert!(ok.load(Ordering::SeqCst) > 0);
-    assert_eq!(
-        failed.load(Ordering::SeqCst),
-        0,
-        "no request failed during the rollout"
-    );
+    let (ok, failed) = load.stop().await;
+    assert!(ok > 0);
+    assert_eq!(failed, 0, "no request failed during the rollout");
     for id in &old {
         assert!(!node_ids(&after).contains(id));
         app.wait_for_status(id, "terminated").await;
@@ -377,14 +323,7 @@ async fn bad_requests_change_nothing(backend: Backend) {
     );
 
     // Zero replicas: stored, nothing launched.
-    let r = app
-        .post(
-            "/admin/deployments",
-            Some(ADMIN_TOKEN),
-            &deployment("idle", 0),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    app.create_deployment(&deployment("idle", 0)).await;
     let again = app
         .post(
             "/admin/deployments",
@@ -450,10 +389,7 @@ async fn a_pending_launch_is_cancelled_when_its_slot_is_scaled_away_or_the_deplo
     let app = app!(backend);
     let mut spec = deployment("gated", 2);
     spec["approval"] = json!({"guarded": ["launch_replica"]});
-    let r = app
-        .post("/admin/deployments", Some(ADMIN_TOKEN), &spec)
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    app.create_deployment(&spec).await;
     let pending = app
         .wait_actions("gated", "two pending launches", |all| {
             all.len() == 2 && all.iter().all(|a| a["state"] == "pending")
@@ -464,14 +400,7 @@ async fn a_pending_launch_is_cancelled_when_its_slot_is_scaled_away_or_the_deplo
     assert_eq!(d["pending_actions"], 2);
     assert_eq!(d["nodes"], json!([]), "nothing launched without approval");
     // Scaled to 1: slot 1's launch is cancelled, slot 0's still waits.
-    let r = app
-        .post(
-            "/admin/deployments/gated/scale",
-            Some(ADMIN_TOKEN),
-            &json!({"replicas": 1}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    app.scale_deployment("gated", 1).await;
     let all = app
         .wait_actions("gated", "slot 1's launch cancelled", |all| {
             all.iter()

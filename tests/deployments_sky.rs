@@ -48,13 +48,6 @@ fn spot_deployment(name: &str, replicas: u32) -> Value {
            "spot": {"use_spot": true}})
 }
 
-async fn create(app: &TestApp, body: &Value) {
-    let r = app
-        .post("/admin/deployments", Some(ADMIN_TOKEN), body)
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-}
-
 fn serving(d: &Value, replicas: i64) -> bool {
     d["status"] == "serving"
         && d["replicas"]["ready"] == replicas
@@ -126,7 +119,7 @@ async fn a_spot_notice_gets_its_replacement_launched_while_the_node_drains_and_n
     let Some(app) = app_with_sky(&sky, Duration::from_secs(1)).await else {
         return;
     };
-    create(&app, &spot_deployment("spotty", 2)).await;
+    app.create_deployment(&spot_deployment("spotty", 2)).await;
     let before = app
         .wait_deployment("spotty", "2 ready replicas", |d| serving(d, 2))
         .await;
@@ -136,25 +129,7 @@ async fn a_spot_notice_gets_its_replacement_launched_while_the_node_drains_and_n
         .iter()
         .all(|n| n["market"] == "spot"));
     // Continuous load while one replica is preempted.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let load = {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        let (client, url) = (app.client.clone(), app.url("/v1/chat/completions"));
-        tokio::spawn(async move {
-            while !stop.load(Ordering::SeqCst) {
-                let r = client
-                    .post(&url)
-                    .json(&json!({"model": "meta-llama/Llama-3.1-8B-Instruct", "messages": [{"role": "user", "content": "x"}]}))
-                    .send()
-                    .await;
-                match r {
-                    Ok(r) if r.status() == StatusCode::OK => ok.fetch_add(1, Ordering::SeqCst),
-                    _ => failed.fetch_add(1, Ordering::SeqCst),
-                };
-            }
-        })
-    };
+    let load = app.chat_load("meta-llama/Llama-3.1-8B-Instruct");
     metadata.armed.store(true, Ordering::SeqCst);
     let replaced = app
         .wait_actions("spotty", "a completed spot replacement", |all| {
@@ -226,14 +201,9 @@ async fn a_spot_notice_gets_its_replacement_launched_while_the_node_drains_and_n
         job["created_at"],
         terminated_event["at"]
     );
-    stop.store(true, Ordering::SeqCst);
-    load.await.unwrap();
-    assert!(ok.load(Ordering::SeqCst) > 0);
-    assert_eq!(
-        failed.load(Ordering::SeqCst),
-        0,
-        "no request failed meanwhile"
-    );
+    let (ok, failed) = load.stop().await;
+    assert!(ok > 0);
+    assert_eq!(failed, 0, "no request failed meanwhile");
     let metrics = app.metrics().await;
     assert!(
         metrics.contains(
@@ -252,7 +222,7 @@ async fn no_spot_capacity_backs_off_with_a_bounded_number_of_launches_until_retr
         fixture(SPOT_CAPACITY).display().to_string(),
     )
     .unwrap();
-    create(&app, &spot_deployment("scarce", 1)).await;
+    app.create_deployment(&spot_deployment("scarce", 1)).await;
     let d = app
         .wait_deployment("scarce", "unsatisfiable", |d| {
             d["status"] == "unsatisfiable"
@@ -305,7 +275,7 @@ async fn a_guarded_on_demand_fallback_waits_for_approval_and_is_cancelled_when_s
     let mut body = spot_deployment("frugal", 1);
     body["spot"]["fallback"] = json!("on_demand");
     body["approval"] = json!({"guarded": ["on_demand_fallback"]});
-    create(&app, &body).await;
+    app.create_deployment(&body).await;
     let pending = app
         .wait_actions("frugal", "a pending on-demand fallback", |all| {
             all.iter().any(|a| a["state"] == "pending")
@@ -365,14 +335,7 @@ async fn a_guarded_on_demand_fallback_waits_for_approval_and_is_cancelled_when_s
 
     // A second replica: its spot launch fails too, and its fallback waits. Then spot capacity
     // returns: the spot retry fills the slot and the pending fallback is cancelled by itself.
-    let r = app
-        .post(
-            "/admin/deployments/frugal/scale",
-            Some(ADMIN_TOKEN),
-            &json!({"replicas": 2}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    app.scale_deployment("frugal", 2).await;
     let second = app
         .wait_actions("frugal", "a second pending fallback", |all| {
             all.iter()
@@ -442,7 +405,7 @@ async fn a_revision_that_keeps_failing_stops_its_rollout_and_the_old_one_serves_
     let (sky, app) = setup!(Duration::from_secs(1));
     let mut spec = spot_deployment("steady", 1);
     spec["spot"] = json!({"use_spot": false});
-    create(&app, &spec).await;
+    app.create_deployment(&spec).await;
     let before = app
         .wait_deployment("steady", "1 ready", |d| serving(d, 1))
         .await;
@@ -524,10 +487,10 @@ async fn a_slow_teardown_in_one_deployment_does_not_hold_up_healing_in_another()
     let (sky, app) = setup!(Duration::from_secs(1));
     let mut spec = spot_deployment("slowdown", 1);
     spec["spot"] = json!({"use_spot": false});
-    create(&app, &spec).await;
+    app.create_deployment(&spec).await;
     spec["name"] = json!("healer");
     spec["model"] = json!("meta-llama/Llama-3.1-70B-Instruct");
-    create(&app, &spec).await;
+    app.create_deployment(&spec).await;
     app.wait_deployment("slowdown", "1 ready", |d| serving(d, 1))
         .await;
     // Its launch job over too: what is torn down below is the launched cluster (`sky down`), not
@@ -542,14 +505,7 @@ async fn a_slow_teardown_in_one_deployment_does_not_hold_up_healing_in_another()
     let victim = healer["nodes"][0]["node_id"].as_str().unwrap().to_string();
     // Every teardown now takes a minute; scaling "slowdown" to 0 starts one.
     std::fs::write(sky.state.path().join("down-slow"), "60").unwrap();
-    let r = app
-        .post(
-            "/admin/deployments/slowdown/scale",
-            Some(ADMIN_TOKEN),
-            &json!({"replicas": 0}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    app.scale_deployment("slowdown", 0).await;
     app.wait_actions("slowdown", "a running termination", |all| {
         all.iter()
             .any(|a| a["kind"] == "terminate_replica" && a["state"] == "running")

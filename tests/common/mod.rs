@@ -7,6 +7,7 @@ mod app;
 mod cloud;
 mod db;
 mod deployments;
+pub use deployments::ChatLoad;
 mod launches;
 mod nodes;
 mod sshd;
