@@ -20,6 +20,26 @@ fn peer(ip: &str) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), 40000)
 }
 
+/// `n` real connections on 127.0.0.1, each admitted: the clients' ends, and the served ends.
+async fn admitted_pairs(
+    c: &Arc<Connections>,
+    n: usize,
+) -> (
+    Vec<tokio::net::TcpStream>,
+    Vec<Guarded<tokio::net::TcpStream>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut clients = Vec::new();
+    let mut served = Vec::new();
+    for _ in 0..n {
+        clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        let (io, peer) = listener.accept().await.unwrap();
+        served.push(c.admit(peer).unwrap().open(io));
+    }
+    (clients, served)
+}
+
 #[test]
 fn a_source_over_its_cap_is_refused_and_others_are_not() {
     let c = Connections::new(settings(0, 2, 0), &Metrics::default());
@@ -60,15 +80,7 @@ fn the_last_places_below_the_cap_are_for_agents_and_a_full_server_refuses() {
 async fn at_the_cap_the_connection_waiting_longest_for_a_request_makes_room() {
     use tokio::io::AsyncReadExt;
     let c = Connections::new(settings(2, 0, 0), &Metrics::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut clients = Vec::new();
-    let mut served = Vec::new();
-    for _ in 0..2 {
-        clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
-        let (io, peer) = listener.accept().await.unwrap();
-        served.push(c.admit(peer).unwrap().open(io));
-    }
+    let (mut clients, served) = admitted_pairs(&c, 2).await;
     // The first is busy with a request; the second waits for its next one.
     served[0].slot().busy();
     served[1].slot().wait_idle();
@@ -93,15 +105,7 @@ async fn at_the_cap_the_connection_waiting_longest_for_a_request_makes_room() {
 async fn at_the_cap_an_idle_connection_makes_room_before_a_new_one_whose_head_is_due() {
     use tokio::io::AsyncReadExt;
     let c = Connections::new(settings(2, 0, 0), &Metrics::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut clients = Vec::new();
-    let mut served = Vec::new();
-    for _ in 0..2 {
-        clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
-        let (io, peer) = listener.accept().await.unwrap();
-        served.push(c.admit(peer).unwrap().open(io));
-    }
+    let (mut clients, served) = admitted_pairs(&c, 2).await;
     served[0].slot().wait_idle();
     served[1].slot().wait_head();
     let newcomer = c.admit(peer("127.0.0.1")).expect("room is made");
