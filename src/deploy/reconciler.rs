@@ -45,6 +45,14 @@ const MIN_DRAIN: Duration = Duration::from_secs(2);
 /// How a launch ended: its status, its error code, and when.
 type JobOutcome = (JobStatus, Option<ErrorCode>, i64);
 
+/// What the reconciler reads of a replica's launch job: the market it asked for, and how it
+/// ended (once it did).
+#[derive(Debug, Clone, Copy)]
+struct JobFacts {
+    use_spot: bool,
+    outcome: Option<JobOutcome>,
+}
+
 #[derive(Debug, Clone)]
 pub struct ReconcilerSettings {
     pub interval: Duration,
@@ -96,7 +104,7 @@ pub struct Reconciler {
     unhealthy_since: Mutex<HashMap<String, i64>>,
     draining_since: Mutex<HashMap<String, i64>>,
     /// Final launch outcomes by job id (they never change).
-    finished_jobs: Mutex<HashMap<String, JobOutcome>>,
+    jobs: Mutex<HashMap<String, JobFacts>>,
     /// Stored specs by (uid, revision) (they never change).
     revisions: Mutex<HashMap<(String, i64), DeploymentRequest>>,
     gauges: Mutex<Vec<(String, DeploymentGauge)>>,
@@ -143,7 +151,7 @@ impl Reconciler {
             wake: Notify::new(),
             unhealthy_since: Mutex::default(),
             draining_since: Mutex::default(),
-            finished_jobs: Mutex::default(),
+            jobs: Mutex::default(),
             revisions: Mutex::default(),
             gauges: Mutex::default(),
             failed_before: Mutex::default(),
@@ -519,7 +527,9 @@ impl Reconciler {
         let Some(job_id) = &a.launch_job_id else {
             return Ok(false);
         };
-        let Some((status, code, finished_at)) = self.job_outcome(job_id).await? else {
+        let Some((status, code, finished_at)) =
+            self.job_facts(job_id).await?.and_then(|f| f.outcome)
+        else {
             return Ok(false);
         };
         if status == JobStatus::Succeeded {
@@ -575,6 +585,8 @@ impl Reconciler {
             }
             return Ok(false);
         }
+        // No replica to count failed requests for.
+        self.failed_before.lock().expect("lock").remove(&a.id);
         let job = self.store.job(job_id).await?;
         let error = job.as_ref().and_then(|j| j.error.clone());
         let why = error
@@ -655,27 +667,32 @@ impl Reconciler {
         Ok(true)
     }
 
-    /// A launch job's final status, its error code and when it ended; `None` while it runs.
-    async fn job_outcome(&self, job_id: &str) -> Result<Option<JobOutcome>, StoreError> {
-        if let Some(known) = self.finished_jobs.lock().expect("lock").get(job_id) {
-            return Ok(Some(*known));
+    /// What a launch job asked for and how it ended: one read of the job, none once it ended
+    /// (a final outcome never changes).
+    async fn job_facts(&self, job_id: &str) -> Result<Option<JobFacts>, StoreError> {
+        if let Some(known) = self.jobs.lock().expect("lock").get(job_id) {
+            if known.outcome.is_some() {
+                return Ok(Some(*known));
+            }
         }
         let Some(job) = self.store.job(job_id).await? else {
             return Ok(None);
         };
-        if !job.status.is_terminal() {
-            return Ok(None);
-        }
-        let outcome = (
-            job.status,
-            job.error.as_ref().map(|e| e.code),
-            job.finished_at.unwrap_or(job.updated_at),
-        );
-        self.finished_jobs
+        let facts = JobFacts {
+            use_spot: job.spec.use_spot,
+            outcome: job.status.is_terminal().then(|| {
+                (
+                    job.status,
+                    job.error.as_ref().map(|e| e.code),
+                    job.finished_at.unwrap_or(job.updated_at),
+                )
+            }),
+        };
+        self.jobs
             .lock()
             .expect("lock")
-            .insert(job_id.to_string(), outcome);
-        Ok(Some(outcome))
+            .insert(job_id.to_string(), facts);
+        Ok(Some(facts))
     }
 
     /// What each of the deployment's nodes is doing, as the plan needs it.
@@ -691,11 +708,17 @@ impl Reconciler {
         for n in nodes {
             let revision = n.deployment_revision.unwrap_or_default();
             let current = revision == d.revision || self.same_as_current(d, revision).await?;
-            // Only the current revision's launches matter to the plan (back-off, fallbacks).
-            let outcome = match (&n.launch_job_id, revision == d.revision) {
-                (Some(job), true) => self.job_outcome(job).await?,
+            // Only the current revision's launch outcomes matter to the plan (back-off,
+            // fallbacks); a replica not registered yet has its market from its launch too.
+            let facts = match &n.launch_job_id {
+                Some(job) if revision == d.revision || n.registered_at.is_none() => {
+                    self.job_facts(job).await?
+                }
                 _ => None,
             };
+            let outcome = facts
+                .filter(|_| revision == d.revision)
+                .and_then(|f| f.outcome);
             let unhealthy_for = self
                 .unhealthy_since
                 .lock()
@@ -728,7 +751,7 @@ impl Reconciler {
                     || n.last_heartbeat
                         .as_ref()
                         .is_some_and(|h| h.spot_interruption.is_some()));
-            let market = node_market(&self.store, n).await?;
+            let market = market_of(n, facts.map(|f| f.use_spot));
             out.push(ReplicaState {
                 node_id: n.id.clone(),
                 status: n.status,
@@ -810,20 +833,25 @@ impl Reconciler {
 /// A replica's market: what its agent reported once registered, before that what its launch
 /// asked for.
 pub async fn node_market(store: &Store, n: &Node) -> Result<Market, StoreError> {
-    if n.registered_at.is_some() {
-        return Ok(if n.spot_instance {
-            Market::Spot
-        } else {
-            Market::OnDemand
-        });
-    }
-    let Some(job_id) = &n.launch_job_id else {
-        return Ok(Market::OnDemand);
+    let asked_spot = match (&n.launch_job_id, n.registered_at) {
+        (Some(job_id), None) => store.job(job_id).await?.map(|job| job.spec.use_spot),
+        _ => None,
     };
-    Ok(match store.job(job_id).await? {
-        Some(job) if job.spec.use_spot => Market::Spot,
-        _ => Market::OnDemand,
-    })
+    Ok(market_of(n, asked_spot))
+}
+
+/// [`node_market`] given whether its launch asked for spot (when that was read).
+fn market_of(n: &Node, asked_spot: Option<bool>) -> Market {
+    let spot = if n.registered_at.is_some() {
+        n.spot_instance
+    } else {
+        asked_spot.unwrap_or(false)
+    };
+    if spot {
+        Market::Spot
+    } else {
+        Market::OnDemand
+    }
 }
 
 /// The estimated hourly cost of a deployment's live replicas.
