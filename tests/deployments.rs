@@ -73,39 +73,20 @@ fn node_ids(d: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Kills every process a local launch started for the node (its agent and its model server),
-/// as if its VM died.
-fn kill_vm(job_id: &str) -> usize {
-    let needle = format!("SKYLAUNCH_LOCAL_JOB={job_id}");
-    let mut killed = 0;
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        if environ.split(|b| *b == 0).any(|v| v == needle.as_bytes()) {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            killed += 1;
-        }
-    }
-    killed
+/// The processes a local launch started for its node (its agent and its model server).
+fn processes_of(job_id: &str) -> Vec<u32> {
+    standins::processes_with_env("SKYLAUNCH_LOCAL_JOB", job_id)
 }
 
-/// Processes a local launch started for the job that still run.
-fn processes_of(job_id: &str) -> usize {
-    let needle = format!("SKYLAUNCH_LOCAL_JOB={job_id}");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            std::fs::read(e.path().join("environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == needle.as_bytes()))
-        })
-        .count()
+/// Kills every process a local launch started for its node, as if its VM died.
+fn kill_vm(job_id: &str) -> usize {
+    let pids = processes_of(job_id);
+    for pid in &pids {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    pids.len()
 }
 
 async fn chat(app: &TestApp, model: &str) -> reqwest::Result<reqwest::Response> {
@@ -214,7 +195,10 @@ async fn a_deployment_is_launched_healed_scaled_and_deleted(backend: Backend) {
     for n in &all_nodes {
         let node = app.node(n["id"].as_str().unwrap()).await;
         assert_eq!(node["status"], "terminated", "{node:#}");
-        assert_eq!(processes_of(n["launch_job_id"].as_str().unwrap()), 0);
+        assert_eq!(
+            processes_of(n["launch_job_id"].as_str().unwrap()),
+            Vec::<u32>::new()
+        );
     }
     let r = chat(&app, "echo/chat").await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);

@@ -82,10 +82,9 @@ pub fn fake_sky(python: &Path, transcript: &str, extra: &[(&str, &str)]) -> Fake
     FakeSky { state, bin }
 }
 
-/// Processes running the agent of `node_id`, read from /proc: the agent of every played VM has
-/// its node id in its environment.
-pub fn agents_of(node_id: &str) -> Vec<u32> {
-    let needle = format!("SKYLAUNCH_NODE_ID={node_id}");
+/// Processes whose environment holds `var=value`, read from /proc.
+pub fn processes_with_env(var: &str, value: &str) -> Vec<u32> {
+    let needle = format!("{var}={value}");
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -94,13 +93,23 @@ pub fn agents_of(node_id: &str) -> Vec<u32> {
         let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
             continue;
         };
-        let is_agent = std::fs::read_link(entry.path().join("exe"))
-            .is_ok_and(|exe| exe.to_string_lossy().contains("skylaunch-agent"));
-        if is_agent && environ.split(|b| *b == 0).any(|v| v == needle.as_bytes()) {
+        if environ.split(|b| *b == 0).any(|v| v == needle.as_bytes()) {
             pids.push(pid);
         }
     }
     pids
+}
+
+/// Processes running the agent of `node_id`: the agent of every played VM has its node id in
+/// its environment.
+pub fn agents_of(node_id: &str) -> Vec<u32> {
+    processes_with_env("SKYLAUNCH_NODE_ID", node_id)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|exe| exe.to_string_lossy().contains("skylaunch-agent"))
+        })
+        .collect()
 }
 
 /// A port on 127.0.0.1 that was free a moment ago, for a process the test starts.
