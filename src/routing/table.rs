@@ -135,8 +135,7 @@ struct Inner {
 pub struct RoutingTable {
     inner: RwLock<Inner>,
     /// Requests answered with a server error (or not forwarded for want of a node), by model,
-    /// since this process started; only models with live nodes are counted, so the map stays
-    /// as small as the fleet's model list.
+    /// since this process started (see [`RoutingTable::note_failed_answer`]).
     failed_answers: std::sync::Mutex<HashMap<String, u64>>,
 }
 
@@ -236,23 +235,17 @@ impl RoutingTable {
             .insert(node.id.clone(), (node.model_name.clone(), endpoint));
     }
 
-    /// Counts a request for `model` that got a server error, or found no node to take it.
+    /// Counts a request for `model` that got a server error, or found no node to take it. Only
+    /// for a model that has live nodes (the load balancer's answers say so: an unknown model is
+    /// a 404 and not counted), so the map stays as small as the fleet's model list; no scan of
+    /// the nodes on this failure path.
     pub fn note_failed_answer(&self, model: &str) {
-        let served = self
-            .inner
-            .read()
-            .expect("routing lock is never poisoned")
-            .nodes
-            .values()
-            .any(|(m, _)| m == model);
-        if served {
-            *self
-                .failed_answers
-                .lock()
-                .expect("failed answers lock")
-                .entry(model.to_string())
-                .or_default() += 1;
-        }
+        *self
+            .failed_answers
+            .lock()
+            .expect("failed answers lock")
+            .entry(model.to_string())
+            .or_default() += 1;
     }
 
     /// Requests for `model` this process answered with a server error so far.
