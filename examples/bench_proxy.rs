@@ -637,7 +637,7 @@ async fn main() {
             .and_then(|a| a.parse().ok())
             .expect("echo-server 127.0.0.1:PORT");
         assert_loopback(&format!("http://{listen}"));
-        skylaunch::echo_server::serve(listen, MODEL, None)
+        skylaunch::echo_server::serve(listen, MODEL, None, None, Default::default())
             .await
             .expect("the echo model server runs");
         return;

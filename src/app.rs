@@ -48,7 +48,7 @@ fn own_addrs(listen: SocketAddr, public_url: &str) -> Vec<SocketAddr> {
 /// Listening beyond loopback means strangers can reach the admin API and `/v1`: refuse unless
 /// both are locked by secrets the operator chose (a generated admin token lives only in a file
 /// on this host, and `/v1` is open without keys).
-pub fn check_exposure(config: &ServeConfig) -> Result<(), String> {
+pub fn check_exposure(config: &ServeConfig, managed_keys: bool) -> Result<(), String> {
     if config.listen.ip().is_loopback() {
         return Ok(());
     }
@@ -60,8 +60,8 @@ pub fn check_exposure(config: &ServeConfig) -> Result<(), String> {
     {
         missing.push("SKYLAUNCH_ADMIN_TOKEN (the admin token, at least 16 random characters)");
     }
-    if config.api_keys.iter().all(|k| k.trim().is_empty()) {
-        missing.push("SKYLAUNCH_API_KEYS (comma-separated bearer keys for /v1)");
+    if config.api_keys.iter().all(|k| k.trim().is_empty()) && !managed_keys {
+        missing.push("SKYLAUNCH_API_KEYS (comma-separated bearer keys for /v1), or a key made with POST /admin/api-keys while listening on loopback");
     }
     if missing.is_empty() {
         return Ok(());
@@ -89,38 +89,42 @@ mod exposure_tests {
 
     #[test]
     fn loopback_needs_nothing_set() {
-        assert!(check_exposure(&config("127.0.0.1:8080", None, &[])).is_ok());
-        assert!(check_exposure(&config("[::1]:8080", None, &[])).is_ok());
+        assert!(check_exposure(&config("127.0.0.1:8080", None, &[]), false).is_ok());
+        assert!(check_exposure(&config("[::1]:8080", None, &[]), false).is_ok());
     }
 
     #[test]
     fn other_addresses_need_an_explicit_admin_token_and_api_keys() {
-        let both = check_exposure(&config("0.0.0.0:8080", None, &[])).unwrap_err();
+        let both = check_exposure(&config("0.0.0.0:8080", None, &[]), false).unwrap_err();
         assert!(
             both.contains("SKYLAUNCH_ADMIN_TOKEN") && both.contains("SKYLAUNCH_API_KEYS"),
             "{both}"
         );
         assert!(both.contains("0.0.0.0:8080"), "{both}");
-        let keys = check_exposure(&config(
-            "10.0.0.5:8080",
-            Some("a-long-admin-token-value"),
-            &[""],
-        ))
+        let keys = check_exposure(
+            &config("10.0.0.5:8080", Some("a-long-admin-token-value"), &[""]),
+            false,
+        )
         .unwrap_err();
         assert!(
             keys.contains("SKYLAUNCH_API_KEYS") && !keys.contains("SKYLAUNCH_ADMIN_TOKEN"),
             "{keys}"
         );
-        let token = check_exposure(&config("[::]:8080", Some(" "), &["k1"])).unwrap_err();
+        let token = check_exposure(&config("[::]:8080", Some(" "), &["k1"]), false).unwrap_err();
         assert!(
             token.contains("SKYLAUNCH_ADMIN_TOKEN") && !token.contains("SKYLAUNCH_API_KEYS"),
             "{token}"
         );
-        assert!(check_exposure(&config(
-            "0.0.0.0:8080",
-            Some("a-long-admin-token-value"),
-            &["k1"]
-        ))
+        assert!(check_exposure(
+            &config("0.0.0.0:8080", Some("a-long-admin-token-value"), &["k1"]),
+            false
+        )
+        .is_ok());
+        // A key made through the admin API closes /v1 as well as one from the environment.
+        assert!(check_exposure(
+            &config("0.0.0.0:8080", Some("a-long-admin-token-value"), &[]),
+            true
+        )
         .is_ok());
     }
 }
@@ -137,6 +141,8 @@ pub enum StartError {
     },
     #[error("cannot read or create the admin token: {0}")]
     AdminToken(std::io::Error),
+    #[error("cannot read or create the credentials key for SSH hosts: {0}")]
+    CredentialsKey(std::io::Error),
     #[error("cannot open the database {url}: {source}")]
     Database { url: String, source: StoreError },
     #[error("cannot load nodes: {0}")]
@@ -159,6 +165,7 @@ pub struct Running {
     stop_streams: tokio::sync::watch::Sender<bool>,
     server: JoinHandle<()>,
     tasks: FleetTasks,
+    key_sync: crate::keys::sync::KeySync,
     stop_runner: tokio::sync::watch::Sender<bool>,
     runner: JoinHandle<()>,
     stop_reconciler: tokio::sync::watch::Sender<bool>,
@@ -175,7 +182,8 @@ pub struct Running {
 
 impl Running {
     pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
-        check_exposure(&config).map_err(StartError::Settings)?;
+        // API keys made through the admin API are checked once the database is open.
+        check_exposure(&config, true).map_err(StartError::Settings)?;
         if config.proxy_connect_timeout >= config.proxy_idle_timeout {
             return Err(StartError::Settings(format!(
                 "--proxy-connect-timeout ({}) must be shorter than --proxy-idle-timeout ({}): a slow connection would end as a timeout instead of being retried on another node",
@@ -219,6 +227,16 @@ impl Running {
                     url: redact_url(&url),
                     source,
                 })?;
+        if !config.listen.ip().is_loopback() {
+            let made = store
+                .api_keys()
+                .await
+                .map_err(|source| StartError::Database {
+                    url: redact_url(&url),
+                    source,
+                })?;
+            check_exposure(&config, !made.is_empty()).map_err(StartError::Settings)?;
+        }
         tracing::info!(installation_id = %installation_id, "this installation's id, tagged on every cloud resource it creates");
         let metrics = Arc::new(Metrics::default());
         let fleet_settings = config.fleet_settings();
@@ -265,6 +283,30 @@ impl Running {
             )
         });
         let events = JobEvents::default();
+        let credentials_key = crate::hosts::sealing::CredentialsKey::resolve(
+            config.credentials_key.as_ref().map(|s| s.0.as_str()),
+            &config.data_dir,
+        )
+        .map_err(StartError::CredentialsKey)?;
+        let hosts = crate::hosts::Hosts::new(
+            store.clone(),
+            Arc::new(credentials_key),
+            crate::ssh::SshSettings {
+                ssh_bin: config.ssh_bin.clone(),
+                connect_timeout: config.ssh_connect_timeout,
+            },
+            config.ssh_connect_timeout * 6,
+        );
+        if let Err(e) = hosts.resume().await {
+            tracing::warn!(error = %e, "could not look for hosts whose probe was interrupted");
+        }
+        let ssh = Arc::new(crate::launch::providers::ssh::SshProvider {
+            hosts: hosts.clone(),
+            agent_bin: agent_bin.clone(),
+            skylaunch_bin: skylaunch_bin.clone(),
+            step_timeout: config.ssh_connect_timeout * 12,
+            setup_timeout: config.ssh_setup_timeout,
+        });
         let local = Arc::new(LocalProvider {
             skylaunch_bin,
             agent_bin: agent_bin.clone(),
@@ -287,6 +329,7 @@ impl Running {
         #[cfg_attr(not(feature = "azure"), allow(unused_mut))]
         let mut providers = Providers::default()
             .with(Provider::Local, local)
+            .with(Provider::Ssh, ssh)
             .with(Provider::Skypilot, skypilot)
             .with(Provider::Aws, aws.clone());
         #[cfg_attr(not(feature = "azure"), allow(unused_mut))]
@@ -402,6 +445,20 @@ impl Running {
         raise_open_files_limit(config.max_connections);
         let connections = Connections::new(config.connection_settings(), &metrics);
         let connection_sweeper = connections.spawn_sweeper();
+        let keys = crate::keys::Keys::load(
+            store.clone(),
+            config
+                .api_keys
+                .iter()
+                .map(|k| k.trim().to_string())
+                .collect(),
+            metrics.clone(),
+        )
+        .await
+        .map_err(|source| StartError::Database {
+            url: redact_url(&url),
+            source,
+        })?;
         let state = Arc::new(Services {
             connections: connections.clone(),
             own_addrs: own_addrs(addr, &public_url),
@@ -411,6 +468,7 @@ impl Running {
             store: store.clone(),
             runner: runner.clone(),
             deployments,
+            hosts,
             events,
             node_feed,
             stopping,
@@ -420,15 +478,12 @@ impl Running {
             agent_url,
             agent_bin,
             proxy,
-            api_keys: config
-                .api_keys
-                .iter()
-                .map(|k| k.trim().to_string())
-                .filter(|k| !k.is_empty())
-                .collect(),
+            keys: keys.clone(),
         });
-        // Other processes may share a PostgreSQL database: the fleet follows their changes.
+        // Other processes may share a PostgreSQL database: the fleet and the keys follow their
+        // changes.
         let shared_database_url = (store.backend() == Backend::Postgres).then(|| url.clone());
+        let key_sync = crate::keys::sync::KeySync::spawn(keys, shared_database_url.clone());
         let tasks = FleetTasks::spawn(fleet, &fleet_settings, shared_database_url);
         let (stop_server, stopped) = oneshot::channel::<()>();
         // The model-server connections the threads kept idle are closed when they stop: no
@@ -454,6 +509,7 @@ impl Running {
             stop_streams,
             server,
             tasks,
+            key_sync,
             stop_runner,
             runner: runner_task,
             stop_reconciler,
@@ -517,6 +573,7 @@ impl Running {
         let _ = self.orphans.await;
         let _ = self.teardowns.await;
         self.tasks.shutdown().await;
+        self.key_sync.shutdown().await;
         self.store.close().await;
         tracing::info!("skylaunch stopped");
     }

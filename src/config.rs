@@ -100,9 +100,25 @@ pub struct ServeConfig {
     #[arg(long, env = "SKYLAUNCH_AGENT_URL")]
     pub agent_url: Option<String>,
 
-    /// The skylaunch executable that runs the echo model server for local launches (default: this one).
+    /// The skylaunch executable that runs the echo model server for local launches and SSH hosts' `echo` template (default: this one).
     #[arg(long, env = "SKYLAUNCH_BIN")]
     pub skylaunch_bin: Option<PathBuf>,
+
+    /// Key that seals SSH hosts' credentials in the database: 64 hex digits (default: generated on first start and kept in <data-dir>/credentials-key). Processes sharing a PostgreSQL database need the same key.
+    #[arg(long, env = "SKYLAUNCH_CREDENTIALS_KEY", hide_env_values = true, value_parser = parse_secret)]
+    pub credentials_key: Option<Secret>,
+
+    /// The OpenSSH client used to reach SSH hosts.
+    #[arg(long, env = "SKYLAUNCH_SSH_BIN", default_value = "ssh")]
+    pub ssh_bin: PathBuf,
+
+    /// How long connecting to an SSH host may take.
+    #[arg(long, env = "SKYLAUNCH_SSH_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub ssh_connect_timeout: Duration,
+
+    /// How long a template's setup may run on an SSH host (vLLM's install takes minutes).
+    #[arg(long, env = "SKYLAUNCH_SSH_SETUP_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
+    pub ssh_setup_timeout: Duration,
 
     /// EC2 endpoint for `provider: "aws"` (default: AWS itself; tests use a local moto server).
     #[arg(long, env = "SKYLAUNCH_AWS_ENDPOINT_URL")]
@@ -176,6 +192,10 @@ pub struct ServeConfig {
     #[arg(long, env = "SKYLAUNCH_DEPLOYMENT_BACKOFF", default_value = "30s", value_parser = parse_duration)]
     pub deployment_backoff: Duration,
 
+    /// Most requests that may wait, per deployment scaled to zero, for a replica to start (more get 503 with Retry-After).
+    #[arg(long, env = "SKYLAUNCH_COLD_START_MAX_HELD", default_value_t = 100)]
+    pub cold_start_max_held: usize,
+
     /// How often the orphan sweeper looks for cloud instances no launch accounts for.
     #[arg(long, env = "SKYLAUNCH_ORPHAN_SWEEP_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub orphan_sweep_interval: Duration,
@@ -216,6 +236,13 @@ pub struct ServeConfig {
     /// TOKIO_WORKER_THREADS sets.
     #[arg(long, env = "SKYLAUNCH_CONNECTION_THREADS", default_value_t = 0, value_parser = clap::value_parser!(u16).range(..=1024))]
     pub connection_threads: u16,
+
+    /// Ask model servers for a stream's token usage (`stream_options.include_usage`) when its
+    /// client did not, and take that chunk out of the client's stream, so that streams are
+    /// metered. Turn off for a model server that refuses `stream_options`: its streams are then
+    /// counted as requests without tokens.
+    #[arg(long, env = "SKYLAUNCH_METER_STREAMS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub meter_streams: bool,
 
     /// Let every node's agent register a model server on loopback, not only the local provider's: for stand-in VMs on this machine (tests, demos). Never on a real fleet: a stolen node token could then aim traffic at this host's own services.
     #[arg(long, env = "SKYLAUNCH_ALLOW_LOOPBACK_ENDPOINTS", default_value_t = false, action = clap::ArgAction::Set)]
@@ -314,6 +341,7 @@ impl ServeConfig {
             connect_timeout: self.proxy_connect_timeout,
             idle_timeout: self.proxy_idle_timeout,
             body_limit: self.proxy_body_limit,
+            meter_streams: self.meter_streams,
             eject_after: self.eject_after,
             eject_for: self.eject_for,
         }
@@ -348,6 +376,8 @@ impl ServeConfig {
             drain_timeout: self.replica_drain_timeout,
             backoff: self.deployment_backoff,
             spot_swap_back_every: self.spot_swap_back_interval,
+            stale_report: self.heartbeat_interval * self.missed_heartbeats.max(1),
+            cold_start_max_held: self.cold_start_max_held,
             ..crate::deploy::ReconcilerSettings::default()
         }
     }

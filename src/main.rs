@@ -52,6 +52,34 @@ enum Command {
         /// keeps it out of the process list.
         #[arg(long, env = "SKYLAUNCH_MODEL_SERVER_KEY", hide_env_values = true)]
         api_key: Option<String>,
+        /// Writes the port it listens on to this file once listening (for `--listen` port 0).
+        #[arg(long)]
+        port_file: Option<std::path::PathBuf>,
+        /// Milliseconds every chat answer takes (a stand-in for a model's latency).
+        #[arg(long, env = "ECHO_DELAY_MS", default_value_t = 0)]
+        delay_ms: u64,
+        /// Milliseconds added per chat request answered at the same time (latency rising
+        /// with concurrency).
+        #[arg(long, env = "ECHO_DELAY_PER_REQUEST_MS", default_value_t = 0)]
+        delay_per_request_ms: u64,
+        /// A vLLM-like service model for chat answers (off while these three are 0):
+        /// microseconds of prefill per prompt token (a prompt's words are its tokens).
+        #[arg(long, env = "ECHO_PREFILL_US_PER_TOKEN", default_value_t = 0.0)]
+        prefill_us_per_token: f64,
+        /// Microseconds per output token after the first (`max_tokens` are made, 16 without).
+        #[arg(long, env = "ECHO_DECODE_US_PER_TOKEN", default_value_t = 0.0)]
+        decode_us_per_token: f64,
+        /// Sequences running at once at most; the others wait in a queue that `/metrics`
+        /// shows as vLLM's `vllm:num_requests_waiting`. 0: no limit.
+        #[arg(long, env = "ECHO_MAX_SEQS", default_value_t = 0)]
+        max_seqs: usize,
+        /// Tokens the service model's prefix cache holds (16-token blocks, least recently used
+        /// evicted first); a cached prompt prefix costs no prefill. 0: no prefix cache.
+        #[arg(long, env = "ECHO_PREFIX_CACHE_TOKENS", default_value_t = 0)]
+        prefix_cache_tokens: usize,
+        /// Milliseconds before it listens (a model server loading its weights is not ready).
+        #[arg(long, env = "ECHO_STARTUP_DELAY_MS", default_value_t = 0)]
+        startup_delay_ms: u64,
     },
 }
 
@@ -74,9 +102,37 @@ fn main() -> ExitCode {
             listen,
             model,
             api_key,
+            port_file,
+            delay_ms,
+            delay_per_request_ms,
+            prefill_us_per_token,
+            decode_us_per_token,
+            max_seqs,
+            prefix_cache_tokens,
+            startup_delay_ms,
         } => {
             skylaunch::logging::init(LogFormat::Human);
-            match runtime.block_on(skylaunch::echo_server::serve(listen, &model, api_key)) {
+            let options = skylaunch::echo_server::Options {
+                latency: skylaunch::echo_server::Latency {
+                    base_ms: delay_ms,
+                    per_request_ms: delay_per_request_ms,
+                },
+                service: skylaunch::echo_server::ServiceModel {
+                    prefill_us_per_token,
+                    decode_us_per_token,
+                    max_seqs,
+                    prefix_cache_tokens,
+                },
+                startup_delay: std::time::Duration::from_millis(startup_delay_ms),
+            };
+            let served = skylaunch::echo_server::serve_with(
+                listen,
+                &model,
+                api_key,
+                port_file.as_deref(),
+                &options,
+            );
+            match runtime.block_on(served) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("skylaunch echo-server: cannot listen on {listen}: {e}");

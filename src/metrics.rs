@@ -22,29 +22,82 @@ pub struct Gauge<'a> {
     pub series: Vec<(Labels, f64)>,
 }
 
+/// Upper bounds of the buckets of token counts (per request).
+const TOKEN_BUCKETS: [f64; 12] = [
+    16.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32768.0, 131072.0,
+];
+
+/// Upper bounds of the buckets of rates in tokens per second.
+const RATE_BUCKETS: [f64; 12] = [
+    1.0, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 250.0, 500.0, 1000.0,
+];
+
+/// What a histogram measures: its bucket bounds, and the unit its sum is kept in (an integer).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Unit {
+    /// Latencies in seconds; the sum in nanoseconds.
+    #[default]
+    Seconds,
+    /// Token counts; the sum in tokens.
+    Tokens,
+    /// Tokens per second; the sum in thousandths.
+    TokensPerSecond,
+}
+
+impl Unit {
+    fn bounds(self) -> &'static [f64; 12] {
+        match self {
+            Unit::Seconds => &BUCKETS,
+            Unit::Tokens => &TOKEN_BUCKETS,
+            Unit::TokensPerSecond => &RATE_BUCKETS,
+        }
+    }
+
+    /// How many of the sum's integer steps make one unit.
+    fn scale(self) -> f64 {
+        match self {
+            Unit::Seconds => 1e9,
+            Unit::Tokens => 1.0,
+            Unit::TokensPerSecond => 1e3,
+        }
+    }
+}
+
 /// One histogram series. Each observation adds to one bucket (the first whose bound it is
 /// within, or the overflow bucket past the last) and to the sum: two atomic adds, however many
 /// buckets there are. The exposition's cumulative buckets and count are added up at scrape time,
 /// so they always agree with each other.
 #[derive(Default, Debug)]
 struct HistogramCell {
+    unit: Unit,
     /// Observations by bucket, not cumulative; the last one counts those above every bound.
     counts: [AtomicU64; BUCKETS.len() + 1],
-    /// Sum of the observations in nanoseconds (an integer add, where an f64 sum needs a
-    /// compare-and-swap loop; it overflows after some 580 years of summed latency).
-    sum_nanos: AtomicU64,
+    /// Sum of the observations in the unit's integer steps, nanoseconds for latencies (an
+    /// integer add, where an f64 sum needs a compare-and-swap loop; it overflows after some
+    /// 580 years of summed latency).
+    sum: AtomicU64,
 }
 
 impl HistogramCell {
-    fn observe(&self, seconds: f64) {
-        let bucket = BUCKETS
+    fn new(unit: Unit) -> HistogramCell {
+        HistogramCell {
+            unit,
+            ..HistogramCell::default()
+        }
+    }
+
+    fn observe(&self, value: f64) {
+        let bounds = self.unit.bounds();
+        let bucket = bounds
             .iter()
-            .position(|bound| seconds <= *bound)
-            .unwrap_or(BUCKETS.len());
+            .position(|bound| value <= *bound)
+            .unwrap_or(bounds.len());
         self.counts[bucket].fetch_add(1, Ordering::Relaxed);
         // `as` saturates: a negative or NaN value adds nothing to the sum.
-        self.sum_nanos
-            .fetch_add((seconds * 1e9).round() as u64, Ordering::Relaxed);
+        self.sum.fetch_add(
+            (value * self.unit.scale()).round() as u64,
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -82,7 +135,7 @@ struct Family<T> {
 /// bounded (routes, known models and nodes), so a flood of chosen collisions is not a concern,
 /// and colliding series still stay apart (they share a bucket).
 #[derive(Default)]
-struct WordHash(u64);
+pub(crate) struct WordHash(u64);
 
 impl WordHash {
     fn add(&mut self, word: u64) {
@@ -117,7 +170,7 @@ impl Hasher for WordHash {
     }
 }
 
-impl<T: Default> Family<T> {
+impl<T> Family<T> {
     fn new(help: &'static str) -> Family<T> {
         Family {
             help,
@@ -125,7 +178,7 @@ impl<T: Default> Family<T> {
         }
     }
 
-    fn series_mut(&mut self, labels: &[(&'static str, &str)]) -> &mut T {
+    fn series_mut(&mut self, labels: &[(&'static str, &str)], make: impl FnOnce() -> T) -> &mut T {
         let mut hasher = WordHash::default();
         labels.hash(&mut hasher);
         let bucket = self.series.entry(hasher.finish()).or_default();
@@ -139,7 +192,7 @@ impl<T: Default> Family<T> {
         let at = match bucket.iter().position(same) {
             Some(at) => at,
             None => {
-                bucket.push((owned(labels), T::default()));
+                bucket.push((owned(labels), make()));
                 bucket.len() - 1
             }
         };
@@ -209,6 +262,25 @@ impl Metrics {
         })
     }
 
+    /// A histogram series of another [`Unit`] than seconds (its buckets and sum follow it),
+    /// made if new, to be kept and observed on.
+    pub fn histogram_of(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+        unit: Unit,
+    ) -> Histogram {
+        with_series_made(
+            &self.histograms,
+            name,
+            help,
+            labels,
+            || Arc::new(HistogramCell::new(unit)),
+            |h| Histogram(h.clone()),
+        )
+    }
+
     pub fn observe(
         &self,
         name: &'static str,
@@ -253,7 +325,8 @@ impl Metrics {
             );
             for (labels, h) in family.sorted() {
                 let mut count = 0;
-                for (i, bound) in BUCKETS.iter().enumerate() {
+                let bounds = h.unit.bounds();
+                for (i, bound) in bounds.iter().enumerate() {
                     count += h.counts[i].load(Ordering::Relaxed);
                     let le = bound.to_string();
                     let _ = writeln!(
@@ -262,13 +335,13 @@ impl Metrics {
                         fmt_labels(labels, Some(&le)),
                     );
                 }
-                count += h.counts[BUCKETS.len()].load(Ordering::Relaxed);
+                count += h.counts[bounds.len()].load(Ordering::Relaxed);
                 let _ = writeln!(
                     out,
                     "{name}_bucket{} {count}",
                     fmt_labels(labels, Some("+Inf")),
                 );
-                let sum = h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+                let sum = h.sum.load(Ordering::Relaxed) as f64 / h.unit.scale();
                 let _ = writeln!(out, "{name}_sum{} {sum}", fmt_labels(labels, None));
                 let _ = writeln!(out, "{name}_count{} {count}", fmt_labels(labels, None));
             }
@@ -285,11 +358,23 @@ fn with_series<T: Default, R>(
     labels: &[(&'static str, &str)],
     f: impl FnOnce(&mut T) -> R,
 ) -> R {
+    with_series_made(families, name, help, labels, T::default, f)
+}
+
+/// [`with_series`], a new series made by `make`.
+fn with_series_made<T, R>(
+    families: &Mutex<BTreeMap<&'static str, Family<T>>>,
+    name: &'static str,
+    help: &'static str,
+    labels: &[(&'static str, &str)],
+    make: impl FnOnce() -> T,
+    f: impl FnOnce(&mut T) -> R,
+) -> R {
     let mut families = families.lock().expect("metrics lock is never poisoned");
     f(families
         .entry(name)
         .or_insert_with(|| Family::new(help))
-        .series_mut(labels))
+        .series_mut(labels, make))
 }
 
 fn owned(labels: &[(&'static str, &str)]) -> Labels {

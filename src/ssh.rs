@@ -144,20 +144,8 @@ impl SshTarget {
         stdin: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<Output, SshError> {
-        let Some(key) = &self.host_key else {
-            return Err(SshError::HostKeyMismatch {
-                detail: "no host key is recorded for this host yet".into(),
-            });
-        };
-        let call = CallDir::new()?;
-        call.write(
-            "known_hosts",
-            format!("{HOST_ALIAS} {}\n", key.trim()).as_bytes(),
-            0o600,
-        )?;
-        let mut cmd = self.command(settings, &call, "yes")?;
-        cmd.arg(command);
-        self.execute(cmd, stdin, timeout).await
+        self.run_with(settings, command, Input::bytes(stdin), timeout, None)
+            .await
     }
 
     /// Connects once, accepting the key the host presents, and returns that key
@@ -264,34 +252,120 @@ impl SshTarget {
 
     async fn execute(
         &self,
-        mut cmd: Command,
+        cmd: Command,
         stdin: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<Output, SshError> {
-        cmd.stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        self.execute_streaming(cmd, Input::bytes(stdin), timeout, None)
+            .await
+    }
+
+    /// Runs `command` with the local file `path` as its standard input (streamed, never held
+    /// in memory): how binaries are copied onto the host.
+    pub async fn upload(
+        &self,
+        settings: &SshSettings,
+        path: &Path,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<Output, SshError> {
+        let file = std::fs::File::open(path)
+            .map_err(|e| SshError::Local(format!("cannot read {}: {e}", path.display())))?;
+        self.run_with(settings, command, Input::File(file), timeout, None)
+            .await
+    }
+
+    /// Runs `command` like [`run`](Self::run), sending each line it prints to `lines` as it
+    /// comes (`true` for standard error), for a job log that follows a slow remote step.
+    pub async fn run_streaming(
+        &self,
+        settings: &SshSettings,
+        command: &str,
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+        lines: tokio::sync::mpsc::UnboundedSender<(bool, String)>,
+    ) -> Result<Output, SshError> {
+        self.run_with(settings, command, Input::bytes(stdin), timeout, Some(lines))
+            .await
+    }
+
+    async fn run_with(
+        &self,
+        settings: &SshSettings,
+        command: &str,
+        stdin: Input<'_>,
+        timeout: Duration,
+        lines: Option<tokio::sync::mpsc::UnboundedSender<(bool, String)>>,
+    ) -> Result<Output, SshError> {
+        let Some(key) = &self.host_key else {
+            return Err(SshError::HostKeyMismatch {
+                detail: "no host key is recorded for this host yet".into(),
+            });
+        };
+        let call = CallDir::new()?;
+        call.write(
+            "known_hosts",
+            format!("{HOST_ALIAS} {}\n", key.trim()).as_bytes(),
+            0o600,
+        )?;
+        let mut cmd = self.command(settings, &call, "yes")?;
+        cmd.arg(command);
+        self.execute_streaming(cmd, stdin, timeout, lines).await
+    }
+
+    async fn execute_streaming(
+        &self,
+        mut cmd: Command,
+        stdin: Input<'_>,
+        timeout: Duration,
+        lines: Option<tokio::sync::mpsc::UnboundedSender<(bool, String)>>,
+    ) -> Result<Output, SshError> {
+        let bytes = match stdin {
+            Input::None => {
+                cmd.stdin(Stdio::null());
+                None
+            }
+            Input::Bytes(b) => {
+                cmd.stdin(Stdio::piped());
+                Some(b)
+            }
+            Input::File(f) => {
+                cmd.stdin(Stdio::from(f));
+                None
+            }
+        };
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|e| {
             SshError::Local(format!("{} ({e})", "the ssh client could not be started"))
         })?;
-        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        if let (Some(input), Some(mut pipe)) = (bytes, child.stdin.take()) {
             let input = input.to_vec();
             tokio::spawn(async move {
                 let _ = pipe.write_all(&input).await;
                 let _ = pipe.shutdown().await;
             });
         }
-        let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
-            Ok(out) => out.map_err(|e| SshError::Local(e.to_string()))?,
+        let stdout = child
+            .stdout
+            .take()
+            .map(|o| collect(o, false, lines.clone()));
+        let stderr = child.stderr.take().map(|e| collect(e, true, lines));
+        let finished = async {
+            let (out, err) = match (stdout, stderr) {
+                (Some(o), Some(e)) => tokio::join!(o, e),
+                _ => (String::new(), String::new()),
+            };
+            (child.wait().await, out, err)
+        };
+        let (status, stdout, stderr) = match tokio::time::timeout(timeout, finished).await {
+            Ok((status, out, err)) => (
+                status.map_err(|e| SshError::Local(e.to_string()))?,
+                out,
+                err,
+            ),
             Err(_) => return Err(SshError::Timeout(timeout)),
         };
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        let code = out.status.code().unwrap_or(-1);
+        let code = status.code().unwrap_or(-1);
         // 255 is ssh's own failure (the remote command's codes pass through otherwise).
         if code == 255 {
             if let Some(e) = classify(&self.user, &stderr) {
@@ -304,6 +378,56 @@ impl SshTarget {
             stderr,
         })
     }
+}
+
+/// What a remote command reads on its standard input.
+enum Input<'a> {
+    None,
+    Bytes(&'a [u8]),
+    File(std::fs::File),
+}
+
+impl<'a> Input<'a> {
+    fn bytes(b: Option<&'a [u8]>) -> Input<'a> {
+        b.map_or(Input::None, Input::Bytes)
+    }
+}
+
+/// Most of a stream kept in an [`Output`]: the end of a long log is what explains a failure.
+const KEEP: usize = 1 << 20;
+
+/// Reads a stream line by line, sending each on (when asked) and keeping its last [`KEEP`]
+/// bytes.
+async fn collect(
+    stream: impl tokio::io::AsyncRead + Unpin,
+    stderr: bool,
+    lines: Option<tokio::sync::mpsc::UnboundedSender<(bool, String)>>,
+) -> String {
+    use tokio::io::AsyncBufReadExt;
+    let mut reader = tokio::io::BufReader::new(stream);
+    let mut kept = String::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                if let Some(tx) = &lines {
+                    let _ = tx.send((stderr, text.trim_end_matches(['\n', '\r']).to_string()));
+                }
+                kept.push_str(&text);
+                if kept.len() > 2 * KEEP {
+                    let mut cut = kept.len() - KEEP;
+                    while !kept.is_char_boundary(cut) {
+                        cut += 1;
+                    }
+                    kept.drain(..cut);
+                }
+            }
+        }
+    }
+    kept
 }
 
 /// What ssh's own error output (exit 255) means.

@@ -2,8 +2,9 @@
 //! the server's own `/openapi.json` and sends them to a real `skylaunch serve`, on SQLite and on
 //! PostgreSQL. No answer may be a 5xx (except the load balancer's documented 503 when no node
 //! serves a model; see tests/fuzz/checks.py) and the server must still be up afterwards, with no
-//! panic in its output. Providers point at nothing (no `sky`, no agent, EC2 and Azure at a closed
-//! port on 127.0.0.1), so accepted launches fail at once and nothing leaves the machine.
+//! panic in its output. Providers point at nothing (no `sky`, no agent, no `ssh` client, EC2 and
+//! Azure at a closed port on 127.0.0.1), so accepted launches fail at once, SSH hosts are never
+//! contacted, and nothing leaves the machine.
 
 mod common;
 mod standins;
@@ -53,6 +54,8 @@ async fn fuzz_run_finds_no_server_error(backend: Backend) {
         .env("SKYLAUNCH_SKY_BIN", "/nonexistent/sky")
         .env("SKYLAUNCH_AGENT_BIN", "/nonexistent/skylaunch-agent")
         .env("SKYLAUNCH_BIN", "/nonexistent/skylaunch")
+        // SSH hosts the fuzzer adds name random addresses: no ssh client, so none is contacted.
+        .env("SKYLAUNCH_SSH_BIN", "/nonexistent/ssh")
         .env("SKYLAUNCH_AWS_ENDPOINT_URL", nowhere)
         .env("SKYLAUNCH_AZURE_ENDPOINT_URL", nowhere)
         .env("SKYLAUNCH_AZURE_AUTHORITY_HOST", nowhere)

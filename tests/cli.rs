@@ -201,6 +201,23 @@ async fn serve_refuses_a_non_loopback_address_without_token_and_keys() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_non_loopback_address_while_v1_has_no_key() {
+    // No key in the environment and none made in its (new) database: refused before it binds.
+    let (err, _) = serve_refusal(&[
+        ("SKYLAUNCH_LISTEN", "0.0.0.0:0"),
+        ("SKYLAUNCH_ADMIN_TOKEN", "a-long-admin-token-value-0123"),
+    ])
+    .await;
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0:0")
+            && err.contains("SKYLAUNCH_API_KEYS")
+            && err.contains("POST /admin/api-keys"),
+        "{err}"
+    );
+    assert!(!err.contains("SKYLAUNCH_ADMIN_TOKEN ("), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_refuses_a_connect_timeout_not_below_the_idle_timeout() {
     let (err, _) = serve_refusal(&[
         ("SKYLAUNCH_LISTEN", "127.0.0.1:0"),

@@ -10,24 +10,18 @@ use std::time::Duration;
 use common::{Backend, Reply, TestApp, ADMIN_TOKEN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use standins::binaries;
 
 async fn app_with(
     backend: Backend,
     tweak: impl FnOnce(&mut skylaunch::config::ServeConfig),
 ) -> Option<TestApp> {
-    let db = common::TestDb::new(backend).await?;
-    let mut config = common::test_config(&db);
-    let (skylaunch, agent) = binaries();
-    config.skylaunch_bin = Some(skylaunch);
-    config.agent_bin = Some(agent);
-    config.job_lease = Duration::from_secs(3);
-    config.reconcile_interval = Duration::from_millis(200);
-    config.replica_unhealthy_grace = Duration::from_secs(1);
-    config.replica_drain_timeout = Duration::from_secs(10);
-    config.deployment_backoff = Duration::from_secs(1);
-    tweak(&mut config);
-    Some(TestApp::start(db, config).await)
+    standins::local_app(backend, |config| {
+        config.replica_unhealthy_grace = Duration::from_secs(1);
+        config.replica_drain_timeout = Duration::from_secs(10);
+        config.deployment_backoff = Duration::from_secs(1);
+        tweak(config);
+    })
+    .await
 }
 
 macro_rules! app {
@@ -44,13 +38,7 @@ fn deployment(name: &str, replicas: u32) -> Value {
 }
 
 async fn put(app: &TestApp, path: &str, body: &Value) -> Reply {
-    app.send(
-        app.client
-            .put(app.url(path))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(body),
-    )
-    .await
+    app.put_admin(path, body).await
 }
 
 async fn wait_serving(app: &TestApp, name: &str, replicas: i64) -> Value {
@@ -64,14 +52,7 @@ async fn wait_serving(app: &TestApp, name: &str, replicas: i64) -> Value {
     .await
 }
 
-fn node_ids(d: &Value) -> Vec<String> {
-    d["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["node_id"].as_str().unwrap().to_string())
-        .collect()
-}
+use common::node_ids;
 
 /// The processes a local launch started for its node (its agent and its model server).
 fn processes_of(job_id: &str) -> Vec<u32> {
@@ -424,7 +405,26 @@ async fn a_pending_launch_is_cancelled_when_its_slot_is_scaled_away_or_the_deplo
     );
 }
 
+/// A replica whose model server takes longer to load than the unhealthy grace (1 s here) is
+/// waited for, not replaced: while its launch runs, the launch's own timeout judges it.
+async fn a_replica_loading_its_model_is_not_replaced(backend: Backend) {
+    let app = app!(backend);
+    let mut spec = deployment("slow", 1);
+    // The echo server listens only after 4 s, as a model server loading its weights.
+    spec["envs"] = json!({"ECHO_STARTUP_DELAY_MS": "4000"});
+    app.create_deployment(&spec).await;
+    wait_serving(&app, "slow", 1).await;
+    let all = app
+        .wait_actions("slow", "its launch completed", |all| {
+            all.iter().any(|a| a["state"] == "completed")
+        })
+        .await;
+    assert_eq!(all.len(), 1, "one launch, no replacement: {all:#?}");
+    assert_eq!(all[0]["kind"], "launch_replica");
+}
+
 on_both_backends!(
+    a_replica_loading_its_model_is_not_replaced,
     a_deployment_is_launched_healed_scaled_and_deleted,
     a_rolling_update_under_load_fails_no_request,
     bad_requests_change_nothing,

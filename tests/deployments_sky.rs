@@ -418,14 +418,7 @@ async fn a_revision_that_keeps_failing_stops_its_rollout_and_the_old_one_serves_
     )
     .unwrap();
     spec["envs"] = json!({"VLLM_EXTRA_ARGS": "--broken"});
-    let r = app
-        .send(
-            app.client
-                .put(app.url("/admin/deployments/steady"))
-                .bearer_auth(ADMIN_TOKEN)
-                .json(&spec),
-        )
-        .await;
+    let r = app.put_admin("/admin/deployments/steady", &spec).await;
     assert_eq!(r.body["revision"], 2, "{}", r.body);
     let stopped = app
         .wait_deployment("steady", "rollout_failed", |d| {

@@ -295,19 +295,32 @@ async fn deleting_a_node_whose_sky_down_fails_with_exit_0_reports_the_failed_tea
     assert_eq!(pids.len(), 2);
     assert!(pids.iter().all(|p| running(*p)), "the VM is still running");
 
-    // The teardown is retried by itself, and fails twice more while SkyPilot cannot.
+    // The teardown is retried by itself, and fails twice more while SkyPilot cannot. A retry
+    // is counted once its `sky down` has ended, so the wait is on the count, not on the calls.
     let downs = || {
         sky.calls()
             .iter()
             .filter(|c| c[..] == ["down", "-y", cluster])
             .count()
     };
+    let retries_failed = || async {
+        common::metric_value(
+            &app.metrics().await,
+            "skylaunch_teardown_retries_total{outcome=\"failed\"}",
+        )
+    };
     for _ in 0..300 {
-        if downs() >= 3 {
+        if retries_failed().await.is_some_and(|n| n >= 2.0) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let failed = retries_failed().await;
+    assert!(
+        failed.is_some_and(|n| n >= 2.0),
+        "{failed:?}: {:?}",
+        sky.calls()
+    );
     assert!(downs() >= 3, "retried: {:?}", sky.calls());
     let node = app.node(node_id).await;
     assert_eq!(node["status"], "teardown_pending");
@@ -316,11 +329,6 @@ async fn deleting_a_node_whose_sky_down_fails_with_exit_0_reports_the_failed_tea
         "{node}"
     );
     let metrics = app.metrics().await;
-    let failed = common::metric_value(
-        &metrics,
-        "skylaunch_teardown_retries_total{outcome=\"failed\"}",
-    );
-    assert!(failed.is_some_and(|n| n >= 2.0), "{failed:?}");
     assert!(metrics.contains("skylaunch_nodes{status=\"teardown_pending\"} 1"));
     // DELETE on such a node tries again at once.
     let before = downs();
@@ -502,38 +510,17 @@ async fn the_node_token_model_key_and_envs_values_appear_nowhere_but_on_the_vm()
     };
     let sky = fake_sky(&python, "success-aws-l4-spot.txt", &[]);
     let data = tempfile::tempdir().unwrap();
-    let port = standins::free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let output = data.path().join("serve.log");
-    let log = std::fs::File::create(&output).unwrap();
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_skylaunch"))
-        .arg("serve")
-        .env("SKYLAUNCH_LISTEN", format!("127.0.0.1:{port}"))
-        .env("SKYLAUNCH_DATA_DIR", data.path())
-        .env("SKYLAUNCH_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("SKYLAUNCH_SKY_BIN", &sky.bin)
-        .env("SKYLAUNCH_HEARTBEAT_INTERVAL", "1s")
-        // The stand-in VM runs on this machine: its model server is on loopback.
-        .env("SKYLAUNCH_ALLOW_LOOPBACK_ENDPOINTS", "true")
-        .env("RUST_LOG", "debug")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let client = reqwest::Client::new();
+    let sky_bin = sky.bin.display().to_string();
+    let server =
+        standins::DebugServer::start(data.path(), &[("SKYLAUNCH_SKY_BIN", &sky_bin)]).await;
+    let client = server.client.clone();
+    let base = server.base.clone();
     let get = |path: &str| {
         client
             .get(format!("{base}{path}"))
             .bearer_auth(ADMIN_TOKEN)
             .send()
     };
-    for _ in 0..100 {
-        if get("/healthz").await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let hf_token = format!("hf_leakcheck{}", std::process::id());
     let mut request = l4_spot();
     request["envs"] = json!({"HF_TOKEN": hf_token});
@@ -584,9 +571,7 @@ async fn the_node_token_model_key_and_envs_values_appear_nowhere_but_on_the_vm()
         .send()
         .await
         .unwrap();
-    server.start_kill().unwrap();
-    let _ = server.wait().await;
-    seen.push_str(&std::fs::read_to_string(&output).unwrap());
+    seen.push_str(&server.stop().await);
     seen.push_str(&std::fs::read_to_string(sky.state.path().join("calls.log")).unwrap());
     let cluster = job["cluster_name"].as_str().unwrap();
     let token = std::fs::read_to_string(sky.state.path().join(format!("{cluster}.token")))

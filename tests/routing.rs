@@ -82,6 +82,8 @@ async fn serve(State(up): State<Upstream>, headers: axum::http::HeaderMap, body:
                 .header("content-type", "application/json")
                 .header("x-model-server", "one")
                 .header("x-model-server", "two")
+                // A model server cannot pose as another node.
+                .header("x-skylaunch-node", "forged")
                 .body(Body::from(
                     json!({"object": "chat.completion", "served_by": up.name, "model": request["model"],
                            "choices": [{"message": {"role": "assistant", "content": "hi"}}]})
@@ -268,7 +270,7 @@ async fn requests_reach_a_ready_node_of_their_model_and_models_are_listed() {
     let Some(app) = app().await else { return };
     let (llama, llama_url) = upstream("llama", Behaviour::Complete { delay_ms: 0 }).await;
     let (_, qwen_url) = upstream("qwen", Behaviour::Complete { delay_ms: 0 }).await;
-    node_at(&app, "llama-1", "meta/llama", &llama_url, 0.9).await;
+    let (llama_id, _) = node_at(&app, "llama-1", "meta/llama", &llama_url, 0.9).await;
     node_at(&app, "qwen-1", "qwen/qwen", &qwen_url, 0.9).await;
     let (status, body) = chat(&app, "meta/llama").await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -293,6 +295,19 @@ async fn requests_reach_a_ready_node_of_their_model_and_models_are_listed() {
     );
     let repeated: Vec<_> = raw.headers().get_all("x-model-server").iter().collect();
     assert_eq!(repeated, ["one", "two"], "every value of a repeated header");
+    let node: Vec<_> = raw.headers().get_all("x-skylaunch-node").iter().collect();
+    assert_eq!(
+        node,
+        [llama_id.as_str()],
+        "the node that answered, and only it"
+    );
+    // Each answer's time to its first body byte, per model.
+    let page = app.metrics().await;
+    let answered = common::metric_value(
+        &page,
+        r#"skylaunch_proxy_first_byte_seconds_count{model="meta/llama"}"#,
+    );
+    assert!(answered.is_some_and(|n| n >= 1.0), "{page}");
     let length = raw.content_length().expect("a content-length");
     let text = raw.text().await.unwrap();
     assert_eq!(length as usize, text.len());
@@ -360,6 +375,68 @@ async fn a_model_no_node_serves_is_404_and_one_still_booting_is_503() {
     let (status, body) = chat(&app, "nobody/serves-this").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"]["code"], "no_healthy_nodes");
+}
+
+/// 404s answered on `/v1/chat/completions`, from `/metrics`.
+fn chat_404s(page: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with("skylaunch_http_requests_total{"))
+        .filter(|l| l.contains("\"/v1/chat/completions\"") && l.contains("\"404\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The real OpenAI Python SDK (in the test venv) as a client: an unknown model is a
+/// `NotFoundError` at once, not something it retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_takes_an_unknown_model_as_not_found_without_retrying() {
+    let python = std::env::var_os("SKYLAUNCH_TEST_PYTHON").filter(|p| {
+        std::process::Command::new(p)
+            .args(["-c", "import openai"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let Some(python) = python else {
+        let why = "SKYLAUNCH_TEST_PYTHON does not point at a Python with openai installed (scripts/test sets it up)";
+        assert!(
+            !common::in_ci(),
+            "the OpenAI SDK is required under CI=true: {why}"
+        );
+        eprintln!("\n!!! SKIPPED: OpenAI SDK test: {why}\n");
+        return;
+    };
+    let Some(app) = app().await else { return };
+    let before = chat_404s(&app.metrics().await);
+    let script = r#"
+import sys, openai
+client = openai.OpenAI(base_url=sys.argv[1] + "/v1", api_key="unused", max_retries=3, timeout=20)
+try:
+    client.chat.completions.create(model="nobody/serves-this",
+                                   messages=[{"role": "user", "content": "hi"}])
+    print("answered")
+except openai.NotFoundError as e:
+    print("not_found", e.status_code, e.code)
+except openai.APIStatusError as e:
+    print("other", e.status_code)
+"#;
+    let base = app.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .args(["-c", script, &base])
+            .output()
+            .expect("python runs")
+    })
+    .await
+    .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(printed.trim(), "not_found 404 model_not_found");
+    let after = chat_404s(&app.metrics().await);
+    assert_eq!(after - before, 1.0, "one request: the SDK did not retry");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

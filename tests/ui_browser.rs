@@ -2,7 +2,12 @@
 //! scripts in tests/browser/ against the real control plane: a local launch reaching `ready`
 //! and a chat through `/v1`, a failing SkyPilot launch (the stand-in `sky` replaying a recorded
 //! failure), the fleet table following a node that turns unhealthy, and the deployments view
-//! creating, scaling, rolling out, approving and deleting local deployments. Screenshots are
+//! creating, scaling, rolling out, approving and deleting local deployments, an autoscaled
+//! deployment's metric and decisions under load from the test, a deployment scaled to zero and
+//! its cold start while requests wait, the hosts view
+//! adding SSH hosts (a real sshd), probing them again and removing one, the API keys view
+//! making a key (shown once) and revoking it, and the usage view charting the tokens and
+//! dollars of requests sent to a local replica beside a priced node. Screenshots are
 //! saved under `test-artifacts/ui/` (or SKYLAUNCH_UI_ARTIFACTS).
 //!
 //! Needs node, playwright-core (SKYLAUNCH_TEST_NODE_MODULES, set by scripts/test) and Chromium
@@ -112,6 +117,20 @@ async fn app_with(tweak: impl FnOnce(&mut skylaunch::config::ServeConfig)) -> Op
     Some(TestApp::start(db, config).await)
 }
 
+/// Deletes a deployment and waits until it is gone: its replicas' local processes are stopped,
+/// every node terminated.
+async fn delete_leaving_nothing_running(app: &TestApp, name: &str) {
+    let r = app
+        .delete(&format!("/admin/deployments/{name}"), Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(r.status.as_u16(), 202, "{}", r.body);
+    wait_for_deployment(app, name, "deleted", |status, _| status == 404).await;
+    let nodes = app.get("/admin/nodes", Some(ADMIN_TOKEN)).await.body;
+    for n in nodes["nodes"].as_array().unwrap() {
+        assert_eq!(n["status"], "terminated", "{n:#}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_launch_reaches_ready_and_the_chat_box_streams_an_answer() {
     let Some(browser) = browser() else { return };
@@ -213,13 +232,8 @@ async fn wait_for_deployment(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployments_view_creates_scales_approves_and_deletes_without_reload() {
     let Some(browser) = browser() else { return };
-    let (skylaunch, agent) = standins::binaries();
     // The settings of tests/deployments.rs: the reconciler and its launches act within the test.
-    let Some(app) = app_with(|config| {
-        config.skylaunch_bin = Some(skylaunch);
-        config.agent_bin = Some(agent);
-        config.job_lease = Duration::from_secs(3);
-        config.reconcile_interval = Duration::from_millis(200);
+    let Some(app) = standins::local_app(Backend::Sqlite, |config| {
         config.replica_drain_timeout = Duration::from_secs(10);
         config.deployment_backoff = Duration::from_secs(1);
     })
@@ -266,14 +280,418 @@ async fn deployments_view_creates_scales_approves_and_deletes_without_reload() {
     assert_eq!(launches[0]["risk"], "guarded");
     assert_eq!(launches[0]["state"], "completed", "{actions:#}");
 
-    // Leave nothing running: deleting the deployment terminates its replica's local processes.
-    let r = app
-        .delete("/admin/deployments/gated", Some(ADMIN_TOKEN))
-        .await;
-    assert_eq!(r.status.as_u16(), 202, "{}", r.body);
-    wait_for_deployment(&app, "gated", "deleted", |status, _| status == 404).await;
-    let nodes = app.get("/admin/nodes", Some(ADMIN_TOKEN)).await.body;
-    for n in nodes["nodes"].as_array().unwrap() {
-        assert_eq!(n["status"], "terminated", "{n:#}");
+    delete_leaving_nothing_running(&app, "gated").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_view_adds_probes_and_removes_hosts() {
+    let Some(browser) = browser() else { return };
+    let Some(sshd) = common::Sshd::start() else {
+        return;
+    };
+    let Some(app) = app_with(|_| {}).await else {
+        return;
+    };
+    let fingerprint = skylaunch::ssh::fingerprint(&sshd.host_key)
+        .await
+        .expect("ssh-keygen fingerprints the host key");
+    run_scenario(
+        &browser,
+        &app,
+        "hosts",
+        &[
+            ("SKYLAUNCH_UI_SSH_PORT", sshd.port.to_string()),
+            ("SKYLAUNCH_UI_SSH_USER", sshd.user.clone()),
+            ("SKYLAUNCH_UI_SSH_PASSWORD", sshd.password.clone()),
+            ("SKYLAUNCH_UI_SSH_KEY", sshd.client_key.clone()),
+            ("SKYLAUNCH_UI_SSH_HOST_KEY", sshd.host_key.clone()),
+            ("SKYLAUNCH_UI_SSH_FINGERPRINT", fingerprint.clone()),
+        ],
+    )
+    .await;
+
+    // What the page showed is what the API holds: the host added by password, probed twice and
+    // available; the one added by key at a dead port removed.
+    let hosts = app.get("/admin/hosts", Some(ADMIN_TOKEN)).await.body;
+    let list = hosts["hosts"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{hosts:#}");
+    let id = list[0]["id"].as_str().unwrap();
+    let good = app
+        .get(&format!("/admin/hosts/{id}"), Some(ADMIN_TOKEN))
+        .await
+        .body;
+    assert_eq!(good["name"], "gpu-good", "{good:#}");
+    assert_eq!(good["status"], "available", "{good:#}");
+    assert_eq!(good["auth"], "password");
+    assert_eq!(good["port"], sshd.port);
+    assert_eq!(good["host_key_fingerprint"], fingerprint.as_str());
+    assert_eq!(good["labels"], json!({"rack": "a", "zone": "lab"}));
+    let probed = good["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "probed")
+        .count();
+    assert_eq!(
+        probed, 2,
+        "added, then probed again from the page: {good:#}"
+    );
+    let bad = app.get("/admin/hosts/gpu-bad", Some(ADMIN_TOKEN)).await;
+    assert_eq!(bad.status.as_u16(), 404, "{}", bad.body);
+    // The page sent the credentials in request bodies only: none is shown back.
+    assert!(!hosts.to_string().contains(&sshd.password));
+    assert!(!good.to_string().contains(&sshd.password));
+}
+
+/// The `a → b` replica counts named by the autoscaler's reasons on actions, oldest first, each
+/// once: the desired count's history.
+fn scale_history(actions: &[Value]) -> Vec<(u64, u64)> {
+    let mut scaling: Vec<&Value> = actions
+        .iter()
+        .filter(|a| a["drift"] == "scale_up" || a["drift"] == "scale_down")
+        .collect();
+    scaling.sort_by_key(|a| a["created_at"].as_str().unwrap_or_default().to_string());
+    let mut history = Vec::new();
+    for a in scaling {
+        let reason = a["reason"].as_str().unwrap_or_default();
+        let Some((before, after)) = reason.rsplit_once(" → ") else {
+            continue;
+        };
+        let from = before.rsplit(' ').next().and_then(|n| n.parse().ok());
+        let to = after.split(' ').next().and_then(|n| n.parse().ok());
+        if let (Some(from), Some(to)) = (from, to) {
+            if !history.contains(&(from, to)) {
+                history.push((from, to));
+            }
+        }
     }
+    history
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoscale_shows_the_metric_against_its_target_and_each_decision() {
+    let Some(browser) = browser() else { return };
+    // The settings of tests/autoscale.rs.
+    let Some(app) = standins::local_app(Backend::Sqlite, |config| {
+        config.replica_drain_timeout = Duration::from_secs(20);
+        config.replica_unhealthy_grace = Duration::from_secs(5);
+    })
+    .await
+    else {
+        return;
+    };
+    // The scenario and this test tell each other where they are through files here.
+    let signals = tempfile::tempdir().expect("temp dir");
+    let env = [("SKYLAUNCH_UI_SIGNALS", signals.path().display().to_string())];
+    let scenario = run_scenario(&browser, &app, "autoscale", &env);
+    // The load, while the page is open: six clients from the moment the deployment the page
+    // created has a ready replica, until it has three and the page has shown the scale-up.
+    let load = async {
+        // No deadline of its own: the page creates the deployment once the browser is its
+        // (another browser test may hold it first), and a failing scenario ends the test.
+        let ready = |d: &Value| d["replicas"]["ready"] == 1;
+        loop {
+            let r = app.get("/admin/deployments/auto", Some(ADMIN_TOKEN)).await;
+            if r.status.as_u16() == 200 && ready(&r.body) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let loads: Vec<_> = (0..6).map(|_| app.chat_load("echo/auto")).collect();
+        let seen = signals.path().join("scaled-up");
+        let mut last = Value::Null;
+        for _ in 0..1200 {
+            last = app.get_deployment("auto").await.body;
+            if last["replicas"]["ready"] == 3 && last["replicas"]["desired"] == 3 && seen.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            seen.exists() && last["replicas"]["ready"] == 3,
+            "the page never showed the scale-up to 3 ready replicas; last seen: {last:#}"
+        );
+        let mut answered = 0;
+        for load in loads {
+            let (ok, failed) = load.stop().await;
+            assert_eq!(failed, 0, "no request failed while scaling up");
+            answered += ok;
+        }
+        answered
+    };
+    let ((), answered) = tokio::join!(scenario, load);
+    assert!(answered > 0);
+
+    // What the page showed is what the API holds.
+    let shown = |name: &str| -> Value {
+        let text = std::fs::read_to_string(signals.path().join(name))
+            .unwrap_or_else(|e| panic!("the scenario wrote {name}: {e}"));
+        serde_json::from_str(&text).unwrap()
+    };
+    let (up, down) = (shown("scaled-up"), shown("scaled-down"));
+    assert_eq!((up["from"].as_u64(), up["to"].as_u64()), (Some(1), Some(3)));
+    assert_eq!(
+        (down["from"].as_u64(), down["to"].as_u64()),
+        (Some(3), Some(2))
+    );
+    // Back to one replica after the quiet, each retired one drained and then terminated.
+    app.wait_deployment("auto", "back to 1 replica", |d| {
+        d["replicas"]["desired"] == 1
+            && d["replicas"]["ready"] == 1
+            && d["nodes"].as_array().unwrap().len() == 1
+    })
+    .await;
+    let actions = app
+        .wait_actions("auto", "the scale-down done", |all| {
+            ["drain_replica", "terminate_replica"].iter().all(|kind| {
+                all.iter()
+                    .filter(|a| {
+                        a["drift"] == "scale_down"
+                            && a["kind"] == *kind
+                            && a["state"] == "completed"
+                    })
+                    .count()
+                    == 2
+            })
+        })
+        .await;
+    // The desired count went 1 → 3 → 2 → 1, as the page's decisions said.
+    assert_eq!(
+        scale_history(&actions),
+        vec![(1, 3), (3, 2), (2, 1)],
+        "{actions:#?}"
+    );
+    let with_reason = |drift: &str, reason: &str| {
+        actions
+            .iter()
+            .filter(|a| {
+                a["drift"] == drift && a["reason"].as_str().unwrap_or_default().contains(reason)
+            })
+            .count()
+    };
+    let up_reason = up["reason"].as_str().unwrap();
+    let down_reason = down["reason"].as_str().unwrap();
+    assert_eq!(with_reason("scale_up", up_reason), 2, "{actions:#?}");
+    assert!(with_reason("scale_down", down_reason) >= 1, "{actions:#?}");
+    for a in actions.iter().filter(|a| a["drift"] == "scale_up") {
+        assert_eq!(a["kind"], "launch_replica", "{a:#}");
+        assert_eq!(a["state"], "completed", "{a:#}");
+    }
+    assert!(
+        actions.iter().all(|a| a["drift"] != "excess_replica"),
+        "{actions:#?}"
+    );
+
+    // Leave nothing running: deleting the deployment terminates its replicas' local processes.
+    delete_leaving_nothing_running(&app, "auto").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_to_zero_shows_the_cold_start_in_progress() {
+    let Some(browser) = browser() else { return };
+    let Some(app) = standins::local_app(Backend::Sqlite, |_| {}).await else {
+        return;
+    };
+    // Each replica listens only 3 s after it starts, so that a cold start lasts long enough
+    // for the page to see it.
+    app.create_deployment(&json!({
+        "name": "cold", "model": "echo/cold", "provider": "local", "replicas": 1,
+        "envs": {"ECHO_STARTUP_DELAY_MS": "3000"},
+        "autoscale": {"min_replicas": 0, "max_replicas": 1, "metric": "in_flight", "target": 4,
+                      "scale_to_zero_after_s": 2, "cold_start_timeout_s": 120, "window_s": 2},
+        "routing": {"policy": "session", "session_header": "X-Conversation"},
+    }))
+    .await;
+    app.wait_deployment("cold", "zero replicas", |d| {
+        d["replicas"]["desired"] == 0 && d["nodes"].as_array().unwrap().is_empty()
+    })
+    .await;
+
+    let signals = tempfile::tempdir().expect("temp dir");
+    let env = [("SKYLAUNCH_UI_SIGNALS", signals.path().display().to_string())];
+    let scenario = run_scenario(&browser, &app, "cold_start", &env);
+    let send = || {
+        let (client, url) = (app.client.clone(), app.url("/v1/chat/completions"));
+        async move {
+            let r = client
+                .post(url)
+                .timeout(Duration::from_secs(120))
+                .json(&json!({"model": "echo/cold", "messages": [{"role": "user", "content": "wake"}]}))
+                .send()
+                .await
+                .expect("the request is answered");
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    // Two requests at once, once the page has shown the deployment at zero: they wait for its
+    // cold start. No deadline of its own: the page may wait for the browser (another browser
+    // test may hold it first), and a failing scenario ends the test.
+    let requests = async {
+        let seen = signals.path().join("at-zero");
+        while !seen.exists() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::join!(send(), send())
+    };
+    let ((), (a, b)) = tokio::join!(scenario, requests);
+    for (status, body) in [&a, &b] {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(
+            body["choices"][0]["message"]["content"], "echo: wake",
+            "{body}"
+        );
+    }
+
+    // What the page showed: both requests waiting, for the cold start the autoscaler decided.
+    let text = std::fs::read_to_string(signals.path().join("cold-start"))
+        .expect("the scenario wrote cold-start");
+    let shown: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(shown["waiting"], 2, "{shown:#}");
+    let actions = app.deployment_actions("cold").await;
+    assert!(
+        actions.iter().any(|a| a["drift"] == "scale_up"
+            && a["kind"] == "launch_replica"
+            && a["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("requests wait at zero replicas")),
+        "{actions:#?}"
+    );
+
+    delete_leaving_nothing_running(&app, "cold").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_view_shows_a_new_key_once_and_revokes_it() {
+    let Some(browser) = browser() else { return };
+    let Some(app) = app_with(|_| {}).await else {
+        return;
+    };
+    run_scenario(&browser, &app, "api_keys", &[]).await;
+
+    // What the page showed is what the API holds: team-a limited to echo/one at 60 requests a
+    // minute and revoked; team-b for every model at 50,000 tokens a minute, expiring; neither
+    // key itself in any answer.
+    let keys = app.get("/admin/api-keys", Some(ADMIN_TOKEN)).await.body;
+    let list = keys["api_keys"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{keys:#}");
+    let named = |name: &str| {
+        list.iter()
+            .find(|k| k["name"] == name)
+            .unwrap_or_else(|| panic!("{name} is listed: {keys:#}"))
+    };
+    let a = named("team-a");
+    assert_eq!(a["status"], "revoked", "{a:#}");
+    assert!(a["revoked_at"].is_string(), "{a:#}");
+    assert_eq!(a["models"], json!(["echo/one"]));
+    assert_eq!(a["requests_per_minute"], 60);
+    assert_eq!(a["tokens_per_minute"], Value::Null);
+    assert_eq!(a["expires_at"], Value::Null);
+    let b = named("team-b");
+    assert_eq!(b["status"], "active", "{b:#}");
+    assert_eq!(b["models"], Value::Null);
+    assert_eq!(b["requests_per_minute"], Value::Null);
+    assert_eq!(b["tokens_per_minute"], 50_000);
+    assert!(b["expires_at"].is_string(), "{b:#}");
+    assert!(list.iter().all(|k| k.get("key").is_none()), "{keys:#}");
+    // Keys were made: /v1 stays closed to a request without one.
+    let models = app.get("/v1/models", None).await;
+    assert_eq!(models.status.as_u16(), 401, "{}", models.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_view_charts_tokens_and_cost_and_groups_them() {
+    let Some(browser) = browser() else { return };
+    let Some(app) = standins::local_app(Backend::Sqlite, |_| {}).await else {
+        return;
+    };
+    // A bring-your-own node for echo/one with an on-demand L4 (the catalogue's $0.80 an hour):
+    // it costs from when it was made. It never heartbeats, so it takes no requests; its
+    // endpoint is pinned to a documentation address (a byo node may not register loopback).
+    let (priced, token) = app
+        .create_node_from(&json!({"name": "priced", "model_name": "echo/one",
+                                  "endpoint_url": "http://192.0.2.10:8000"}))
+        .await;
+    let mut registration = common::registration();
+    registration["model_name"] = json!("echo/one");
+    registration["gpu_type"] = json!("L4");
+    registration["gpu_count"] = json!(1);
+    registration["spot_instance"] = json!(false);
+    let r = app
+        .post(
+            &format!("/admin/nodes/register?node_id={priced}"),
+            Some(&token),
+            &registration,
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    // A local replica (free: this machine) that answers with the echo server's token counts.
+    app.create_deployment(
+        &json!({"name": "echo-one", "model": "echo/one", "provider": "local", "replicas": 1}),
+    )
+    .await;
+    app.wait_deployment("echo-one", "its replica ready", |d| {
+        d["replicas"]["ready"] == 1
+    })
+    .await;
+    const SENT: u64 = 3;
+    for i in 0..SENT {
+        let r = app
+            .post(
+                "/v1/chat/completions",
+                None,
+                &json!({"model": "echo/one", "messages": [{"role": "user", "content": format!("count me {i}")}]}),
+            )
+            .await;
+        assert_eq!(r.status.as_u16(), 200, "request {i}: {}", r.body);
+    }
+    // Usage is written every second: wait until the report counts every request.
+    let mut usage = Value::Null;
+    for _ in 0..150 {
+        usage = app.get("/admin/usage", Some(ADMIN_TOKEN)).await.body;
+        if usage["total"]["requests"] == SENT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(usage["total"]["requests"], SENT, "{usage:#}");
+
+    run_scenario(
+        &browser,
+        &app,
+        "usage",
+        &[("SKYLAUNCH_UI_REQUESTS", SENT.to_string())],
+    )
+    .await;
+
+    // What the page showed is what the API holds: the tokens of the series are the total's,
+    // and its dollars too; echo/one costs what the priced node does.
+    let usage = app.get("/admin/usage", Some(ADMIN_TOKEN)).await.body;
+    let total = &usage["total"];
+    let points = usage["series"]["points"].as_array().unwrap();
+    let sum = |field: &str| -> f64 { points.iter().map(|p| p[field].as_f64().unwrap()).sum() };
+    assert_eq!(
+        sum("prompt_tokens") + sum("completion_tokens"),
+        total["prompt_tokens"].as_f64().unwrap() + total["completion_tokens"].as_f64().unwrap(),
+        "{usage:#}"
+    );
+    assert!(
+        (sum("usd") - total["usd"].as_f64().unwrap()).abs() < 1e-4,
+        "{usage:#}"
+    );
+    let echo = usage["usage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group"] == "echo/one")
+        .unwrap_or_else(|| panic!("echo/one is a group: {usage:#}"));
+    assert_eq!(echo["requests"], SENT, "{usage:#}");
+    assert_eq!(echo["hourly_usd"], 0.8, "{usage:#}");
+    assert!(echo["usd"].as_f64().unwrap() > 0.0, "{usage:#}");
+
+    assert!(app.delete_node(&priced).await.status.is_success());
+    delete_leaving_nothing_running(&app, "echo-one").await;
 }

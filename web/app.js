@@ -37,8 +37,8 @@ function td(label, content, cls) {
 // Keyboard focus survives re-rendering: a control is known by its row's key and its label.
 function focusKey(e) {
   if (!e || !e.closest) return null;
-  const row = e.closest('[data-node],[data-job],[data-action],[data-deployment]');
-  return { row: row ? row.dataset.node || row.dataset.job || row.dataset.action || row.dataset.deployment : null, label: e.getAttribute('aria-label') || e.textContent };
+  const row = e.closest('[data-node],[data-job],[data-action],[data-deployment],[data-host],[data-api-key]');
+  return { row: row ? row.dataset.node || row.dataset.job || row.dataset.action || row.dataset.deployment || row.dataset.host || row.dataset.apiKey : null, label: e.getAttribute('aria-label') || e.textContent };
 }
 function refocus(container, key) {
   if (!key) return;
@@ -138,6 +138,8 @@ function banner(message) {
 function signOut(message) {
   sessionStorage.removeItem(TOKEN_KEY);
   stopAll();
+  clearHostSecrets();
+  hideNewKey();
   show('signin');
   $('#signin-error').textContent = message || '';
 }
@@ -152,7 +154,7 @@ $('#sign-out').addEventListener('click', () => signOut(''));
 
 // ---------- views ----------
 
-const views = ['signin', 'fleet', 'node', 'deployments', 'launches', 'launch', 'chat', 'housekeeping'];
+const views = ['signin', 'fleet', 'node', 'deployments', 'hosts', 'keys', 'usage', 'launches', 'launch', 'chat', 'housekeeping'];
 // The open view's live work: its streams and timers stop, and its late answers are dropped,
 // the moment another view opens.
 let current = null;
@@ -184,7 +186,7 @@ function route() {
   if (location.hash && !location.hash.startsWith('#/')) return;
   const [, name, id] = (location.hash.match(/^#\/([a-z]+)(?:\/(.+))?/) || []);
   const open = {
-    fleet: v => showFleet(v), node: v => showNode(v, id), deployments: v => showDeployments(v), launches: v => showLaunches(v),
+    fleet: v => showFleet(v), node: v => showNode(v, id), deployments: v => showDeployments(v), hosts: v => showHosts(v), keys: v => showKeys(v), usage: v => showUsage(v), launches: v => showLaunches(v),
     launch: v => showLaunch(v, id), chat: v => showChat(v), housekeeping: v => showHousekeeping(v),
   }[name];
   if (!open || (!id && ['node', 'launch'].includes(name))) { location.replace('#/fleet'); return; }
@@ -334,7 +336,13 @@ function confirmThen(title, text, verb, action) {
 
 const OPEN_ACTION_STATES = ['pending', 'approved', 'running'];
 const ACTION_KINDS = { launch_replica: 'Launch replica', replace_replica: 'Replace replica', drain_replica: 'Drain replica', terminate_replica: 'Terminate replica' };
-const DRIFTS = { missing_replica: 'missing replica', unhealthy_replica: 'unhealthy replica', spot_interruption: 'spot interruption', outdated_revision: 'outdated revision', excess_replica: 'excess replica' };
+const DRIFTS = { missing_replica: 'missing replica', unhealthy_replica: 'unhealthy replica', spot_interruption: 'spot interruption', outdated_revision: 'outdated revision', excess_replica: 'excess replica',
+  scale_up: '▲ autoscale: scale up', scale_down: '▼ autoscale: scale down' };
+const FINISHED_ACTION_STATES = ['completed', 'failed', 'rejected', 'cancelled'];
+// How many of an autoscaled deployment's finished scaling actions its card keeps showing.
+const RECENT_SCALING = 6;
+// Nothing happens while the metric is within this fraction of its target (the API's band).
+const SCALE_BAND = 0.10;
 // Statuses whose reason says what is wrong.
 const TROUBLED = ['unsatisfiable', 'rollout_failed', 'degraded'];
 
@@ -364,7 +372,47 @@ async function decide(button, id, verb) {
   if (!await deploymentCall('POST', '/admin/actions/' + encodeURIComponent(id) + '/' + verb)) for (const b of buttons) b.disabled = false;
 }
 
+// Scale to zero: a deployment with no replica wanted reads as scaled to zero (not as broken), and
+// one whose first replica is being launched for requests held at zero as a cold start. A cold
+// start is in progress while requests wait, or while the last decision is the 0 → 1 of a cold
+// start and no replica is ready yet.
+function coldStart(d) {
+  const a = d.autoscale;
+  if (!a || d.status === 'deleting') return null;
+  const waiting = a.waiting_requests || 0;
+  const last = a.last_decision;
+  const waking = last && last.from === 0 && last.to >= 1 && /cold start/.test(last.reason || '') && d.replicas.ready === 0;
+  return waiting > 0 || waking ? { waiting } : null;
+}
+function scaledToZero(d) {
+  return d.replicas.desired === 0 && !['deleting', 'unsatisfiable', 'rollout_failed'].includes(d.status) && !coldStart(d);
+}
+function waitingText(n) { return n === 0 ? 'no requests waiting' : n + (n === 1 ? ' request' : ' requests') + ' waiting'; }
+function zeroBlock(d) {
+  const cold = coldStart(d);
+  if (cold) {
+    const timeout = (d.spec.autoscale || {}).cold_start_timeout_s;
+    return el('p', { class: 'cold-start', role: 'status', 'data-waiting': String(cold.waiting) },
+      el('strong', { text: 'Cold start in progress: ' + waitingText(cold.waiting) }),
+      el('span', { class: 'muted', text: ' · a replica is being launched; requests are held until it is ready'
+        + (timeout == null ? '' : ' (at most ' + timeout + ' s)') + ', beyond the bound they get 503 cold_start_busy' }));
+  }
+  if (scaledToZero(d)) {
+    return el('p', { class: 'scaled-to-zero' },
+      el('strong', { text: 'Scaled to zero' }),
+      el('span', { class: 'muted', text: d.autoscale && d.autoscale.min_replicas === 0
+        ? ' · no replica runs and none costs; the next request starts one (a cold start)'
+        : ' · no replica runs; scale up to serve it again' }));
+  }
+  return null;
+}
+
 function deploymentStatus(d) {
+  // At zero replicas, or waking from zero, the state says so in place of serving/converging/degraded.
+  if (coldStart(d) && !['unsatisfiable', 'rollout_failed'].includes(d.status)) {
+    return el('div', { class: 'deployment-status' }, el('span', { class: 'badge s-cold-start', text: 'cold start' }));
+  }
+  if (scaledToZero(d)) return el('div', { class: 'deployment-status' }, el('span', { class: 'badge s-scaled-to-zero', text: 'scaled to zero' }));
   const box = el('div', { class: 'deployment-status' }, badge(d.status));
   if (TROUBLED.includes(d.status) && d.reason) box.append(' ', el('span', { class: 'reason', text: d.reason }));
   if (d.status === 'unsatisfiable' && d.unsatisfiable_until) box.append(' ', el('span', { class: 'muted retry-at', text: 'retry at ' + time(d.unsatisfiable_until) }));
@@ -381,7 +429,7 @@ function replicaGroups(d) {
     byRevision.get(r).push(n);
   }
   const revisions = [...byRevision.keys()].sort((a, b) => b - a);
-  if (!revisions.length) return el('p', { class: 'muted', text: 'No replicas.' });
+  if (!revisions.length) return el('p', { class: 'muted', text: d.replicas.desired === 0 ? 'No replicas: scaled to zero.' : 'No replicas.' });
   return el('div', { class: 'revisions' }, revisions.map(r => {
     const isCurrent = r === d.revision;
     const nodes = byRevision.get(r);
@@ -406,8 +454,8 @@ function rolloutProgress(d) {
     el('span', { text: ' Rollout to revision ' + d.revision + ': ' + done + ' of ' + want + ' replicas on the new revision' }));
 }
 
-function actionTable(actions) {
-  if (!actions.length) return el('p', { class: 'muted', text: 'No actions in progress.' });
+function actionTable(actions, empty = 'No actions in progress.') {
+  if (!actions.length) return el('p', { class: 'muted', text: empty });
   const rows = actions.map(a => {
     const label = (ACTION_KINDS[a.kind] || a.kind) + (a.slot == null ? '' : ' (slot ' + a.slot + ')');
     const buttons = el('td', { class: 'actions-cell', 'data-label': 'Decision' });
@@ -418,8 +466,9 @@ function actionTable(actions) {
         el('button', { type: 'button', class: 'small danger', text: 'Reject', 'aria-label': 'Reject ' + label,
           onclick: e => decide(e.currentTarget, a.id, 'reject') }));
     }
-    return el('tr', { 'data-action': a.id, 'data-state': a.state, 'data-kind': a.kind },
-      td('When', time(a.created_at)), td('Action', label), td('Why', DRIFTS[a.drift] || a.drift),
+    const scaling = a.drift === 'scale_up' ? ' scale-up' : a.drift === 'scale_down' ? ' scale-down' : '';
+    return el('tr', { 'data-action': a.id, 'data-state': a.state, 'data-kind': a.kind, 'data-drift': a.drift, class: scaling ? 'scaling' + scaling : null },
+      td('When', time(a.created_at)), td('Action', label), td('Why', DRIFTS[a.drift] || a.drift, 'why'),
       td('Market', marketText(a.market)), td('State', badge(a.state)),
       td('Details', [a.risk === 'guarded' && a.state === 'pending' ? 'waits for approval' : null, a.reason].filter(Boolean).join(': ') || null, 'muted'),
       buttons);
@@ -433,6 +482,10 @@ function deploymentControls(d) {
   const controls = el('div', { class: 'actions' });
   if (d.status === 'deleting') return controls;
   const input = el('input', { type: 'number', min: '0', max: '100', step: '1', class: 'scale-input', 'aria-label': 'Replicas of ' + d.name });
+  if (d.autoscale) {
+    input.min = String(d.autoscale.min_replicas); input.max = String(d.autoscale.max_replicas);
+    input.title = 'The autoscaler moves this count between ' + d.autoscale.min_replicas + ' and ' + d.autoscale.max_replicas + '.';
+  }
   input.value = scaleDrafts.get(d.name) ?? String(d.replicas.desired);
   input.addEventListener('input', () => scaleDrafts.set(d.name, input.value));
   controls.append(el('form', { class: 'scale', onsubmit: async e => {
@@ -456,7 +509,62 @@ function deploymentControls(d) {
   return controls;
 }
 
-function deploymentCard(d, actions) {
+// The metric as the autoscaler reads it: "in_flight 3.50 per replica", "ttft 0.80 s".
+function metricAmount(metric, v) { return v == null ? '—' : metric === 'ttft' ? v.toFixed(2) + ' s' : v.toFixed(2); }
+function metricText(metric, v) { return metric + ' ' + metricAmount(metric, v) + (metric === 'ttft' || v == null ? '' : ' per replica'); }
+// Where the value stands against the target: above or below the band (where the autoscaler
+// acts, once its delay has passed), within it, or not measured yet.
+function scaleBand(a) {
+  if (a.value == null) return 'unmeasured';
+  const ratio = a.value / a.target;
+  return ratio > 1 + SCALE_BAND ? 'above' : ratio < 1 - SCALE_BAND ? 'below' : 'within';
+}
+function bandText(band, a, d) {
+  const policy = d.spec.autoscale || {};
+  const desired = d.replicas.desired;
+  if (band === 'above') return desired >= a.max_replicas ? '▲ above the target, at the maximum'
+    : '▲ above the target: replicas are added after ' + (policy.scale_up_delay_s ?? 30) + ' s above it';
+  // A low value never takes a deployment below one replica: only idling takes it to zero.
+  if (band === 'below') return a.stale ? '▼ below the target, but no scale-down while reports are stale'
+    : a.kv_cache_full ? '▼ below the target, but no scale-down while a KV cache is nearly full'
+    : desired <= Math.max(a.min_replicas, 1) ? (a.min_replicas === 0 ? '▼ below the target; only idling takes it to zero' : '▼ below the target, at the minimum')
+    : '▼ below the target: a replica is removed after ' + (policy.scale_down_delay_s ?? 300) + ' s below it';
+  if (band === 'within') return '● within 10% of the target';
+  if (d.replicas.desired === 0) return 'nothing to measure: scaled to zero';
+  return d.replicas.ready === 0 ? 'nothing to measure: no ready replica' : 'not measured yet';
+}
+
+function autoscaleBlock(d, recent) {
+  const a = d.autoscale;
+  const policy = d.spec.autoscale || {};
+  const band = scaleBand(a);
+  const metric = el('p', { class: 'autoscale-metric' },
+    el('span', { class: 'autoscale-value', text: metricText(a.metric, a.value) }),
+    el('span', { class: 'muted', text: ' / ' }),
+    el('span', { class: 'autoscale-target', text: 'target ' + metricAmount(a.metric, a.target) }), ' ',
+    el('span', { class: 'band band-' + band, text: bandText(band, a, d) }),
+    a.stale ? el('span', { class: 'badge s-stale', text: 'stale', title: "Some replica's reports are stale: no scale-down until they are fresh." }) : null,
+    a.kv_cache_full ? el('span', { class: 'badge s-kv-full', text: 'KV cache full', title: 'A ready replica reports its KV cache at least 90 % full: no scale-down while it does.' }) : null);
+  const range = el('p', { class: 'autoscale-range' },
+    el('span', { text: a.min_replicas + '–' + a.max_replicas + ' replicas' }),
+    el('span', { class: 'muted', text: ' · now ' + d.replicas.desired + ' · averaged over ' + (policy.window_s ?? 60) + ' s · up after ' + (policy.scale_up_delay_s ?? 30) + ' s above, down after ' + (policy.scale_down_delay_s ?? 300) + ' s below'
+      + (a.min_replicas === 0 ? ' · to zero after ' + (policy.scale_to_zero_after_s ?? 300) + ' s without a request' : '') }));
+  const last = a.last_decision;
+  const decision = last
+    ? el('p', { class: 'autoscale-decision' + (last.to > last.from ? ' up' : ' down'), 'data-from': String(last.from), 'data-to': String(last.to) },
+      el('span', { class: 'muted', text: 'Last decision ' }),
+      el('strong', { class: 'decision-change', text: last.from + ' → ' + last.to }),
+      el('span', { class: 'muted decision-at', text: ' at ' + time(last.at), title: dateTime(last.at) }),
+      el('span', { class: 'decision-reason', text: ': ' + last.reason }))
+    : el('p', { class: 'autoscale-decision muted', text: 'No scaling decision yet.' });
+  return el('section', { class: 'autoscale', 'aria-label': 'Autoscale of ' + d.name, 'data-band': band, 'data-stale': String(a.stale),
+    'data-value': a.value == null ? null : String(a.value), 'data-target': String(a.target) },
+    el('h3', { text: 'Autoscale on ' + a.metric }), metric, range, decision,
+    el('h4', { text: 'Recent scaling, newest first' }),
+    actionTable(recent, 'No scaling action has finished yet.'));
+}
+
+function deploymentCard(d, actions, recent) {
   const s = d.spec;
   const where = s.cloud ? CLOUD_NAMES[s.cloud] || s.cloud : { skypilot: 'SkyPilot', aws: 'AWS', azure: 'Azure' }[s.provider] || s.provider;
   const runsOn = s.provider === 'local' ? 'this machine' : gpuText(s.gpu, s.gpu_count) + ' · ' + where;
@@ -467,20 +575,29 @@ function deploymentCard(d, actions) {
     ['Model', s.model, 'fact-model'],
     ['Runs on', runsOn + (s.spot && s.spot.use_spot ? ', spot' : ''), null],
   ];
+  const routing = (s.routing || {}).policy;
+  if (routing && routing !== 'least_load') {
+    facts.push(['Routing', routing === 'session' ? 'session (' + (s.routing.session_header || 'X-Session-Id') + ')' : 'prefix affinity', 'fact-routing']);
+  }
   if (d.replicas.launching) facts.push(['Launching', String(d.replicas.launching), null]);
   if (d.replicas.draining) facts.push(['Draining', String(d.replicas.draining), null]);
+  const cold = coldStart(d);
   return el('article', { class: 'deployment card', 'data-deployment': d.name, 'data-status': d.status, 'data-revision': String(d.revision),
-    'data-ready': String(d.replicas.ready), 'data-desired': String(d.replicas.desired), 'aria-labelledby': 'deployment-' + d.name },
+    'data-ready': String(d.replicas.ready), 'data-desired': String(d.replicas.desired),
+    'data-zero': cold ? 'cold-start' : scaledToZero(d) ? 'scaled-to-zero' : null,
+    'data-waiting': d.autoscale ? String(d.autoscale.waiting_requests || 0) : null, 'aria-labelledby': 'deployment-' + d.name },
     el('div', { class: 'deployment-head' }, el('h2', { id: 'deployment-' + d.name, text: d.name }), deploymentStatus(d)),
+    zeroBlock(d),
     el('dl', { class: 'deployment-facts' }, facts.map(([k, v, cls]) => el('div', { class: cls }, el('dt', { text: k }), el('dd', { text: v })))),
     deploymentControls(d),
+    d.autoscale ? autoscaleBlock(d, recent || []) : null,
     rolloutProgress(d),
     replicaGroups(d),
     el('h3', { text: 'Actions in progress' + (d.pending_actions ? ' · ' + d.pending_actions + ' waiting for approval' : '') }),
     actionTable(actions));
 }
 
-function renderDeployments(deployments, actions) {
+function renderDeployments(deployments, actions, scaling = new Map()) {
   const list = $('#deployment-list');
   if (!deployments.length) {
     deploymentCards.clear();
@@ -488,15 +605,18 @@ function renderDeployments(deployments, actions) {
     return;
   }
   const cards = deployments.map(d => {
+    // A scaling action that finished between the two reads is shown once, finished (its later read).
+    const recent = scaling.get(d.name) || [];
+    const finished = new Set(recent.map(a => a.id));
     // By name alone: a deleted deployment's actions go with it. (Not by time either: an action
     // can carry the time of the reconciler pass that began just before its deployment existed.)
-    const mine = actions.filter(a => a.deployment === d.name)
+    const mine = actions.filter(a => a.deployment === d.name && !finished.has(a.id))
       .sort((a, b) => new Date(b.created_at) - new Date(a.created_at) || b.id.localeCompare(a.id));
     // Heartbeat times are not shown: they alone do not re-render a card.
-    const data = JSON.stringify([d, mine], (k, v) => k === 'last_heartbeat_at' ? undefined : v);
+    const data = JSON.stringify([d, mine, recent], (k, v) => k === 'last_heartbeat_at' ? undefined : v);
     const old = deploymentCards.get(d.name);
     if (old && old.data === data) return old.card;
-    const card = deploymentCard(d, mine);
+    const card = deploymentCard(d, mine, recent);
     deploymentCards.set(d.name, { data, card });
     return card;
   });
@@ -513,15 +633,32 @@ function renderDeployments(deployments, actions) {
 
 async function showDeployments(view) {
   show('deployments');
-  refreshDeploymentForm();
+  refreshDeploymentForm(); refreshAutoscaleFields();
+  let started = 0, shown = 0;
   const load = async () => {
+    const mine = ++started;
     let deployments, actions;
+    const scaling = new Map();
     try {
       const [list, ...open] = await Promise.all([api('GET', '/admin/deployments'),
         ...OPEN_ACTION_STATES.map(s => api('GET', '/admin/actions?state=' + s))]);
       deployments = list.deployments; actions = open.flatMap(o => o.actions);
+      // An autoscaled deployment's finished scaling actions stay in view after they are done
+      // (the open ones are among its actions in progress). One deleted meanwhile has none.
+      await Promise.all(deployments.filter(d => d.autoscale).map(async d => {
+        let all;
+        try { all = (await api('GET', '/admin/deployments/' + encodeURIComponent(d.name) + '/actions')).actions; } catch (e) {
+          if (e instanceof ApiError && e.status === 404) return;
+          throw e;
+        }
+        scaling.set(d.name, all.filter(a => (a.drift === 'scale_up' || a.drift === 'scale_down') && FINISHED_ACTION_STATES.includes(a.state))
+          .sort((a, b) => new Date(b.created_at) - new Date(a.created_at) || b.id.localeCompare(a.id)).slice(0, RECENT_SCALING));
+      }));
     } catch (e) { if (view.alive()) banner(e.message); return; }
-    if (view.alive()) renderDeployments(deployments, actions);
+    // An answer older than one already shown is dropped (a slow poll must not undo a newer view).
+    if (!view.alive() || mine < shown) return;
+    shown = mine;
+    renderDeployments(deployments, actions, scaling);
   };
   refreshDeployments = load;
   deploymentCards.clear(); scaleDrafts.clear();
@@ -530,7 +667,12 @@ async function showDeployments(view) {
   // Polled while the view is open and the tab is visible.
   view.every(() => { if (!document.hidden) load(); }, 2000);
 }
-document.addEventListener('visibilitychange', () => { if (!document.hidden && current && !$('#view-deployments').hidden) refreshDeployments(); });
+document.addEventListener('visibilitychange', () => {
+  if (document.hidden || !current) return;
+  if (!$('#view-deployments').hidden) refreshDeployments();
+  else if (!$('#view-hosts').hidden) refreshHosts();
+  else if (!$('#view-usage').hidden) refreshUsage();
+});
 
 // ---------- the new deployment form ----------
 
@@ -549,32 +691,90 @@ function refreshDeploymentForm() {
   const gpus = catalog.gpus.filter(g => provider === 'aws' || provider === 'azure' ? g.clouds.includes(provider) : true);
   fillSelect(f.gpu, gpus.map(g => [g.name, g.name + ' (' + g.memory_gb + ' GB)']));
 }
+// The autoscale part shows when its box is checked; its scale-to-zero settings when the
+// minimum is 0.
+function refreshAutoscaleFields() {
+  const f = deploymentForm.elements;
+  $('#df-autoscale-fields').hidden = !f['autoscale'].checked;
+  $('#df-autoscale-zero').hidden = f['autoscale.min_replicas'].value.trim() !== '0';
+}
+// The slot of the field an error names ("autoscale.min_replicas"), else of its top-level part
+// ("envs" for "envs.HF_TOKEN"), else the form's own.
 function deploymentErrorSlot(field) {
-  const top = (field || '').split(/[.[]/)[0];
-  return (top && $('[data-error-for="' + CSS.escape(top) + '"]', deploymentForm)) || $('[data-error-for="_form"]', deploymentForm);
+  const f = field || '';
+  const top = f.split(/[.[]/)[0];
+  const slot = name => name && $('[data-error-for="' + CSS.escape(name) + '"]', deploymentForm);
+  return slot(f) || slot(top) || slot('_form');
+}
+function deploymentInput(field) {
+  const f = field || '';
+  return deploymentForm.elements[f] || deploymentForm.elements[f.split(/[.[]/)[0]];
 }
 function clearDeploymentErrors() { for (const e of $$('[data-error-for]', deploymentForm)) e.replaceChildren(); }
 function showDeploymentError(err) {
   clearDeploymentErrors();
   deploymentErrorSlot(err.field).replaceChildren(errorBox(err, s => applyDeploymentSuggestion(err.field, s)));
-  const input = deploymentForm.elements[(err.field || '').split(/[.[]/)[0]];
-  if (input && input.focus) input.focus();
+  const input = deploymentInput(err.field);
+  if (input && input.focus && !input.closest('[hidden]')) input.focus();
 }
 function applyDeploymentSuggestion(field, suggestion) {
   const f = deploymentForm;
-  const pair = suggestion.match(/^(\w+): (.+)$/);
+  const pair = suggestion.match(/^([\w.]+): (.+)$/);
   if (pair && f.elements[pair[1]]) { field = pair[1]; suggestion = pair[2]; }
   const input = f.elements[field];
-  if (!input) return;
+  if (!input || input.type === 'checkbox' || input.tagName === 'TEXTAREA') return;
   if (input.tagName === 'SELECT' && ![...input.options].some(o => o.value === suggestion)) input.append(el('option', { value: suggestion, text: suggestion }));
   input.value = suggestion;
   if (field === 'provider') { refreshDeploymentForm(); f.provider.value = suggestion; }
+  refreshAutoscaleFields();
   deploymentErrorSlot(field).replaceChildren();
 }
-deploymentForm.addEventListener('change', e => { if (e.target.name === 'provider') refreshDeploymentForm(); });
+deploymentForm.addEventListener('change', e => {
+  if (e.target.name === 'provider') refreshDeploymentForm();
+  if (e.target.name === 'autoscale') refreshAutoscaleFields();
+});
+// "KEY=value" lines (blank ones skipped) as the spec's envs.
+function parseEnvs(text) {
+  const envs = {};
+  for (const line of text.split('\n').map(l => l.trim()).filter(Boolean)) {
+    const at = line.indexOf('=');
+    if (at < 0) return { error: 'Write one KEY=value a line ("' + line + '" has no =).' };
+    if (at === 0) return { error: 'Write one KEY=value a line (one starts with = and has no KEY).' };
+    envs[line.slice(0, at).trim()] = line.slice(at + 1);
+  }
+  return { envs };
+}
+// The form's autoscale part as the spec's policy; the delays left empty take the API's defaults.
+// Ranges are the API's to check (it says why, next to the field).
+function autoscaleBody(f) {
+  const input = name => f.elements['autoscale.' + name];
+  const policy = { metric: input('metric').value };
+  for (const [key, what] of [['min_replicas', 'The minimum'], ['max_replicas', 'The maximum']]) {
+    const n = wholeNumber(input(key).value.trim(), 0, 1000000);
+    if (n == null) return { error: { field: 'autoscale.' + key, message: what + ' must be a whole number of replicas.' } };
+    policy[key] = n;
+  }
+  const target = input('target').value.trim();
+  if (target === '' || !Number.isFinite(Number(target))) return { error: { field: 'autoscale.target', message: 'The target must be a number (per replica; seconds for ttft).' } };
+  policy.target = Number(target);
+  const delays = ['scale_up_delay_s', 'scale_down_delay_s', 'window_s'];
+  // Scaling to zero's settings go only with a minimum of 0.
+  if (policy.min_replicas === 0) delays.push('scale_to_zero_after_s', 'cold_start_timeout_s');
+  for (const key of delays) {
+    const text = input(key).value.trim();
+    if (text === '') continue;
+    const n = wholeNumber(text, 0, 1000000);
+    if (n == null) return { error: { field: 'autoscale.' + key, message: 'A delay must be a whole number of seconds, or empty for the default.' } };
+    policy[key] = n;
+  }
+  return { policy };
+}
 // An error goes as soon as its field is edited, not when it loses focus: a form that shrinks
 // under the pointer would swallow the click on Create.
-deploymentForm.addEventListener('input', e => { if (e.target.name) deploymentErrorSlot(e.target.name).replaceChildren(); });
+deploymentForm.addEventListener('input', e => {
+  if (e.target.name) deploymentErrorSlot(e.target.name).replaceChildren();
+  if (e.target.name === 'autoscale.min_replicas') refreshAutoscaleFields();
+});
 deploymentForm.addEventListener('submit', async e => {
   e.preventDefault();
   clearDeploymentErrors();
@@ -588,17 +788,687 @@ deploymentForm.addEventListener('submit', async e => {
     body.gpu = f.gpu.value;
     body.spot = { use_spot: f.use_spot.checked };
   }
+  const envs = parseEnvs(f.envs.value);
+  if (envs.error) { showDeploymentError({ field: 'envs', message: envs.error }); return; }
+  if (Object.keys(envs.envs).length) body.envs = envs.envs;
+  if (f.elements['autoscale'].checked) {
+    const autoscale = autoscaleBody(f);
+    if (autoscale.error) { showDeploymentError(autoscale.error); return; }
+    body.autoscale = autoscale.policy;
+  }
   const submit = $('#deployment-submit');
   submit.disabled = true;
   try {
     await api('POST', '/admin/deployments', body);
-    f.reset(); refreshDeploymentForm();
+    f.reset(); refreshDeploymentForm(); refreshAutoscaleFields();
     $('#new-deployment').open = false;
     banner('');
     await refreshDeployments();
   } catch (err) {
     showDeploymentError(err instanceof ApiError ? err : { message: 'cannot reach the control plane: ' + err.message });
   } finally { submit.disabled = false; }
+});
+
+// ---------- hosts ----------
+
+const HOST_BUSY = ['pending', 'probing'];
+const HOST_HELD = ['in_use', 'teardown_pending'];
+const AUTH_KINDS = { private_key: 'private key', password: 'password' };
+const HOST_EVENT_KINDS = {
+  added: 'Added', probing: 'Probing', probed: 'Probed', probe_failed: 'Probe failed', host_key_learnt: 'Host key learnt',
+  host_key_mismatch: 'Host key mismatch', claimed: 'Claimed', released: 'Released', teardown_failed: 'Teardown failed',
+};
+const HOST_COLUMNS = 9;
+
+// Each host's rows as last rendered, with the data they showed: unchanged rows are left alone.
+const hostRows = new Map();
+// The hosts whose events are open, and those events as last fetched.
+const openHostEvents = new Set();
+const hostEvents = new Map();
+let shownHosts = [];
+let refreshHosts = async () => {};
+
+function hostAddress(h) { return (h.address.includes(':') && !h.address.startsWith('[') ? '[' + h.address + ']' : h.address) + ':' + h.port; }
+function gbText(gb) { return (gb < 10 ? gb.toFixed(1) : String(Math.round(gb))) + ' GB'; }
+// What the probe found: "2 × NVIDIA L4 (22 GB)", "no GPU", or null before a probe.
+function probeGpus(probe) {
+  if (!probe) return null;
+  if (!probe.gpus.length) return 'no GPU';
+  const counts = new Map();
+  for (const g of probe.gpus) {
+    const name = g.name + ' (' + Math.round(g.memory_mb / 1024) + ' GB)';
+    counts.set(name, (counts.get(name) || 0) + 1);
+  }
+  return [...counts].map(([name, n]) => n + ' × ' + name).join(', ');
+}
+
+function hostStatus(h) {
+  const box = el('div', { class: 'host-status' }, badge(h.status));
+  if (h.reason) box.append(el('div', { class: 'host-reason' + (h.status === 'error' || h.status === 'teardown_pending' ? ' bad' : ' muted'), text: h.reason }));
+  return td('Status', box);
+}
+
+function hostSystem(p) {
+  if (!p) return td('System', '—');
+  return td('System', el('div', {},
+    el('div', { class: 'host-os', text: p.os + (p.arch ? ' · ' + p.arch : '') }),
+    el('div', { class: 'muted', text: 'kernel ' + p.kernel }),
+    el('div', { class: 'host-disk', text: gbText(p.disk_free_gb) + ' free' }),
+    el('div', { class: 'host-systemd', text: p.systemd ? 'systemd' : 'no systemd' })));
+}
+
+// A call from a host's row; the view refreshes once it is answered, whatever the answer.
+async function andRefreshHosts(call) {
+  try { return await call; } finally { await refreshHosts(); }
+}
+async function hostCall(button, method, path) {
+  button.disabled = true;
+  try { await andRefreshHosts(api(method, path)); banner(''); } catch (e) { banner(e.message); button.disabled = false; }
+}
+
+function toggleHostEvents(id) {
+  if (openHostEvents.has(id)) { openHostEvents.delete(id); hostEvents.delete(id); } else openHostEvents.add(id);
+  renderHosts(shownHosts);
+  refreshHosts();
+}
+
+function hostActions(h) {
+  const held = HOST_HELD.includes(h.status);
+  const busy = HOST_BUSY.includes(h.status);
+  const open = openHostEvents.has(h.id);
+  const heldNote = held ? 'A launch holds this host' + (h.job_id ? ' (' + h.job_id + ')' : '') : null;
+  const path = '/admin/hosts/' + encodeURIComponent(h.id);
+  return el('td', { class: 'actions-cell', 'data-label': 'Actions' },
+    el('button', { type: 'button', class: 'small', text: 'Probe again', 'aria-label': 'Probe ' + h.name + ' again',
+      disabled: held || busy, title: heldNote, onclick: e => hostCall(e.currentTarget, 'POST', path + '/probe') }), ' ',
+    el('button', { type: 'button', class: 'small', text: open ? 'Hide events' : 'Events', 'aria-label': 'Events of ' + h.name,
+      'aria-expanded': String(open), 'aria-controls': open ? 'host-events-' + h.id : null, onclick: () => toggleHostEvents(h.id) }), ' ',
+    el('button', { type: 'button', class: 'small danger', text: 'Remove', 'aria-label': 'Remove ' + h.name, disabled: held, title: heldNote,
+      onclick: () => confirmThen('Remove ' + h.name + '?', 'skylaunch forgets the host and its sealed credentials; launches can no longer use it. Nothing on the machine is touched.', 'Remove',
+        () => andRefreshHosts(api('DELETE', path))) }));
+}
+
+function hostRow(h) {
+  const labels = Object.entries(h.labels || {}).map(([k, v]) => k + '=' + v).join(', ');
+  return el('tr', { 'data-host': h.id, 'data-name': h.name, 'data-status': h.status, 'data-updated': h.updated_at },
+    td('Name', el('div', {}, el('strong', { text: h.name }), labels ? el('div', { class: 'muted host-labels', text: labels }) : null)),
+    td('Address', hostAddress(h), 'host-address'),
+    td('Login', el('div', {}, el('div', { text: h.user }), el('div', { class: 'muted host-auth', text: AUTH_KINDS[h.auth] || h.auth }))),
+    hostStatus(h),
+    td('GPUs', el('div', {}, el('div', { class: 'host-gpus', text: probeGpus(h.probe) ?? '—' }),
+      h.gpu_type ? el('div', { class: 'muted', text: 'launches match ' + gpuText(h.gpu_type, h.gpu_count) }) : null)),
+    hostSystem(h.probe),
+    td('Host key', h.host_key_fingerprint || (HOST_BUSY.includes(h.status) ? 'learnt on first contact' : null), 'fingerprint'),
+    td('Job', h.job_id ? el('a', { href: '#/launch/' + encodeURIComponent(h.job_id), text: h.job_id }) : null),
+    hostActions(h));
+}
+
+function hostEventsRow(h) {
+  const events = hostEvents.get(h.id);
+  const items = events == null ? [el('li', { class: 'muted', text: 'Loading…' })]
+    : events.length ? events.map(ev => el('li', { 'data-kind': ev.kind },
+      el('span', { class: 'muted', text: dateTime(ev.at) + ' ' }), el('strong', { text: HOST_EVENT_KINDS[ev.kind] || ev.kind }), ' ', ev.message))
+    : [el('li', { class: 'muted', text: 'No events yet.' })];
+  return el('tr', { class: 'host-events', 'data-host-events': h.id, id: 'host-events-' + h.id },
+    el('td', { colspan: String(HOST_COLUMNS) }, el('h3', { text: 'Events of ' + h.name + ', newest first' }), el('ol', { class: 'events' }, items)));
+}
+
+function renderHosts(hosts) {
+  shownHosts = hosts;
+  const body = $('#host-rows');
+  for (const id of [...hostRows.keys()]) {
+    if (!hosts.some(h => h.id === id)) { hostRows.delete(id); openHostEvents.delete(id); hostEvents.delete(id); }
+  }
+  if (!hosts.length) {
+    body.replaceChildren(el('tr', {}, el('td', { colspan: String(HOST_COLUMNS), class: 'muted', text: 'No hosts yet. Add one with Add host.' })));
+    return;
+  }
+  const rows = hosts.flatMap(h => {
+    const open = openHostEvents.has(h.id);
+    const data = JSON.stringify([h, open, open ? hostEvents.get(h.id) ?? null : null]);
+    const old = hostRows.get(h.id);
+    if (old && old.data === data) return old.rows;
+    const fresh = open ? [hostRow(h), hostEventsRow(h)] : [hostRow(h)];
+    hostRows.set(h.id, { data, rows: fresh });
+    return fresh;
+  });
+  const shown = [...body.children];
+  if (shown.length === rows.length && shown.every((r, i) => r === rows[i])) return;
+  // Only the rows that changed are replaced, so a click or focus elsewhere is undisturbed.
+  keepFocus(body, () => {
+    rows.forEach((row, i) => { const at = body.children[i]; if (at !== row) body.insertBefore(row, at || null); });
+    while (body.children.length > rows.length) body.lastElementChild.remove();
+  });
+}
+
+async function showHosts(view) {
+  show('hosts');
+  refreshHostForm();
+  let latest = 0;
+  const load = async () => {
+    const mine = ++latest;
+    let hosts;
+    try {
+      hosts = (await api('GET', '/admin/hosts')).hosts;
+      // The open events, from each host's own page (a host removed meanwhile has none).
+      const details = await Promise.all(hosts.filter(h => openHostEvents.has(h.id)).map(h =>
+        api('GET', '/admin/hosts/' + encodeURIComponent(h.id)).catch(e => { if (e instanceof ApiError && e.status === 404) return null; throw e; })));
+      for (const d of details) if (d && openHostEvents.has(d.id)) hostEvents.set(d.id, d.events || []);
+    } catch (e) { if (view.alive()) banner(e.message); return; }
+    // An answer overtaken by a later request is dropped.
+    if (view.alive() && mine === latest) renderHosts(hosts);
+  };
+  refreshHosts = load;
+  hostRows.clear(); openHostEvents.clear(); hostEvents.clear(); shownHosts = [];
+  $('#host-rows').replaceChildren();
+  // Leaving the view wipes any credential typed into the form.
+  view.signal.addEventListener('abort', clearHostSecrets);
+  await load();
+  // Polled every 2 s while the view is open and the tab visible; every second while a host is
+  // waiting for its probe.
+  let ticks = 0;
+  view.every(() => {
+    if (document.hidden) return;
+    ticks += 1;
+    if (ticks % 2 === 0 || shownHosts.some(h => HOST_BUSY.includes(h.status))) load();
+  }, 1000);
+}
+
+// ---------- the add host form ----------
+
+const hostForm = $('#host-form');
+// The API's field names for the form's inputs that are named otherwise.
+const HOST_FIELDS = { private_key: 'auth.private_key', password: 'auth.password', auth_kind: 'auth' };
+const HOST_INPUTS = { 'auth.private_key': 'private_key', 'auth.password': 'password', auth: 'auth_kind' };
+
+function hostAuthKind() { return hostForm.elements['auth_kind'].value; }
+function refreshHostForm() {
+  for (const part of $$('[data-for-auth]', hostForm)) part.hidden = part.dataset.forAuth !== hostAuthKind();
+  if (catalog) $('#hf-gpu-list').replaceChildren(...catalog.gpus.map(g => el('option', { value: g.name })));
+}
+// The credential fields hold a secret only until it is sent.
+function clearHostSecrets() {
+  hostForm.elements['private_key'].value = '';
+  hostForm.elements['password'].value = '';
+}
+function hostErrorSlot(field) {
+  const f = field || '';
+  const top = f.split(/[.[]/)[0];
+  return (f && $('[data-error-for="' + CSS.escape(f) + '"]', hostForm))
+    || (top && $('[data-error-for="' + CSS.escape(top) + '"]', hostForm))
+    || $('[data-error-for="_form"]', hostForm);
+}
+function clearHostErrors() { for (const e of $$('[data-error-for]', hostForm)) e.replaceChildren(); }
+function hostInput(field) {
+  const f = field || '';
+  return hostForm.elements[HOST_INPUTS[f] || f] || hostForm.elements[HOST_INPUTS[f.split(/[.[]/)[0]] || f.split(/[.[]/)[0]];
+}
+// An API error next to the field it names (the form's top when no field of the form is named),
+// with its suggestions as buttons.
+function showHostError(err) {
+  clearHostErrors();
+  const field = err.field || (err.code === 'host_exists' ? 'name' : '');
+  const slot = hostErrorSlot(field);
+  const message = field && slot.dataset.errorFor === '_form' ? field + ': ' + err.message : err.message;
+  slot.replaceChildren(errorBox({ message, suggestions: err.suggestions }, s => {
+    const input = hostInput(field);
+    if (input && input.tagName !== 'TEXTAREA' && input.type !== 'password') input.value = s;
+    slot.replaceChildren();
+  }));
+  const input = hostInput(field);
+  if (input && input.focus) input.focus();
+}
+function parseLabels(text) {
+  const labels = {};
+  for (const part of text.split(',').map(p => p.trim()).filter(Boolean)) {
+    const at = part.indexOf('=');
+    if (at <= 0) return { error: 'Write labels as key=value pairs separated by commas ("' + part + '" is not one).' };
+    labels[part.slice(0, at).trim()] = part.slice(at + 1).trim();
+  }
+  return { labels };
+}
+function wholeNumber(text, min, max) {
+  const n = Number(text);
+  return text !== '' && Number.isInteger(n) && n >= min && n <= max ? n : null;
+}
+
+hostForm.addEventListener('change', e => {
+  if (e.target.name !== 'auth_kind') return;
+  // The credential of the kind not chosen is not kept.
+  if (hostAuthKind() === 'password') hostForm.elements['private_key'].value = ''; else hostForm.elements['password'].value = '';
+  refreshHostForm();
+});
+// An error goes as soon as its field is edited (as in the deployment form).
+hostForm.addEventListener('input', e => { if (e.target.name) hostErrorSlot(HOST_FIELDS[e.target.name] || e.target.name).replaceChildren(); });
+hostForm.addEventListener('submit', async e => {
+  e.preventDefault();
+  clearHostErrors();
+  const f = hostForm.elements;
+  const body = { name: f['name'].value.trim(), address: f['address'].value.trim(), user: f['user'].value.trim() };
+  const port = f['port'].value.trim();
+  if (port !== '') {
+    body.port = wholeNumber(port, 1, 65535);
+    if (body.port == null) { showHostError({ field: 'port', message: 'The port must be a whole number from 1 to 65535.' }); return; }
+  }
+  if (hostAuthKind() === 'password') body.auth = { password: f['password'].value };
+  else {
+    const key = f['private_key'].value.replace(/\r\n/g, '\n');
+    body.auth = { private_key: key && !key.endsWith('\n') ? key + '\n' : key };
+  }
+  const hostKey = f['host_key'].value.trim();
+  if (hostKey) body.host_key = hostKey;
+  const labels = parseLabels(f['labels'].value);
+  if (labels.error) { showHostError({ field: 'labels', message: labels.error }); return; }
+  if (Object.keys(labels.labels).length) body.labels = labels.labels;
+  const gpuType = f['gpu_type'].value.trim();
+  if (gpuType) body.gpu_type = gpuType;
+  const gpuCount = f['gpu_count'].value.trim();
+  if (gpuCount !== '') {
+    body.gpu_count = wholeNumber(gpuCount, 0, 64);
+    if (body.gpu_count == null) { showHostError({ field: 'gpu_count', message: 'The GPU count must be a whole number from 0 to 64.' }); return; }
+  }
+  const submit = $('#host-submit');
+  submit.disabled = true;
+  try {
+    await api('POST', '/admin/hosts', body);
+    // Added: the credential leaves the page with the rest of the form.
+    hostForm.reset(); clearHostSecrets(); refreshHostForm();
+    $('#new-host').open = false;
+    banner('');
+    await refreshHosts();
+  } catch (err) {
+    showHostError(err instanceof ApiError ? err : { message: 'cannot reach the control plane: ' + err.message });
+  } finally { submit.disabled = false; }
+});
+
+// ---------- API keys ----------
+
+const KEY_COLUMNS = 8;
+// The open API keys view (a key made after it was left is not shown), its reload, and the
+// list as last rendered: an unchanged list is left alone.
+let keysView = null;
+let refreshKeys = async () => {};
+let shownKeys = '';
+
+function countText(n) { return n.toLocaleString('en-US'); }
+function keyModels(k) { return k.models ? k.models.join(', ') : 'all models'; }
+function keyLimits(k) {
+  const limits = [];
+  if (k.requests_per_minute != null) limits.push(countText(k.requests_per_minute) + ' req/min');
+  if (k.tokens_per_minute != null) limits.push(countText(k.tokens_per_minute) + ' tokens/min');
+  return limits.length ? limits.join(', ') : 'no limit';
+}
+
+// A call from a key's row; the list reloads once it is answered, whatever the answer.
+async function andRefreshKeys(call) {
+  try { return await call; } finally { await refreshKeys(); }
+}
+
+function keyActions(k) {
+  const cell = el('td', { class: 'actions-cell', 'data-label': 'Actions' });
+  if (k.status !== 'active') return cell;
+  cell.append(el('button', { type: 'button', class: 'small danger', text: 'Revoke', 'aria-label': 'Revoke ' + k.name,
+    onclick: () => confirmThen('Revoke ' + k.name + '?', 'Clients sending this key are refused from their next request on. This cannot be undone: they will need a new key.', 'Revoke',
+      () => andRefreshKeys(api('DELETE', '/admin/api-keys/' + encodeURIComponent(k.id)))) }));
+  return cell;
+}
+
+function keyRow(k) {
+  return el('tr', { 'data-api-key': k.id, 'data-name': k.name, 'data-status': k.status },
+    td('Name', el('strong', { text: k.name })),
+    td('Key', el('span', { class: 'key-prefix', text: k.prefix + '…' })),
+    td('Models', keyModels(k), 'key-models' + (k.models ? '' : ' muted')),
+    td('Limits', keyLimits(k), 'key-limits'),
+    td('Expires', k.expires_at ? dateTime(k.expires_at) : 'never', 'key-expires'),
+    td('Status', el('div', {}, badge(k.status), k.revoked_at ? el('div', { class: 'muted', text: 'since ' + dateTime(k.revoked_at) }) : null), 'key-status'),
+    td('Created', dateTime(k.created_at), 'key-created'),
+    keyActions(k));
+}
+
+function renderKeys(keys) {
+  const data = JSON.stringify(keys);
+  if (data === shownKeys) return;
+  shownKeys = data;
+  const body = $('#key-rows');
+  keepFocus(body, () => {
+    if (keys.length) body.replaceChildren(...keys.map(keyRow));
+    else body.replaceChildren(el('tr', {}, el('td', { colspan: String(KEY_COLUMNS), class: 'muted',
+      text: 'No API keys yet: /v1 answers anyone, unless SKYLAUNCH_API_KEYS is set. Make one with New API key.' })));
+  });
+}
+
+async function showKeys(view) {
+  show('keys');
+  keysView = view;
+  shownKeys = '';
+  $('#key-rows').replaceChildren();
+  // A key made here is shown only while the view stays open.
+  hideNewKey();
+  view.signal.addEventListener('abort', hideNewKey);
+  let latest = 0;
+  const load = async () => {
+    const mine = ++latest;
+    let keys;
+    try { keys = (await api('GET', '/admin/api-keys')).api_keys; } catch (e) { if (view.alive()) banner(e.message); return; }
+    // An answer overtaken by a later request is dropped.
+    if (view.alive() && mine === latest) renderKeys(keys);
+  };
+  refreshKeys = load;
+  await load();
+  // Another admin's keys, and keys reaching their expiry, show up without a reload.
+  view.every(() => { if (!document.hidden) load(); }, 5000);
+}
+
+// ---------- a new key, shown once ----------
+
+function showNewKey(name, key) {
+  $('#key-shown-name').textContent = name;
+  $('#key-shown-value').textContent = key;
+  $('#key-copied').textContent = '';
+  $('#key-shown').hidden = false;
+  $('#key-copy').focus();
+}
+// The key leaves the page: nothing keeps it once the box is gone.
+function hideNewKey() {
+  $('#key-shown').hidden = true;
+  $('#key-shown-value').textContent = '';
+  $('#key-shown-name').textContent = '';
+  $('#key-copied').textContent = '';
+}
+$('#key-dismiss').addEventListener('click', () => { hideNewKey(); $('#new-key summary').focus(); });
+$('#key-copy').addEventListener('click', async () => {
+  const value = $('#key-shown-value');
+  try {
+    await navigator.clipboard.writeText(value.textContent);
+    $('#key-copied').textContent = 'Copied.';
+  } catch {
+    // No clipboard for this page (served over plain http to another machine): select the key instead.
+    const range = document.createRange();
+    range.selectNodeContents(value);
+    getSelection().removeAllRanges(); getSelection().addRange(range);
+    $('#key-copied').textContent = 'Selected: press Ctrl+C to copy.';
+  }
+});
+
+// ---------- the new API key form ----------
+
+const keyForm = $('#key-form');
+
+function keyErrorSlot(field) {
+  return (field && $('[data-error-for="' + CSS.escape(field) + '"]', keyForm)) || $('[data-error-for="_form"]', keyForm);
+}
+function clearKeyErrors() { for (const e of $$('[data-error-for]', keyForm)) e.replaceChildren(); }
+// An API error next to the field it names (the form's top when no field of the form is named).
+function showKeyError(err) {
+  clearKeyErrors();
+  const field = err.field || '';
+  const slot = keyErrorSlot(field);
+  slot.replaceChildren(el('div', { text: field && slot.dataset.errorFor === '_form' ? field + ': ' + err.message : err.message }));
+  const input = field && keyForm.elements[field];
+  if (input && input.focus) input.focus();
+}
+// A limit as the API takes it: omitted when empty; null when not a whole number from 1.
+function limitValue(input) {
+  const text = input.value.trim();
+  if (input.validity.badInput) return null;
+  if (text === '') return undefined;
+  return wholeNumber(text, 1, Number.MAX_SAFE_INTEGER);
+}
+
+// An error goes as soon as its field is edited (as in the other forms).
+keyForm.addEventListener('input', e => { if (e.target.name) keyErrorSlot(e.target.name).replaceChildren(); });
+keyForm.addEventListener('submit', async e => {
+  e.preventDefault();
+  clearKeyErrors();
+  const f = keyForm.elements;
+  const body = { name: f['name'].value.trim() };
+  const models = f['models'].value.split(',').map(m => m.trim()).filter(Boolean);
+  if (models.length) body.models = models;
+  for (const [field, what] of [['requests_per_minute', 'Requests'], ['tokens_per_minute', 'Tokens']]) {
+    const value = limitValue(f[field]);
+    if (value === null) { showKeyError({ field, message: what + ' per minute must be a whole number from 1, or empty for no limit.' }); return; }
+    if (value !== undefined) body[field] = value;
+  }
+  const expires = f['expires_at'];
+  if (expires.validity.badInput) { showKeyError({ field: 'expires_at', message: 'Enter a whole date and time, or leave it empty for a key that never expires.' }); return; }
+  if (expires.value) {
+    // datetime-local is the browser's local time; the API takes RFC 3339, here in UTC.
+    const at = new Date(expires.value);
+    if (Number.isNaN(at.getTime())) { showKeyError({ field: 'expires_at', message: 'Enter a date and time, or leave it empty for a key that never expires.' }); return; }
+    body.expires_at = at.toISOString().replace(/\.000Z$/, 'Z');
+  }
+  const submit = $('#key-submit');
+  const view = keysView;
+  submit.disabled = true;
+  try {
+    const made = await api('POST', '/admin/api-keys', body);
+    keyForm.reset();
+    $('#new-key').open = false;
+    banner('');
+    if (view && view.alive()) showNewKey(made.name, made.key);
+    else banner('The key ' + made.name + ' was made after you left API keys, so it cannot be shown: revoke it and make another.');
+    await refreshKeys();
+  } catch (err) {
+    showKeyError(err instanceof ApiError ? err : { message: 'cannot reach the control plane: ' + err.message });
+  } finally { submit.disabled = false; }
+});
+
+// ---------- usage ----------
+
+const SVG_NS = 'http://www.w3.org/2000/svg';
+// The series' bucket for each period the page offers (what /admin/usage picks for it): the
+// period ends at the end of the current bucket, so buckets start on whole minutes, hours or days.
+const USAGE_BUCKET_S = { 3600: 60, 86400: 3600, 604800: 21600, 2592000: 86400 };
+// The answer as last rendered (an unchanged answer is left alone), and the width class of the
+// chart drawn for it (a phone draws a narrower chart).
+let shownUsage = '';
+let lastUsage = null;
+let usageNarrow = null;
+let refreshUsage = async () => {};
+
+function svgEl(tag, attrs = {}, ...children) {
+  const e = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v == null || v === false) continue;
+    if (k === 'text') e.textContent = v; else e.setAttribute(k, v);
+  }
+  for (const c of children.flat()) if (c != null) e.append(c);
+  return e;
+}
+// Dollars: 2 decimals, 4 under a dollar.
+function money(usd) {
+  if (usd == null) return '—';
+  if (usd === 0) return '$0.00';
+  const digits = Math.abs(usd) < 1 ? 4 : 2;
+  return '$' + usd.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
+}
+function gpuHours(h) {
+  if (!h) return '0';
+  return h.toLocaleString('en-US', { maximumFractionDigits: h >= 100 ? 0 : h >= 1 ? 2 : 4, minimumFractionDigits: h >= 100 ? 0 : h >= 1 ? 2 : 4 });
+}
+function compact(n) { return n.toLocaleString('en-US', { notation: 'compact', maximumFractionDigits: 1 }); }
+function bucketWord(s) {
+  const units = [[86400, 'day'], [3600, 'hour'], [60, 'minute'], [1, 'second']];
+  const [size, name] = units.find(([size]) => s % size === 0);
+  const n = s / size;
+  return n === 1 ? name : n + ' ' + name + 's';
+}
+// A bucket's start as an axis label: the time of day within a day, the date beyond.
+function bucketLabel(iso, bucketS, spanS) {
+  const d = new Date(iso);
+  if (bucketS >= 86400) return d.toLocaleDateString([], { month: 'short', day: 'numeric' });
+  if (spanS > 86400) return d.toLocaleString([], { weekday: 'short', hour: '2-digit', minute: '2-digit' });
+  return d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+}
+
+// An axis from 0 to a round top in four equal steps (both axes share their grid lines).
+function axis(max, whole) {
+  if (!(max > 0)) return { top: 1, ticks: [0] };
+  let step = max / 4;
+  const e = 10 ** Math.floor(Math.log10(step));
+  const f = step / e;
+  step = [1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10].find(n => f <= n + 1e-9) * e;
+  if (whole) step = Math.max(1, Math.ceil(step));
+  return { top: step * 4, ticks: [0, 1, 2, 3, 4].map(i => i * step), step };
+}
+// The decimals a tick step needs (0.25: 2), so that every tick of the axis reads alike.
+function decimalsOf(x) {
+  let d = 0;
+  while (d < 8 && Math.abs(Math.round(x * 10 ** d) - x * 10 ** d) > 1e-6) d++;
+  return d;
+}
+function usdTick(v, step) { return v === 0 ? '$0' : '$' + v.toFixed(decimalsOf(step)); }
+
+function usageTotals(t) {
+  const part = (name, ...children) => el('span', { 'data-total': name }, ...children);
+  const strong = text => el('strong', { text });
+  const parts = [
+    part('requests', strong(countText(t.requests)), ' requests'),
+    part('tokens', strong(countText(t.prompt_tokens)), ' prompt + ', strong(countText(t.completion_tokens)), ' completion tokens'),
+    part('gpu_hours', strong(gpuHours(t.gpu_hours)), ' GPU-hours'),
+    part('usd', strong(money(t.usd))),
+    part('usd_per_million_tokens', strong(t.usd_per_million_tokens == null ? '—' : money(t.usd_per_million_tokens)), ' per million tokens'),
+  ];
+  if (t.hourly_usd != null) parts.push(part('hourly_usd', 'now: ', strong(money(t.hourly_usd)), '/hour'));
+  return parts;
+}
+
+// Tokens per bucket as stacked bars (prompt, completion) on the left axis; dollars per bucket
+// as a line on the right axis. Drawn narrower on a phone, where the viewBox scales it down.
+function usageChart(answer, narrow) {
+  const series = answer.series;
+  const points = series.points;
+  const tokens = p => p.prompt_tokens + p.completion_tokens;
+  const maxTokens = Math.max(0, ...points.map(tokens));
+  const maxUsd = Math.max(0, ...points.map(p => p.usd));
+  const left = axis(maxTokens, true), right = axis(maxUsd, false);
+  const leftLabels = left.ticks.map(compact), rightLabels = right.ticks.map(v => usdTick(v, right.step));
+  // Margins as wide as the axes' labels (12px text: about 7 units a character).
+  const room = labels => Math.max(28, 10 + 7.2 * Math.max(...labels.map(l => l.length)));
+  const W = narrow ? 420 : 900, H = narrow ? 260 : 280;
+  const m = { top: 28, right: room(rightLabels), bottom: 30, left: room(leftLabels) };
+  const pw = W - m.left - m.right, ph = H - m.top - m.bottom;
+  const n = Math.max(points.length, 1);
+  const band = pw / n;
+  const yTokens = v => m.top + ph - v / left.top * ph;
+  const yUsd = v => m.top + ph - v / right.top * ph;
+  const cx = i => m.left + (i + 0.5) * band;
+  const per = bucketWord(series.bucket_s);
+  const spanS = (new Date(answer.to) - new Date(answer.from)) / 1000;
+  const quiet = points.every(p => tokens(p) === 0 && p.requests === 0);
+
+  const grid = svgEl('g', { class: 'chart-axis' },
+    [0, 1, 2, 3, 4].map(i => {
+      const y = m.top + ph - i / 4 * ph;
+      return svgEl('line', { class: i ? 'chart-grid' : 'chart-base', x1: m.left, x2: W - m.right, y1: y, y2: y });
+    }),
+    left.ticks.map((v, i) => svgEl('text', { x: m.left - 6, y: yTokens(v) + 4, 'text-anchor': 'end', text: leftLabels[i] })),
+    right.ticks.map((v, i) => svgEl('text', { x: W - m.right + 6, y: yUsd(v) + 4, 'text-anchor': 'start', text: rightLabels[i] })),
+    svgEl('text', { class: 'chart-title', x: 2, y: 14, 'text-anchor': 'start', text: 'tokens' }),
+    svgEl('text', { class: 'chart-title', x: W - 2, y: 14, 'text-anchor': 'end', text: '$ / ' + per }));
+  const every = Math.ceil(n / (narrow ? 3 : 6));
+  const labels = svgEl('g', { class: 'chart-axis chart-x' },
+    points.map((p, i) => i % every ? null : svgEl('text', { x: cx(i), y: H - 10, 'text-anchor': 'middle', text: bucketLabel(p.start, series.bucket_s, spanS) })));
+
+  const barWidth = Math.max(1, band * 0.7);
+  const bars = svgEl('g', { class: 'chart-bars' }, points.map((p, i) => {
+    const x = m.left + i * band + (band - barWidth) / 2;
+    const base = yTokens(0), mid = yTokens(p.prompt_tokens), topY = yTokens(tokens(p));
+    return svgEl('g', { class: 'bar', 'data-bucket': p.start, 'data-tokens': String(tokens(p)) },
+      svgEl('title', { text: dateTime(p.start) + ' (' + per + '): ' + countText(p.prompt_tokens) + ' prompt + ' + countText(p.completion_tokens)
+        + ' completion tokens, ' + countText(p.requests) + ' requests, ' + money(p.usd) }),
+      svgEl('rect', { class: 'hit', x: m.left + i * band, y: m.top, width: band, height: ph }),
+      svgEl('rect', { class: 'bar-prompt', x, y: mid, width: barWidth, height: base - mid }),
+      svgEl('rect', { class: 'bar-completion', x, y: topY, width: barWidth, height: mid - topY }));
+  }));
+  const cost = svgEl('g', { class: 'chart-cost' },
+    svgEl('polyline', { class: 'cost-line', points: points.map((p, i) => cx(i).toFixed(1) + ',' + yUsd(p.usd).toFixed(1)).join(' ') }),
+    points.map((p, i) => svgEl('circle', { class: 'cost-point', cx: cx(i).toFixed(1), cy: yUsd(p.usd).toFixed(1), r: narrow || n > 30 ? 2.5 : 3.5, 'data-usd': String(p.usd) },
+      svgEl('title', { text: dateTime(p.start) + ' (' + per + '): ' + money(p.usd) }))));
+
+  const period = $('#usage-period').selectedOptions[0].textContent;
+  const totalTokens = points.reduce((s, p) => s + tokens(p), 0);
+  const totalUsd = points.reduce((s, p) => s + p.usd, 0);
+  let summary = 'Tokens and cost per ' + per + ' over the ' + period + ': ';
+  if (quiet) summary += 'no traffic in this period; ' + money(totalUsd) + ' in all.';
+  else {
+    const busiest = points.reduce((a, p) => tokens(p) > tokens(a) ? p : a);
+    summary += countText(totalTokens) + ' tokens and ' + money(totalUsd) + ' in all; the busiest ' + per + ', from '
+      + dateTime(busiest.start) + ', had ' + countText(tokens(busiest)) + ' tokens; the costliest ' + money(maxUsd) + '.';
+  }
+  return svgEl('svg', { xmlns: SVG_NS, viewBox: '0 0 ' + W + ' ' + H, role: 'img', 'aria-label': summary, 'data-chart': 'usage',
+    'data-from': answer.from, 'data-to': answer.to, 'data-group-by': answer.group_by, preserveAspectRatio: 'xMidYMid meet' },
+  grid, bars, cost, labels,
+  quiet ? svgEl('text', { class: 'chart-note', x: m.left + pw / 2, y: m.top + ph / 2, 'text-anchor': 'middle', text: 'No traffic in this period' }) : null);
+}
+function usageLegend(bucketS) {
+  const item = (cls, text) => el('li', {}, el('span', { class: 'swatch ' + cls, 'aria-hidden': 'true' }), text);
+  return el('ul', { class: 'chart-legend' }, item('prompt', 'Prompt tokens'), item('completion', 'Completion tokens'),
+    item('cost', 'Cost, $ per ' + bucketWord(bucketS)));
+}
+function chartIsNarrow() { return $('#usage-chart').clientWidth < 600; }
+function drawUsageChart(answer) {
+  usageNarrow = chartIsNarrow();
+  $('#usage-chart').replaceChildren(usageChart(answer, usageNarrow), usageLegend(answer.series.bucket_s));
+}
+
+function usageRow(g, hourly) {
+  return el('tr', { 'data-group': g.group, 'data-key-id': g.key_id },
+    td('Group', el('strong', { text: g.group, title: g.key_id ? 'key ' + g.key_id : null })),
+    td('Requests', countText(g.requests), 'num'),
+    td('Prompt tokens', countText(g.prompt_tokens), 'num'),
+    td('Completion tokens', countText(g.completion_tokens), 'num'),
+    td('GPU-hours', gpuHours(g.gpu_hours), 'num'),
+    td('$', money(g.usd), 'num usd'),
+    td('$/M tokens', g.usd_per_million_tokens == null ? '—' : money(g.usd_per_million_tokens), 'num'),
+    hourly ? td('$/hour now', g.hourly_usd == null ? '—' : money(g.hourly_usd), 'num') : null);
+}
+
+function renderUsage(answer) {
+  const data = JSON.stringify(answer);
+  if (data === shownUsage) return;
+  shownUsage = data; lastUsage = answer;
+  $('#usage-totals').replaceChildren(...usageTotals(answer.total));
+  drawUsageChart(answer);
+  const groups = answer.usage;
+  // $/hour now is in the answer for model and deployment groups, not for keys.
+  const hourly = groups.length ? groups.some(g => g.hourly_usd !== undefined) : answer.group_by !== 'key';
+  const heads = ['Group', 'Requests', 'Prompt tokens', 'Completion tokens', 'GPU-hours', '$', '$/M tokens', ...(hourly ? ['$/hour now'] : [])];
+  $('#usage-head').replaceChildren(...heads.map((h, i) => el('th', { class: i ? 'num' : null, scope: 'col', text: h })));
+  $('#usage-rows').replaceChildren(...(groups.length ? groups.map(g => usageRow(g, hourly))
+    : [el('tr', {}, el('td', { colspan: String(heads.length), class: 'muted', text: 'No usage in this period.' }))]));
+}
+
+// The period the form asks for: from one period before the end of the current bucket.
+function usageQuery() {
+  const f = $('#usage-filters').elements;
+  const period = Number(f['period'].value) * 1000;
+  const bucket = (USAGE_BUCKET_S[f['period'].value] || 60) * 1000;
+  const to = (Math.floor(Date.now() / bucket) + 1) * bucket;
+  const iso = ms => new Date(ms).toISOString().replace(/\.000Z$/, 'Z');
+  return '/admin/usage?' + new URLSearchParams({ from: iso(to - period), to: iso(to), group_by: f['group_by'].value });
+}
+
+async function showUsage(view) {
+  show('usage');
+  shownUsage = ''; lastUsage = null;
+  let latest = 0;
+  const load = async () => {
+    const mine = ++latest;
+    let answer;
+    try { answer = await api('GET', usageQuery()); } catch (e) { if (view.alive()) banner(e.message); return; }
+    // An answer overtaken by a later request (the form changed meanwhile) is dropped.
+    if (view.alive() && mine === latest) renderUsage(answer);
+  };
+  refreshUsage = load;
+  await load();
+  view.every(() => { if (!document.hidden) load(); }, 10000);
+}
+$('#usage-filters').addEventListener('change', () => { if (!$('#view-usage').hidden) refreshUsage(); });
+$('#usage-filters').addEventListener('submit', e => e.preventDefault());
+// A phone turned, or a window resized past the chart's breakpoint: the chart is drawn anew.
+window.addEventListener('resize', () => {
+  if (!$('#view-usage').hidden && lastUsage && chartIsNarrow() !== usageNarrow) drawUsageChart(lastUsage);
 });
 
 // ---------- launches ----------
@@ -941,7 +1811,7 @@ async function showChat(view) {
     try {
       const models = await loadModels();
       if (!view.alive()) return;
-      if (!models) { refused = true; $('#chat-error').textContent = 'This control plane requires an API key for /v1 (SKYLAUNCH_API_KEYS): enter one.'; return; }
+      if (!models) { refused = true; $('#chat-error').textContent = 'This control plane requires an API key for /v1 (from SKYLAUNCH_API_KEYS, or one made in API keys): enter one.'; return; }
       fillSelect(select, models.map(m => [m.id, m.id + ' (' + m.ready_nodes + ' ready)']));
       $('#chat-send').disabled = chatBusy || !models.length;
       if (!models.length) $('#chat-error').textContent = 'No model has a ready node yet. Launch one first.';

@@ -18,6 +18,7 @@ use super::state::AppState;
 use super::{request_series, v1, BODY_LIMIT};
 use crate::background::AbortOnDrop;
 use crate::http::{Dispatch, ForwardHead, ForwardRequest, Refusal, Reply};
+use crate::keys::Caller;
 use crate::metrics::{Counter, Histogram};
 use crate::routing::Relay;
 
@@ -76,6 +77,7 @@ impl ForwardedSeries {
 impl Dispatch for ApiDispatch {
     type Local = ForwardedSeries;
     type Body = Relay;
+    type Caller = Caller;
 
     fn forwarded_route(&self, path: &str) -> Option<&'static str> {
         v1::forwarded_path(path)
@@ -104,37 +106,51 @@ impl Dispatch for ApiDispatch {
         .into_response()
     }
 
-    fn refuse_forward(
+    fn admit_forward(
         &self,
         series: &mut ForwardedSeries,
         head: &ForwardHead<'_>,
-    ) -> Option<Response> {
-        let refused = if head.restricted && !allowed_when_restricted(head.path) {
-            Some(overloaded())
+    ) -> Result<Caller, Box<Response>> {
+        let admitted = if head.restricted && !allowed_when_restricted(head.path) {
+            Err(overloaded())
         } else {
-            v1::check_key(&self.state, head.authorization)
-                .err()
-                .or_else(|| head.looped.then(v1::loop_detected))
+            v1::check_key(&self.state, head.authorization).and_then(|caller| {
+                if head.looped {
+                    Err(v1::loop_detected())
+                } else {
+                    Ok(caller)
+                }
+            })
         };
-        let error = refused?;
-        series.count(&self.state, head.route, error.status, Instant::now());
-        Some(error.into_response())
+        admitted.map_err(|error| {
+            series.count(&self.state, head.route, error.status, Instant::now());
+            Box::new(error.into_response())
+        })
     }
 
     async fn forward(
         &self,
         series: &mut ForwardedSeries,
+        caller: Caller,
         request: ForwardRequest<'_>,
     ) -> Result<Reply<Relay>, Response> {
         let started = Instant::now();
-        let answer =
-            v1::forward_body(&self.state, request.path, request.headers, request.body).await;
+        let answer = v1::forward_body(
+            &self.state,
+            &caller,
+            request.path,
+            request.headers,
+            request.hints,
+            request.body,
+        )
+        .await;
         let status = answer.as_ref().map_or_else(|e| e.status, |a| a.status);
         series.count(&self.state, request.route, status, started);
         match answer {
             Ok(forwarded) => Ok(Reply {
                 status: forwarded.status,
                 headers: forwarded.headers,
+                extra: Some((crate::routing::proxy::NODE_HEADER, forwarded.node)),
                 body: forwarded.body,
             }),
             Err(error) => Err(error.into_response()),

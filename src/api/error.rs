@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 
 use crate::deploy::DeployError;
 use crate::fleet::FleetError;
+use crate::keys::KeyError;
 use crate::launch::spec::SpecError;
 use crate::launch::LaunchOpError;
 use crate::store::StoreError;
@@ -184,6 +185,29 @@ impl From<LaunchOpError> for ApiError {
     }
 }
 
+impl From<crate::hosts::HostError> for ApiError {
+    fn from(e: crate::hosts::HostError) -> ApiError {
+        use crate::hosts::HostError;
+        let message = e.to_string();
+        match e {
+            HostError::Invalid(e) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                e.message,
+            )
+            .with("field", e.field)
+            .with("suggestions", e.suggestions),
+            HostError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "host_not_found", message)
+            }
+            HostError::NameTaken(_) => ApiError::new(StatusCode::CONFLICT, "host_exists", message),
+            HostError::InUse { .. } => ApiError::new(StatusCode::CONFLICT, "host_in_use", message),
+            HostError::Changed(_) => ApiError::new(StatusCode::CONFLICT, "host_changed", message),
+            HostError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<DeployError> for ApiError {
     fn from(e: DeployError) -> ApiError {
         let message = e.to_string();
@@ -315,5 +339,46 @@ mod status_tests {
             status(sqlx::Error::RowNotFound),
             StatusCode::INTERNAL_SERVER_ERROR
         );
+    }
+}
+
+impl From<KeyError> for ApiError {
+    /// A `/v1` request its key does not allow (401, 403, 429), or an admin request on keys
+    /// that cannot be done.
+    fn from(e: KeyError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            KeyError::Missing | KeyError::Unknown => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", message)
+            }
+            KeyError::Revoked { .. } => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "api_key_revoked", message)
+            }
+            KeyError::Expired { .. } => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "api_key_expired", message)
+            }
+            KeyError::ModelNotAllowed { model, .. } => {
+                ApiError::new(StatusCode::FORBIDDEN, "model_not_allowed", message)
+                    .with("model", model)
+            }
+            KeyError::RateLimited {
+                field,
+                limit,
+                retry_after_s,
+                ..
+            } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+                .with("limit", field)
+                .with("limit_value", limit)
+                .retry_after(retry_after_s),
+            KeyError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "api_key_not_found", message)
+            }
+            KeyError::Invalid { field, .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message)
+                    .with("field", field)
+            }
+            KeyError::Store(e) => ApiError::from(e),
+            KeyError::Random(e) => ApiError::internal(&e),
+        }
     }
 }

@@ -7,13 +7,16 @@ pub mod deployments;
 pub mod dispatch;
 pub mod error;
 pub mod extract;
+pub mod hosts;
 pub mod jobs;
+pub mod keys;
 pub mod limits;
 pub mod nodes;
 pub mod openapi;
 pub mod sse;
 pub mod state;
 pub mod system;
+pub mod usage;
 pub mod v1;
 
 use std::time::Instant;
@@ -22,7 +25,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Extension, Router};
 
 use crate::metrics::{Counter, Histogram};
@@ -73,6 +76,21 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/launch-jobs/{id}/cancel", post(jobs::cancel_job))
         .route("/admin/task-yaml/preview", post(jobs::preview_task))
         .route("/admin/cloud-events", get(cloud_events::list_cloud_events))
+        .route(
+            "/admin/hosts",
+            get(hosts::list_hosts).post(hosts::create_host),
+        )
+        .route(
+            "/admin/hosts/{id}",
+            get(hosts::get_host).delete(hosts::delete_host),
+        )
+        .route("/admin/hosts/{id}/probe", post(hosts::probe_host))
+        .route(
+            "/admin/api-keys",
+            get(keys::list_keys).post(keys::create_key),
+        )
+        .route("/admin/api-keys/{id}", delete(keys::revoke_key))
+        .route("/admin/usage", get(usage::get_usage))
         .route(
             "/admin/deployments",
             get(deployments::list_deployments).post(deployments::create_deployment),

@@ -9,7 +9,7 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{cloud_events, deployments, jobs, nodes, system, v1};
+use super::{cloud_events, deployments, hosts, jobs, keys, nodes, system, usage, v1};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -42,6 +42,15 @@ use super::{cloud_events, deployments, jobs, nodes, system, v1};
         jobs::preview_task,
         jobs::download_agent,
         cloud_events::list_cloud_events,
+        hosts::create_host,
+        hosts::list_hosts,
+        hosts::get_host,
+        hosts::probe_host,
+        hosts::delete_host,
+        keys::create_key,
+        keys::list_keys,
+        keys::revoke_key,
+        usage::get_usage,
         deployments::create_deployment,
         deployments::list_deployments,
         deployments::get_deployment,
@@ -136,8 +145,9 @@ macro_rules! v1_forwarded {
     ($name:ident, $path:literal, $answer:literal) => {
         #[utoipa::path(post, path = $path, tag = "inference", security((), ("api_key" = [])), request_body = InferenceRequest,
             responses((status = 200, description = $answer),
-                (status = 400, description = "Not JSON, or no `model`", body = ErrorBody), (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-                (status = 404, description = "No node serves the model (`model_not_found`)", body = ErrorBody), (status = 413, description = "Body over --proxy-body-limit", body = ErrorBody), (status = 502, description = "Every node tried failed before answering", body = ErrorBody),
+                (status = 400, description = "Not JSON, or no `model`", body = ErrorBody), (status = 401, description = "Missing, unknown, revoked or expired API key", body = ErrorBody),
+                (status = 403, description = "The API key may not use this model (`model_not_allowed`)", body = ErrorBody),
+                (status = 404, description = "No node serves the model (`model_not_found`)", body = ErrorBody), (status = 413, description = "Body over --proxy-body-limit", body = ErrorBody), (status = 429, description = "The API key is over a limit (`rate_limited`, with `limit` and `Retry-After`)", body = ErrorBody), (status = 502, description = "Every node tried failed before answering", body = ErrorBody),
                 (status = 503, description = "No healthy node for the model, with counts by status", body = ErrorBody), (status = 504, description = "The model server was silent too long", body = ErrorBody)))]
         #[allow(dead_code)]
         fn $name() {}

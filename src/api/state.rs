@@ -26,6 +26,8 @@ pub struct Services {
     pub store: Store,
     pub runner: Arc<JobRunner>,
     pub deployments: Arc<crate::deploy::operations::Deployments>,
+    /// SSH hosts, for `provider: "ssh"`.
+    pub hosts: Arc<crate::hosts::Hosts>,
     pub events: JobEvents,
     /// Node changes for the web UI's live fleet view.
     pub node_feed: crate::fleet::feed::NodeFeed,
@@ -39,8 +41,8 @@ pub struct Services {
     pub agent_url: String,
     pub agent_bin: PathBuf,
     pub proxy: Arc<Proxy>,
-    /// Bearer keys for /v1/*; empty means open.
-    pub api_keys: Vec<String>,
+    /// The keys for /v1/*, from the environment and the admin API; none means open.
+    pub keys: Arc<crate::keys::Keys>,
     /// Every open client connection, with its limits and timeouts.
     pub connections: Arc<Connections>,
     /// Where this control plane is reached (its listen address, and its public URL's when that

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::extract::Admin;
 use crate::api::state::AppState;
-use crate::launch::catalog;
+use crate::catalog;
 use crate::launch::providers::Provider;
 use crate::metrics::Gauge;
 

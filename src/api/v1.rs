@@ -2,6 +2,7 @@
 //! routed by the body's `model` to a ready node; `GET /v1/models` lists the models with at least
 //! one. Bearer keys from `SKYLAUNCH_API_KEYS` when set.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
@@ -13,11 +14,12 @@ use axum::Json;
 use http_body_util::BodyExt;
 use hyper::body::Body as HttpBody;
 use serde_json::{json, Value};
-use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use super::state::AppState;
 use crate::http::headers::{forwarded_request_header, HOP_HEADER};
+use crate::keys::Caller;
+use crate::routing::meter::{self, Meter};
 use crate::routing::{Forwarded, ProxyError};
 
 /// The answer to a request that already went through a skylaunch load balancer.
@@ -29,26 +31,13 @@ pub fn loop_detected() -> ApiError {
     )
 }
 
-/// Checks the `Authorization` header's value against the API keys, if any are set.
-pub fn check_key(state: &AppState, authorization: Option<&[u8]>) -> Result<(), ApiError> {
-    if state.api_keys.is_empty() {
-        return Ok(());
-    }
-    let given = authorization
-        .and_then(|v| v.strip_prefix(b"Bearer "))
-        .unwrap_or_default();
-    let known = state.api_keys.iter().fold(false, |found, key| {
-        found | bool::from(key.as_bytes().ct_eq(given))
-    });
-    if known {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_api_key",
-            "send one of the control plane's API keys as Authorization: Bearer <key>",
-        ))
-    }
+/// Who sent a request with this `Authorization` header value: an environment key, a managed
+/// key, or anyone when `/v1` is open.
+pub fn check_key(state: &AppState, authorization: Option<&[u8]>) -> Result<Caller, ApiError> {
+    state
+        .keys
+        .authenticate(authorization)
+        .map_err(ApiError::from)
 }
 
 #[utoipa::path(get, path = "/v1/models", tag = "inference", security((), ("api_key" = [])), responses((status = 200, description = "Models served by ready nodes (OpenAI format)", body = serde_json::Value), (status = 401, description = "Missing or wrong token", body = crate::api::openapi::ErrorBody)))]
@@ -57,15 +46,23 @@ pub async fn list_models(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     check_key(&state, authorization(&headers))?;
-    let data: Vec<Value> = state
-        .proxy
-        .table
-        .models()
-        .into_iter()
-        .map(|(id, ready)| json!({"id": id, "object": "model", "created": 0, "owned_by": "skylaunch", "ready_nodes": ready}))
+    let table = &state.proxy.table;
+    let served = table.models();
+    let mut data: Vec<Value> = served
+        .iter()
+        .map(|(id, ready)| json!({"id": id, "object": "model", "created": 0, "owned_by": "skylaunch", "ready_nodes": ready, "status": "ready"}))
         .collect();
+    // Models whose deployment is at zero replicas: a request waits while one launches.
+    for id in table.cold.models() {
+        if !served.iter().any(|(m, _)| *m == id) {
+            data.push(json!({"id": id, "object": "model", "created": 0, "owned_by": "skylaunch", "ready_nodes": 0, "status": "scaled_to_zero", "waiting_requests": table.cold.held(&id)}));
+        }
+    }
     Ok(Json(json!({"object": "list", "data": data})))
 }
+
+/// When a client turned away during a cold start should try again.
+const COLD_START_RETRY_AFTER_S: u64 = 10;
 
 enum BodyError {
     TooLarge,
@@ -136,6 +133,18 @@ where
 struct ModelOnly<'a> {
     #[serde(borrow)]
     model: std::borrow::Cow<'a, str>,
+    /// Whether the answer streams, and whether the client asked for its usage: the load
+    /// balancer asks for it when not (to meter the stream).
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(serde::Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
 }
 
 /// The route a `POST` to `path` (without its query) is forwarded on (`/v1/chat/completions`,
@@ -201,7 +210,7 @@ where
     B: HttpBody<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    check_key(state, authorization(headers))?;
+    let caller = check_key(state, authorization(headers))?;
     if headers.contains_key(HOP_HEADER) {
         return Err(loop_detected());
     }
@@ -221,23 +230,35 @@ where
         .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
         .filter(|(name, _)| forwarded_request_header(name))
         .collect();
+    let hints: Vec<(&[u8], &[u8])> = headers
+        .iter()
+        .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
+        .filter(|(name, _)| name.len() > 2 && name[..2].eq_ignore_ascii_case(b"x-"))
+        .collect();
     // A client's absolute-form target (`http://host/v1/...`) goes on in origin form.
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    forward_body(state, path, &forwarded, body).await
+    forward_body(state, &caller, path, &forwarded, &hints, body).await
 }
 
 /// Forwards a request whose body was read (and whose key was checked) to a node serving the
-/// body's `model`: `path` is its path and query, `headers` those a model server gets.
+/// body's `model`: `path` is its path and query, `headers` those a model server gets, `hints`
+/// its `X-` headers (for the model's routing policy).
 pub async fn forward_body(
     state: &AppState,
+    caller: &Caller,
     path: &str,
     headers: &[(&[u8], &[u8])],
+    hints: &[(&[u8], &[u8])],
     body: Bytes,
 ) -> Result<Forwarded, ApiError> {
-    let model = serde_json::from_slice::<ModelOnly>(&body)
+    let read = serde_json::from_slice::<ModelOnly>(&body)
         .ok()
-        .map(|m| m.model.into_owned())
-        .filter(|m| !m.is_empty())
+        .filter(|m| !m.model.is_empty());
+    let (model, stream, include_usage) = read
+        .map(|m| {
+            let include_usage = m.stream_options.and_then(|o| o.include_usage) == Some(true);
+            (m.model.into_owned(), m.stream == Some(true), include_usage)
+        })
         .ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_request",
@@ -245,7 +266,31 @@ pub async fn forward_body(
             )
             .with("field", "model")
         })?;
-    let forwarded = state.proxy.forward(&model, path, headers, body).await;
+    state.keys.admit(caller, &model)?;
+    let ask_usage = state.proxy.settings.meter_streams;
+    let (ask, asking) = meter::ask_for_usage(stream, include_usage || !ask_usage, &body);
+    let body = asking.unwrap_or(body);
+    let mut forwarded = state
+        .proxy
+        .forward(&model, path, headers, hints, body)
+        .await;
+    if let Ok(f) = &mut forwarded {
+        // The model's name as its token series holds it: no copy per request.
+        let name = f
+            .tokens
+            .as_ref()
+            .map_or_else(|| Arc::from(model.as_str()), |t| t.model.clone());
+        f.body.meter(
+            Meter::new(
+                state.keys.clone(),
+                caller.clone(),
+                name,
+                f.deployment.clone(),
+                &ask,
+            )
+            .with_series(f.tokens.clone()),
+        );
+    }
     // Failed answers per model: what a deployment's replacement records as "failed meanwhile".
     match &forwarded {
         Ok(f) if f.status.is_server_error() => state.proxy.table.note_failed_answer(&model),
@@ -297,5 +342,24 @@ pub async fn forward_body(
                 "upstream_error",
                 format!("the model server on node {node} failed: {message}"),
             ),
+            ProxyError::ColdStartTimeout { model, waited } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cold_start_timeout",
+                format!(
+                    "model {model} is scaled to zero and no replica was ready after {} s of waiting; one is being launched: try again shortly",
+                    waited.as_secs()
+                ),
+            )
+            .with("model", model)
+            .retry_after(COLD_START_RETRY_AFTER_S),
+            ProxyError::ColdStartFull { model, max_held } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cold_start_busy",
+                format!(
+                    "model {model} is scaled to zero and {max_held} requests already wait for its replica to start; try again shortly"
+                ),
+            )
+            .with("model", model)
+            .retry_after(COLD_START_RETRY_AFTER_S),
         })
 }

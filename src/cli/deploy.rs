@@ -26,7 +26,7 @@ pub struct DeployArgs {
     /// Hugging Face model id, e.g. meta-llama/Llama-3.1-8B-Instruct.
     #[arg(long)]
     pub model: Option<String>,
-    /// skypilot, aws, azure or local (the default, as for `launch`).
+    /// skypilot, aws, azure, ssh or local (the default, as for `launch`).
     #[arg(long)]
     pub provider: Option<String>,
     /// GPU type, e.g. L4, A10G, A100-80GB, H100.
@@ -39,9 +39,13 @@ pub struct DeployArgs {
     pub regions: Vec<String>,
     #[arg(long)]
     pub cloud: Option<String>,
-    /// Model server template (default vllm).
+    /// Model server template (default vllm; echo for local and ssh).
     #[arg(long)]
     pub template: Option<String>,
+    /// With --provider ssh: replicas only on hosts carrying this label, KEY=VALUE (repeat;
+    /// replaces the file's labels).
+    #[arg(long = "label", value_parser = parse_env)]
+    pub labels: Vec<(String, String)>,
     #[arg(long)]
     pub disk_gb: Option<u32>,
     /// Environment for the model servers, KEY=VALUE (repeat; adds to the file's envs).
@@ -127,7 +131,9 @@ fn spec_of(args: &DeployArgs) -> Result<DeploymentRequest, String> {
         Some(file) => read_spec_file(file)?,
         None => json!({}),
     };
-    let flags: [(&[&str], Option<Value>); 17] = [
+    let labels: std::collections::BTreeMap<&String, &String> =
+        args.labels.iter().map(|(k, v)| (k, v)).collect();
+    let flags: [(&[&str], Option<Value>); 18] = [
         (&["name"], args.name.as_ref().map(|v| json!(v))),
         (&["model"], args.model.as_ref().map(|v| json!(v))),
         (&["provider"], args.provider.as_ref().map(|v| json!(v))),
@@ -139,6 +145,7 @@ fn spec_of(args: &DeployArgs) -> Result<DeploymentRequest, String> {
         ),
         (&["cloud"], args.cloud.as_ref().map(|v| json!(v))),
         (&["template"], args.template.as_ref().map(|v| json!(v))),
+        (&["labels"], (!labels.is_empty()).then(|| json!(labels))),
         (&["disk_gb"], args.disk_gb.map(|v| json!(v))),
         (&["replicas"], args.replicas.map(|v| json!(v))),
         (

@@ -57,9 +57,15 @@ pub struct LaunchArgs {
     /// Hugging Face model id, e.g. meta-llama/Llama-3.1-8B-Instruct.
     #[arg(long)]
     pub model: String,
-    /// skypilot, aws, azure or local (this machine, with the echo model server: no cloud needed).
+    /// skypilot, aws, azure, ssh (a host you registered) or local (this machine, with the echo model server: no cloud needed).
     #[arg(long, default_value = "local")]
     pub provider: String,
+    /// Model server template: vllm (default) or echo (local and ssh only).
+    #[arg(long)]
+    pub template: Option<String>,
+    /// With --provider ssh: only hosts carrying this label, KEY=VALUE (repeat).
+    #[arg(long = "label", value_parser = parse_env)]
+    pub labels: Vec<(String, String)>,
     /// GPU type, e.g. L4, A10G, A100-80GB, H100.
     #[arg(long)]
     pub gpu: Option<String>,
@@ -235,9 +241,14 @@ impl Progress {
 pub async fn launch(args: LaunchArgs) -> Result<bool, String> {
     let client = Client::new(&args.client)?;
     let envs: BTreeMap<String, String> = args.envs.into_iter().collect();
+    let labels: BTreeMap<String, String> = args.labels.into_iter().collect();
     let mut body = json!({"model": args.model, "provider": args.provider, "use_spot": args.spot,
         "spot_fallback": if args.fallback_on_demand { "on_demand" } else { "none" }, "regions": args.regions, "envs": envs});
+    if !labels.is_empty() {
+        body["labels"] = json!(labels);
+    }
     for (key, value) in [
+        ("template", json!(args.template)),
         ("gpu", json!(args.gpu)),
         ("gpu_count", json!(args.gpu_count)),
         ("cloud", json!(args.cloud)),

@@ -66,8 +66,35 @@ pub struct Deployment {
     pub failures: i64,
     pub last_failure_at: Option<i64>,
     pub deleting: bool,
+    /// The autoscaler's latest decision, which names the drift of the launches and drains it
+    /// causes.
+    pub last_scale: Option<ScaleDecision>,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+/// One decision of the autoscaler: from how many replicas to how many, and why (the metric's
+/// value against its target).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ScaleDecision {
+    pub from: u32,
+    pub to: u32,
+    pub reason: String,
+    /// When it was made (Unix ms).
+    pub at: i64,
+}
+
+impl ScaleDecision {
+    /// Whether this decision added `slot` (a launch there answers `scale_up`).
+    pub fn added(&self, slot: i64) -> bool {
+        (i64::from(self.from)..i64::from(self.to)).contains(&slot)
+    }
+
+    /// Whether this decision (a scale-down) leaves `slot` outside the count: a replica
+    /// retired there answers `scale_down`, also one left over from an earlier scale-down.
+    pub fn removed(&self, slot: i64) -> bool {
+        self.to < self.from && slot >= i64::from(self.to)
+    }
 }
 
 impl Deployment {
@@ -127,15 +154,21 @@ pub enum Drift {
     SpotInterruption,
     OutdatedRevision,
     ExcessReplica,
+    /// The autoscaler raised the replica count.
+    ScaleUp,
+    /// The autoscaler lowered it.
+    ScaleDown,
 }
 
 impl Drift {
-    pub const ALL: [Drift; 5] = [
+    pub const ALL: [Drift; 7] = [
         Drift::MissingReplica,
         Drift::UnhealthyReplica,
         Drift::SpotInterruption,
         Drift::OutdatedRevision,
         Drift::ExcessReplica,
+        Drift::ScaleUp,
+        Drift::ScaleDown,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -145,6 +178,8 @@ impl Drift {
             Drift::SpotInterruption => "spot_interruption",
             Drift::OutdatedRevision => "outdated_revision",
             Drift::ExcessReplica => "excess_replica",
+            Drift::ScaleUp => "scale_up",
+            Drift::ScaleDown => "scale_down",
         }
     }
 

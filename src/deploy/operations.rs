@@ -88,10 +88,33 @@ pub struct DeploymentView {
     pub unsatisfiable_until: Option<i64>,
     /// Actions waiting for an admin.
     pub pending_actions: usize,
+    /// With an autoscale policy: the metric now against its target, and the latest decision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscaleView>,
     #[serde(with = "serde_rfc3339")]
     pub created_at: i64,
     #[serde(with = "serde_rfc3339")]
     pub updated_at: i64,
+}
+
+/// The autoscaler's view of a deployment.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AutoscaleView {
+    pub metric: crate::deploy::spec::ScaleMetric,
+    pub target: f64,
+    /// The latest value this process measured, averaged over the policy's `window_s` (per
+    /// ready replica; seconds for `ttft`); null before the window has covered a quarter of its
+    /// length (it starts over when the ready replicas change) or with nothing to measure.
+    pub value: Option<f64>,
+    /// Some replica's report is stale: no scale-down until it is fresh again.
+    pub stale: bool,
+    /// Some ready replica reports its KV cache at least 90 % full: no scale-down while it does.
+    pub kv_cache_full: bool,
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+    pub last_decision: Option<crate::deploy::model::ScaleDecision>,
+    /// `/v1` requests this process holds for the model while a replica starts (scale to zero).
+    pub waiting_requests: usize,
 }
 
 /// An update may send an `envs` value as `<secret>` (as every answer shows it) to keep the
@@ -144,6 +167,7 @@ impl Deployments {
             failures: 0,
             last_failure_at: None,
             deleting: false,
+            last_scale: None,
             created_at: now,
             updated_at: now,
         };
@@ -407,6 +431,22 @@ impl Deployments {
                 .unsatisfiable_until
                 .filter(|_| d.status == DeploymentStatus::Unsatisfiable),
             pending_actions,
+            autoscale: d.spec.autoscale.as_ref().map(|a| {
+                let measured = self.reconciler.scale_signal(&d.uid);
+                AutoscaleView {
+                    metric: a.metric,
+                    target: a.target,
+                    value: measured
+                        .and_then(|m| m.value)
+                        .map(|v| (v * 1000.0).round() / 1000.0),
+                    stale: measured.is_some_and(|m| m.stale),
+                    kv_cache_full: measured.is_some_and(|m| m.kv_cache_full),
+                    min_replicas: a.min_replicas,
+                    max_replicas: a.max_replicas,
+                    last_decision: d.last_scale.clone(),
+                    waiting_requests: self.reconciler.waiting_requests(&d.spec.model),
+                }
+            }),
             spec: d.spec.masked(),
             name: d.name,
             revision: d.revision,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::launch::catalog;
+use crate::catalog;
 use crate::launch::spec::{LaunchRequest, LaunchSpec, SpecError, SECRET_SHOWN};
 
 /// Most replicas one deployment may ask for.
@@ -49,6 +49,9 @@ pub struct DeploymentRequest {
     /// Passed to every replica as in a launch; values are secret (shown as `<secret>`).
     #[serde(default)]
     pub envs: BTreeMap<String, String>,
+    /// `provider: "ssh"`: replicas go only to hosts carrying every one of these labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     /// How many ready replicas to keep.
     pub replicas: u32,
     #[serde(default)]
@@ -57,7 +60,104 @@ pub struct DeploymentRequest {
     pub update: UpdatePolicy,
     #[serde(default)]
     pub approval: ApprovalPolicy,
+    /// Moves `replicas` between a minimum and a maximum on a load signal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscalePolicy>,
+    /// Which replica a `/v1` request goes to (`least_load` by default). Changing it makes no
+    /// new revision: replicas run the same.
+    #[serde(default)]
+    pub routing: crate::routing::route::RoutingPolicy,
 }
+
+/// What the autoscaler scales on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleMetric {
+    /// Requests in flight per ready replica, at the load balancer.
+    InFlight,
+    /// Requests waiting in vLLM's queue per ready replica (`num_requests_waiting`, from the
+    /// agents' heartbeats).
+    Queue,
+    /// Time to the answer's first byte at the load balancer, in seconds (the mean over the
+    /// window).
+    Ttft,
+    /// Requests per second per ready replica, at the load balancer (SkyServe's policy).
+    Rps,
+}
+
+impl ScaleMetric {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScaleMetric::InFlight => "in_flight",
+            ScaleMetric::Queue => "queue",
+            ScaleMetric::Ttft => "ttft",
+            ScaleMetric::Rps => "rps",
+        }
+    }
+}
+
+/// `autoscale`: `replicas` becomes the current desired count, moved between `min_replicas` and
+/// `max_replicas` so that `metric` stays near `target`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AutoscalePolicy {
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+    pub metric: ScaleMetric,
+    /// The value per replica (seconds for `ttft`) the autoscaler steers to.
+    pub target: f64,
+    /// How long the metric must stay above the target before replicas are added (default 30).
+    #[serde(default = "default_up_delay")]
+    pub scale_up_delay_s: u64,
+    /// How long it must stay below before one is removed (default 300).
+    #[serde(default = "default_down_delay")]
+    pub scale_down_delay_s: u64,
+    /// The metric is averaged over this many seconds before it is compared with the target
+    /// (default 60): one burst is not a trend.
+    #[serde(default = "default_window")]
+    pub window_s: u64,
+    /// With `min_replicas: 0`: no request for this long takes the deployment to zero replicas
+    /// (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_to_zero_after_s: Option<u64>,
+    /// With `min_replicas: 0`: how long a request waits for a replica to start before it is
+    /// answered 503 (default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold_start_timeout_s: Option<u64>,
+}
+
+/// Default idle time before a deployment that may scale to zero does.
+pub const SCALE_TO_ZERO_AFTER_S: u64 = 300;
+/// Default time a request waits for a cold start.
+pub const COLD_START_TIMEOUT_S: u64 = 600;
+
+impl AutoscalePolicy {
+    pub fn scale_to_zero_after(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.scale_to_zero_after_s.unwrap_or(SCALE_TO_ZERO_AFTER_S))
+    }
+
+    pub fn cold_start_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.cold_start_timeout_s.unwrap_or(COLD_START_TIMEOUT_S))
+    }
+}
+
+fn default_up_delay() -> u64 {
+    30
+}
+
+fn default_down_delay() -> u64 {
+    300
+}
+
+fn default_window() -> u64 {
+    60
+}
+
+/// Longest averaging window accepted: an hour.
+const MAX_WINDOW_S: u64 = 3_600;
+
+/// Longest scale delay accepted: a day.
+const MAX_SCALE_DELAY_S: u64 = 86_400;
 
 /// Which replicas run on spot VMs, and what happens when spot cannot be placed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema, Default)]
@@ -173,6 +273,73 @@ pub fn check_name(name: &str) -> Result<(), SpecError> {
     })
 }
 
+impl AutoscalePolicy {
+    fn check(&self, replicas: u32) -> Result<(), SpecError> {
+        if self.min_replicas > self.max_replicas
+            || self.max_replicas == 0
+            || self.max_replicas > MAX_REPLICAS
+        {
+            return Err(SpecError::invalid(
+                "autoscale.max_replicas",
+                format!(
+                    "autoscale needs min_replicas <= max_replicas, and max_replicas from 1 to {MAX_REPLICAS}; got {} and {}",
+                    self.min_replicas, self.max_replicas
+                ),
+            ));
+        }
+        for (field, value) in [
+            (
+                "autoscale.scale_to_zero_after_s",
+                self.scale_to_zero_after_s,
+            ),
+            ("autoscale.cold_start_timeout_s", self.cold_start_timeout_s),
+        ] {
+            if value.is_some_and(|v| v == 0 || v > MAX_SCALE_DELAY_S) {
+                return Err(SpecError::invalid(
+                    field,
+                    format!("{field} must be from 1 to {MAX_SCALE_DELAY_S} seconds"),
+                ));
+            }
+        }
+        if !(self.target.is_finite() && self.target > 0.0) {
+            return Err(SpecError::invalid(
+                "autoscale.target",
+                "autoscale.target must be a number above 0 (per replica; seconds for ttft)",
+            ));
+        }
+        for (field, value) in [
+            ("autoscale.scale_up_delay_s", self.scale_up_delay_s),
+            ("autoscale.scale_down_delay_s", self.scale_down_delay_s),
+        ] {
+            if value > MAX_SCALE_DELAY_S {
+                return Err(SpecError::invalid(
+                    field,
+                    format!("{field} must be from 0 to {MAX_SCALE_DELAY_S} seconds"),
+                ));
+            }
+        }
+        if self.window_s == 0 || self.window_s > MAX_WINDOW_S {
+            return Err(SpecError::invalid(
+                "autoscale.window_s",
+                format!("autoscale.window_s must be from 1 to {MAX_WINDOW_S} seconds"),
+            ));
+        }
+        if !(self.min_replicas..=self.max_replicas).contains(&replicas) {
+            return Err(SpecError {
+                suggestions: vec![format!("replicas: {}", self.min_replicas)],
+                ..SpecError::invalid(
+                    "replicas",
+                    format!(
+                        "with autoscale, replicas (the current count) must be from {} to {}",
+                        self.min_replicas, self.max_replicas
+                    ),
+                )
+            });
+        }
+        Ok(())
+    }
+}
+
 impl DeploymentRequest {
     /// Checks everything a replica launch would check, and the deployment's own fields, before
     /// anything is stored. Returns the launch spec of a replica (for the provider's checks).
@@ -251,6 +418,12 @@ impl DeploymentRequest {
                 ));
             }
         }
+        if let Some(a) = &self.autoscale {
+            a.check(self.replicas)?;
+        }
+        self.routing
+            .check()
+            .map_err(|(field, message)| SpecError::invalid(field, message))?;
         let market = if self.spot.use_spot {
             Market::Spot
         } else {
@@ -283,6 +456,7 @@ impl DeploymentRequest {
             template: self.template.clone(),
             disk_gb: self.disk_gb,
             envs: self.envs.clone(),
+            labels: self.labels.clone(),
             name: Some(node_name.to_string()),
         }
     }
@@ -336,6 +510,10 @@ impl DeploymentRequest {
 
     /// The estimated price of one replica per hour on `market`, in US dollars.
     pub fn replica_hourly_usd(&self, market: Market) -> f64 {
+        // Hosts the operator owns cost nothing more per hour whatever runs on them.
+        if self.provider.trim().eq_ignore_ascii_case("ssh") {
+            return 0.0;
+        }
         let gpu = self.gpu.as_deref().and_then(catalog::gpu).map(|g| g.name);
         catalog::hourly_usd(gpu, self.gpu_count.unwrap_or(1), market == Market::Spot)
     }

@@ -10,7 +10,7 @@ use super::spec::{DeploymentRequest, Market};
 use crate::store::{plausible_id, Store, StoreError};
 
 const DEPLOYMENT_COLUMNS: &str = "name, uid, revision, spec, status, reason, unsatisfiable_until, \
-     failures, last_failure_at, deleting, created_at, updated_at";
+     failures, last_failure_at, deleting, created_at, updated_at, last_scale";
 
 const ACTION_COLUMNS: &str = "id, deployment, uid, revision, slot, kind, drift, risk, state, \
      market, reason, node_id, launch_job_id, created_at, updated_at";
@@ -30,7 +30,7 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         sqlx::query(&format!(
             "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}, replicas) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
         ))
         .bind(&d.name)
         .bind(&d.uid)
@@ -44,6 +44,7 @@ impl Store {
         .bind(i64::from(d.deleting))
         .bind(d.created_at)
         .bind(d.updated_at)
+        .bind(scale_json(d))
         .bind(i64::from(d.spec.replicas))
         .execute(&mut *tx)
         .await?;
@@ -116,6 +117,31 @@ impl Store {
         }
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Writes an autoscaling decision: the new replica count and the decision, if the deployment
+    /// still has the replica count it was decided from and is not being deleted. `false` when
+    /// something changed it meanwhile (an admin's scale, another process's decision).
+    pub async fn apply_scale(&self, d: &Deployment) -> Result<bool, StoreError> {
+        let Some(decision) = &d.last_scale else {
+            return Ok(false);
+        };
+        Ok(sqlx::query(
+            "UPDATE deployments SET spec = $2, replicas = $3, last_scale = $4, updated_at = $5 \
+             WHERE name = $1 AND uid = $6 AND revision = $7 AND replicas = $8 AND deleting = 0",
+        )
+        .bind(&d.name)
+        .bind(spec_json(&d.spec))
+        .bind(i64::from(d.spec.replicas))
+        .bind(scale_json(d))
+        .bind(d.updated_at)
+        .bind(&d.uid)
+        .bind(d.revision)
+        .bind(i64::from(decision.from))
+        .execute(self.pool())
+        .await?
+        .rows_affected()
+            == 1)
     }
 
     /// The spec a deployment had at `revision`.
@@ -471,8 +497,15 @@ async fn set_state_in(
         == 1)
 }
 
+fn scale_json(d: &Deployment) -> Option<String> {
+    d.last_scale
+        .as_ref()
+        .map(|s| serde_json::to_string(s).expect("a scale decision serialises"))
+}
+
 fn deployment_from_row(row: &AnyRow) -> Result<Deployment, StoreError> {
     let name: String = row.try_get("name")?;
+    let last_scale: Option<String> = row.try_get("last_scale")?;
     let spec: String = row.try_get("spec")?;
     let status: String = row.try_get("status")?;
     Ok(Deployment {
@@ -491,6 +524,10 @@ fn deployment_from_row(row: &AnyRow) -> Result<Deployment, StoreError> {
         failures: row.try_get("failures")?,
         last_failure_at: row.try_get("last_failure_at")?,
         deleting: row.try_get::<i64, _>("deleting")? != 0,
+        last_scale: last_scale
+            .map(|s| serde_json::from_str(&s))
+            .transpose()
+            .map_err(|e| corrupt(&format!("deployment {name} last_scale"), e))?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         name,

@@ -124,6 +124,28 @@ impl Fleet {
         Ok(credentials)
     }
 
+    /// Swaps two deployment replicas' slots (a scale-down moves the replicas it retires into
+    /// the slots it removes). Both change in one write; neither if either changed meanwhile.
+    pub async fn swap_slots(&self, a: &str, b: &str) -> Result<(), FleetError> {
+        let (first, second) = if a < b { (a, b) } else { (b, a) };
+        let (first, second) = (self.entry(first).await?, self.entry(second).await?);
+        let mut one = first.lock().await;
+        let mut two = second.lock().await;
+        if let Err(e) = self.store.swap_node_slots(&one.node, &two.node).await {
+            if matches!(e, StoreError::Conflict(_)) {
+                self.reread(&mut one).await?;
+                self.reread(&mut two).await?;
+            }
+            return Err(e.into());
+        }
+        std::mem::swap(&mut one.node.deployment_slot, &mut two.node.deployment_slot);
+        for live in [&mut one, &mut two] {
+            live.node.revision += 1;
+            self.changed(&live.node);
+        }
+        Ok(())
+    }
+
     /// Admin: stop sending new traffic to a node.
     pub async fn drain(&self, id: &str, reason: &str) -> Result<Node, FleetError> {
         self.admin_transition(id, NodeStatus::Draining, reason)

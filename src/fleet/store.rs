@@ -145,6 +145,31 @@ impl Store {
         Ok(())
     }
 
+    /// Moves two nodes into each other's deployment slots in one transaction, fenced by the
+    /// revisions they were read at: [`StoreError::Conflict`] when either changed meanwhile.
+    pub async fn swap_node_slots(&self, a: &Node, b: &Node) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        for (node, slot) in [(a, b.deployment_slot), (b, a.deployment_slot)] {
+            let done = sqlx::query(
+                "UPDATE nodes SET deployment_slot = $2, revision = revision + 1 \
+                 WHERE id = $1 AND revision = $3",
+            )
+            .bind(&node.id)
+            .bind(slot)
+            .bind(node.revision)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if !done {
+                return Err(StoreError::Conflict(format!("node {}", node.id)));
+            }
+            self.announce(&mut tx, &node.id).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Writes the latest telemetry of many nodes in one transaction.
     pub async fn save_telemetry(&self, batch: &[Telemetry]) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;

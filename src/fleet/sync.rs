@@ -11,19 +11,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::PgListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::store::NODE_CHANGES_CHANNEL;
 use super::Fleet;
-
-enum Heard {
-    /// A node another process changed.
-    Node(String),
-    /// The connection was lost and made again: announcements may have been missed.
-    Resync,
-}
+use crate::store::notify::{listen, Heard};
 
 pub struct FleetSync {
     stop: watch::Sender<bool>,
@@ -36,7 +29,13 @@ impl FleetSync {
         let (heard_tx, mut heard) = mpsc::unbounded_channel();
         let origin = fleet.store.origin().to_string();
         // On its own task: the listener's receive is not safe to cancel in a select.
-        let listener = tokio::spawn(listen(database_url, origin, heard_tx));
+        let listener = tokio::spawn(listen(
+            database_url,
+            NODE_CHANGES_CHANNEL,
+            "node changes",
+            origin,
+            heard_tx,
+        ));
         let (stop, mut stopped) = watch::channel(false);
         let handle = tokio::spawn(async move {
             let mut tick = tokio::time::interval(refresh_every);
@@ -44,7 +43,7 @@ impl FleetSync {
             loop {
                 tokio::select! {
                     heard = heard.recv() => match heard {
-                        Some(Heard::Node(id)) => {
+                        Some(Heard::Change(id)) => {
                             if let Err(e) = fleet.refresh_node(&id).await {
                                 tracing::warn!(node_id = %id, error = %e, "could not re-read a node another process changed; the next full refresh will");
                             }
@@ -81,52 +80,5 @@ async fn refresh_all(fleet: &Fleet) {
         Ok(0) => {}
         Ok(n) => tracing::debug!(nodes = n, "nodes changed by other processes re-read"),
         Err(e) => tracing::warn!(error = %e, "could not re-read the fleet; will retry"),
-    }
-}
-
-async fn listen(url: String, origin: String, heard: mpsc::UnboundedSender<Heard>) {
-    let mut first = true;
-    loop {
-        let mut listener = match PgListener::connect(&url).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for node changes from other processes; retrying in 1 s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        if let Err(e) = listener.listen(NODE_CHANGES_CHANNEL).await {
-            tracing::warn!(error = %e, "cannot listen for node changes from other processes; retrying in 1 s");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        }
-        if !first && heard.send(Heard::Resync).is_err() {
-            return;
-        }
-        first = false;
-        loop {
-            match listener.try_recv().await {
-                Ok(Some(n)) => {
-                    // `<origin> <node id>`: this process's own changes are already live here.
-                    let Some((from, id)) = n.payload().split_once(' ') else {
-                        continue;
-                    };
-                    if from != origin && heard.send(Heard::Node(id.to_string())).is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => {
-                    tracing::warn!("lost the connection that hears node changes; reconnected, re-reading the fleet");
-                    if heard.send(Heard::Resync).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "lost the connection that hears node changes; retrying in 1 s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    break;
-                }
-            }
-        }
     }
 }

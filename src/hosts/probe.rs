@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ssh::{SshError, SshSettings, SshTarget};
 
@@ -23,14 +23,14 @@ if [ -d /run/systemd/system ]; then echo systemd=yes; else echo systemd=no; fi
 "#;
 
 /// One GPU of a host.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HostGpu {
     pub name: String,
     pub memory_mb: u64,
 }
 
 /// What a probe found.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HostProbe {
     pub os: String,
     pub kernel: String,

@@ -17,6 +17,8 @@ pub trait Dispatch: Clone + Send + Sync + 'static {
     /// What one connection keeps between the requests it forwards (metric series looked up
     /// once, say). Made when the connection starts.
     type Local: Default + Send;
+    /// Who sent a forwarded request, as [`Dispatch::admit_forward`] found from its head.
+    type Caller: Send;
     /// The body of a forwarded request's answer, as it arrives.
     type Body: HttpBody<Data = Bytes, Error: std::fmt::Display + Send> + Unpin + Send;
 
@@ -40,14 +42,19 @@ pub trait Dispatch: Clone + Send + Sync + 'static {
     fn refusal(&self, why: Refusal) -> Response;
 
     /// Looks at a forwarded request's head before its body is read (or asked for with
-    /// `100 Continue`): the answer that refuses it, if any.
-    fn refuse_forward(&self, local: &mut Self::Local, head: &ForwardHead<'_>) -> Option<Response>;
+    /// `100 Continue`): who sent it, or the answer that refuses it.
+    fn admit_forward(
+        &self,
+        local: &mut Self::Local,
+        head: &ForwardHead<'_>,
+    ) -> Result<Self::Caller, Box<Response>>;
 
-    /// Forwards a request whose body the server read: the answer to stream back as it
-    /// arrives, or the one that says why not.
+    /// Forwards a request whose body the server read, from the `caller` its head was
+    /// admitted as: the answer to stream back as it arrives, or the one that says why not.
     fn forward(
         &self,
         local: &mut Self::Local,
+        caller: Self::Caller,
         request: ForwardRequest<'_>,
     ) -> impl Future<Output = Result<Reply<Self::Body>, Response>> + Send;
 
@@ -103,6 +110,9 @@ pub struct ForwardRequest<'a> {
     /// The headers a model server gets (see [`super::headers::forwarded_request_header`]),
     /// name and value as they came.
     pub headers: &'a [(&'a [u8], &'a [u8])],
+    /// Its `X-` headers (a routing policy may read them; they are not forwarded unless they
+    /// are in `headers` too).
+    pub hints: &'a [(&'a [u8], &'a [u8])],
     pub body: Bytes,
 }
 
@@ -110,5 +120,7 @@ pub struct ForwardRequest<'a> {
 pub struct Reply<B> {
     pub status: StatusCode,
     pub headers: HeaderMap,
+    /// One more header, written after `headers` in place of any of the same name among them.
+    pub extra: Option<(axum::http::HeaderName, axum::http::HeaderValue)>,
     pub body: B,
 }

@@ -22,6 +22,8 @@ pub enum ErrorCode {
     LaunchTimeout,
     Cancelled,
     ProviderUnavailable,
+    /// An SSH host presented another host key than the one recorded.
+    HostKeyMismatch,
     Internal,
 }
 
@@ -42,6 +44,7 @@ impl ErrorCode {
             ErrorCode::LaunchTimeout => "launch_timeout",
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::ProviderUnavailable => "provider_unavailable",
+            ErrorCode::HostKeyMismatch => "host_key_mismatch",
             ErrorCode::Internal => "internal",
         }
     }

@@ -10,7 +10,6 @@
 //!   and how each provider checks, renders and launches it; [`teardown`] and [`orphans`]:
 //!   nothing left billing.
 
-pub mod catalog;
 pub mod events;
 pub mod failure;
 pub mod job;

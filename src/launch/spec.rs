@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::catalog::{self, Gpu};
 use super::failure::ErrorCode;
 use super::template::TEMPLATES;
+use crate::catalog::{self, Gpu};
 
 /// The kind of provider a request names (defined with the provider registry).
 pub use super::providers::Provider;
@@ -40,6 +40,9 @@ pub struct LaunchRequest {
     pub disk_gb: Option<u32>,
     #[serde(default)]
     pub envs: BTreeMap<String, String>,
+    /// `provider: "ssh"`: only hosts carrying every one of these labels are chosen.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub name: Option<String>,
 }
@@ -60,6 +63,9 @@ pub struct LaunchSpec {
     pub template: String,
     pub disk_gb: u32,
     pub envs: BTreeMap<String, String>,
+    /// Labels an SSH host must carry to be chosen (`provider: "ssh"` only).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     /// Node name (also the job's display name).
     pub name: String,
 }
@@ -129,7 +135,7 @@ impl LaunchRequest {
         check_model(&self.model)?;
         let gpu = self.check_gpu(checks.needs_gpu())?;
         let gpu_count = self.gpu_count.unwrap_or(1);
-        if let Some(gpu) = gpu {
+        if let Some(gpu) = gpu.filter(|_| checks.machines_have_fixed_shapes()) {
             if !gpu.counts.contains(&gpu_count) {
                 return Err(SpecError {
                     suggestions: gpu
@@ -146,8 +152,11 @@ impl LaunchRequest {
                     )
                 });
             }
-        } else if gpu_count != 1 {
+        } else if gpu.is_none() && gpu_count != 1 {
             return Err(invalid("gpu_count", "gpu_count needs a gpu"));
+        }
+        if !(1..=64).contains(&gpu_count) {
+            return Err(invalid("gpu_count", "gpu_count must be from 1 to 64"));
         }
         let cloud = checks.cloud(self.cloud.as_deref(), gpu, gpu_count)?;
         let regions = checks.regions(&self.regions, cloud.as_deref())?;
@@ -167,6 +176,29 @@ impl LaunchRequest {
                 suggestions: TEMPLATES.iter().map(|t| t.to_string()).collect(),
                 ..invalid("template", format!("unknown template {template:?}"))
             });
+        }
+        if !checks.templates().contains(&template.as_str()) {
+            return Err(SpecError {
+                suggestions: checks.templates().iter().map(|t| t.to_string()).collect(),
+                ..invalid(
+                    "template",
+                    format!(
+                        "the {} provider cannot run the {template:?} template",
+                        provider.as_str()
+                    ),
+                )
+            });
+        }
+        skylaunch_protocol::validate::check_labels(&self.labels)
+            .map_err(|e| invalid("labels", e.message))?;
+        if !self.labels.is_empty() && !checks.selects_hosts() {
+            return Err(invalid(
+                "labels",
+                format!(
+                    "labels choose an SSH host; the {} provider has no hosts to choose (use provider \"ssh\", or leave labels out)",
+                    provider.as_str()
+                ),
+            ));
         }
         let disk_gb = self.disk_gb.unwrap_or(256);
         if !(50..=16_384).contains(&disk_gb) {
@@ -193,6 +225,7 @@ impl LaunchRequest {
             template,
             disk_gb,
             envs: self.envs.clone(),
+            labels: self.labels.clone(),
             name,
         })
     }

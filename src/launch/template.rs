@@ -22,13 +22,15 @@ pub struct Template {
 }
 
 /// The templates a launch may name.
-pub const TEMPLATES: &[&str] = &["vllm"];
+pub const TEMPLATES: &[&str] = &["vllm", "echo"];
 
 const VLLM: &str = include_str!("../../task-templates/vllm.yaml");
+const ECHO: &str = include_str!("../../task-templates/echo.yaml");
 
 pub fn template(name: &str) -> Option<Template> {
     let text = match name {
         "vllm" => VLLM,
+        "echo" => ECHO,
         _ => return None,
     };
     Some(serde_norway::from_str(text).expect("embedded templates are valid (tested)"))

@@ -99,6 +99,24 @@ pub fn choose(
     }
 }
 
+/// The candidates that are not ejected now and not in `exclude`, for a routing policy to
+/// choose among (allocates; `least_load` does not call it).
+pub fn usable<'a>(
+    candidates: &'a [Arc<Endpoint>],
+    exclude: &[String],
+    now_ms: impl Fn() -> i64,
+) -> Vec<&'a Arc<Endpoint>> {
+    let now = OnceCell::new();
+    candidates
+        .iter()
+        .filter(|e| {
+            let ejected = e.ejected_until.load(Ordering::Relaxed) != 0
+                && e.is_ejected(*now.get_or_init(&now_ms));
+            !ejected && !exclude.contains(&e.node_id)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

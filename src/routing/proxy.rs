@@ -20,6 +20,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use hyper::body::{Frame, SizeHint};
 
+use super::meter::Meter;
 use super::policy::{choose, SplitMix64};
 use super::table::{Endpoint, NoHealthyNodes, RoutingTable};
 use super::upstream::{Answer, Connector, Head, SendError, IDLE_FOR};
@@ -39,6 +40,8 @@ pub struct ProxySettings {
     pub eject_after: u32,
     /// The first ejection's length; each ejection in a row doubles it, up to 32 times.
     pub eject_for: Duration,
+    /// Ask for a stream's usage when its client did not (see [`super::meter`]).
+    pub meter_streams: bool,
 }
 
 /// Why a request could not be forwarded.
@@ -58,11 +61,27 @@ pub enum ProxyError {
         node: String,
         message: String,
     },
+    /// The model's deployment is at zero replicas and no replica became ready within its
+    /// cold-start timeout.
+    ColdStartTimeout {
+        model: String,
+        waited: Duration,
+    },
+    /// The model's deployment is at zero replicas and the most requests that may wait for a
+    /// replica wait already.
+    ColdStartFull {
+        model: String,
+        max_held: usize,
+    },
 }
+
+/// How often a request waiting for a cold start looks for a ready replica.
+const COLD_START_POLL: Duration = Duration::from_millis(100);
 
 const REQUESTS_HELP: &str = "Requests proxied to model servers, by model, node and status.";
 const LATENCY_HELP: &str =
     "Time from sending a request to a model server to its response headers, in seconds, by model.";
+const FIRST_BYTE_HELP: &str = "Time from sending a request to a model server to the first byte of its answer's body (for a stream, its first token), in seconds, by model.";
 const EJECTIONS_HELP: &str =
     "Times a node was ejected from routing by passive health (failures in a row), by node.";
 
@@ -87,6 +106,7 @@ struct InFlight(Arc<Endpoint>);
 impl InFlight {
     fn new(endpoint: Arc<Endpoint>) -> InFlight {
         endpoint.in_flight.fetch_add(1, Ordering::SeqCst);
+        endpoint.started.fetch_add(1, Ordering::Relaxed);
         InFlight(endpoint)
     }
 }
@@ -112,9 +132,41 @@ pub struct Relay {
     armed: bool,
     /// `None` once the body ended or failed.
     guard: Option<InFlight>,
+    /// When the request went to the model server, until the answer's first body byte (the
+    /// autoscaler's time to first token).
+    sent_at: Option<Instant>,
+    /// Counts the answer's tokens, and takes out a usage chunk the client did not ask for.
+    meter: Option<Box<Meter>>,
 }
 
 impl Relay {
+    /// Meters the answer's tokens as it passes. An answer whose length was announced goes on
+    /// byte for byte.
+    pub fn meter(&mut self, mut meter: Meter) {
+        if self.answer.remaining().is_some() {
+            meter.keep_bytes();
+        }
+        if let Some(sent_at) = self.sent_at {
+            meter.sent_at(sent_at);
+        }
+        self.meter = Some(Box::new(meter));
+    }
+
+    fn node_id(&self) -> &str {
+        self.guard.as_ref().map_or("", |g| g.0.node_id.as_str())
+    }
+
+    /// Records the time to the first byte of the answer's body, once.
+    fn first_byte(&mut self) {
+        if let (Some(sent_at), Some(guard)) = (self.sent_at.take(), &self.guard) {
+            let took = sent_at.elapsed();
+            guard.0.note_first_byte(took);
+            if let Some((_, _, first_byte)) = guard.0.series.get() {
+                first_byte.observe(took.as_secs_f64());
+            }
+        }
+    }
+
     /// Gives up the in-flight place; the connection goes back to the pool when the whole
     /// answer was read, and is closed otherwise.
     fn finish(&mut self, read_to_end: bool) {
@@ -145,51 +197,72 @@ impl hyper::body::Body for Relay {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = self.get_mut();
-        let Some(guard) = &this.guard else {
+        if this.guard.is_none() {
             return Poll::Ready(None);
-        };
-        match this.answer.poll_data(cx) {
-            Poll::Ready(Some(Ok(data))) => {
-                this.armed = false;
-                Poll::Ready(Some(Ok(Frame::data(data))))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                tracing::warn!(node_id = %guard.0.node_id, error = %e, "model server failed mid-response");
-                this.finish(false);
-                Poll::Ready(Some(Err(e)))
-            }
-            Poll::Ready(None) => {
-                this.finish(true);
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                if !this.armed {
-                    let deadline = tokio::time::Instant::now() + this.idle;
-                    match &mut this.timer {
-                        Some(timer) => timer.as_mut().reset(deadline),
-                        None => this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+        loop {
+            match this.answer.poll_data(cx) {
+                Poll::Ready(Some(Ok(data))) => {
+                    this.armed = false;
+                    if !data.is_empty() {
+                        this.first_byte();
                     }
-                    this.armed = true;
+                    let data = match &mut this.meter {
+                        Some(meter) => meter.feed(data),
+                        None => data,
+                    };
+                    if data.is_empty() && this.meter.is_some() {
+                        // All of it held back or taken out by the meter: read on.
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                let timer = this.timer.as_mut().expect("armed above");
-                if timer.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::warn!(node_id = %this.node_id(), error = %e, "model server failed mid-response");
+                    this.finish(false);
+                    return Poll::Ready(Some(Err(e)));
                 }
-                tracing::warn!(node_id = %guard.0.node_id, "model server went silent mid-response");
-                this.finish(false);
-                Poll::Ready(Some(Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the model server sent nothing within the idle timeout",
-                ))))
+                Poll::Ready(None) => {
+                    this.first_byte();
+                    if let Some(held) = this.meter.as_mut().and_then(|m| m.finish()) {
+                        return Poll::Ready(Some(Ok(Frame::data(held))));
+                    }
+                    this.finish(true);
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => {
+                    if !this.armed {
+                        let deadline = tokio::time::Instant::now() + this.idle;
+                        match &mut this.timer {
+                            Some(timer) => timer.as_mut().reset(deadline),
+                            None => this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                        }
+                        this.armed = true;
+                    }
+                    let timer = this.timer.as_mut().expect("armed above");
+                    if timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    tracing::warn!(node_id = %this.node_id(), "model server went silent mid-response");
+                    this.finish(false);
+                    return Poll::Ready(Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the model server sent nothing within the idle timeout",
+                    ))));
+                }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.guard.is_none() || self.answer.is_end()
+        self.guard.is_none()
+            || (self.answer.is_end() && !self.meter.as_ref().is_some_and(|m| m.holds()))
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.meter.as_ref().is_some_and(|m| m.rewrites()) {
+            return SizeHint::default();
+        }
         self.answer
             .remaining()
             .map_or_else(SizeHint::default, SizeHint::with_exact)
@@ -200,7 +273,16 @@ impl hyper::body::Body for Relay {
 /// its body as it arrives.
 pub struct Forwarded {
     pub status: StatusCode,
+    /// The model server's headers, as they came.
     pub headers: HeaderMap,
+    /// [`NODE_HEADER`]'s value, the node that answered: written after `headers`, in place of
+    /// any of that name among them (the server writes it straight into the head, with no map
+    /// insertion on the request path).
+    pub node: axum::http::HeaderValue,
+    /// The deployment of the node that answered; empty for none.
+    pub deployment: Arc<str>,
+    /// The model's token histograms, for the answer's meter.
+    pub tokens: Option<Arc<super::meter::TokenSeries>>,
     pub body: Relay,
 }
 
@@ -209,9 +291,14 @@ impl Forwarded {
         let mut out = Response::new(Body::new(self.body));
         *out.status_mut() = self.status;
         *out.headers_mut() = self.headers;
+        out.headers_mut().insert(NODE_HEADER, self.node);
         out
     }
 }
+
+/// The header naming the node that served an answer.
+pub const NODE_HEADER: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("x-skylaunch-node");
 
 impl Proxy {
     pub fn new(
@@ -244,6 +331,45 @@ impl Proxy {
         }
     }
 
+    /// No node is ready for `model`: if its deployment may scale to zero, the request waits
+    /// (counted as demand) until a replica is ready or the cold-start timeout passes.
+    async fn wait_for_cold_start(
+        &self,
+        model: &str,
+        none: super::table::NoHealthyNodes,
+    ) -> Result<Arc<[Arc<Endpoint>]>, ProxyError> {
+        let Some(limits) = self.table.cold.limits(model) else {
+            return Err(ProxyError::NoHealthyNodes(none));
+        };
+        let _held = match self.table.cold.hold(model) {
+            None => return Err(ProxyError::NoHealthyNodes(none)),
+            Some(Err(super::cold::NotHeld::Full { max_held })) => {
+                return Err(ProxyError::ColdStartFull {
+                    model: model.to_string(),
+                    max_held,
+                })
+            }
+            Some(Ok(held)) => held,
+        };
+        let started = Instant::now();
+        tracing::info!(
+            model,
+            "no replica is ready: the request waits for a cold start"
+        );
+        loop {
+            if let Ok(endpoints) = self.table.endpoints(model) {
+                return Ok(endpoints);
+            }
+            if started.elapsed() >= limits.timeout {
+                return Err(ProxyError::ColdStartTimeout {
+                    model: model.to_string(),
+                    waited: started.elapsed(),
+                });
+            }
+            tokio::time::sleep(COLD_START_POLL).await;
+        }
+    }
+
     /// Uses a seeded random source from now on (tests).
     pub fn seed(&self, seed: u64) {
         self.rng.reseed(seed);
@@ -251,21 +377,41 @@ impl Proxy {
 
     /// Forwards `body` for `model` to `path` (its path and query, e.g.
     /// `/v1/chat/completions?x=1`) on a ready node, with `headers` (those
-    /// [`crate::http::headers::forwarded_request_header`] lets through).
+    /// [`crate::http::headers::forwarded_request_header`] lets through). `hints` are the
+    /// request's `X-` headers, which a routing policy may read (`session`).
     pub async fn forward(
         &self,
         model: &str,
         path: &str,
         headers: &[(&[u8], &[u8])],
+        hints: &[(&[u8], &[u8])],
         body: Bytes,
     ) -> Result<Forwarded, ProxyError> {
-        let endpoints = self
-            .table
-            .endpoints(model)
-            .map_err(ProxyError::NoHealthyNodes)?;
+        let (endpoints, route) = match self.table.endpoints_and_route(model) {
+            (Ok(endpoints), route) => (endpoints, route),
+            (Err(none), _) => {
+                let endpoints = self.wait_for_cold_start(model, none).await?;
+                (endpoints, self.table.endpoints_and_route(model).1)
+            }
+        };
         let mut tried: Vec<String> = Vec::new();
         loop {
-            let picked = choose(&endpoints, &tried, now_ms, &self.rng);
+            // The deployment's routing policy first (its preferred replica, when it has one
+            // that is usable), then load.
+            let preference = route.as_ref().map(|route| {
+                let usable = super::policy::usable(&endpoints, &tried, now_ms);
+                (route, route.prefer(&usable, hints, &body))
+            });
+            let picked = match &preference {
+                Some((_, p)) if p.endpoint.is_some() => p.endpoint.clone(),
+                _ => choose(&endpoints, &tried, now_ms, &self.rng),
+            };
+            if let (Some((route, p)), Some(endpoint)) = (&preference, &picked) {
+                if p.overloaded {
+                    tracing::debug!(model, node_id = %endpoint.node_id, "the replica holding the prompt's prefix is overloaded: load chose another");
+                }
+                route.learn(&p.blocks, endpoint);
+            }
             let Some(endpoint) = picked else {
                 // Every node refused the connection, or every ready node is ejected for now.
                 return Err(ProxyError::AllFailed {
@@ -323,7 +469,10 @@ impl Proxy {
                 }
                 Ok(Ok(sent)) => sent,
             };
-            let (ok, latency) = endpoint.series.get_or_init(|| {
+            endpoint
+                .token_series
+                .get_or_init(|| Arc::new(super::meter::TokenSeries::new(&self.metrics, model)));
+            let (ok, latency, _) = endpoint.series.get_or_init(|| {
                 (
                     self.metrics.counter(
                         "skylaunch_proxy_requests_total",
@@ -339,6 +488,11 @@ impl Proxy {
                         LATENCY_HELP,
                         &[("model", model)],
                     ),
+                    self.metrics.histogram(
+                        "skylaunch_proxy_first_byte_seconds",
+                        FIRST_BYTE_HELP,
+                        &[("model", model)],
+                    ),
                 )
             });
             latency.observe(started.elapsed().as_secs_f64());
@@ -346,29 +500,41 @@ impl Proxy {
             if status == StatusCode::OK {
                 ok.inc();
                 self.reset_failures(&endpoint);
-                return Ok(self.stream_back(answer_head, answer, guard));
+                return Ok(self.stream_back(answer_head, answer, guard, started));
             }
             if status.is_server_error() {
                 self.failed(&endpoint, model, status.as_str()).await;
             } else {
                 self.succeeded(&endpoint, model, status.as_str());
             }
-            return Ok(self.stream_back(answer_head, answer, guard));
+            return Ok(self.stream_back(answer_head, answer, guard, started));
         }
     }
 
     /// The upstream response, passed through as it arrives, with the model server's headers
     /// as they are (every value of a repeated one), less those of its connection.
-    fn stream_back(&self, head: Head, answer: Answer, guard: InFlight) -> Forwarded {
+    fn stream_back(
+        &self,
+        head: Head,
+        answer: Answer,
+        guard: InFlight,
+        sent_at: Instant,
+    ) -> Forwarded {
         Forwarded {
             status: head.status,
             headers: head.headers,
+            // Which replica answered, for clients and tests.
+            node: guard.0.node_header.clone(),
+            deployment: guard.0.deployment.clone(),
+            tokens: guard.0.token_series.get().cloned(),
             body: Relay {
                 answer,
                 idle: self.settings.idle_timeout,
                 timer: None,
                 armed: false,
                 guard: Some(guard),
+                sent_at: Some(sent_at),
+                meter: None,
             },
         }
     }

@@ -7,21 +7,47 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
+use super::route::{Route, RoutingPolicy};
 use super::upstream::{Pool, Target};
 use crate::fleet::node::Node;
 use crate::fleet::status::NodeStatus;
 use crate::metrics::{Counter, Histogram};
 
+/// A node's load as this process's load balancer sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EndpointLoad {
+    pub in_flight: usize,
+    /// Requests sent so far (a counter; it restarts when the node registers again).
+    pub started: u64,
+    /// Answers whose first body byte came so far, and the sum of the times it took them, in
+    /// microseconds (counters, restarting with `started`): the autoscaler's `ttft` over a
+    /// window is the difference of two readings.
+    pub answered: u64,
+    pub ttfb_total_us: u64,
+}
+
 /// One ready node as the balancer sees it.
 #[derive(Debug)]
 pub struct Endpoint {
     pub node_id: String,
+    /// The node id hashed: what a routing policy's index and hashing know it by.
+    pub route_key: u64,
+    /// `X-Skylaunch-Node` on every answer it gives: its node id.
+    pub node_header: axum::http::HeaderValue,
     pub node_name: String,
+    /// The deployment it is a replica of; empty outside any (usage is metered by it).
+    pub deployment: Arc<str>,
     /// Base URL of the model server, without a trailing slash.
     pub url: String,
     /// The latest health score (f64 bits); 1.0 until a heartbeat says otherwise.
     health: AtomicU64,
     pub in_flight: AtomicUsize,
+    /// Requests sent to it so far by this process (the autoscaler's `rps`).
+    pub started: AtomicU64,
+    /// Answers whose first body byte came, and the sum of the times it took (µs): the
+    /// autoscaler's `ttft`.
+    answered: AtomicU64,
+    ttfb_total_us: AtomicU64,
     /// Connection failures or 5xx answers in a row.
     pub failures: AtomicU32,
     /// Passive health: no traffic until this time (Unix ms); 0 when not ejected.
@@ -38,14 +64,17 @@ pub struct Endpoint {
     pub target: Result<Target, String>,
     /// Idle keep-alive connections to the model server.
     pub pool: Pool,
-    /// Its metric series for answers with status 200 and for upstream latency, looked up on
+    /// Its metric series for answers with status 200, upstream latency and time to the first
+    /// byte of the answer's body, looked up on
     /// the first request and kept (the proxy's `Metrics`).
-    pub series: std::sync::OnceLock<(Counter, Histogram)>,
+    pub series: std::sync::OnceLock<(Counter, Histogram, Histogram)>,
+    /// Its model's token histograms (see [`super::meter::TokenSeries`]), made on first use.
+    pub token_series: std::sync::OnceLock<Arc<super::meter::TokenSeries>>,
 }
 
 impl Endpoint {
     pub fn new(node_id: &str, node_name: &str, url: &str, health: f64) -> Endpoint {
-        Endpoint::registered(node_id, node_name, url, health, None, None)
+        Endpoint::registered(node_id, node_name, url, health, None, None, None)
     }
 
     fn registered(
@@ -55,14 +84,29 @@ impl Endpoint {
         health: f64,
         registered_at: Option<i64>,
         model_key: Option<&str>,
+        deployment: Option<&str>,
     ) -> Endpoint {
         let url = url.trim_end_matches('/');
+        let route_key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::hash::DefaultHasher::new();
+            node_id.hash(&mut h);
+            h.finish()
+        };
         Endpoint {
             node_id: node_id.to_string(),
+            route_key,
+            // A node id the header cannot carry (the registry issues UUIDs) shows as "invalid".
+            node_header: axum::http::HeaderValue::from_str(node_id)
+                .unwrap_or_else(|_| axum::http::HeaderValue::from_static("invalid")),
             node_name: node_name.to_string(),
+            deployment: Arc::from(deployment.unwrap_or_default()),
             url: url.to_string(),
             health: AtomicU64::new(health.to_bits()),
             in_flight: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
+            ttfb_total_us: AtomicU64::new(0),
             failures: AtomicU32::new(0),
             ejected_until: AtomicI64::new(0),
             ejections: AtomicU32::new(0),
@@ -71,6 +115,25 @@ impl Endpoint {
             target: Target::parse(url).map(|t| t.with_key(model_key)),
             pool: Pool::default(),
             series: std::sync::OnceLock::new(),
+            token_series: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Records how long an answer's first body byte took (two counter increments: the request
+    /// path neither locks nor allocates).
+    pub fn note_first_byte(&self, took: std::time::Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.ttfb_total_us.fetch_add(us, Ordering::Relaxed);
+        self.answered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What the autoscaler reads of this endpoint.
+    pub fn load(&self) -> EndpointLoad {
+        EndpointLoad {
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            started: self.started.load(Ordering::Relaxed),
+            answered: self.answered.load(Ordering::Relaxed),
+            ttfb_total_us: self.ttfb_total_us.load(Ordering::Relaxed),
         }
     }
 
@@ -129,7 +192,12 @@ struct Inner {
     /// Endpoints that stopped being routable, while requests in flight may still hold them: a
     /// draining node is terminated only once they finished (see [`RoutingTable::in_flight`]).
     retired: HashMap<String, std::sync::Weak<Endpoint>>,
+    /// Models whose deployment routes by another policy than `least_load`.
+    routes: HashMap<String, Arc<Route>>,
 }
+
+/// A model's routable endpoints, or why there are none.
+pub type Routable = Result<Arc<[Arc<Endpoint>]>, NoHealthyNodes>;
 
 #[derive(Default)]
 pub struct RoutingTable {
@@ -137,6 +205,8 @@ pub struct RoutingTable {
     /// Requests answered with a server error (or not forwarded for want of a node), by model,
     /// since this process started (see [`RoutingTable::note_failed_answer`]).
     failed_answers: std::sync::Mutex<HashMap<String, u64>>,
+    /// Models that may scale to zero, and the requests waiting for one of their replicas.
+    pub cold: super::cold::ColdStarts,
 }
 
 impl RoutingTable {
@@ -208,7 +278,8 @@ impl RoutingTable {
             Some((_, e))
                 if e.url == url
                     && e.registered_at == node.registered_at
-                    && e.model_key == node.model_key =>
+                    && e.model_key == node.model_key
+                    && *e.deployment == *node.deployment.as_deref().unwrap_or_default() =>
             {
                 e.set_health(health);
                 e
@@ -220,6 +291,7 @@ impl RoutingTable {
                 health,
                 node.registered_at,
                 node.model_key.as_deref(),
+                node.deployment.as_deref(),
             )),
         };
         let listed = inner.ready.remove(&node.model_name);
@@ -272,9 +344,65 @@ impl RoutingTable {
             .map_or(0, |e| e.in_flight.load(Ordering::SeqCst))
     }
 
+    /// The load this process sees on a routable node's model server; `None` for a node that
+    /// is not routable.
+    pub fn load(&self, node_id: &str) -> Option<EndpointLoad> {
+        let inner = self.inner.read().expect("routing lock is never poisoned");
+        inner.by_node.get(node_id).map(|(_, e)| e.load())
+    }
+
     /// The routable endpoints of a model, or why there are none.
     pub fn endpoints(&self, model: &str) -> Result<Arc<[Arc<Endpoint>]>, NoHealthyNodes> {
         let inner = self.inner.read().expect("routing lock is never poisoned");
+        Self::endpoints_in(&inner, model)
+    }
+
+    /// [`RoutingTable::endpoints`], and the model's route when its deployment has a policy
+    /// other than `least_load` (one lock for both).
+    pub fn endpoints_and_route(&self, model: &str) -> (Routable, Option<Arc<Route>>) {
+        let inner = self.inner.read().expect("routing lock is never poisoned");
+        (
+            Self::endpoints_in(&inner, model),
+            inner.routes.get(model).cloned(),
+        )
+    }
+
+    /// Sets the routing policy of each model with a deployment (the reconciler, every pass):
+    /// a model's route is kept, with what it learnt, while its policy stays the same.
+    pub fn set_routes(&self, wanted: &[(String, RoutingPolicy)]) {
+        let routed = || {
+            wanted
+                .iter()
+                .filter(|(_, p)| p.policy != super::route::RoutePolicyKind::LeastLoad)
+        };
+        let same = {
+            let inner = self.inner.read().expect("routing lock is never poisoned");
+            routed().count() == inner.routes.len()
+                && routed().all(|(model, policy)| {
+                    inner.routes.get(model).is_some_and(|r| &r.spec == policy)
+                })
+        };
+        if same {
+            return;
+        }
+        let mut inner = self.inner.write().expect("routing lock is never poisoned");
+        let mut routes = HashMap::new();
+        for (model, policy) in routed() {
+            match inner.routes.remove(model) {
+                Some(kept) if &kept.spec == policy => {
+                    routes.insert(model.clone(), kept);
+                }
+                _ => {
+                    if let Some(route) = Route::new(policy) {
+                        routes.insert(model.clone(), Arc::new(route));
+                    }
+                }
+            }
+        }
+        inner.routes = routes;
+    }
+
+    fn endpoints_in(inner: &Inner, model: &str) -> Routable {
         match inner.ready.get(model) {
             Some(endpoints) if !endpoints.is_empty() => Ok(endpoints.clone()),
             _ => {

@@ -6,6 +6,7 @@
 
 pub mod cloud_events;
 pub mod installation;
+pub mod notify;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -51,6 +52,17 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         8,
         "deployments",
         include_str!("../../migrations/0008_deployments.sql"),
+    ),
+    (9, "hosts", include_str!("../../migrations/0009_hosts.sql")),
+    (
+        10,
+        "deployment_scale",
+        include_str!("../../migrations/0010_deployment_scale.sql"),
+    ),
+    (
+        11,
+        "api_keys",
+        include_str!("../../migrations/0011_api_keys.sql"),
     ),
 ];
 

@@ -3,7 +3,7 @@
 // reaches serving, scales to 2, rolls out a new revision with the old and new replicas side by
 // side, and rolls back; a guarded launch waits until Approve is clicked; Delete asks first.
 'use strict';
-const { open, signIn, admin, check, main } = require('./lib.cjs');
+const { open, signIn, admin, check, main, checkPhoneWidth } = require('./lib.cjs');
 
 main(async () => {
   // The form's 422s are the point of its first steps; nothing else may log an error.
@@ -114,10 +114,7 @@ main(async () => {
   await ui.shot('after-delete');
 
   // A phone-sized screen: nothing overflows sideways.
-  await page.setViewportSize({ width: 390, height: 844 });
-  await page.waitForTimeout(300);
-  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
-  check(overflow <= 1, 'no sideways scrolling on a phone: ' + overflow + 'px');
+  await checkPhoneWidth(ui);
   await ui.shot('phone');
   await ui.close();
 });

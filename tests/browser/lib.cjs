@@ -64,6 +64,25 @@ async function admin(ui, method, route, body) {
 
 function check(condition, message) { if (!condition) throw new Error(message); }
 
+// On a phone-sized screen, nothing may overflow sideways; `ready` waits for what the view
+// redraws at that size first.
+async function checkPhoneWidth(ui, ready) {
+  await ui.page.setViewportSize({ width: 390, height: 844 });
+  if (ready) await ready();
+  await ui.page.waitForTimeout(300);
+  const overflow = await ui.page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+  check(overflow <= 1, 'no sideways scrolling on a phone: ' + overflow + 'px');
+}
+
+// How many places in the page a secret lingers in: the address, storage, the markup and every
+// field's value.
+function leaks(page, secret) {
+  return page.evaluate(s => [
+    location.href, JSON.stringify(Object.entries(localStorage)), JSON.stringify(Object.entries(sessionStorage)),
+    document.documentElement.outerHTML, ...[...document.querySelectorAll('input, textarea')].map(e => e.value),
+  ].filter(text => text.includes(s)).length, secret);
+}
+
 function main(scenario) {
   scenario().then(() => { console.log('ok'); }, async err => {
     console.error(err && err.stack || err);
@@ -78,4 +97,4 @@ function main(scenario) {
   });
 }
 
-module.exports = { open, signIn, admin, check, main };
+module.exports = { open, signIn, admin, check, main, checkPhoneWidth, leaks };

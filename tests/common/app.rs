@@ -115,6 +115,17 @@ impl TestApp {
         self.send(req).await
     }
 
+    /// `PUT` with the admin token and a JSON body.
+    pub async fn put_admin(&self, path: &str, body: &Value) -> Reply {
+        self.send(
+            self.client
+                .put(self.url(path))
+                .bearer_auth(super::ADMIN_TOKEN)
+                .json(body),
+        )
+        .await
+    }
+
     pub async fn delete(&self, path: &str, token: Option<&str>) -> Reply {
         let mut req = self.client.delete(self.url(path));
         if let Some(t) = token {

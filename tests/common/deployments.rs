@@ -120,3 +120,13 @@ impl TestApp {
         ChatLoad { stop, task }
     }
 }
+
+/// The node ids of a deployment's view, in its order.
+pub fn node_ids(d: &serde_json::Value) -> Vec<String> {
+    d["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node_id"].as_str().unwrap().to_string())
+        .collect()
+}

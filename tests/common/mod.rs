@@ -7,10 +7,10 @@ mod app;
 mod cloud;
 mod db;
 mod deployments;
-pub use deployments::ChatLoad;
+pub use deployments::{node_ids, ChatLoad};
 mod launches;
 mod nodes;
-mod sshd;
+pub mod sshd;
 
 pub use app::{metric_value, Reply, TestApp};
 pub use cloud::{moto, Moto};

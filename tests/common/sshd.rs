@@ -49,12 +49,50 @@ fn keygen(dir: &Path, name: &str) -> (String, String) {
     (private, public.trim().to_string())
 }
 
+/// The OpenSSH server: `SKYLAUNCH_TEST_SSHD`, else Debian's.
+fn server_bin() -> PathBuf {
+    PathBuf::from(std::env::var("SKYLAUNCH_TEST_SSHD").unwrap_or_else(|_| "/usr/sbin/sshd".into()))
+}
+
+/// Starts sshd in the foreground with the configuration in `dir`, logging there.
+fn spawn(bin: &Path, dir: &Path) -> Child {
+    Command::new(bin)
+        .arg("-D")
+        .arg("-f")
+        .arg(dir.join("sshd_config"))
+        .arg("-E")
+        .arg(dir.join("sshd.log"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sshd starts")
+}
+
+/// Waits (up to 5 s) for the server to accept connections on `port`; `false` if it exited.
+fn listening(child: &mut Child, port: u16) -> bool {
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// A fresh key pair no server knows: (private key, public key line).
+pub fn keygen_in_tempdir() -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    keygen(dir.path(), "stranger")
+}
+
 impl Sshd {
     /// Starts a server; `None` (skipped) outside CI when sshd or the test user is missing.
     pub fn start() -> Option<Sshd> {
-        let bin = PathBuf::from(
-            std::env::var("SKYLAUNCH_TEST_SSHD").unwrap_or_else(|_| "/usr/sbin/sshd".into()),
-        );
+        let bin = server_bin();
         if !bin.is_file() {
             return missing(&format!("the OpenSSH server ({})", bin.display()));
         }
@@ -87,37 +125,21 @@ impl Sshd {
                 dir = dir.path().display()
             );
             std::fs::write(dir.path().join("sshd_config"), config).unwrap();
-            let mut child = Command::new(&bin)
-                .arg("-D")
-                .arg("-f")
-                .arg(dir.path().join("sshd_config"))
-                .arg("-E")
-                .arg(dir.path().join("sshd.log"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("sshd starts");
-            for _ in 0..100 {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Some(Sshd {
-                        child,
-                        port,
-                        user: user.clone(),
-                        password: password.clone(),
-                        client_key: client_private,
-                        host_key: host_public
-                            .split_whitespace()
-                            .take(2)
-                            .collect::<Vec<_>>()
-                            .join(" "),
-                        dir,
-                    });
-                }
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+            let mut child = spawn(&bin, dir.path());
+            if listening(&mut child, port) {
+                return Some(Sshd {
+                    child,
+                    port,
+                    user: user.clone(),
+                    password: password.clone(),
+                    client_key: client_private,
+                    host_key: host_public
+                        .split_whitespace()
+                        .take(2)
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    dir,
+                });
             }
             let _ = child.kill();
             let _ = child.wait();
@@ -126,6 +148,27 @@ impl Sshd {
             "sshd did not start: {}",
             std::fs::read_to_string(dir.path().join("sshd.log")).unwrap_or_default()
         );
+    }
+
+    /// Stops the server (a host gone unreachable); [`resume`](Self::resume) brings it back.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again, on the same port with the same keys.
+    pub fn resume(&mut self) {
+        for _ in 0..100 {
+            self.child = spawn(&server_bin(), self.dir.path());
+            if listening(&mut self.child, self.port) {
+                return;
+            }
+            // The port may still be held for a moment after the old server went.
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("sshd did not start again: {}", self.log());
     }
 
     pub fn log(&self) -> String {

@@ -18,6 +18,24 @@ pub fn binaries() -> (PathBuf, PathBuf) {
     (skylaunch, agent)
 }
 
+/// A control plane whose local provider runs the built binaries (the real agent and echo model
+/// server), with the short lease and reconcile pass (200 ms) the deployment tests share, then
+/// `tweak`ed. `None` when the database is not available here (after a loud message).
+pub async fn local_app(
+    backend: crate::common::Backend,
+    tweak: impl FnOnce(&mut skylaunch::config::ServeConfig),
+) -> Option<crate::common::TestApp> {
+    let db = crate::common::TestDb::new(backend).await?;
+    let mut config = crate::common::test_config(&db);
+    let (skylaunch, agent) = binaries();
+    config.skylaunch_bin = Some(skylaunch);
+    config.agent_bin = Some(agent);
+    config.job_lease = std::time::Duration::from_secs(3);
+    config.reconcile_interval = std::time::Duration::from_millis(200);
+    tweak(&mut config);
+    Some(crate::common::TestApp::start(db, config).await)
+}
+
 pub struct FakeSky {
     pub state: tempfile::TempDir,
     pub bin: PathBuf,
@@ -119,4 +137,97 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A real `skylaunch serve` process on 127.0.0.1 with its output (at `RUST_LOG=debug`) in a
+/// file, for tests that check what it logs: the settings every such test needs, plus `envs`.
+pub struct DebugServer {
+    pub child: tokio::process::Child,
+    pub base: String,
+    pub output: PathBuf,
+    pub client: reqwest::Client,
+}
+
+impl DebugServer {
+    pub async fn start(data: &Path, envs: &[(&str, &str)]) -> DebugServer {
+        let port = free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let output = data.join("serve.log");
+        let log = std::fs::File::create(&output).unwrap();
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_skylaunch"));
+        cmd.arg("serve")
+            .env("SKYLAUNCH_LISTEN", format!("127.0.0.1:{port}"))
+            .env("SKYLAUNCH_DATA_DIR", data)
+            .env("SKYLAUNCH_ADMIN_TOKEN", crate::common::ADMIN_TOKEN)
+            .env("SKYLAUNCH_HEARTBEAT_INTERVAL", "1s")
+            // Stand-in machines run on this one: their model servers are on loopback.
+            .env("SKYLAUNCH_ALLOW_LOOPBACK_ENDPOINTS", "true")
+            .env("RUST_LOG", "debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true);
+        for (key, value) in envs {
+            cmd.env(key, value);
+        }
+        let server = DebugServer {
+            child: cmd.spawn().unwrap(),
+            base,
+            output,
+            client: reqwest::Client::new(),
+        };
+        for _ in 0..100 {
+            if server
+                .call(reqwest::Method::GET, "/healthz")
+                .send()
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        server
+    }
+
+    /// A request with the admin token.
+    pub fn call(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(crate::common::ADMIN_TOKEN)
+    }
+
+    /// GET `path` as text.
+    pub async fn text(&self, path: &str) -> String {
+        self.call(reqwest::Method::GET, path)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Polls GET `path` (up to about 90 s) until `done` holds for its JSON; returns it.
+    pub async fn wait(
+        &self,
+        path: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let mut last = serde_json::Value::Null;
+        for _ in 0..900 {
+            last = serde_json::from_str(&self.text(path).await).unwrap_or_default();
+            if done(&last) {
+                return last;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("{path} never got there: {last:#}");
+    }
+
+    /// Stops the process; returns everything it printed.
+    pub async fn stop(mut self) -> String {
+        self.child.start_kill().unwrap();
+        let _ = self.child.wait().await;
+        std::fs::read_to_string(&self.output).unwrap()
+    }
 }

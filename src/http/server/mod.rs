@@ -167,6 +167,8 @@ where
         // connection serves only what the application allows there, and it may turn a
         // forwarded request away on its head.
         let path = std::str::from_utf8(&head[request.path.clone()]).unwrap_or_default();
+        // Who sent a forwarded request, as the application told on its head.
+        let mut caller = None;
         let refused = match request.kind {
             RequestKind::Forward(route) => {
                 let forward = ForwardHead {
@@ -176,7 +178,13 @@ where
                     looped: request.looped,
                     restricted: handler.slot.restricted,
                 };
-                handler.dispatch.refuse_forward(&mut self.local, &forward)
+                match handler.dispatch.admit_forward(&mut self.local, &forward) {
+                    Ok(admitted) => {
+                        caller = Some(admitted);
+                        None
+                    }
+                    Err(refusal) => Some(*refusal),
+                }
             }
             RequestKind::Route(..) => handler.refused_here(path),
         };
@@ -208,6 +216,10 @@ where
         let body = self.buf.split_to(request.body_len).freeze();
         let written = match request.kind {
             RequestKind::Forward(route) => {
+                // Set above for every forwarded request that was not refused.
+                let Some(caller) = caller else {
+                    return false;
+                };
                 // The parser only hands out a path that is text.
                 let path = std::str::from_utf8(&head[request.path.clone()]).unwrap_or("/");
                 let headers: Vec<(&[u8], &[u8])> = request
@@ -215,16 +227,33 @@ where
                     .iter()
                     .map(|(name, value)| (&head[name.clone()], &head[value.clone()]))
                     .collect();
+                let hints: Vec<(&[u8], &[u8])> = request
+                    .hints
+                    .iter()
+                    .map(|(name, value)| (&head[name.clone()], &head[value.clone()]))
+                    .collect();
                 let forward = ForwardRequest {
                     route,
                     path,
                     headers: &headers,
+                    hints: &hints,
                     body,
                 };
-                match handler.dispatch.forward(&mut self.local, forward).await {
+                match handler
+                    .dispatch
+                    .forward(&mut self.local, caller, forward)
+                    .await
+                {
                     Ok(reply) => {
-                        self.send(reply.status, &reply.headers, reply.body, request.close)
-                            .await
+                        let extra = reply.extra.as_ref().map(|(n, v)| (n, v));
+                        self.send(
+                            reply.status,
+                            &reply.headers,
+                            extra,
+                            reply.body,
+                            request.close,
+                        )
+                        .await
                     }
                     Err(refusal) => self.send_response(refusal, request.close).await,
                 }

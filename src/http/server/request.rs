@@ -28,6 +28,8 @@ pub(super) struct ParsedHead {
     pub(super) looped: bool,
     /// For a forwarded request: the headers a model server gets (name, value).
     pub(super) forwarded: Vec<(Range<usize>, Range<usize>)>,
+    /// For a forwarded request: its `X-` headers, which a routing policy may read (`session`).
+    pub(super) hints: Vec<(Range<usize>, Range<usize>)>,
 }
 
 /// Who answers a request the server reads itself.
@@ -120,6 +122,7 @@ pub(super) fn parse<D: Dispatch>(buf: &[u8], dispatch: &D) -> Parsed {
         authorization: None,
         looped: false,
         forwarded: Vec::with_capacity(if forwarding { parsed.headers.len() } else { 0 }),
+        hints: Vec::new(),
     };
     let mut length = None;
     for line in parsed.headers.iter() {
@@ -148,8 +151,13 @@ pub(super) fn parse<D: Dispatch>(buf: &[u8], dispatch: &D) -> Parsed {
             request.authorization = Some(at(line.value));
         } else if is_hop_header(name) {
             request.looped = true;
-        } else if forwarded_request_header(name) {
-            request.forwarded.push((at(name), at(line.value)));
+        } else {
+            if forwarded_request_header(name) {
+                request.forwarded.push((at(name), at(line.value)));
+            }
+            if name.len() > 2 && name[..2].eq_ignore_ascii_case(b"x-") {
+                request.hints.push((at(name), at(line.value)));
+            }
         }
     }
     // A forwarded request without a length has no body: hyper answers that it needs one.

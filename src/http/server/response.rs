@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::body::Bytes;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::BytesMut;
 use http_body_util::BodyExt;
@@ -30,7 +30,8 @@ where
         close: bool,
     ) -> io::Result<()> {
         let (parts, body) = response.into_parts();
-        self.send(parts.status, &parts.headers, body, close).await
+        self.send(parts.status, &parts.headers, None, body, close)
+            .await
     }
 
     /// Writes an answer, its body as it comes: whatever is ready is gathered and written at
@@ -41,6 +42,7 @@ where
         &mut self,
         status: StatusCode,
         headers: &HeaderMap,
+        extra: Option<(&HeaderName, &HeaderValue)>,
         body: B,
         close: bool,
     ) -> io::Result<()>
@@ -50,7 +52,7 @@ where
     {
         let mut body = body;
         let framing = Framing::to_write(status, body.size_hint().exact(), headers);
-        write_head(&mut self.out, status, headers, framing, close);
+        write_head(&mut self.out, status, headers, extra, framing, close);
         if framing == Framing::None {
             return self.flush_out().await;
         }
@@ -137,12 +139,14 @@ where
     }
 }
 
-/// A response head: the status line, `headers` less any framing of their own, the framing
-/// used here, and `connection: close` when the connection ends after it.
+/// A response head: the status line, `headers` less any framing of their own (and less any
+/// named as `extra`), `extra`, the framing used here, and `connection: close` when the
+/// connection ends after it.
 fn write_head(
     out: &mut Vec<u8>,
     status: StatusCode,
     headers: &HeaderMap,
+    extra: Option<(&HeaderName, &HeaderValue)>,
     framing: Framing,
     close: bool,
 ) {
@@ -155,9 +159,16 @@ fn write_head(
         if name == header::CONTENT_LENGTH
             || name == header::TRANSFER_ENCODING
             || name == header::CONNECTION
+            || extra.is_some_and(|(extra, _)| name == extra)
         {
             continue;
         }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some((name, value)) = extra {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());

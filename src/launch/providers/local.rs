@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 use super::{BoxFuture, LaunchProvider, RequestChecks};
-use crate::launch::catalog::Gpu;
+use crate::catalog::Gpu;
 use crate::launch::failure::{ErrorCode, LaunchError};
 use crate::launch::job::Job;
 use crate::launch::run::{JobLog, JobRun};
@@ -33,30 +33,21 @@ impl RequestChecks for LocalRequests {
         false
     }
 
+    fn templates(&self) -> &'static [&'static str] {
+        &["vllm", "echo"]
+    }
+
     fn cloud(
         &self,
         asked: Option<&str>,
         _gpu: Option<&'static Gpu>,
         _gpu_count: u32,
     ) -> Result<Option<String>, SpecError> {
-        match asked {
-            None => Ok(None),
-            Some(_) => Err(SpecError::invalid(
-                "cloud",
-                "the local provider runs on this machine; leave cloud unset",
-            )),
-        }
+        super::no_cloud(asked, "the local provider runs on this machine")
     }
 
     fn regions(&self, asked: &[String], _cloud: Option<&str>) -> Result<Vec<String>, SpecError> {
-        match asked {
-            [] => Ok(Vec::new()),
-            [only] if only == "local" => Ok(Vec::new()),
-            _ => Err(SpecError::invalid(
-                "regions",
-                "the local provider runs on this machine; leave regions empty",
-            )),
-        }
+        super::no_regions(asked, &["local"], "the local provider runs on this machine")
     }
 }
 
@@ -158,7 +149,10 @@ impl LocalProvider {
         let mut echo = Command::new(&self.skylaunch_bin);
         // Not the control plane's environment (admin token, API keys, database URL): only
         // what the model server needs.
+        // The launch's envs are the model server's, as on a VM (the echo server reads
+        // ECHO_DELAY_MS and ECHO_DELAY_PER_REQUEST_MS from them).
         echo.env_clear()
+            .envs(&job.spec.envs)
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env(LAUNCH_MARK, &job.id)
             .env("SKYLAUNCH_MODEL_SERVER_KEY", run.model_key())

@@ -15,16 +15,17 @@ pub mod local;
 pub mod placement;
 pub mod registry;
 pub mod skypilot;
+pub mod ssh;
 
 use std::future::Future;
 use std::pin::Pin;
 
-use super::catalog::Gpu;
 use super::failure::LaunchError;
 use super::job::Job;
 use super::run::JobRun;
 use super::spec::{LaunchSpec, SpecError};
 use super::template::{NodeIdentity, Template};
+use crate::catalog::Gpu;
 
 pub use registry::{Provider, Providers};
 
@@ -44,6 +45,23 @@ pub trait RequestChecks: Sync {
         true
     }
 
+    /// Whether GPU counts are those of the clouds' machine shapes (an owned host has whatever
+    /// it has).
+    fn machines_have_fixed_shapes(&self) -> bool {
+        true
+    }
+
+    /// The templates this provider can run (`echo` needs the skylaunch binary beside the
+    /// agent, which only the local and SSH providers put there).
+    fn templates(&self) -> &'static [&'static str] {
+        &["vllm"]
+    }
+
+    /// Whether a launch's `labels` choose among this provider's machines (SSH hosts).
+    fn selects_hosts(&self) -> bool {
+        false
+    }
+
     /// The cloud the launch runs on (`None`: any the provider picks), from the one asked for,
     /// checked against the GPU and its count.
     fn cloud(
@@ -57,6 +75,30 @@ pub trait RequestChecks: Sync {
     /// `cloud`, or of any cloud skylaunch knows when none is set.
     fn regions(&self, asked: &[String], cloud: Option<&str>) -> Result<Vec<String>, SpecError> {
         super::spec::check_regions(asked, cloud)
+    }
+}
+
+/// `cloud` for a provider whose machines no cloud chooses (this machine, owned hosts): none may
+/// be asked for; `why` says where the machine is instead.
+pub fn no_cloud(asked: Option<&str>, why: &str) -> Result<Option<String>, SpecError> {
+    match asked {
+        None => Ok(None),
+        Some(_) => Err(SpecError::invalid(
+            "cloud",
+            format!("{why}; leave cloud unset"),
+        )),
+    }
+}
+
+/// `regions` for such a provider: none, or only the names in `allowed` (which mean nothing more).
+pub fn no_regions(asked: &[String], allowed: &[&str], why: &str) -> Result<Vec<String>, SpecError> {
+    if asked.iter().all(|r| allowed.contains(&r.as_str())) {
+        Ok(Vec::new())
+    } else {
+        Err(SpecError::invalid(
+            "regions",
+            format!("{why}; leave regions empty"),
+        ))
     }
 }
 

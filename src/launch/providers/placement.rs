@@ -2,7 +2,7 @@
 //! provider that launches on one cloud from its machine table, the markets to try in order, how
 //! a market reads in a log line, and the error when every placement was refused for capacity.
 
-use crate::launch::catalog::{self, Gpu, MachineTable};
+use crate::catalog::{self, Gpu, MachineTable};
 use crate::launch::failure::{ErrorCode, LaunchError};
 use crate::launch::providers::RequestChecks;
 use crate::launch::spec::{LaunchSpec, SpecError};

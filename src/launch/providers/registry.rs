@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{aws, azure, local, skypilot, LaunchProvider, RenderedTask, RequestChecks};
+use super::{aws, azure, local, skypilot, ssh, LaunchProvider, RenderedTask, RequestChecks};
 use crate::launch::job::Job;
 use crate::launch::template::{NodeIdentity, Template};
 
@@ -19,15 +19,17 @@ pub enum Provider {
     Aws,
     Azure,
     Local,
+    Ssh,
 }
 
 impl Provider {
     /// Every kind, in the order error messages and suggestions list them.
-    pub const ALL: [Provider; 4] = [
+    pub const ALL: [Provider; 5] = [
         Provider::Skypilot,
         Provider::Aws,
         Provider::Azure,
         Provider::Local,
+        Provider::Ssh,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +61,7 @@ impl Provider {
                 ..Kind::new("azure", &azure::REQUESTS)
             },
             Provider::Local => Kind::new("local", &local::LocalRequests),
+            Provider::Ssh => Kind::new("ssh", &ssh::SshRequests),
         }
     }
 }

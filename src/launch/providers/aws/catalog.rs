@@ -56,7 +56,7 @@ pub fn parse_ami_choice(s: &str) -> Result<AmiChoice, String> {
         }
         match region {
             Some(region) => {
-                if !crate::launch::catalog::regions("aws").contains(&region.as_str()) {
+                if !crate::catalog::regions("aws").contains(&region.as_str()) {
                     return Err(format!("{region:?} is not an AWS region skylaunch knows"));
                 }
                 choice.by_region.insert(region, ami.to_string());
@@ -87,7 +87,7 @@ mod tests {
     use super::*;
 
     fn instance_type(gpu: &str, count: u32) -> Result<&'static str, Vec<u32>> {
-        crate::launch::catalog::machine_for(INSTANCE_TYPES, gpu, count)
+        crate::catalog::machine_for(INSTANCE_TYPES, gpu, count)
     }
 
     #[test]
@@ -108,7 +108,7 @@ mod tests {
     #[test]
     fn every_row_names_a_catalogue_gpu() {
         for (gpu, count, _) in INSTANCE_TYPES {
-            let known = crate::launch::catalog::gpu(gpu).expect("catalogue GPU");
+            let known = crate::catalog::gpu(gpu).expect("catalogue GPU");
             assert!(known.clouds.contains(&"aws"), "{gpu}");
             assert!(known.counts.contains(count), "{gpu} × {count}");
         }

@@ -25,7 +25,7 @@ impl CloudInventory for AwsInventory {
     fn list(&self) -> BoxFuture<'_, Inventory> {
         Box::pin(async move {
             let mut inventory = Inventory::default();
-            for region in crate::launch::catalog::regions("aws") {
+            for region in crate::catalog::regions("aws") {
                 match self.list_region(region).await {
                     Ok(mut found) => inventory.instances.append(&mut found),
                     Err(e) => {

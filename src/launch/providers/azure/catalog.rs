@@ -21,7 +21,7 @@ mod tests {
     use super::*;
 
     fn vm_size(gpu: &str, count: u32) -> Result<&'static str, Vec<u32>> {
-        crate::launch::catalog::machine_for(VM_SIZES, gpu, count)
+        crate::catalog::machine_for(VM_SIZES, gpu, count)
     }
 
     #[test]
@@ -35,7 +35,7 @@ mod tests {
     #[test]
     fn every_row_names_a_catalogue_gpu_offered_on_azure() {
         for (gpu, _, _) in VM_SIZES {
-            let known = crate::launch::catalog::gpu(gpu).expect("catalogue GPU");
+            let known = crate::catalog::gpu(gpu).expect("catalogue GPU");
             assert!(known.clouds.contains(&"azure"), "{gpu}");
         }
     }

@@ -111,7 +111,7 @@ pub fn parse_subnet(s: &str) -> Result<(String, String), String> {
     };
     let region = region.trim().to_ascii_lowercase();
     let id = id.trim();
-    if !crate::launch::catalog::regions("azure").contains(&region.as_str()) {
+    if !crate::catalog::regions("azure").contains(&region.as_str()) {
         return Err(format!("{region:?} is not an Azure region skylaunch knows"));
     }
     let lower = id.to_ascii_lowercase();

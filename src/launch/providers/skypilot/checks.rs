@@ -1,7 +1,7 @@
 //! What a SkyPilot launch request may ask for: any cloud skylaunch knows (or none, leaving the
 //! choice to SkyPilot's optimizer), as long as that cloud offers the GPU.
 
-use crate::launch::catalog::{self, Gpu};
+use crate::catalog::{self, Gpu};
 use crate::launch::failure::ErrorCode;
 use crate::launch::providers::RequestChecks;
 use crate::launch::spec::SpecError;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::launch::catalog;
+use crate::catalog;
 use crate::launch::providers::RenderedTask;
 use crate::launch::spec::{LaunchSpec, SECRET_SHOWN};
 use crate::launch::template::{node_env, NodeIdentity, Template};

@@ -111,6 +111,30 @@ pub fn is_swap_back(kind: ActionKind, drift: Drift) -> bool {
     kind == ActionKind::ReplaceReplica && drift == Drift::MissingReplica
 }
 
+/// `scale_up` when the deployment's latest scale decision added the slot a launch fills.
+fn scaled_up(d: &Deployment, slot: i64) -> Option<Drift> {
+    d.last_scale
+        .as_ref()
+        .filter(|s| s.added(slot))
+        .map(|_| Drift::ScaleUp)
+}
+
+/// `scale_down` when its latest decision left the slot a replica is retired from outside the
+/// count.
+fn scaled_down(d: &Deployment, slot: i64) -> Option<Drift> {
+    d.last_scale
+        .as_ref()
+        .filter(|s| s.removed(slot))
+        .map(|_| Drift::ScaleDown)
+}
+
+fn scale_reason(d: &Deployment) -> String {
+    d.last_scale
+        .as_ref()
+        .map(|s| format!("autoscale: {}", s.reason))
+        .unwrap_or_default()
+}
+
 fn is_capacity(code: ErrorCode) -> bool {
     matches!(
         code,
@@ -187,18 +211,21 @@ pub fn plan(o: &Observation<'_>) -> Plan {
         let drift = if r.spot_notice {
             Drift::SpotInterruption
         } else if r.slot >= desired {
-            Drift::ExcessReplica
+            scaled_down(d, r.slot).unwrap_or(Drift::ExcessReplica)
         } else if !r.current {
             Drift::OutdatedRevision
         } else {
             Drift::ExcessReplica
         };
-        out.push(node_action(
-            ActionKind::TerminateReplica,
-            drift,
-            r,
-            "drained: no request in flight any more".to_string(),
-        ));
+        let why = if drift == Drift::ScaleDown {
+            format!(
+                "drained: no request in flight any more ({})",
+                scale_reason(d)
+            )
+        } else {
+            "drained: no request in flight any more".to_string()
+        };
+        out.push(node_action(ActionKind::TerminateReplica, drift, r, why));
     }
     // Excess slots.
     for r in o
@@ -211,7 +238,13 @@ pub fn plan(o: &Observation<'_>) -> Plan {
         } else {
             format!("slot {} is past the {} replicas wanted", r.slot, desired)
         };
-        out.push(retire(r, Drift::ExcessReplica, &why));
+        match scaled_down(d, r.slot).filter(|_| !d.deleting) {
+            Some(drift) => {
+                let why = format!("{why} ({})", scale_reason(d));
+                out.push(retire(r, drift, &why));
+            }
+            None => out.push(retire(r, Drift::ExcessReplica, &why)),
+        }
     }
 
     let active_total = |extra: i64| -> i64 {
@@ -346,6 +379,13 @@ pub fn plan(o: &Observation<'_>) -> Plan {
                     "runs revision {}, not {rev}: launching its replacement",
                     r.revision
                 ),
+            )
+        } else if let Some(drift) = scaled_up(d, slot) {
+            (
+                ActionKind::LaunchReplica,
+                drift,
+                None,
+                format!("slot {slot} has no replica ({})", scale_reason(d)),
             )
         } else {
             (
@@ -516,403 +556,4 @@ fn dead_reason(r: &ReplicaState) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::deploy::spec::DeploymentRequest;
-
-    fn deployment(replicas: u32) -> Deployment {
-        let spec: DeploymentRequest = serde_json::from_value(serde_json::json!({
-            "name": "chat", "model": "m/m", "provider": "local", "replicas": replicas
-        }))
-        .unwrap();
-        Deployment {
-            name: "chat".into(),
-            uid: "uid".into(),
-            revision: 1,
-            spec,
-            status: DeploymentStatus::Converging,
-            reason: None,
-            unsatisfiable_until: None,
-            failures: 0,
-            last_failure_at: None,
-            deleting: false,
-            created_at: 0,
-            updated_at: 0,
-        }
-    }
-
-    fn replica(id: &str, slot: i64, status: NodeStatus) -> ReplicaState {
-        ReplicaState {
-            node_id: id.into(),
-            status,
-            revision: 1,
-            slot,
-            created_at: 1,
-            market: Market::OnDemand,
-            current: true,
-            dead: false,
-            spot_notice: false,
-            drained: false,
-            launch_succeeded: status == NodeStatus::Ready,
-            launch_failed: None,
-        }
-    }
-
-    fn run(d: &Deployment, replicas: &[ReplicaState]) -> Plan {
-        plan(&Observation {
-            deployment: d,
-            replicas,
-            hourly_usd: 0.0,
-            now: 10,
-            spot_trial_due: false,
-        })
-    }
-
-    fn kinds(p: &Plan) -> Vec<(ActionKind, Drift, Option<String>)> {
-        p.actions
-            .iter()
-            .map(|a| (a.kind, a.drift, a.node_id.clone()))
-            .collect()
-    }
-
-    #[test]
-    fn a_new_deployment_launches_every_slot_and_the_plan_is_stable() {
-        let d = deployment(2);
-        let p = run(&d, &[]);
-        assert_eq!(p.actions.len(), 2);
-        assert!(p.actions.iter().all(|a| a.kind == ActionKind::LaunchReplica
-            && a.drift == Drift::MissingReplica
-            && a.risk == Risk::Low
-            && !a.blocked));
-        assert_eq!(p, run(&d, &[]), "the same drift gives the same actions");
-        assert_ne!(p.actions[0].id, p.actions[1].id);
-        assert_eq!(p.status, DeploymentStatus::Converging);
-    }
-
-    #[test]
-    fn a_converged_deployment_plans_nothing_and_is_serving() {
-        let d = deployment(2);
-        let p = run(
-            &d,
-            &[
-                replica("a", 0, NodeStatus::Ready),
-                replica("b", 1, NodeStatus::Ready),
-            ],
-        );
-        assert!(p.actions.is_empty());
-        assert_eq!(p.status, DeploymentStatus::Serving);
-        assert_eq!(p.ready, 2);
-    }
-
-    #[test]
-    fn a_dead_replica_is_replaced_then_terminated() {
-        let d = deployment(2);
-        let mut dead = replica("b", 1, NodeStatus::Offline);
-        dead.dead = true;
-        let p = run(&d, &[replica("a", 0, NodeStatus::Ready), dead.clone()]);
-        assert_eq!(
-            kinds(&p),
-            vec![(
-                ActionKind::ReplaceReplica,
-                Drift::UnhealthyReplica,
-                Some("b".into())
-            )]
-        );
-        assert_eq!(p.status, DeploymentStatus::Degraded);
-        // Its replacement launching: the dead one is terminated.
-        let mut new = replica("c", 1, NodeStatus::Launching);
-        new.created_at = 5;
-        let p2 = run(&d, &[replica("a", 0, NodeStatus::Ready), dead.clone(), new]);
-        assert_eq!(
-            kinds(&p2),
-            vec![(
-                ActionKind::TerminateReplica,
-                Drift::UnhealthyReplica,
-                Some("b".into())
-            )]
-        );
-        // The replacement failed: the next one has another id.
-        let mut failed = replica("c", 1, NodeStatus::Terminated);
-        failed.launch_failed = Some(ErrorCode::SetupFailed);
-        let p3 = run(&d, &[replica("a", 0, NodeStatus::Ready), dead, failed]);
-        assert_eq!(p3.actions[0].kind, ActionKind::ReplaceReplica);
-        assert_ne!(p3.actions[0].id, p.actions[0].id);
-    }
-
-    #[test]
-    fn scaling_down_drains_ready_excess_and_terminates_the_rest() {
-        let d = deployment(1);
-        let mut drained = replica("c", 2, NodeStatus::Draining);
-        drained.drained = true;
-        let p = run(
-            &d,
-            &[
-                replica("a", 0, NodeStatus::Ready),
-                replica("b", 1, NodeStatus::Ready),
-                drained,
-                replica("e", 3, NodeStatus::Launching),
-            ],
-        );
-        let mut got = kinds(&p);
-        got.sort_by_key(|k| k.2.clone());
-        assert_eq!(
-            got,
-            vec![
-                (
-                    ActionKind::DrainReplica,
-                    Drift::ExcessReplica,
-                    Some("b".into())
-                ),
-                (
-                    ActionKind::TerminateReplica,
-                    Drift::ExcessReplica,
-                    Some("c".into())
-                ),
-                (
-                    ActionKind::TerminateReplica,
-                    Drift::ExcessReplica,
-                    Some("e".into())
-                ),
-            ]
-        );
-    }
-
-    #[test]
-    fn a_rolling_update_surges_one_at_a_time_and_drains_old_when_new_is_ready() {
-        let mut d = deployment(2);
-        d.revision = 2;
-        let old = |id: &str, slot| ReplicaState {
-            current: false,
-            ..replica(id, slot, NodeStatus::Ready)
-        };
-        let p = run(&d, &[old("a", 0), old("b", 1)]);
-        assert_eq!(
-            kinds(&p),
-            vec![(
-                ActionKind::ReplaceReplica,
-                Drift::OutdatedRevision,
-                Some("a".into())
-            )]
-        );
-        // The new one launching: nothing more (max_surge 1).
-        let mut new = replica("c", 0, NodeStatus::Registered);
-        new.revision = 2;
-        new.created_at = 5;
-        let p = run(&d, &[old("a", 0), old("b", 1), new.clone()]);
-        assert!(p.actions.is_empty(), "{:?}", p.actions);
-        // Ready: the old one of its slot drains.
-        new.status = NodeStatus::Ready;
-        let p = run(&d, &[old("a", 0), old("b", 1), new.clone()]);
-        assert_eq!(
-            kinds(&p),
-            vec![(
-                ActionKind::DrainReplica,
-                Drift::OutdatedRevision,
-                Some("a".into())
-            )]
-        );
-        // Drained: the next slot is replaced (the budget is back).
-        let mut a = old("a", 0);
-        a.status = NodeStatus::Draining;
-        let p = run(&d, &[a, old("b", 1), new]);
-        assert_eq!(
-            kinds(&p),
-            vec![(
-                ActionKind::ReplaceReplica,
-                Drift::OutdatedRevision,
-                Some("b".into())
-            )]
-        );
-        assert_eq!(p.status, DeploymentStatus::Converging);
-    }
-
-    #[test]
-    fn max_unavailable_without_surge_drains_first() {
-        let mut d = deployment(2);
-        d.revision = 2;
-        d.spec.update.max_surge = 0;
-        d.spec.update.max_unavailable = 1;
-        let old = |id: &str, slot| ReplicaState {
-            current: false,
-            ..replica(id, slot, NodeStatus::Ready)
-        };
-        let p = run(&d, &[old("a", 0), old("b", 1)]);
-        assert_eq!(
-            kinds(&p),
-            vec![(
-                ActionKind::DrainReplica,
-                Drift::OutdatedRevision,
-                Some("a".into())
-            )]
-        );
-    }
-
-    #[test]
-    fn a_spot_notice_gets_its_replacement_while_the_node_drains() {
-        let mut d = deployment(1);
-        d.spec.spot.use_spot = true;
-        let mut doomed = replica("a", 0, NodeStatus::Draining);
-        doomed.spot_notice = true;
-        doomed.market = Market::Spot;
-        let p = run(&d, &[doomed.clone()]);
-        assert_eq!(
-            kinds(&p),
-            vec![(
-                ActionKind::ReplaceReplica,
-                Drift::SpotInterruption,
-                Some("a".into())
-            )]
-        );
-        assert_eq!(p.actions[0].market, Some(Market::Spot));
-        doomed.drained = true;
-        let mut new = replica("b", 0, NodeStatus::Ready);
-        new.created_at = 5;
-        let p = run(&d, &[doomed, new]);
-        assert_eq!(
-            kinds(&p),
-            vec![(
-                ActionKind::TerminateReplica,
-                Drift::SpotInterruption,
-                Some("a".into())
-            )]
-        );
-    }
-
-    #[test]
-    fn back_off_blocks_launches_but_keeps_them_planned() {
-        let mut d = deployment(1);
-        d.unsatisfiable_until = Some(100);
-        d.reason = Some("no capacity".into());
-        let p = run(&d, &[]);
-        assert!(p.actions[0].blocked);
-        assert_eq!(p.status, DeploymentStatus::Unsatisfiable);
-        d.unsatisfiable_until = Some(5);
-        assert!(!run(&d, &[]).actions[0].blocked, "the back-off ended");
-    }
-
-    #[test]
-    fn a_guarded_on_demand_fallback_is_planned_beside_spot_retries_with_a_stable_id() {
-        let mut d = deployment(1);
-        d.spec.spot.use_spot = true;
-        d.spec.spot.fallback = Some("on_demand".into());
-        d.spec.approval.guarded = vec!["on_demand_fallback".into()];
-        let mut failed = replica("a", 0, NodeStatus::Terminated);
-        failed.market = Market::Spot;
-        failed.launch_failed = Some(ErrorCode::SpotCapacityUnavailable);
-        let p = run(&d, &[failed.clone()]);
-        let fallback: Vec<_> = p
-            .actions
-            .iter()
-            .filter(|a| a.risk == Risk::Guarded)
-            .collect();
-        assert_eq!(fallback.len(), 1);
-        assert_eq!(fallback[0].market, Some(Market::OnDemand));
-        // A spot retry fails too: the same fallback.
-        let mut again = failed.clone();
-        again.node_id = "b".into();
-        let p2 = run(&d, &[failed.clone(), again]);
-        let fallback2: Vec<_> = p2
-            .actions
-            .iter()
-            .filter(|a| a.risk == Risk::Guarded)
-            .collect();
-        assert_eq!(fallback2[0].id, fallback[0].id);
-        // A spot retry got ready: no fallback any more.
-        let mut ok = replica("c", 0, NodeStatus::Ready);
-        ok.market = Market::Spot;
-        let p3 = run(&d, &[failed, ok]);
-        assert!(p3.actions.is_empty());
-    }
-
-    #[test]
-    fn an_on_demand_fallback_is_tried_on_spot_again_once_settled_and_due() {
-        let mut d = deployment(2);
-        d.spec.spot.use_spot = true;
-        d.spec.spot.fallback = Some("on_demand".into());
-        let mut od = replica("a", 0, NodeStatus::Ready);
-        od.market = Market::OnDemand;
-        let mut spot = replica("b", 1, NodeStatus::Ready);
-        spot.market = Market::Spot;
-        let due = |replicas: &[ReplicaState]| {
-            plan(&Observation {
-                deployment: &d,
-                replicas,
-                hourly_usd: 0.0,
-                now: 10,
-                spot_trial_due: true,
-            })
-        };
-        let p = due(&[od.clone(), spot.clone()]);
-        assert_eq!(
-            kinds(&p),
-            vec![(
-                ActionKind::ReplaceReplica,
-                Drift::MissingReplica,
-                Some("a".into())
-            )]
-        );
-        assert_eq!(p.actions[0].market, Some(Market::Spot));
-        assert!(is_swap_back(p.actions[0].kind, p.actions[0].drift));
-        assert!(
-            run(&d, &[od.clone(), spot.clone()]).actions.is_empty(),
-            "not due"
-        );
-        // The spot try is launching: nothing more. Ready: the on-demand one drains.
-        let mut trial = replica("c", 0, NodeStatus::Launching);
-        trial.market = Market::Spot;
-        trial.created_at = 5;
-        assert!(due(&[od.clone(), spot.clone(), trial.clone()])
-            .actions
-            .is_empty());
-        trial.status = NodeStatus::Ready;
-        let p = due(&[od, spot, trial]);
-        assert_eq!(
-            kinds(&p),
-            vec![(
-                ActionKind::DrainReplica,
-                Drift::ExcessReplica,
-                Some("a".into())
-            )]
-        );
-    }
-
-    #[test]
-    fn a_cost_cap_guards_the_launch_that_would_pass_it() {
-        let mut d = deployment(2);
-        d.spec.provider = "skypilot".into();
-        d.spec.gpu = Some("L4".into());
-        d.spec.approval.max_hourly_usd = Some(1.0);
-        let p = run(&d, &[]);
-        assert_eq!(p.actions[0].risk, Risk::Low);
-        assert_eq!(p.actions[1].risk, Risk::Guarded, "{}", p.actions[1].reason);
-    }
-
-    #[test]
-    fn a_deleted_deployment_retires_everything() {
-        let mut d = deployment(2);
-        d.deleting = true;
-        let p = run(
-            &d,
-            &[
-                replica("a", 0, NodeStatus::Ready),
-                replica("b", 1, NodeStatus::Launching),
-            ],
-        );
-        assert_eq!(
-            kinds(&p),
-            vec![
-                (
-                    ActionKind::DrainReplica,
-                    Drift::ExcessReplica,
-                    Some("a".into())
-                ),
-                (
-                    ActionKind::TerminateReplica,
-                    Drift::ExcessReplica,
-                    Some("b".into())
-                ),
-            ]
-        );
-        assert_eq!(p.status, DeploymentStatus::Deleting);
-    }
-}
+mod tests;

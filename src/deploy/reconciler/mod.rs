@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
-use super::model::{Action, ActionKind, ActionState, Deployment, DeploymentStatus, Risk};
+use super::model::{Action, ActionKind, ActionState, Deployment, DeploymentStatus, Drift, Risk};
 use super::plan::{self, Observation, Plan, Planned, ReplicaState};
 use super::spec::{DeploymentRequest, Market};
 use crate::clock::now_ms;
@@ -33,6 +33,9 @@ use crate::launch::{operations, LaunchOpError};
 use crate::metrics::{Counter, Histogram, Metrics};
 use crate::routing::RoutingTable;
 use crate::store::{Store, StoreError};
+
+mod replicas;
+mod scaling;
 
 /// Launch failures of one revision in a row (other than capacity) that stop its rollout.
 pub const ROLLOUT_FAILURE_LIMIT: i64 = 3;
@@ -63,6 +66,11 @@ pub struct ReconcilerSettings {
     pub action_lease: Duration,
     /// Least time between two tries to move an on-demand fallback replica back to spot.
     pub spot_swap_back_every: Duration,
+    /// A ready replica whose agent has not reported for this long makes the autoscaler's
+    /// signal stale (no scale-down on it).
+    pub stale_report: Duration,
+    /// Most requests that may wait for one deployment's cold start (per process).
+    pub cold_start_max_held: usize,
 }
 
 impl Default for ReconcilerSettings {
@@ -74,6 +82,8 @@ impl Default for ReconcilerSettings {
             backoff: Duration::from_secs(30),
             action_lease: Duration::from_secs(15 * 60),
             spot_swap_back_every: Duration::from_secs(10 * 60),
+            stale_report: Duration::from_secs(30),
+            cold_start_max_held: 100,
         }
     }
 }
@@ -113,6 +123,9 @@ pub struct Reconciler {
     failed_before: Mutex<HashMap<String, u64>>,
     /// When this process last tried each deployment's on-demand fallback on spot again.
     spot_trials: Mutex<HashMap<String, i64>>,
+    /// The autoscaler's memory per deployment uid: how long the metric has been out of band,
+    /// and the request counts it takes `rps` from.
+    scaling: Mutex<HashMap<String, scaling::ScaleMemory>>,
     writes: Counter,
     ticks: Histogram,
 }
@@ -156,6 +169,7 @@ impl Reconciler {
             gauges: Mutex::default(),
             failed_before: Mutex::default(),
             spot_trials: Mutex::default(),
+            scaling: Mutex::default(),
             writes: metrics.counter(WRITES, WRITES_HELP, &[]),
             ticks: metrics.histogram(TICK, TICK_HELP, &[]),
             metrics,
@@ -182,6 +196,7 @@ impl Reconciler {
                 tracing::warn!(error = %e, "reconciling deployments failed; trying again at the next tick");
             }
             tokio::select! {
+                _ = self.table.cold.demand.notified() => {}
                 _ = self.wake.notified() => {
                     // Let a burst of changes settle into one tick.
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -200,6 +215,29 @@ impl Reconciler {
         // After the reads: what this pass stores is never dated before what it read.
         let now = now_ms();
         self.track_since(&nodes, now);
+        // Models whose deployment may scale to zero: their requests wait for a cold start.
+        let cold: Vec<_> = deployments
+            .iter()
+            .filter(|d| !d.deleting)
+            .filter_map(|d| {
+                let policy = d.spec.autoscale.as_ref().filter(|a| a.min_replicas == 0)?;
+                Some((
+                    d.spec.model.clone(),
+                    crate::routing::cold::ColdStartLimits {
+                        timeout: policy.cold_start_timeout(),
+                        max_held: self.settings.cold_start_max_held,
+                    },
+                ))
+            })
+            .collect();
+        self.table.cold.set(&cold);
+        // Each model's routing policy (a deleted deployment's goes with it).
+        let routes: Vec<_> = deployments
+            .iter()
+            .filter(|d| !d.deleting)
+            .map(|d| (d.spec.model.clone(), d.spec.routing.clone()))
+            .collect();
+        self.table.set_routes(&routes);
         let mut gauges = Vec::new();
         for d in deployments {
             let mine: Vec<&Node> = nodes
@@ -262,6 +300,21 @@ impl Reconciler {
             }
         }
         let replicas = self.observe(&d, nodes, now).await?;
+        if d.spec.autoscale.is_some() && !d.deleting {
+            let (scaled, moved) = self.autoscale(d, nodes, &replicas, now).await?;
+            d = scaled;
+            if moved {
+                // Replicas changed slots: plan on the next pass, with them where they are now.
+                self.wake();
+                return Ok(DeploymentGauge {
+                    desired: d.desired(),
+                    ready: replicas
+                        .iter()
+                        .filter(|r| r.status == NodeStatus::Ready && !r.dead)
+                        .count(),
+                });
+            }
+        }
         let hourly = hourly_usd(&d.spec, &replicas);
         let spot_trial_due = self
             .spot_trials
@@ -426,275 +479,6 @@ impl Reconciler {
         }
     }
 
-    /// Drains or terminates a replica (a claimed action), on its own task: a teardown may take
-    /// minutes, and the other deployments' passes go on meanwhile.
-    async fn retire(&self, deployment: &str, p: &Planned) -> Result<(), StoreError> {
-        let node_id = p.node_id.as_deref().unwrap_or_default();
-        let outcome = if p.kind == ActionKind::DrainReplica {
-            let reason = format!("deployment {deployment}: {}", p.reason);
-            self.fleet
-                .drain(node_id, &reason)
-                .await
-                .map(|_| ())
-                .map_err(LaunchOpError::from)
-        } else {
-            operations::delete_launched_node(&self.runner, node_id)
-                .await
-                .map(|_| ())
-        };
-        let (state, reason) = match &outcome {
-            Ok(()) => (ActionState::Completed, None),
-            // Gone already, or leaving by itself: done all the same.
-            Err(LaunchOpError::Fleet(crate::fleet::FleetError::Terminated(_))) => {
-                (ActionState::Completed, None)
-            }
-            Err(e) => (ActionState::Failed, Some(e.to_string())),
-        };
-        self.store_write()
-            .set_action_state(
-                &p.id,
-                ActionState::Running,
-                state,
-                reason.as_deref(),
-                now_ms(),
-            )
-            .await?;
-        self.count(p.kind, state.as_str());
-        tracing::info!(deployment, action = %p.id, kind = p.kind.as_str(), node_id, outcome = state.as_str(), error = reason.as_deref().unwrap_or(""), "action done");
-        Ok(())
-    }
-
-    /// Queues the replica's launch in the transaction that starts its action.
-    async fn launch(&self, d: &Deployment, p: &Planned, now: i64) -> Result<(), ReconcileError> {
-        let slot = p.slot.unwrap_or_default();
-        let market = p.market.unwrap_or(Market::OnDemand);
-        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
-        let name = d.spec.node_name(d.revision, slot, suffix);
-        // A spot launch falls back to on-demand by itself unless that fallback waits for
-        // approval, or the launch is a swap-back (spot or nothing).
-        let fallback = !d.spec.fallback_guarded() && !plan::is_swap_back(p.kind, p.drift);
-        let request = d.spec.launch_request(&name, market, fallback);
-        let prepared = match operations::prepare(&self.runner, &request) {
-            Ok(prepared) => prepared,
-            Err(e) => {
-                // The spec was valid when stored; a provider left this build, say.
-                let reason = format!("cannot launch: {e}");
-                self.store_write()
-                    .set_action_state(
-                        &p.id,
-                        ActionState::Approved,
-                        ActionState::Failed,
-                        Some(&reason),
-                        now,
-                    )
-                    .await?;
-                self.count(p.kind, "failed");
-                return Ok(());
-            }
-        };
-        let mut tx = self.store.pool().begin().await.map_err(StoreError::from)?;
-        let membership = Membership {
-            deployment: d.name.clone(),
-            revision: d.revision,
-            slot,
-        };
-        let (job, node) =
-            operations::queue_in(&self.runner, &mut tx, prepared, None, Some(membership)).await?;
-        if !self
-            .store_write()
-            .start_launch_action_in(&mut tx, &p.id, &node.id, &job.id, now)
-            .await?
-        {
-            // Another process started it first: nothing is launched here.
-            return Ok(());
-        }
-        tx.commit().await.map_err(StoreError::from)?;
-        let job = operations::queued(&self.runner, job, node);
-        self.count(p.kind, "started");
-        tracing::info!(deployment = %d.name, action = %p.id, kind = p.kind.as_str(), drift = p.drift.as_str(), slot, market = market.as_str(), job_id = %job.id, "replica launch queued");
-        Ok(())
-    }
-
-    /// A running launch action whose job ended: completed when its node got ready, else
-    /// failed, counted towards the back-off or a failed rollout. `true` when this call changed
-    /// the deployment's counters.
-    async fn follow_launch(
-        &self,
-        d: &mut Deployment,
-        a: &Action,
-        now: i64,
-    ) -> Result<bool, ReconcileError> {
-        let Some(job_id) = &a.launch_job_id else {
-            return Ok(false);
-        };
-        let Some((status, code, finished_at)) =
-            self.job_facts(job_id).await?.and_then(|f| f.outcome)
-        else {
-            return Ok(false);
-        };
-        if status == JobStatus::Succeeded {
-            let took = (finished_at - a.created_at).max(0) as f64 / 1000.0;
-            let failed = self
-                .failed_before
-                .lock()
-                .expect("lock")
-                .remove(&a.id)
-                .map(|before| {
-                    self.table
-                        .failed_answers(&d.spec.model)
-                        .saturating_sub(before)
-                });
-            let reason = match failed {
-                Some(n) => format!(
-                    "replica ready {took:.1} s after the action was planned; {n} requests for the model failed meanwhile (as this process saw them)"
-                ),
-                None => format!("replica ready {took:.1} s after the action was planned"),
-            };
-            let reason = if plan::is_swap_back(a.kind, a.drift) {
-                format!(
-                    "{}: {reason}; the on-demand replica it replaces is retired",
-                    plan::SWAP_BACK
-                )
-            } else {
-                reason
-            };
-            if let (Some(n), ActionKind::ReplaceReplica) = (failed, a.kind) {
-                self.metrics.add(
-                    FAILED_MEANWHILE,
-                    FAILED_MEANWHILE_HELP,
-                    &[("drift", a.drift.as_str())],
-                    n,
-                );
-            }
-            if self
-                .store_write()
-                .complete_launch_action(a, &reason, now)
-                .await?
-            {
-                self.count(a.kind, "completed");
-                if a.kind == ActionKind::ReplaceReplica {
-                    self.metrics.observe(
-                        REPLACE,
-                        REPLACE_HELP,
-                        &[("drift", a.drift.as_str())],
-                        took,
-                    );
-                }
-                tracing::info!(deployment = %d.name, action = %a.id, job_id, "{reason}");
-                return Ok(true);
-            }
-            return Ok(false);
-        }
-        // No replica to count failed requests for.
-        self.failed_before.lock().expect("lock").remove(&a.id);
-        let job = self.store.job(job_id).await?;
-        let error = job.as_ref().and_then(|j| j.error.clone());
-        let why = error
-            .as_ref()
-            .map(|e| format!("{}: {}", e.title, e.message))
-            .unwrap_or_else(|| format!("the launch ended {}", status.as_str()));
-        let capacity = code.is_some_and(|c| c.is_placement_specific());
-        let same_revision = a.revision == d.revision;
-        let backoff_until = (capacity && same_revision).then(|| {
-            let exp = d.failures.clamp(0, 16) as u32;
-            let wait = self
-                .settings
-                .backoff
-                .saturating_mul(2u32.saturating_pow(exp))
-                .min(MAX_BACKOFF);
-            now + wait.as_millis() as i64
-        });
-        let reason = format!("launch {job_id} failed: {why}");
-        // A swap-back that failed leaves the on-demand replica serving, and a launch someone
-        // cancelled says nothing about the revision: neither counts towards a back-off or a
-        // failed rollout.
-        if plan::is_swap_back(a.kind, a.drift) || status == JobStatus::Cancelled {
-            let reason = if status == JobStatus::Cancelled {
-                format!("launch {job_id} was cancelled")
-            } else {
-                format!(
-                    "{reason}; the on-demand replica keeps serving and spot is tried again later"
-                )
-            };
-            if self
-                .store_write()
-                .set_action_state(
-                    &a.id,
-                    ActionState::Running,
-                    ActionState::Failed,
-                    Some(&reason),
-                    now,
-                )
-                .await?
-            {
-                self.count(a.kind, "failed");
-                tracing::info!(deployment = %d.name, action = %a.id, job_id, "{reason}");
-            }
-            return Ok(false);
-        }
-        if !self
-            .store_write()
-            .fail_launch_action(a, &reason, backoff_until, now)
-            .await?
-        {
-            return Ok(false);
-        }
-        self.count(a.kind, "failed");
-        tracing::warn!(deployment = %d.name, action = %a.id, job_id, "{reason}");
-        if !same_revision {
-            return Ok(true);
-        }
-        let failures = d.failures + 1;
-        if let Some(until) = backoff_until {
-            d.status = DeploymentStatus::Unsatisfiable;
-            d.reason = Some(format!(
-                "{why} (launches wait until {}; POST /admin/deployments/{}/retry tries again now)",
-                crate::clock::rfc3339(until),
-                d.name
-            ));
-            d.unsatisfiable_until = Some(until);
-        } else if failures >= ROLLOUT_FAILURE_LIMIT {
-            d.status = DeploymentStatus::RolloutFailed;
-            d.reason = Some(format!(
-                "revision {} failed to launch {failures} times in a row; the rollout stopped and the previous replicas keep serving. Last error: {why}",
-                d.revision
-            ));
-        } else {
-            return Ok(true);
-        }
-        d.updated_at = now;
-        self.store_write().save_deployment_state(d).await?;
-        Ok(true)
-    }
-
-    /// What a launch job asked for and how it ended: one read of the job, none once it ended
-    /// (a final outcome never changes).
-    async fn job_facts(&self, job_id: &str) -> Result<Option<JobFacts>, StoreError> {
-        if let Some(known) = self.jobs.lock().expect("lock").get(job_id) {
-            if known.outcome.is_some() {
-                return Ok(Some(*known));
-            }
-        }
-        let Some(job) = self.store.job(job_id).await? else {
-            return Ok(None);
-        };
-        let facts = JobFacts {
-            use_spot: job.spec.use_spot,
-            outcome: job.status.is_terminal().then(|| {
-                (
-                    job.status,
-                    job.error.as_ref().map(|e| e.code),
-                    job.finished_at.unwrap_or(job.updated_at),
-                )
-            }),
-        };
-        self.jobs
-            .lock()
-            .expect("lock")
-            .insert(job_id.to_string(), facts);
-        Ok(Some(facts))
-    }
-
     /// What each of the deployment's nodes is doing, as the plan needs it.
     async fn observe(
         &self,
@@ -725,8 +509,15 @@ impl Reconciler {
                 .expect("lock")
                 .get(&n.id)
                 .map(|since| now - since);
+            // A replica whose launch still runs is loading its model (unhealthy until its
+            // model server answers, which takes minutes for a large model): its launch's own
+            // timeout judges it, not the unhealthy grace.
+            let still_launching =
+                revision == d.revision && facts.is_some_and(|f| f.outcome.is_none());
             let dead = n.status == NodeStatus::Offline
-                || (n.status == NodeStatus::Unhealthy && unhealthy_for.is_some_and(|t| t >= grace));
+                || (n.status == NodeStatus::Unhealthy
+                    && !still_launching
+                    && unhealthy_for.is_some_and(|t| t >= grace));
             let draining_for = self
                 .draining_since
                 .lock()
