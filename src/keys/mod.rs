@@ -25,6 +25,8 @@ use window::Window;
 
 /// What usage counts under when no managed key sent it: an environment key or an open `/v1`.
 pub const ENV_OR_OPEN: &str = "(environment or open)";
+/// How long metered usage is kept (400 days): the longest period a usage report covers.
+pub const USAGE_RETENTION_MS: i64 = 400 * 24 * 3_600_000;
 
 const REQUESTS: &str = "skylaunch_usage_requests_total";
 const REQUESTS_HELP: &str =

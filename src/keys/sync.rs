@@ -59,7 +59,7 @@ impl KeySync {
                     Some(_) = heard.recv() => reload_keys(&keys).await,
                     _ = reload.tick() => reload_keys(&keys).await,
                     _ = prune.tick() => {
-                        let before = crate::clock::now_ms() - crate::usage::MAX_PERIOD_MS;
+                        let before = crate::clock::now_ms() - super::USAGE_RETENTION_MS;
                         match keys.store().prune_usage(before).await {
                             Ok(0) => {}
                             Ok(n) => tracing::info!(rows = n, "usage older than 400 days removed"),

@@ -22,7 +22,7 @@ use crate::launch::stage::AttemptOutcome;
 const HOUR_MS: f64 = 3_600_000.0;
 const MINUTE_MS: i64 = 60_000;
 /// The longest period one query covers.
-pub const MAX_PERIOD_MS: i64 = 400 * 24 * 3_600_000;
+pub const MAX_PERIOD_MS: i64 = crate::keys::USAGE_RETENTION_MS;
 /// Series bucket sizes, in seconds: the smallest that gives at most [`MAX_POINTS`] points.
 const BUCKETS_S: [i64; 8] = [60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400];
 const MAX_POINTS: i64 = 60;
