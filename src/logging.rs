@@ -34,6 +34,12 @@ pub fn init(format: LogFormat) {
     skylaunch_protocol::logging::init(format, DEFAULT, SDK_CAPS);
 }
 
+/// As [`init`], with warnings only unless `RUST_LOG` says otherwise: for a command whose output
+/// is its answer (`skylaunch doctor`).
+pub fn init_quiet(format: LogFormat) {
+    skylaunch_protocol::logging::init(format, "warn", SDK_CAPS);
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;

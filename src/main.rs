@@ -42,6 +42,10 @@ enum Command {
     Deployments(cli::DeploymentsArgs),
     /// List the deployments' actions (pending ones by default); `approve` or `reject` one.
     Actions(cli::ActionsArgs),
+    /// Check whether each provider (SkyPilot, AWS, Azure, SSH hosts, local) can launch from
+    /// this machine with these settings (the same flags and environment as `serve`), and what
+    /// to do where one cannot. Exit code 1 when only local can.
+    Doctor(Box<cli::DoctorArgs>),
     /// Run the built-in echo model server (OpenAI-compatible; echoes prompts, not a real model).
     EchoServer {
         #[arg(long, default_value = "127.0.0.1:8000")]
@@ -146,6 +150,10 @@ fn main() -> ExitCode {
         Command::Deploy(args) => client_outcome(runtime.block_on(cli::deploy(*args))),
         Command::Deployments(args) => client_outcome(runtime.block_on(cli::deployments(args))),
         Command::Actions(args) => client_outcome(runtime.block_on(cli::actions(args))),
+        Command::Doctor(args) => {
+            skylaunch::logging::init_quiet(args.serve.log_format);
+            client_outcome(runtime.block_on(cli::doctor(*args)))
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod common;
 mod played_vm;
+mod standins;
 
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
@@ -856,4 +857,95 @@ async fn each_installation_sweeps_only_its_own_instances_and_keeps_untold_ones()
         "running",
         "still never the other installation's"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_finds_aws_ready_by_a_dry_run_and_names_the_missing_permission_when_denied() {
+    let Some(aws) = aws().await else { return };
+    let images = ec2(&aws.endpoint)
+        .await
+        .describe_images()
+        .send()
+        .await
+        .unwrap();
+    let ami = images.images()[0].image_id().unwrap().to_string();
+    let ami_choice = format!("us-east-1={ami}");
+    let envs = [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_REGION", "us-east-1"),
+        ("SKYLAUNCH_AWS_ENDPOINT_URL", aws.endpoint.as_str()),
+        ("SKYLAUNCH_AWS_AMI", ami_choice.as_str()),
+        ("SKYLAUNCH_SKY_BIN", "/nonexistent/bin/sky"),
+    ];
+    let out = standins::doctor::run(&[], &envs, true).await;
+    assert_eq!(out.code, 0, "AWS can launch: {}", out.stderr);
+    let verdict = out.of("aws");
+    assert_eq!(verdict["ready"], true, "{verdict}");
+    assert_eq!(verdict["details"]["region"], "us-east-1");
+    let checks: Vec<(&str, bool)> = verdict["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["ok"] == true))
+        .collect();
+    assert_eq!(
+        checks,
+        [
+            ("credentials", true),
+            ("region", true),
+            ("image", true),
+            ("dry_run", true)
+        ]
+    );
+    assert!(
+        verdict["checks"][3]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("would be allowed"),
+        "{verdict}"
+    );
+    // Nothing was started by the check.
+    let running = ec2(&aws.endpoint)
+        .await
+        .describe_instances()
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        running.reservations().is_empty(),
+        "a dry run starts nothing"
+    );
+
+    // The account loses ec2:RunInstances: EC2 answers the dry run UnauthorizedOperation.
+    aws.faults.lock().unwrap().push(fault(
+        "DryRun=true",
+        "UnauthorizedOperation",
+        "You are not authorized to perform this operation.",
+    ));
+    let out = standins::doctor::run(&[], &envs, true).await;
+    assert_eq!(out.code, 1, "only local can launch now: {}", out.stderr);
+    let verdict = out.of("aws");
+    assert_eq!(verdict["ready"], false);
+    assert_eq!(verdict["error"]["code"], "credentials_invalid", "{verdict}");
+    assert!(verdict["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("UnauthorizedOperation"));
+    assert!(
+        verdict["error"]["suggestions"]
+            .to_string()
+            .contains("ec2:RunInstances"),
+        "{verdict}"
+    );
+    assert_eq!(verdict["checks"][3]["name"], "dry_run");
+    assert_eq!(verdict["checks"][3]["ok"], false);
+
+    // The admin API gives the same verdicts, and a refresh sees the permission come back.
+    let app = app_for(&aws, Duration::from_secs(30)).await.unwrap();
+    let denied = app.provider_verdict("aws", false).await;
+    assert_eq!(denied["error"]["code"], "credentials_invalid", "{denied}");
+    aws.faults.lock().unwrap().clear();
+    let allowed = app.provider_verdict("aws", true).await;
+    assert_eq!(allowed["ready"], true, "{allowed}");
 }

@@ -765,3 +765,57 @@ async fn each_installation_sweeps_only_its_own_vms_and_keeps_untold_ones() {
         "{left:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_azure_check_reads_subscription_group_and_subnets_and_names_what_is_wrong() {
+    let arm = ArmStandIn::start().await;
+    let Some(app) = app_for(&arm, Duration::from_secs(30)).await else {
+        return;
+    };
+    let ready = app.provider_verdict("azure", false).await;
+    assert_eq!(ready["ready"], true, "{ready}");
+    let checks: Vec<&str> = ready["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        checks,
+        [
+            "settings",
+            "credential",
+            "subscription",
+            "resource_group",
+            "subnet",
+            "subnet"
+        ]
+    );
+    assert_eq!(ready["details"]["regions"], json!(["eastus", "westus2"]));
+
+    // A subnet's virtual network is deleted: the check names that subnet.
+    arm.delete_vnet("skylaunch-westus2");
+    let missing = app.provider_verdict("azure", true).await;
+    assert_eq!(missing["ready"], false);
+    assert_eq!(missing["error"]["code"], "invalid_request", "{missing}");
+    assert_eq!(
+        missing["error"]["title"],
+        "The configured subnet does not exist"
+    );
+    assert!(missing["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("skylaunch-westus2"));
+    assert!(missing["error"]["suggestions"]
+        .to_string()
+        .contains("SKYLAUNCH_AZURE_SUBNETS"));
+
+    // Entra ID refuses the service principal: a fresh control plane's check says so.
+    arm.refuse_credentials();
+    let Some(refused) = app_for(&arm, Duration::from_secs(30)).await else {
+        return;
+    };
+    let verdict = refused.provider_verdict("azure", false).await;
+    assert_eq!(verdict["error"]["code"], "credentials_invalid", "{verdict}");
+    assert_eq!(verdict["checks"][1]["name"], "credential");
+}

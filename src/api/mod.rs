@@ -13,6 +13,7 @@ pub mod keys;
 pub mod limits;
 pub mod nodes;
 pub mod openapi;
+pub mod providers;
 pub mod sse;
 pub mod state;
 pub mod system;
@@ -57,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/admin/nodes/events", get(nodes::node_events))
         .route("/admin/catalog", get(system::catalog))
+        .route("/admin/providers", get(providers::list_providers))
         .route(
             "/admin/nodes/{id}",
             get(nodes::get_node).delete(nodes::delete_node),

@@ -9,7 +9,7 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{cloud_events, deployments, hosts, jobs, keys, nodes, system, usage, v1};
+use super::{cloud_events, deployments, hosts, jobs, keys, nodes, providers, system, usage, v1};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,6 +25,7 @@ use super::{cloud_events, deployments, hosts, jobs, keys, nodes, system, usage, 
         system::healthz,
         system::metrics,
         system::catalog,
+        providers::list_providers,
         nodes::create_node,
         nodes::list_nodes,
         nodes::get_node,

@@ -28,6 +28,8 @@ pub struct Services {
     pub deployments: Arc<crate::deploy::operations::Deployments>,
     /// SSH hosts, for `provider: "ssh"`.
     pub hosts: Arc<crate::hosts::Hosts>,
+    /// Whether each provider can launch now (the clouds' checks kept and refreshed).
+    pub readiness: Arc<crate::launch::providers::readiness::ReadinessBoard>,
     pub events: JobEvents,
     /// Node changes for the web UI's live fleet view.
     pub node_feed: crate::fleet::feed::NodeFeed,

@@ -10,6 +10,10 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+mod providers;
+
+pub use providers::doctor;
+
 use crate::admin_token;
 use crate::api::state::Services;
 use crate::api::ApiDispatch;
@@ -20,14 +24,7 @@ use crate::http::connections::Connections;
 use crate::http::socket::raise_open_files_limit;
 use crate::http::threads::ConnectionThreads;
 use crate::launch::events::JobEvents;
-use crate::launch::orphans::{CloudInventory, OrphanSweeper};
-use crate::launch::providers::aws::orphans::AwsInventory;
-use crate::launch::providers::aws::{AwsProvider, AwsSettings};
-#[cfg(feature = "azure")]
-use crate::launch::providers::azure::{orphans::AzureInventory, AzureProvider};
-use crate::launch::providers::local::LocalProvider;
-use crate::launch::providers::skypilot::SkypilotProvider;
-use crate::launch::providers::{Provider, Providers};
+use crate::launch::orphans::OrphanSweeper;
 use crate::launch::runner::JobRunner;
 use crate::metrics::Metrics;
 use crate::routing::{Proxy, RoutingTable};
@@ -191,19 +188,9 @@ impl Running {
                 humantime::format_duration(config.proxy_idle_timeout)
             )));
         }
-        // Readable by this user only when made here: it holds the SQLite database (with the
-        // launches' envs values) and the admin token.
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&config.data_dir)
-                .map_err(|source| StartError::DataDir {
-                    path: config.data_dir.clone(),
-                    source,
-                })?;
-        }
+        // The data dir is readable by this user only when made here: it holds the SQLite
+        // database (with the launches' envs values) and the admin token.
+        let (store, installation_id) = providers::open_store(&config).await?;
         let token = admin_token::resolve(
             config.admin_token.as_ref().map(|s| s.0.as_str()),
             &config.data_dir,
@@ -213,20 +200,6 @@ impl Running {
             .database_url
             .clone()
             .unwrap_or_else(|| Store::sqlite_url_for(&config.data_dir));
-        let store = Store::connect(&url)
-            .await
-            .map_err(|source| StartError::Database {
-                url: redact_url(&url),
-                source,
-            })?;
-        let installation_id =
-            store
-                .installation_id()
-                .await
-                .map_err(|source| StartError::Database {
-                    url: redact_url(&url),
-                    source,
-                })?;
         if !config.listen.ip().is_loopback() {
             let made = store
                 .api_keys()
@@ -263,19 +236,8 @@ impl Running {
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{addr}"));
-        let exe_dir = std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(|d| d.to_path_buf()))
-            .unwrap_or_default();
-        let agent_bin = config
-            .agent_bin
-            .clone()
-            .unwrap_or_else(|| exe_dir.join("skylaunch-agent"));
-        let skylaunch_bin = config
-            .skylaunch_bin
-            .clone()
-            .or_else(|| std::env::current_exe().ok())
-            .unwrap_or_else(|| exe_dir.join("skylaunch"));
+        let binaries = providers::Binaries::of(&config);
+        let agent_bin = binaries.agent.clone();
         let agent_url = config.agent_url.clone().unwrap_or_else(|| {
             format!(
                 "{}/downloads/skylaunch-agent",
@@ -283,71 +245,15 @@ impl Running {
             )
         });
         let events = JobEvents::default();
-        let credentials_key = crate::hosts::sealing::CredentialsKey::resolve(
-            config.credentials_key.as_ref().map(|s| s.0.as_str()),
-            &config.data_dir,
-        )
-        .map_err(StartError::CredentialsKey)?;
-        let hosts = crate::hosts::Hosts::new(
-            store.clone(),
-            Arc::new(credentials_key),
-            crate::ssh::SshSettings {
-                ssh_bin: config.ssh_bin.clone(),
-                connect_timeout: config.ssh_connect_timeout,
-            },
-            config.ssh_connect_timeout * 6,
-        );
+        let hosts = providers::hosts(&config, store.clone())?;
         if let Err(e) = hosts.resume().await {
             tracing::warn!(error = %e, "could not look for hosts whose probe was interrupted");
         }
-        let ssh = Arc::new(crate::launch::providers::ssh::SshProvider {
-            hosts: hosts.clone(),
-            agent_bin: agent_bin.clone(),
-            skylaunch_bin: skylaunch_bin.clone(),
-            step_timeout: config.ssh_connect_timeout * 12,
-            setup_timeout: config.ssh_setup_timeout,
-        });
-        let local = Arc::new(LocalProvider {
-            skylaunch_bin,
-            agent_bin: agent_bin.clone(),
-        });
-        let skypilot = Arc::new(SkypilotProvider {
-            sky_bin: config.sky_bin.clone(),
-            work_dir: config.data_dir.join("tasks"),
-            teardown_timeout: std::time::Duration::from_secs(600),
-        });
-        let aws = Arc::new(AwsProvider {
-            settings: AwsSettings {
-                endpoint_url: config.aws_endpoint_url.clone(),
-                ami: config.aws_ami.clone().unwrap_or_default(),
-                running_timeout: config.provision_timeout,
-                model_port_cidr: config.aws_model_port_cidr.clone(),
-            },
-            installation_id: installation_id.clone(),
-        });
-        // The provider registry: one line per provider.
-        #[cfg_attr(not(feature = "azure"), allow(unused_mut))]
-        let mut providers = Providers::default()
-            .with(Provider::Local, local)
-            .with(Provider::Ssh, ssh)
-            .with(Provider::Skypilot, skypilot)
-            .with(Provider::Aws, aws.clone());
-        #[cfg_attr(not(feature = "azure"), allow(unused_mut))]
-        let mut clouds: Vec<Arc<dyn CloudInventory>> =
-            vec![Arc::new(AwsInventory { provider: aws })];
-        #[cfg(feature = "azure")]
-        {
-            let azure = Arc::new(AzureProvider::new(
-                config.azure_settings(),
-                installation_id.clone(),
-            ));
-            if azure.settings.missing().is_empty() {
-                clouds.push(Arc::new(AzureInventory {
-                    provider: azure.clone(),
-                }));
-            }
-            providers = providers.with(Provider::Azure, azure);
-        }
+        let providers::Built { providers, clouds } =
+            providers::build(&config, hosts.clone(), &binaries, &installation_id);
+        // What the Launch dialog and GET /admin/providers show; the slow checks (the clouds,
+        // `sky check`) start in the background when first asked for.
+        let readiness = crate::launch::providers::readiness::ReadinessBoard::new(providers.clone());
         let runner = JobRunner::new(
             store.clone(),
             fleet.clone(),
@@ -469,6 +375,7 @@ impl Running {
             runner: runner.clone(),
             deployments,
             hosts,
+            readiness,
             events,
             node_feed,
             stopping,

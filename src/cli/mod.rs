@@ -1,15 +1,17 @@
 //! The client commands of the `skylaunch` binary: `launch` (with `--follow`, a live stage display
-//! and the plain-words error at the end), `jobs` and `nodes` here; `deploy`, `deployments` and
-//! `actions` in their modules. They talk to a running control plane through its REST API, like
+//! and the plain-words error at the end), `jobs` and `nodes` here; `deploy`, `deployments`,
+//! `actions` and `doctor` in their modules. They talk to a running control plane through its REST API, like
 //! any script would.
 
 mod actions;
 mod deploy;
 mod deployments;
+mod doctor;
 
 pub use actions::{actions, ActionsArgs, ActionsCommand};
 pub use deploy::{deploy, DeployArgs};
 pub use deployments::{deployments, DeploymentsArgs, DeploymentsCommand};
+pub use doctor::{doctor, DoctorArgs};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

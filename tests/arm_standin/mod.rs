@@ -139,6 +139,8 @@ struct ArmState {
     next_link_elsewhere: bool,
     /// Requests the Entra ID host received carrying a bearer token.
     bearer_tokens_seen_by_login: u32,
+    /// Virtual networks deleted (their subnets are not found).
+    deleted_vnets: HashSet<String>,
 }
 
 #[derive(Clone)]
@@ -239,6 +241,16 @@ impl ArmStandIn {
     }
 
     /// Entra ID answers `invalid_client` to every token request from now on.
+    /// Deletes a virtual network of the resource group: its subnets are not found any more
+    /// (every other one the tests name, `<vnet>/subnets/nodes`, exists).
+    pub fn delete_vnet(&self, name: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .deleted_vnets
+            .insert(name.to_string());
+    }
+
     pub fn refuse_credentials(&self) {
         self.lock().refuse_credentials = true;
     }
@@ -449,6 +461,43 @@ async fn handle(
         }
         ("GET", 8) if is(2, "providers") && is(4, "locations") && is(6, "operations") => {
             operation_status(&mut state, segments[7])
+        }
+        ("GET", 2) => json_response(
+            StatusCode::OK,
+            json!({"id": format!("/subscriptions/{SUBSCRIPTION}"), "subscriptionId": SUBSCRIPTION,
+                   "displayName": "skylaunch tests", "state": "Enabled"}),
+            &[],
+        ),
+        ("GET", 4) | ("GET", 10) if is(2, "resourceGroups") => {
+            if !segments[3].eq_ignore_ascii_case(RESOURCE_GROUP) {
+                return arm_error(
+                    404,
+                    "ResourceGroupNotFound",
+                    &format!("Resource group '{}' could not be found.", segments[3]),
+                );
+            }
+            if segments.len() == 4 {
+                return json_response(
+                    StatusCode::OK,
+                    json!({"id": path, "name": RESOURCE_GROUP, "location": "eastus",
+                           "properties": {"provisioningState": "Succeeded"}}),
+                    &[],
+                );
+            }
+            let subnet = is(4, "providers")
+                && is(5, "Microsoft.Network")
+                && is(6, "virtualNetworks")
+                && is(8, "subnets")
+                && segments[9] == "nodes"
+                && !state.deleted_vnets.contains(segments[7]);
+            if !subnet {
+                return arm_error(404, "NotFound", &format!("Resource {path} not found."));
+            }
+            json_response(
+                StatusCode::OK,
+                json!({"id": path, "name": "nodes", "properties": {"addressPrefix": "10.0.0.0/24", "provisioningState": "Succeeded"}}),
+                &[],
+            )
         }
         (_, n) if (n == 7 || n == 8) && is(2, "resourceGroups") => {
             if !segments[3].eq_ignore_ascii_case(RESOURCE_GROUP) {

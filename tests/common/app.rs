@@ -107,6 +107,34 @@ impl TestApp {
         self.send(req).await
     }
 
+    /// `GET /admin/providers` (with `?refresh=true` first when `refresh`), polled (bounded)
+    /// until `provider`'s check has a verdict and none is under way; that verdict.
+    pub async fn provider_verdict(&self, provider: &str, refresh: bool) -> Value {
+        let mut query = if refresh { "?refresh=true" } else { "" };
+        for _ in 0..600 {
+            let r = self
+                .get(
+                    &format!("/admin/providers{query}"),
+                    Some(super::ADMIN_TOKEN),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            query = "";
+            let verdict = r.body["providers"]
+                .as_array()
+                .expect("a providers list")
+                .iter()
+                .find(|p| p["provider"] == provider)
+                .cloned()
+                .unwrap_or_else(|| panic!("no verdict for {provider}: {}", r.body));
+            if verdict["checking"] == false && verdict["checked_at"].is_string() {
+                return verdict;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the {provider} check never finished");
+    }
+
     pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> Reply {
         let mut req = self.client.post(self.url(path)).json(body);
         if let Some(t) = token {

@@ -110,5 +110,13 @@ pub fn test_config(db: &TestDb) -> ServeConfig {
     config.telemetry_flush_interval = Duration::from_millis(200);
     config.teardown_retry_interval = Duration::from_millis(200);
     config.shutdown_timeout = Duration::from_secs(5);
+    // Whatever a test does, the providers' checks (GET /admin/providers, the Launch dialog)
+    // reach nothing beyond loopback: no `sky` from this machine, EC2 on a closed local port, and
+    // the AWS SDK never asking the instance metadata service for credentials. Tests of a
+    // provider set its stand-in.
+    config.sky_bin = "/nonexistent/skylaunch-tests/sky".into();
+    config.aws_endpoint_url = Some("http://127.0.0.1:9".into());
+    static NO_METADATA_SERVICE: std::sync::Once = std::sync::Once::new();
+    NO_METADATA_SERVICE.call_once(|| std::env::set_var("AWS_EC2_METADATA_DISABLED", "true"));
     config
 }

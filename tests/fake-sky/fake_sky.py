@@ -12,6 +12,8 @@ It behaves like the CLI at its edges:
 - `sky status [NAME...] [-o json]` prints what SkyPilot 0.14.1 prints: the clusters table (or
   the records as JSON), and for a named cluster it does not have, `Cluster 'NAME' not found.`;
   the "Managed jobs" and "Services" sections only when no name is given. Exit 0 in every case.
+- `sky --version` prints SkyPilot 0.14.1's version line; `sky check [CLOUD...]` prints what
+  0.14.1 prints for the clouds checked (see `check`) and exits 0 whatever is enabled.
 - `sky down -y NAME` does not wait behind a running launch: like SkyPilot, it cancels the
   cluster's running launch request and force-unlocks the cluster, then stops that "VM". Its
   outcome is on stdout and it exits 0 whether the cluster was removed, was not there, or the
@@ -450,13 +452,74 @@ def down(args):
     print(f"Terminating cluster {cluster}...done.")  # sky/client/cli/command.py:3945-3948
 
 
+# `sky check`'s reasons for a disabled cloud, as SkyPilot 0.14.1 printed them on a machine
+# without cloud credentials (../shared/fixtures/skypilot/02-sky-check.txt).
+CHECK_REASONS = {
+    "AWS": [
+        "    Reason [compute, storage]: AWS dependencies are not installed. Run the following commands:",
+        "      $ pip install skypilot[aws]",
+        "    Credentials may also need to be set. Run the following commands:",
+        "      $ aws configure",
+        "      $ aws configure list  # Ensure that this shows identity is set.",
+    ],
+    "Azure": [
+        "    Reason [compute, storage]: ~/.azure/msal_token_cache.json does not exist. Run the following commands:",
+        "      $ az login",
+        "      $ az account set -s <subscription_id>",
+    ],
+    "GCP": [
+        "    Reason [compute, storage]: GCP tools are not installed. Run the following commands:",
+        "      $ pip install google-api-python-client",
+        "      $ conda install -c conda-forge google-cloud-sdk -y",
+    ],
+}
+CHECK_NAMES = {"aws": "AWS", "azure": "Azure", "gcp": "GCP"}
+
+
+def check(args):
+    """`sky check [CLOUD...]` as SkyPilot 0.14.1 prints it (sky/check.py): one line per cloud
+    checked, `enabled [capabilities]` or `disabled` with its reasons, then the summary of the
+    enabled infra. The clouds in FAKE_SKY_ENABLED_CLOUDS (comma-separated) are enabled, or those in
+    a file named `enabled-clouds` in FAKE_SKY_STATE while it exists. Exit 0
+    whatever is enabled, like the real command."""
+    listed = os.environ.get("FAKE_SKY_ENABLED_CLOUDS", "")
+    override = os.path.join(os.environ["FAKE_SKY_STATE"], "enabled-clouds")
+    if os.path.exists(override):
+        with open(override) as f:
+            listed = f.read()
+    enabled = {c.strip().lower() for c in listed.split(",") if c.strip()}
+    asked = [a.lower() for a in args if not a.startswith("-")] or list(CHECK_NAMES)
+    dim, green, reset = "\x1b[2m", "\x1b[32m", "\x1b[0m"
+    print("Checking credentials to enable infra for SkyPilot.")
+    for cloud in asked:
+        name = CHECK_NAMES.get(cloud, cloud)
+        if cloud in enabled:
+            print(f"{green}  {name}: enabled [compute, storage]{reset}")
+        else:
+            print(f"{dim}  {name}: disabled {reset}{reset}")
+            for line in CHECK_REASONS.get(name, []):
+                print(line)
+    print()
+    print(f"{green}\U0001F389 Enabled infra \U0001F389{reset}")
+    if enabled:
+        for cloud in sorted(enabled):
+            print(f"  {green}{CHECK_NAMES.get(cloud, cloud)} [compute, storage]{reset}")
+    else:
+        print("  No infra to check/enabled.")
+        print("To enable a cloud, follow the hints above and rerun: sky check")
+
+
 def main():
     args = sys.argv[1:]
     if args[:1] == ["_request"]:
         run_request(*args[1:3])
         return
     record(args)
-    if args[:1] == ["launch"]:
+    if args[:1] == ["--version"]:
+        print("skypilot, version 0.14.1")
+    elif args[:1] == ["check"]:
+        check(args[1:])
+    elif args[:1] == ["launch"]:
         launch(args[1:])
     elif args[:1] == ["status"]:
         status(args[1:])

@@ -1,8 +1,11 @@
 //! Stand-ins for what cannot run here, built from the real binaries: this machine playing a
 //! launched VM (the built `skylaunch` and `skylaunch-agent`), and a `sky` that replays a recorded
 //! SkyPilot 0.14.1 transcript with pacing (tests/fake-sky/fake_sky.py) and, on success, plays the
-//! VM by starting the real agent and echo model server.
+//! VM by starting the real agent and echo model server; and `skylaunch doctor` run with only
+//! the environment a test gives it.
 #![allow(dead_code)]
+
+pub mod doctor;
 
 use std::path::{Path, PathBuf};
 

@@ -58,6 +58,32 @@ pub struct LocalProvider {
 }
 
 impl LaunchProvider for LocalProvider {
+    /// Always ready when the agent is where launches look for it (the echo model server is
+    /// this binary).
+    fn readiness(&self, kind: super::Provider) -> BoxFuture<'_, super::readiness::Readiness> {
+        Box::pin(async move {
+            let mut r = super::readiness::Readiness::of(kind);
+            if self.agent_bin.is_file() {
+                r.passed("agent", format!("{}", self.agent_bin.display()));
+            } else {
+                r.failed(
+                    "agent",
+                    LaunchError::new(
+                        crate::launch::failure::ErrorCode::ProviderUnavailable,
+                        "The node agent binary is missing",
+                        format!(
+                            "Local launches start the agent from {}, which does not exist.",
+                            self.agent_bin.display()
+                        ),
+                    )
+                    .suggest("Build it beside skylaunch: `cargo build --release --workspace`")
+                    .suggest("Or point --agent-bin (SKYLAUNCH_AGENT_BIN) at it"),
+                );
+            }
+            r.done("this machine: the echo model server, no GPU")
+        })
+    }
+
     fn launch<'a>(&'a self, run: &'a JobRun) -> BoxFuture<'a, Result<(), LaunchError>> {
         Box::pin(self.launch_local(run))
     }

@@ -13,6 +13,7 @@ pub mod bootstrap;
 pub mod child_env;
 pub mod local;
 pub mod placement;
+pub mod readiness;
 pub mod registry;
 pub mod skypilot;
 pub mod ssh;
@@ -153,6 +154,19 @@ pub trait LaunchProvider: Send + Sync {
 
     /// Removes everything the job created. Idempotent; works from `job.provider_state` alone.
     fn teardown<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<(), LaunchError>>;
+
+    /// Whether this provider, as configured, can launch now; if not, why and what to do
+    /// (`skylaunch doctor`, `GET /admin/providers`). The default: always.
+    fn readiness(&self, kind: Provider) -> BoxFuture<'_, readiness::Readiness> {
+        Box::pin(async move { readiness::Readiness::of(kind).done("ready") })
+    }
+
+    /// Whether [`readiness`](Self::readiness) asks a cloud or runs a command (seconds, so its
+    /// verdict is kept and refreshed in the background) rather than reading what this process
+    /// knows.
+    fn readiness_asks_the_cloud(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

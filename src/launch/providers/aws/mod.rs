@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod explain;
 pub mod orphans;
 pub mod provider;
+pub mod readiness;
 pub mod region;
 
 pub use provider::{AwsProvider, AwsSettings};

@@ -57,7 +57,7 @@ pub struct AwsProvider {
     pub installation_id: String,
 }
 
-const DEFAULT_REGION: &str = "us-east-1";
+pub(super) const DEFAULT_REGION: &str = "us-east-1";
 
 impl LaunchProvider for AwsProvider {
     /// The first-boot script, handed to the VM as its user data.
@@ -75,6 +75,17 @@ impl LaunchProvider for AwsProvider {
 
     fn still_launching<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<bool, LaunchError>> {
         Box::pin(self.instance_alive(job))
+    }
+
+    fn readiness(
+        &self,
+        kind: crate::launch::providers::Provider,
+    ) -> BoxFuture<'_, crate::launch::providers::readiness::Readiness> {
+        Box::pin(self.check_readiness(kind))
+    }
+
+    fn readiness_asks_the_cloud(&self) -> bool {
+        true
     }
 }
 

@@ -336,6 +336,28 @@ impl Arm {
             .collect())
     }
 
+    /// The ARM document at `path` (a resource id), read with `api_version`.
+    pub async fn read(&self, path: &str, api_version: &str) -> Result<Value, ArmError> {
+        let mut url = self.url(path)?;
+        url.query_pairs_mut()
+            .append_pair("api-version", api_version);
+        Ok(self.get_json(&url).await?.0)
+    }
+
+    /// A token for ARM, as every call gets one.
+    pub async fn token(&self) -> Result<(), ArmError> {
+        self.credential.get_token(&[&self.scope]).await?;
+        Ok(())
+    }
+
+    pub fn subscription(&self) -> &str {
+        &self.subscription
+    }
+
+    pub fn resource_group(&self) -> &str {
+        &self.resource_group
+    }
+
     fn url(&self, path: &str) -> Result<Url, ArmError> {
         let mut url = self.endpoint.clone();
         url.set_path(path);

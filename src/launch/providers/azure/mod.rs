@@ -14,6 +14,8 @@ pub mod explain;
 pub mod orphans;
 #[cfg(feature = "azure")]
 pub mod provider;
+#[cfg(feature = "azure")]
+pub mod readiness;
 pub mod resources;
 pub mod settings;
 

@@ -65,6 +65,17 @@ impl LaunchProvider for AzureProvider {
     fn still_launching<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<bool, LaunchError>> {
         Box::pin(self.last_vm_alive(job))
     }
+
+    fn readiness(
+        &self,
+        kind: crate::launch::providers::Provider,
+    ) -> BoxFuture<'_, crate::launch::providers::readiness::Readiness> {
+        Box::pin(self.check_readiness(kind))
+    }
+
+    fn readiness_asks_the_cloud(&self) -> bool {
+        true
+    }
 }
 
 impl AzureProvider {
@@ -436,7 +447,7 @@ struct Target<'a> {
 }
 
 /// A call that failed for a reason other than the placement: credentials, Azure unreachable.
-fn arm_failed(what: &str, e: &ArmError) -> LaunchError {
+pub(super) fn arm_failed(what: &str, e: &ArmError) -> LaunchError {
     match e {
         ArmError::Credential(m) => {
             credentials_invalid(&format!("could not get an Azure token to {what}"), m.clone())

@@ -9,6 +9,7 @@ pub mod explain;
 mod fixture_tests;
 pub mod parse;
 pub mod provider;
+pub mod readiness;
 pub mod task;
 
 pub use provider::SkypilotProvider;

@@ -95,6 +95,17 @@ impl LaunchProvider for SkypilotProvider {
         Box::pin(self.sky_launch(run))
     }
 
+    fn readiness(
+        &self,
+        kind: crate::launch::providers::Provider,
+    ) -> BoxFuture<'_, crate::launch::providers::readiness::Readiness> {
+        Box::pin(self.check_readiness(kind))
+    }
+
+    fn readiness_asks_the_cloud(&self) -> bool {
+        true
+    }
+
     fn teardown<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<(), LaunchError>> {
         Box::pin(self.sky_down(job))
     }
@@ -278,7 +289,7 @@ impl SkypilotProvider {
 
     /// Runs a short `sky` command (`status`, `down`) to its end, for at most the teardown
     /// timeout. `Err(None)`: it did not finish in time; `Err(Some(_))`: it could not be run.
-    async fn sky_output(
+    pub(super) async fn sky_output(
         &self,
         args: &[&str],
     ) -> Result<std::process::Output, Option<std::io::Error>> {

@@ -100,6 +100,45 @@ impl LaunchProvider for SshProvider {
         Box::pin(self.launch_on_host(run))
     }
 
+    /// Ready while a registered host is available (probed and free).
+    fn readiness(&self, kind: super::Provider) -> BoxFuture<'_, super::readiness::Readiness> {
+        Box::pin(async move {
+            let mut r = super::readiness::Readiness::of(kind);
+            let hosts = match self.hosts.list().await {
+                Ok(hosts) => hosts,
+                Err(e) => {
+                    r.failed("hosts", internal(e));
+                    return r.done("");
+                }
+            };
+            let available = hosts
+                .iter()
+                .filter(|h| h.status == crate::hosts::model::HostStatus::Available)
+                .count();
+            r.detail("hosts", hosts.len());
+            r.detail("hosts_available", available);
+            if available == 0 {
+                let (title, message) = if hosts.is_empty() {
+                    (
+                        "No SSH host is registered",
+                        "Launches through ssh run on GPU hosts you register; none is.".to_string(),
+                    )
+                } else {
+                    ("No SSH host is available", format!("{} host(s) registered, none available: each is in use, being probed, or failed its probe.", hosts.len()))
+                };
+                r.failed(
+                    "hosts",
+                    LaunchError::new(ErrorCode::ProviderUnavailable, title, message)
+                        .suggest("Register a host: the Hosts page, or POST /admin/hosts (address, user, key or password)")
+                        .suggest("A host in error: POST /admin/hosts/<id>/probe after fixing what its reason says"),
+                );
+            } else {
+                r.passed("hosts", format!("{available} of {} available", hosts.len()));
+            }
+            r.done(format!("{available} host(s) available"))
+        })
+    }
+
     fn still_launching<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<bool, LaunchError>> {
         Box::pin(async move {
             let Some(host) = self.hosts.held_by(&job.id).await.map_err(internal)? else {
