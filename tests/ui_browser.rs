@@ -134,10 +134,21 @@ async fn delete_leaving_nothing_running(app: &TestApp, name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_launch_reaches_ready_and_the_chat_box_streams_an_answer() {
     let Some(browser) = browser() else { return };
+    let Some(python) = common::sky_python() else {
+        return;
+    };
+    // Never launched through: `sky check` enables AWS, so the dialog offers SkyPilot for the
+    // validation step.
+    let sky = standins::fake_sky(
+        &python,
+        "14-sim-sky-launch-y-L4-spot.txt",
+        &[("FAKE_SKY_ENABLED_CLOUDS", "aws")],
+    );
     let (skylaunch, agent) = standins::binaries();
     let Some(app) = app_with(|config| {
         config.skylaunch_bin = Some(skylaunch);
         config.agent_bin = Some(agent);
+        config.sky_bin = sky.bin.display().to_string();
     })
     .await
     else {
@@ -163,8 +174,12 @@ async fn failing_launch_shows_the_friendly_error_and_its_suggestions() {
     let sky = standins::fake_sky(
         &python,
         "14-sim-sky-launch-y-L4-spot.txt",
-        // Slow enough that the page can show each placement while it is tried.
-        &[("FAKE_SKY_DELAY_S", "0.3")],
+        // Slow enough that the page can show each placement while it is tried; `sky check`
+        // enables AWS, so the dialog offers SkyPilot (the launch itself then fails).
+        &[
+            ("FAKE_SKY_DELAY_S", "0.3"),
+            ("FAKE_SKY_ENABLED_CLOUDS", "aws"),
+        ],
     );
     let Some(app) = app_with(|config| config.sky_bin = sky.bin.display().to_string()).await else {
         return;
@@ -172,6 +187,37 @@ async fn failing_launch_shows_the_friendly_error_and_its_suggestions() {
     run_scenario(&browser, &app, "failing_launch", &[]).await;
     let jobs = app.get("/admin/launch-jobs", Some(ADMIN_TOKEN)).await.body;
     assert_eq!(jobs["jobs"][0]["error"]["code"], "credentials_invalid");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_dialog_shows_which_providers_can_launch_and_how_to_fix_the_others() {
+    let Some(browser) = browser() else { return };
+    let Some(python) = common::sky_python() else {
+        return;
+    };
+    // `sky check` enables no cloud until the scenario writes `enabled-clouds` into the stand-in's
+    // state (as an operator runs `aws configure`), then clicks "Check again".
+    let sky = standins::fake_sky(&python, "14-sim-sky-launch-y-L4-spot.txt", &[]);
+    let (skylaunch, agent) = standins::binaries();
+    let Some(app) = app_with(|config| {
+        config.skylaunch_bin = Some(skylaunch);
+        config.agent_bin = Some(agent);
+        config.sky_bin = sky.bin.display().to_string();
+    })
+    .await
+    else {
+        return;
+    };
+    let state = sky.state.path().display().to_string();
+    run_scenario(
+        &browser,
+        &app,
+        "provider_readiness",
+        &[("SKYLAUNCH_UI_SKY_STATE", state)],
+    )
+    .await;
+    let checks = sky.calls().iter().filter(|c| c[0] == "check").count();
+    assert_eq!(checks, 2, "one check on opening, one on Check again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1733,6 +1733,55 @@ function applySuggestion(field, suggestion, err) {
   clearError(field);
 }
 
+// Which providers can launch (GET /admin/providers): each listed with its verdict, a provider
+// that cannot is disabled in the select with its reason and fix shown; polled while a cloud's
+// check runs.
+const PROVIDER_NAMES = { skypilot: 'SkyPilot', aws: 'AWS (native)', azure: 'Azure (native)', local: 'Local (this machine)', ssh: 'SSH hosts' };
+let readiness = null;
+let readinessTimer = null;
+function readinessState(p) { return p.checking && !p.checked_at ? 'checking' : p.ready ? 'ready' : 'not-ready'; }
+async function loadReadiness(refresh) {
+  clearTimeout(readinessTimer);
+  try {
+    readiness = await api('GET', '/admin/providers' + (refresh ? '?refresh=true' : ''));
+  } catch (e) {
+    $('#lf-providers').replaceChildren(el('li', { class: 'muted', text: 'cannot check the providers: ' + e.message }));
+    return;
+  }
+  showReadiness();
+  if (dialog.open && readiness.providers.some(p => p.checking)) readinessTimer = setTimeout(() => loadReadiness(false), 1000);
+}
+function showReadiness() {
+  if (!readiness || !catalog) return;
+  $('#lf-providers').replaceChildren(...readiness.providers.map(p => {
+    const state = readinessState(p);
+    const li = el('li', { 'data-provider': p.provider, 'data-state': state },
+      el('span', { class: 'badge s-' + state, text: state === 'checking' ? 'checking…' : state === 'ready' ? 'ready' : 'not ready' }), ' ',
+      el('strong', { text: PROVIDER_NAMES[p.provider] || p.provider }), ' ',
+      el('span', { class: 'summary muted', text: state === 'checking' ? '' : p.summary }));
+    if (state === 'not-ready' && p.error) {
+      li.append(el('details', { class: 'fix' }, el('summary', { text: 'Why, and what to do' }),
+        el('p', {}, el('span', { text: p.error.message + ' ' }), el('span', { class: 'code', text: p.error.code })),
+        el('ul', {}, (p.error.suggestions || []).map(s => el('li', { text: s })))));
+    }
+    return li;
+  }));
+  for (const option of form.provider.options) {
+    option.dataset.label ??= option.textContent;
+    const p = readiness.providers.find(x => x.provider === option.value);
+    const notReady = p && readinessState(p) === 'not-ready';
+    const absent = !catalog.providers.includes(option.value);
+    option.hidden = absent;
+    option.disabled = absent || notReady;
+    option.textContent = option.dataset.label + (notReady ? ' (not ready: ' + p.summary + ')' : '');
+  }
+  if (form.provider.selectedOptions[0] && form.provider.selectedOptions[0].disabled) {
+    const first = [...form.provider.options].find(o => !o.disabled);
+    if (first) { form.provider.value = first.value; refreshForm(); }
+  }
+}
+$('#lf-readiness-refresh').addEventListener('click', () => loadReadiness(true));
+
 async function openLaunchForm(prefill) {
   try { await loadCatalog(); } catch (e) { banner('cannot load the GPU catalogue: ' + e.message); return; }
   form.reset(); clearErrors(); formKey = newKey();
@@ -1761,6 +1810,8 @@ async function openLaunchForm(prefill) {
   refreshForm();
   if (!dialog.open) dialog.showModal();
   form.model.focus();
+  showReadiness();
+  loadReadiness(false);
 }
 $('#open-launch').addEventListener('click', () => openLaunchForm(null));
 $('#launch-dialog-close').addEventListener('click', () => dialog.close());

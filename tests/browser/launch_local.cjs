@@ -19,7 +19,9 @@ main(async () => {
 
   // A misspelt region: the API's 422 appears next to the regions field, with a suggestion.
   await page.fill('#lf-model', 'Qwen/Qwen2.5-0.5B-Instruct');
-  await page.selectOption('#lf-provider', 'aws');
+  // (SkyPilot is the stand-in `sky`, whose `sky check` enables AWS: the dialog offers it.)
+  await page.selectOption('#lf-provider', 'skypilot');
+  await page.selectOption('#lf-cloud', 'aws');
   await page.selectOption('#lf-gpu', 'L4');
   await page.fill('#lf-regions', 'us-east1');
   await page.click('#launch-submit');
