@@ -1,6 +1,7 @@
 //! The echo server's answers and their usage, its latency knobs, its vLLM-like service model
 //! and that model's prefix cache.
 
+use super::engine::Prefill;
 use super::*;
 use std::time::Instant;
 
