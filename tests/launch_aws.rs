@@ -142,9 +142,8 @@ async fn aws() -> Option<Aws> {
 }
 
 async fn ec2(endpoint: &str) -> aws_sdk_ec2::Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let config = skylaunch::launch::providers::aws::provider::sdk_loader(Some(endpoint))
         .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
         .load()
         .await;
     aws_sdk_ec2::Client::new(&config)

@@ -117,6 +117,17 @@ async fn app_with(tweak: impl FnOnce(&mut skylaunch::config::ServeConfig)) -> Op
     Some(TestApp::start(db, config).await)
 }
 
+/// A control plane whose local provider runs the built binaries and whose SkyPilot is `sky`.
+async fn local_app_with_sky(sky: &standins::FakeSky) -> Option<TestApp> {
+    let (skylaunch, agent) = standins::binaries();
+    app_with(|config| {
+        config.skylaunch_bin = Some(skylaunch);
+        config.agent_bin = Some(agent);
+        config.sky_bin = sky.bin.display().to_string();
+    })
+    .await
+}
+
 /// Deletes a deployment and waits until it is gone: its replicas' local processes are stopped,
 /// every node terminated.
 async fn delete_leaving_nothing_running(app: &TestApp, name: &str) {
@@ -144,14 +155,7 @@ async fn local_launch_reaches_ready_and_the_chat_box_streams_an_answer() {
         "14-sim-sky-launch-y-L4-spot.txt",
         &[("FAKE_SKY_ENABLED_CLOUDS", "aws")],
     );
-    let (skylaunch, agent) = standins::binaries();
-    let Some(app) = app_with(|config| {
-        config.skylaunch_bin = Some(skylaunch);
-        config.agent_bin = Some(agent);
-        config.sky_bin = sky.bin.display().to_string();
-    })
-    .await
-    else {
+    let Some(app) = local_app_with_sky(&sky).await else {
         return;
     };
     run_scenario(&browser, &app, "launch_local", &[]).await;
@@ -198,14 +202,7 @@ async fn launch_dialog_shows_which_providers_can_launch_and_how_to_fix_the_other
     // `sky check` enables no cloud until the scenario writes `enabled-clouds` into the stand-in's
     // state (as an operator runs `aws configure`), then clicks "Check again".
     let sky = standins::fake_sky(&python, "14-sim-sky-launch-y-L4-spot.txt", &[]);
-    let (skylaunch, agent) = standins::binaries();
-    let Some(app) = app_with(|config| {
-        config.skylaunch_bin = Some(skylaunch);
-        config.agent_bin = Some(agent);
-        config.sky_bin = sky.bin.display().to_string();
-    })
-    .await
-    else {
+    let Some(app) = local_app_with_sky(&sky).await else {
         return;
     };
     let state = sky.state.path().display().to_string();

@@ -95,13 +95,25 @@ enum Outcome {
     SkipSpot(String),
 }
 
+/// The AWS SDK's settings as the control plane uses them: the standard credential and region
+/// chains, HTTPS on rustls with ring, and `endpoint_url` instead of AWS's when set.
+pub fn sdk_loader(endpoint_url: Option<&str>) -> aws_config::ConfigLoader {
+    let https = aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    let loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(https);
+    match endpoint_url {
+        Some(url) => loader.endpoint_url(url),
+        None => loader,
+    }
+}
+
 impl AwsProvider {
     pub async fn client(&self, region: &str) -> Client {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        let loader = sdk_loader(self.settings.endpoint_url.as_deref())
             .region(aws_config::Region::new(region.to_string()));
-        if let Some(url) = &self.settings.endpoint_url {
-            loader = loader.endpoint_url(url);
-        }
         Client::new(&loader.load().await)
     }
 

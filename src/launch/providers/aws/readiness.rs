@@ -20,11 +20,9 @@ const DRY_RUN_TYPE: &str = "g6.xlarge";
 impl AwsProvider {
     pub(super) async fn check_readiness(&self, kind: Provider) -> Readiness {
         let mut r = Readiness::of(kind);
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(url) = &self.settings.endpoint_url {
-            loader = loader.endpoint_url(url);
-        }
-        let config = loader.load().await;
+        let config = super::provider::sdk_loader(self.settings.endpoint_url.as_deref())
+            .load()
+            .await;
         let region = config
             .region()
             .map(|r| r.to_string())
