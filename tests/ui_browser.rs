@@ -427,17 +427,14 @@ async fn autoscale_shows_the_metric_against_its_target_and_each_decision() {
     let signals = tempfile::tempdir().expect("temp dir");
     let env = [("SKYLAUNCH_UI_SIGNALS", signals.path().display().to_string())];
     let scenario = run_scenario(&browser, &app, "autoscale", &env);
-    // The load, while the page is open: six clients from the moment the deployment the page
-    // created has a ready replica, until it has three and the page has shown the scale-up.
+    // The load, while the page is open: six clients from the moment the page has shown the
+    // deployment it created with its one replica ready (its `one-ready` signal), until it has
+    // three and the page has shown the scale-up.
     let load = async {
         // No deadline of its own: the page creates the deployment once the browser is its
         // (another browser test may hold it first), and a failing scenario ends the test.
-        let ready = |d: &Value| d["replicas"]["ready"] == 1;
-        loop {
-            let r = app.get("/admin/deployments/auto", Some(ADMIN_TOKEN)).await;
-            if r.status.as_u16() == 200 && ready(&r.body) {
-                break;
-            }
+        let one_ready = signals.path().join("one-ready");
+        while !one_ready.exists() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let loads: Vec<_> = (0..6).map(|_| app.chat_load("echo/auto")).collect();

@@ -1,8 +1,9 @@
 // The Deployments view follows an autoscaled deployment without a reload. The form's Autoscale
 // part first gets the API's 422s next to their inputs (a target of 0; a minimum above the
 // maximum) and shows scale to zero's settings only for a minimum of 0, then creates `auto` (the echo server, slower the more it answers at once:
-// ECHO_DELAY_MS and ECHO_DELAY_PER_REQUEST_MS in its environment). Once it has a ready replica,
-// the test (tests/ui_browser.rs) sends six clients' worth of load: the card shows in-flight
+// ECHO_DELAY_MS and ECHO_DELAY_PER_REQUEST_MS in its environment). Once the page shows its ready
+// replica (the scenario writes `one-ready`), the test (tests/ui_browser.rs) sends six clients'
+// worth of load: the card shows in-flight
 // requests per replica above the target of 2, the decision "1 → 3" with its reason, and the two
 // scale-up launches. The scenario then writes `scaled-up` into SKYLAUNCH_UI_SIGNALS; the test
 // stops the load once 3 replicas are ready, and the card shows a decision going down, and its
@@ -136,6 +137,9 @@ main(async () => {
   check(/in_flight .* \/ target 2\.00/.test(first.metric), 'the metric against its target: ' + first.metric);
   check(/averaged over 2 s · up after 1 s above, down after 2 s below/.test(first.range), 'the window and the delays: ' + first.range);
   await page.locator('[data-deployment="auto"][data-ready="1"]').waitFor({ timeout: 60000 });
+  // The test starts its load only now: started when the API showed the first replica ready, it
+  // could scale the deployment to 3 before the page (busy with the checks above) saw 1.
+  signal('one-ready', {});
 
   // Under load (the test's six clients): the value per replica above the target (while the
   // one replica takes it all: a couple of seconds), then the decision to go from 1 to 3
