@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 
-from bench_common import Pool, Stale, fmt_s, load_trace, machine_busy, q, request_json, wait_for
+from bench_common import Pool, fmt_s, load_trace, machine_busy, post_stream, q, request_json, wait_for
 
 POLICIES = ["fixed", "rps", "in_flight", "queue", "ttft"]
 sys.stdout.reconfigure(line_buffering=True)
@@ -99,71 +99,8 @@ async def one_request(pool, model, prompt, out_tokens, due, loop):
     """Returns (first data time, error or None)."""
     body = json.dumps({"model": model, "stream": True, "max_tokens": out_tokens,
                        "messages": [{"role": "user", "content": prompt}]}).encode()
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {HOST}:{PORT}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
-    for attempt in range(2):
-        r, w, reused = await pool.get()
-        got_any = False
-        try:
-            w.write(head + body)
-            line = await r.readline()
-            if not line:
-                raise Stale()
-            got_any = True
-            status = int(line.split()[1])
-            chunked, length, close = False, None, False
-            while True:
-                h = await r.readline()
-                if h in (b"\r\n", b"\n", b""):
-                    break
-                k, _, v = h.decode("latin-1").partition(":")
-                k, v = k.strip().lower(), v.strip().lower()
-                if k == "transfer-encoding" and "chunked" in v:
-                    chunked = True
-                elif k == "content-length":
-                    length = int(v)
-                elif k == "connection" and v == "close":
-                    close = True
-            first, tail, done = None, b"", False
-            if chunked:
-                while True:
-                    size = int((await r.readline()).split(b";")[0].strip() or b"0", 16)
-                    if size == 0:
-                        await r.readline()
-                        break
-                    data = (await r.readexactly(size + 2))[:-2]
-                    if first is None and b"data:" in data:
-                        first = loop.time()
-                    seen = tail + data
-                    done = done or b"[DONE]" in seen
-                    tail = seen[-8:]
-            elif length is not None:
-                data = await r.readexactly(length)
-                first = loop.time() if b"data:" in data else None
-                done = b"[DONE]" in data
-            else:
-                data = await r.read()
-                first = loop.time() if b"data:" in data else None
-                done = b"[DONE]" in data
-                close = True
-            if close:
-                w.close()
-            else:
-                pool.put(r, w)
-            if status != 200:
-                return None, f"http {status}"
-            if first is None or not done:
-                return None, "incomplete stream"
-            return first, None
-        except (Stale, ConnectionError, asyncio.IncompleteReadError, OSError) as e:
-            w.close()
-            if reused and not got_any and attempt == 0:
-                continue  # a kept-alive connection the server had closed: try a fresh one
-            return None, type(e).__name__
-        except asyncio.CancelledError:
-            w.close()
-            raise
-    return None, "stale connections"
+    res = await post_stream(pool, body, None, loop)
+    return (None, res["error"]) if res["error"] else (res["first"], None)
 
 
 PROMPTS = {}

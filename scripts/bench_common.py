@@ -115,6 +115,86 @@ class Stale(Exception):
     """A reused keep-alive connection the server had closed: send again on a new one."""
 
 
+async def post_stream(pool, body, headers=None, loop=None):
+    """Sends one streamed `POST /v1/chat/completions` (`body`: JSON bytes) on a kept-alive
+    connection from `pool`, once more on a fresh connection when a reused one turns out closed,
+    and reads the whole answer (chunked, sized or to the close). Returns {"status", "first" (loop
+    time of the first `data:`), "end", "node" (X-Skylaunch-Node), "body" (bytes, unchunked),
+    "error" (None, "http N", "incomplete stream" without a first event or `data: [DONE]`, or the
+    exception's name)}."""
+    loop = loop or asyncio.get_running_loop()
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {pool.host}:{pool.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n").encode()
+    out = {"status": None, "first": None, "end": None, "node": None, "body": b"", "error": None}
+    for attempt in range(2):
+        r, w, reused = await pool.get()
+        got_any = False
+        try:
+            w.write(head + body)
+            line = await r.readline()
+            if not line:
+                raise Stale()
+            got_any = True
+            status = int(line.split()[1])
+            chunked, length, close = False, None, False
+            while True:
+                h = await r.readline()
+                if h in (b"\r\n", b"\n", b""):
+                    break
+                k, _, v = h.decode("latin-1").partition(":")
+                k, v = k.strip().lower(), v.strip()
+                if k == "transfer-encoding" and "chunked" in v.lower():
+                    chunked = True
+                elif k == "content-length":
+                    length = int(v)
+                elif k == "connection" and v.lower() == "close":
+                    close = True
+                elif k == "x-skylaunch-node":
+                    out["node"] = v
+            parts = []
+            if chunked:
+                while True:
+                    size = int((await r.readline()).split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        await r.readline()
+                        break
+                    data = (await r.readexactly(size + 2))[:-2]
+                    if out["first"] is None and b"data:" in data:
+                        out["first"] = loop.time()
+                    parts.append(data)
+            elif length is not None:
+                parts.append(await r.readexactly(length))
+            else:
+                parts.append(await r.read())
+                close = True
+            out["end"] = loop.time()
+            if close:
+                w.close()
+            else:
+                pool.put(r, w)
+            out["body"] = b"".join(parts)
+            out["status"] = status
+            if out["first"] is None and b"data:" in out["body"]:
+                out["first"] = out["end"]
+            if status != 200:
+                out["error"] = f"http {status}"
+            elif out["first"] is None or b"data: [DONE]" not in out["body"]:
+                out["error"] = "incomplete stream"
+            return out
+        except (Stale, ConnectionError, asyncio.IncompleteReadError, OSError, ValueError) as e:
+            w.close()
+            if reused and not got_any and attempt == 0:
+                continue  # a kept-alive connection the server had closed: try a fresh one
+            out["error"] = type(e).__name__
+            return out
+        except asyncio.CancelledError:
+            w.close()
+            raise
+    out["error"] = "stale connections"
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Figures
 

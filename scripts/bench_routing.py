@@ -44,7 +44,7 @@ import statistics
 import sys
 import time
 
-from bench_common import Pool, Stale, fmt_s, load_trace, machine_busy, q, request_json, wait_for
+from bench_common import Pool, fmt_s, load_trace, machine_busy, post_stream, q, request_json, wait_for
 
 POLICIES = ["least_load", "prefix_affinity", "session"]
 BLOCK = 16  # the echo server's prefix-cache block, in tokens
@@ -217,87 +217,25 @@ def working_set(systems, convs):
 
 async def one_request(pool, body, headers, loop):
     """Streams one chat request. Returns {"first", "end", "node", "text", "usage", "error"}."""
-    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {HOST}:{PORT}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n{extra}\r\n").encode()
-    out = {"first": None, "end": None, "node": None, "text": "", "usage": None, "error": None}
-    for attempt in range(2):
-        r, w, reused = await pool.get()
-        got_any = False
-        try:
-            w.write(head + body)
-            line = await r.readline()
-            if not line:
-                raise Stale()
-            got_any = True
-            status = int(line.split()[1])
-            chunked, length, close = False, None, False
-            while True:
-                h = await r.readline()
-                if h in (b"\r\n", b"\n", b""):
-                    break
-                k, _, v = h.decode("latin-1").partition(":")
-                k, v = k.strip().lower(), v.strip()
-                if k == "transfer-encoding" and "chunked" in v.lower():
-                    chunked = True
-                elif k == "content-length":
-                    length = int(v)
-                elif k == "connection" and v.lower() == "close":
-                    close = True
-                elif k == "x-skylaunch-node":
-                    out["node"] = v
-            parts = []
-            if chunked:
-                while True:
-                    size = int((await r.readline()).split(b";")[0].strip() or b"0", 16)
-                    data = await r.readexactly(size + 2)
-                    if size == 0:
-                        break
-                    if out["first"] is None and b"data:" in data:
-                        out["first"] = loop.time()
-                    parts.append(data[:-2])
-            elif length is not None:
-                parts.append(await r.readexactly(length))
-            else:
-                parts.append(await r.read())
-                close = True
-            out["end"] = loop.time()
-            if close:
-                w.close()
-            else:
-                pool.put(r, w)
-            raw = b"".join(parts)
-            if out["first"] is None and b"data:" in raw:
-                out["first"] = out["end"]
-            if status != 200:
-                out["error"] = f"http {status}"
-                return out
-            done = False
-            for payload in raw.split(b"\n"):
-                if not payload.startswith(b"data:"):
-                    continue
-                payload = payload[5:].strip()
-                if payload == b"[DONE]":
-                    done = True
-                    continue
-                chunk = json.loads(payload)
-                for choice in chunk.get("choices") or []:
-                    out["text"] += (choice.get("delta") or {}).get("content") or ""
-                if chunk.get("usage"):
-                    out["usage"] = chunk["usage"]
-            if out["first"] is None or not done:
-                out["error"] = "incomplete stream"
-            return out
-        except (Stale, ConnectionError, asyncio.IncompleteReadError, OSError, ValueError) as e:
-            w.close()
-            if reused and not got_any and attempt == 0:
-                continue  # a kept-alive connection the server had closed: try a fresh one
-            out["error"] = type(e).__name__
-            return out
-        except asyncio.CancelledError:
-            w.close()
-            raise
-    out["error"] = "stale connections"
+    res = await post_stream(pool, body, headers, loop)
+    out = {"first": res["first"], "end": res["end"], "node": res["node"], "text": "", "usage": None,
+           "error": res["error"]}
+    if out["error"]:
+        return out
+    try:
+        for payload in res["body"].split(b"\n"):
+            if not payload.startswith(b"data:"):
+                continue
+            payload = payload[5:].strip()
+            if payload == b"[DONE]":
+                continue
+            chunk = json.loads(payload)
+            for choice in chunk.get("choices") or []:
+                out["text"] += (choice.get("delta") or {}).get("content") or ""
+            if chunk.get("usage"):
+                out["usage"] = chunk["usage"]
+    except ValueError as e:
+        out["error"] = type(e).__name__
     return out
 
 
