@@ -393,6 +393,13 @@ impl ServeConfig {
 
     /// The job runner's settings; `control_plane_url` and `agent_url` are the ones launched
     /// nodes reach (worked out from `--public-url` and `--agent-url` at start).
+    /// The database to use: `--database-url`, else SQLite in the data dir.
+    pub fn database(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| crate::store::Store::sqlite_url_for(&self.data_dir))
+    }
+
     pub fn runner_settings(
         &self,
         control_plane_url: String,

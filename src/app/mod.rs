@@ -196,10 +196,7 @@ impl Running {
             &config.data_dir,
         )
         .map_err(StartError::AdminToken)?;
-        let url = config
-            .database_url
-            .clone()
-            .unwrap_or_else(|| Store::sqlite_url_for(&config.data_dir));
+        let url = config.database();
         if !config.listen.ip().is_loopback() {
             let made = store
                 .api_keys()

@@ -122,10 +122,7 @@ pub async fn open_store(config: &ServeConfig) -> Result<(Store, String), StartEr
                 source,
             })?;
     }
-    let url = config
-        .database_url
-        .clone()
-        .unwrap_or_else(|| Store::sqlite_url_for(&config.data_dir));
+    let url = config.database();
     let database = |source| StartError::Database {
         url: redact_url(&url),
         source,

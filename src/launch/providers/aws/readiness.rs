@@ -48,7 +48,12 @@ impl AwsProvider {
                 return r.done("");
             }
         }
-        let client = self.client(&region).await;
+        // The configuration just loaded (and the credentials it resolved), in the region.
+        let client = aws_sdk_ec2::Client::from_conf(
+            aws_sdk_ec2::config::Builder::from(&config)
+                .region(aws_sdk_ec2::config::Region::new(region.clone()))
+                .build(),
+        );
         match client.describe_availability_zones().send().await {
             Ok(zones) => r.passed(
                 "region",
